@@ -1,0 +1,28 @@
+"""Session-wide test setup: markers' skip rules and an isolated ROS domain."""
+
+import os
+import random
+
+import pytest
+
+# A private DDS domain per test session, so parallel runs (or a running robot) never
+# see each other's topics. Set before any test imports rclpy.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
