@@ -1,0 +1,118 @@
+"""The engine's only view of the network: a small ``Backend`` protocol.
+
+Why a protocol: the engine must be testable against exact ground truth (the oracle
+backend over a synthetic scene) and must run the real Scal3R network in production,
+with the same code path in between. A backend turns the images of one chunk into a
+``ChunkPrediction`` in the chunk's reference camera frame (the first image given is
+the reference, as the network's reordering makes it), arbitrary scale.
+
+GCS (global context synchronisation) is the backend's business, the engine only
+keeps the state object between chunks:
+
+- ``causal``: ``state = backend.new_gcs_state("causal")`` once; every ``infer`` call
+  reads it and updates it in place (running per-layer gradient sums).
+- ``exact``: the engine collects all chunk inputs and calls ``infer_exact`` once at the
+  end of a recorded sequence; it yields one prediction per chunk, in order.
+- ``off``: ``state`` is None; chunks are independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+GCS_MODES = ("causal", "exact", "off")
+
+
+@dataclass
+class ChunkInput:
+    """Images of one chunk in network order (index 0 = reference frame).
+
+    ``images``: (S, h, w, 3) uint8 RGB at the backend's working resolution (what
+    ``Backend.prepare`` returned). ``frame_ids`` / ``stamps_ns`` / ``camera_ids``
+    identify the frames (the oracle uses the stamps to look up ground truth).
+    """
+
+    chunk_id: int
+    frame_ids: np.ndarray
+    stamps_ns: np.ndarray
+    images: np.ndarray
+    intrinsics: np.ndarray | None = None  # (S, 3, 3) at working resolution, when known
+    camera_ids: tuple[str, ...] = ()
+    is_loop: bool = False
+
+
+@dataclass
+class ChunkPrediction:
+    """Network output for one chunk, same frame order as the ``ChunkInput``.
+
+    Poses are camera-to-world (4x4, rigid) in the chunk's coordinate frame, in which
+    the reference camera is (nominally) the identity; depth is z-depth.
+    """
+
+    c2w: np.ndarray  # (S, 4, 4) float64
+    intrinsics: np.ndarray  # (S, 3, 3) float64, at depth resolution
+    depth: np.ndarray  # (S, h, w) float32
+    depth_conf: np.ndarray  # (S, h, w) float32, >= 1 for the real network
+    points: np.ndarray | None = None  # (S, h, w, 3) float32, chunk frame (point head)
+    points_conf: np.ndarray | None = None  # (S, h, w)
+    descriptors: np.ndarray | None = None  # (S, D) float32 global descriptors (loops)
+    extras: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.c2w)
+
+    def take(self, order: Sequence[int]) -> ChunkPrediction:
+        """A copy with frames permuted/selected by ``order``."""
+        idx = np.asarray(order, dtype=np.int64)
+
+        def sel(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return ChunkPrediction(
+            c2w=self.c2w[idx],
+            intrinsics=self.intrinsics[idx],
+            depth=self.depth[idx],
+            depth_conf=self.depth_conf[idx],
+            points=sel(self.points),
+            points_conf=sel(self.points_conf),
+            descriptors=sel(self.descriptors),
+            extras=self.extras,
+        )
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine needs from a network (or an oracle)."""
+
+    def prepare(self, frame_image: np.ndarray, intrinsics: np.ndarray | None) -> tuple[
+        np.ndarray, np.ndarray | None
+    ]:
+        """Resize/crop one HxWx3 uint8 image to the working resolution (called once per
+        frame on arrival, so only small images are kept); returns (image, scaled K)."""
+        ...
+
+    def new_gcs_state(self, mode: str) -> Any:
+        """A fresh GCS state for ``mode`` (None for ``off`` or when not applicable)."""
+        ...
+
+    def infer(self, chunk: ChunkInput, gcs_state: Any) -> ChunkPrediction:
+        """Predict one chunk; in ``causal`` mode update ``gcs_state`` in place."""
+        ...
+
+    def infer_exact(
+        self, chunks: Sequence[Callable[[], ChunkInput]]
+    ) -> Iterator[ChunkPrediction]:
+        """Official layer-synchronous schedule over all chunks of a recorded sequence.
+
+        ``chunks`` are loaders so that the backend can re-read images when it
+        recomputes instead of keeping every chunk's tokens in memory.
+        """
+        ...
+
+    def gcs_state_nbytes(self, gcs_state: Any) -> int:
+        """Host + device bytes held by the state (reported in stats)."""
+        ...

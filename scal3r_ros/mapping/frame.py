@@ -1,0 +1,111 @@
+"""What goes into the engine (``Frame``) and what comes out (``MapUpdate`` events).
+
+Plain dataclasses over numpy arrays so that the ROS adapter only converts, and tests
+can inspect every event. All poses are camera-to-world 4x4 (OpenCV camera axes) in
+the engine's ``map`` frame, whose origin/orientation is the reference camera of the
+first chunk and whose scale is that chunk's (arbitrary) scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One camera image. ``image`` is HxWx3 uint8 RGB; ``intrinsics`` 3x3 or None."""
+
+    stamp_ns: int
+    camera_id: str
+    image: np.ndarray
+    intrinsics: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        img = np.asarray(self.image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"Frame.image must be HxWx3 uint8 RGB, got {img.shape} {img.dtype}")
+        if self.intrinsics is not None:
+            K = np.asarray(self.intrinsics, dtype=np.float64)
+            if K.shape != (3, 3):
+                raise ValueError(f"Frame.intrinsics must be 3x3, got {K.shape}")
+            self.intrinsics = K
+        self.image = img
+
+
+@dataclass
+class MapUpdate:
+    """Base of all engine events. ``chunk_id`` is the chunk that caused it (-1: none)."""
+
+    chunk_id: int
+
+
+@dataclass
+class PosesUpdate(MapUpdate):
+    """Poses of frames, by engine frame index (0-based arrival order).
+
+    ``corrected`` is False for frames seen for the first time and True when poses of
+    already published frames changed (overlap hand-over, loop closure, pose graph).
+    """
+
+    frame_ids: np.ndarray  # (N,) int64
+    stamps_ns: np.ndarray  # (N,) int64
+    c2w: np.ndarray  # (N, 4, 4) float64, rigid
+    corrected: bool = False
+    reason: str = ""  # "new", "overlap", "loop_closure", ...
+
+
+@dataclass
+class PointsUpdate(MapUpdate):
+    """New map points of one chunk, in the map frame (already voxel-filtered)."""
+
+    xyz: np.ndarray  # (M, 3) float32
+    rgb: np.ndarray  # (M, 3) uint8
+    confidence: np.ndarray  # (M,) float32
+
+
+@dataclass
+class MapCorrected(MapUpdate):
+    """Chunk Sim(3)s changed (loop closure / pose graph): the accumulated map moved.
+
+    ``chunk_sim3`` maps chunk id -> new 4x4 chunk-to-map similarity.
+    """
+
+    chunk_sim3: dict[int, np.ndarray]
+
+
+@dataclass
+class AlignmentReport(MapUpdate):
+    """Result of tying ``chunk_id`` to ``other_chunk_id`` (previous chunk or loop).
+
+    When ``ok`` is False the fit was rejected (``reason`` says why), the chunk was
+    placed with the ``fallback`` method and its points were kept out of the map.
+    """
+
+    other_chunk_id: int
+    ok: bool
+    reason: str
+    n_points: int
+    inlier_ratio: float
+    rmse: float
+    scale: float
+    fallback: str = ""
+
+
+@dataclass
+class LoopClosureUpdate(MapUpdate):
+    """A verified loop between two chunks (the edge added to the pose graph)."""
+
+    other_chunk_id: int
+    sim3: np.ndarray  # 4x4, chunk_id coords -> other_chunk_id coords
+    frame_ids: tuple[int, int] = (-1, -1)
+    info: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StatsUpdate(MapUpdate):
+    """Per-chunk timings (seconds per stage) and memory figures (bytes / counts)."""
+
+    timings: dict[str, float]
+    memory: dict[str, float]

@@ -1,0 +1,162 @@
+"""Oracle backend: ground-truth depth and poses of a ``SyntheticDrive``, made network-like.
+
+Each chunk's prediction is expressed in that chunk's reference camera frame and then
+moved by a random Sim(3) (scale included), like a network whose every chunk has its
+own gauge. Optional corruptions: multiplicative depth noise, per-frame pose noise, and
+*drift* -- an in-chunk bend (yaw growing with the distance in frames from the
+reference, plus a scale creep) that no rigid fit can undo, so chained alignment
+accumulates error the way real predictions do and loop closure has work to do.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scal3r_ros.mapping.alignment import unproject_depth
+from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.synthetic import SyntheticDrive
+
+
+@dataclass
+class OracleConfig:
+    """Noise / gauge knobs. All zero + ``random_sim3=False`` = exact ground truth."""
+
+    random_sim3: bool = True  # random rotation, translation and scale per chunk
+    scale_range: tuple[float, float] = (0.3, 3.0)
+    depth_noise: float = 0.0  # relative sigma, per pixel
+    rot_noise_deg: float = 0.0  # per-frame pose noise (chunk frame)
+    trans_noise_m: float = 0.0
+    drift_yaw_deg_per_frame: float = 0.0  # in-chunk bend about the reference's vertical
+    drift_scale_per_frame: float = 0.0  # in-chunk scale creep
+    sky_depth_m: float = 200.0  # depth reported where nothing was hit (confidence 1)
+    descriptors: bool = True  # image-thumbnail global descriptors (for loop retrieval)
+    seed: int = 0
+    # test hook: (chunk_id, prediction in network order) -> corrupted prediction
+    corrupt: Callable[[int, ChunkPrediction], ChunkPrediction] | None = None
+
+
+def _rot_y(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _random_rotation(rng: np.random.Generator, max_angle: float | None = None) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    ang = rng.uniform(-np.pi, np.pi) if max_angle is None else rng.normal() * max_angle
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
+
+
+def thumbnail_descriptor(images: np.ndarray, size: tuple[int, int] = (6, 16)) -> np.ndarray:
+    """L2-normalised, mean-removed colour thumbnails (S, h*w*3): a handcrafted
+    place descriptor that needs no weights."""
+    S, H, W, _ = images.shape
+    h, w = size
+    ys = (np.arange(h + 1) * H) // h
+    xs = (np.arange(w + 1) * W) // w
+    img = images.astype(np.float32)
+    out = np.empty((S, h, w, 3), np.float32)
+    for i in range(h):
+        for j in range(w):
+            out[:, i, j] = img[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]].mean(axis=(1, 2))
+    out = out.reshape(S, -1)
+    out -= out.mean(axis=1, keepdims=True)
+    out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-6
+    return out
+
+
+class OracleBackend:
+    """Implements ``Backend`` from a ``SyntheticDrive`` (frames looked up by stamp)."""
+
+    def __init__(self, drive: SyntheticDrive, config: OracleConfig | None = None) -> None:
+        self.drive = drive
+        self.config = config or OracleConfig()
+        self._depth_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.chunk_sim3: dict[int, Sim3] = {}  # the gauge applied to each chunk (for tests)
+
+    # ------------------------------------------------------------ protocol
+    def prepare(
+        self, frame_image: np.ndarray, intrinsics: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        return frame_image, intrinsics
+
+    def new_gcs_state(self, mode: str) -> Any:
+        return None
+
+    def gcs_state_nbytes(self, gcs_state: Any) -> int:
+        return 0
+
+    def infer_exact(
+        self, chunks: Sequence[Callable[[], ChunkInput]]
+    ) -> Iterator[ChunkPrediction]:
+        for load in chunks:
+            yield self.infer(load(), None)
+
+    def infer(self, chunk: ChunkInput, gcs_state: Any) -> ChunkPrediction:
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, chunk.chunk_id, int(chunk.is_loop)])
+        idx = [self.drive.index_of_stamp(int(s)) for s in chunk.stamps_ns]
+        gt = np.stack([self.drive.gt_pose(i) for i in idx])
+        depth = np.stack([self._depth(i) for i in idx]).astype(np.float64)
+        sky = ~np.isfinite(depth)
+        depth[sky] = cfg.sky_depth_m
+        conf = np.where(sky, 1.0, 1.0 + np.exp(2.5 - depth / 30.0))
+
+        inv_ref = np.linalg.inv(gt[0])
+        rel = inv_ref @ gt  # chunk frame = reference camera
+        offs = np.array(idx, dtype=np.float64) - idx[0]
+        for k in range(len(idx)):
+            bend = _rot_y(np.radians(cfg.drift_yaw_deg_per_frame) * offs[k])
+            creep = (1.0 + cfg.drift_scale_per_frame) ** offs[k]
+            T = np.eye(4)
+            T[:3, :3] = bend
+            rel[k] = T @ rel[k]
+            rel[k, :3, 3] *= creep
+            depth[k] *= creep
+            if k > 0 and (cfg.rot_noise_deg > 0 or cfg.trans_noise_m > 0):
+                rel[k, :3, :3] = (
+                    _random_rotation(rng, np.radians(cfg.rot_noise_deg)) @ rel[k, :3, :3]
+                )
+                rel[k, :3, 3] += rng.normal(scale=cfg.trans_noise_m, size=3)
+        if cfg.depth_noise > 0:
+            depth *= np.clip(1.0 + rng.normal(scale=cfg.depth_noise, size=depth.shape), 0.2, 5)
+
+        if cfg.random_sim3:
+            s = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+            g = Sim3(s, _random_rotation(rng), rng.normal(scale=5.0, size=3))
+        else:
+            g = Sim3.identity()
+        self.chunk_sim3[chunk.chunk_id] = g
+        c2w = np.stack([g.apply_pose(T) for T in rel])
+        depth = (depth * g.s).astype(np.float32)
+        K = np.repeat(self.drive.K[None], len(idx), axis=0)
+        pts = unproject_depth(depth, K, c2w)
+        pred = ChunkPrediction(
+            c2w=c2w,
+            intrinsics=K,
+            depth=depth,
+            depth_conf=conf.astype(np.float32),
+            points=pts,
+            points_conf=conf.astype(np.float32),
+            descriptors=thumbnail_descriptor(chunk.images) if cfg.descriptors else None,
+        )
+        if cfg.corrupt is not None:
+            pred = cfg.corrupt(chunk.chunk_id, pred)
+        return pred
+
+    # ------------------------------------------------------------ helpers
+    def _depth(self, i: int) -> np.ndarray:
+        d = self._depth_cache.get(i)
+        if d is None:
+            d = self.drive.render(i)[1]
+            self._depth_cache[i] = d
+            if len(self._depth_cache) > 256:
+                self._depth_cache.popitem(last=False)
+        return d

@@ -1,0 +1,315 @@
+"""Sim(3) pose graph over chunks, solved with GTSAM (Levenberg-Marquardt or iSAM2).
+
+Nodes are chunk ids; a node's value ``G_k`` is the chunk -> map similarity (the
+chunk's reference frame and scale expressed in the map). An edge ``(src, dst, T)``
+states ``G_src = G_dst @ T``, i.e. ``T`` maps ``src``-chunk coordinates into
+``dst``-chunk coordinates. This is the official convention: a sequential edge is the
+alignment ``T(b+1 -> b)`` (``G_{b+1} = G_b @ T``) and a loop edge is the composed
+constraint ``T(A -> B)`` from chunk A (later) to chunk B (earlier).
+
+The official optimiser (VGGT-Long) is a hand-written LM on the Lie algebra with
+unweighted residuals; here GTSAM's ``BetweenFactorSimilarity3`` does the same job with
+diagonal sigmas, and loop edges get a robust kernel (Huber or Cauchy) so that a wrong
+loop that slipped through verification does limited damage.
+
+gtsam's ``Similarity3(R, t, s)`` acts as ``x -> s (R x + t)`` (its matrix is
+``[[R, t], [0, 1/s]]``), while the project's ``Sim3(s, R, t)`` acts as
+``x -> s R x + t``; so ``t_gtsam = t / s``. ``to_gtsam``/``from_gtsam`` are the only
+places that know this (tested in test/mapping/test_pose_graph.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gtsam
+import numpy as np
+
+from scal3r_ros.mapping.sim3 import Sim3
+
+SEQUENTIAL = "sequential"
+LOOP = "loop"
+
+
+def to_gtsam(T: Sim3) -> gtsam.Similarity3:
+    """Project Sim3 (x -> sRx + t) to gtsam.Similarity3 (x -> s(Rx + t'))."""
+    return gtsam.Similarity3(gtsam.Rot3(T.R), np.asarray(T.t, dtype=np.float64) / T.s, T.s)
+
+
+def from_gtsam(g: gtsam.Similarity3) -> Sim3:
+    """Inverse of :func:`to_gtsam`."""
+    s = float(g.scale())
+    return Sim3(s, np.asarray(g.rotation().matrix()), s * np.asarray(g.translation()))
+
+
+@dataclass
+class PoseGraphConfig:
+    """Noise and solver settings. Sigmas are in chunk units (rad, chunk length, log-scale).
+
+    The official optimiser weights every edge equally; the same default sigmas for
+    sequential and loop edges reproduce that, the robust kernel on loop edges is extra.
+    """
+
+    seq_sigma_rot: float = 0.01
+    seq_sigma_trans: float = 0.02
+    seq_sigma_log_scale: float = 0.01
+    loop_sigma_rot: float = 0.01
+    loop_sigma_trans: float = 0.02
+    loop_sigma_log_scale: float = 0.01
+    # Robust kernel on loop edges: "cauchy", "geman_mcclure", "huber" or "none". Its width
+    # (in sigmas) is loop_robust_k * sqrt(hops), hops = chunks between the loop's ends: the
+    # longer the path, the more drift a true loop must be allowed to correct.
+    loop_robust: str = "cauchy"
+    loop_robust_k: float = 3.0
+    prior_sigma: float = 1e-6
+    solver: str = "lm"  # "lm" (batch Levenberg-Marquardt, warm-started) or "isam2"
+    max_iterations: int = 100
+    relative_error_tol: float = 1e-7
+    absolute_error_tol: float = 1e-9
+
+
+@dataclass
+class Edge:
+    src: int
+    dst: int
+    T_dst_src: Sim3
+    kind: str
+    info: dict = field(default_factory=dict)
+
+
+_KERNELS = {
+    "huber": gtsam.noiseModel.mEstimator.Huber,
+    "cauchy": gtsam.noiseModel.mEstimator.Cauchy,
+    "geman_mcclure": gtsam.noiseModel.mEstimator.GemanMcClure,
+}
+
+
+def _sigmas(rot: float, trans: float, log_scale: float) -> np.ndarray:
+    # gtsam Similarity3 tangent order: (omega[3], u[3], lambda)
+    return np.array([rot] * 3 + [trans] * 3 + [log_scale], dtype=np.float64)
+
+
+class Sim3PoseGraph:
+    """Incremental chunk pose graph; the first node added is held fixed by a prior.
+
+    Add nodes/edges as chunks arrive, call :meth:`optimize` after a loop edge (without
+    loops the chain is already exactly consistent, so optimisation changes nothing).
+    """
+
+    def __init__(self, config: PoseGraphConfig | None = None) -> None:
+        self.config = config or PoseGraphConfig()
+        if self.config.solver not in ("lm", "isam2"):
+            raise ValueError(f"unknown solver {self.config.solver!r}")
+        if self.config.loop_robust not in _KERNELS and self.config.loop_robust != "none":
+            raise ValueError(f"unknown robust kernel {self.config.loop_robust!r}")
+        c = self.config
+        self._seq_noise = gtsam.noiseModel.Diagonal.Sigmas(
+            _sigmas(c.seq_sigma_rot, c.seq_sigma_trans, c.seq_sigma_log_scale)
+        )
+        self._loop_base = gtsam.noiseModel.Diagonal.Sigmas(
+            _sigmas(c.loop_sigma_rot, c.loop_sigma_trans, c.loop_sigma_log_scale)
+        )
+        self._prior_noise = gtsam.noiseModel.Isotropic.Sigma(7, c.prior_sigma)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self._graph = gtsam.NonlinearFactorGraph()
+        self._values: dict[int, Sim3] = {}
+        self._order: list[int] = []
+        self.edges: list[Edge] = []
+        self._anchor: int | None = None
+        self._isam: gtsam.ISAM2 | None = None
+        self._pending_graph = gtsam.NonlinearFactorGraph()
+        self._pending_values = gtsam.Values()
+        self.last_optimize_s: float = 0.0
+        self.last_iterations: int = 0
+
+    @property
+    def nodes(self) -> list[int]:
+        """Node ids in insertion order."""
+        return list(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, node: int) -> bool:
+        return node in self._values
+
+    @property
+    def num_loops(self) -> int:
+        return sum(e.kind == LOOP for e in self.edges)
+
+    def estimate(self, node: int) -> Sim3:
+        return self._values[node]
+
+    def estimates(self) -> dict[int, Sim3]:
+        return dict(self._values)
+
+    # --------------------------------------------------------------- building
+    def add_node(self, node: int, initial: Sim3) -> None:
+        """Add a chunk with its current chunk -> map estimate. The first node is fixed."""
+        node = int(node)
+        if node in self._values:
+            raise ValueError(f"node {node} already in the graph")
+        self._values[node] = initial
+        self._order.append(node)
+        self._pending_values.insert(node, to_gtsam(initial))
+        if self._anchor is None:
+            self._anchor = node
+            self._add_factor(
+                gtsam.PriorFactorSimilarity3(node, to_gtsam(initial), self._prior_noise)
+            )
+
+    def add_edge(
+        self,
+        src: int,
+        dst: int,
+        T_dst_src: Sim3,
+        kind: str = SEQUENTIAL,
+        robust_k: float | None = None,
+        **info: object,
+    ) -> int:
+        """Constraint ``G_src = G_dst @ T_dst_src``; returns the edge index.
+
+        ``robust_k`` overrides the loop kernel width (sigmas) for this edge.
+        """
+        src, dst = int(src), int(dst)
+        if src == dst:
+            raise ValueError("self-edge")
+        for n in (src, dst):
+            if n not in self._values:
+                raise KeyError(f"node {n} not in the graph")
+        if kind not in (SEQUENTIAL, LOOP):
+            raise ValueError(f"unknown edge kind {kind!r}")
+        noise = self._seq_noise
+        if kind == LOOP:
+            noise, robust_k = self._loop_noise_model(src, dst, robust_k)
+            info["robust_k"] = robust_k
+        # BetweenFactor(k1, k2, m) measures X_k1^-1 X_k2 = G_dst^-1 G_src = T_dst_src
+        self._add_factor(gtsam.BetweenFactorSimilarity3(dst, src, to_gtsam(T_dst_src), noise))
+        self.edges.append(Edge(src, dst, T_dst_src, kind, dict(info)))
+        return len(self.edges) - 1
+
+    def add_sequential(self, prev: int, new: int, T_prev_new: Sim3) -> Sim3:
+        """Add chunk ``new`` aligned to ``prev`` (``T_prev_new`` = alignment new -> prev).
+
+        The new node's initial value chains on the *current* (possibly loop-corrected)
+        estimate of ``prev``; returns it.
+        """
+        initial = self._values[prev] @ T_prev_new
+        self.add_node(new, initial)
+        self.add_edge(new, prev, T_prev_new, SEQUENTIAL)
+        return initial
+
+    def add_loop(
+        self,
+        later: int,
+        earlier: int,
+        T_earlier_later: Sim3,
+        robust_k: float | None = None,
+        **info: object,
+    ) -> int:
+        """Loop edge from chunk ``later`` (A) to chunk ``earlier`` (B): ``G_A = G_B @ T``."""
+        return self.add_edge(later, earlier, T_earlier_later, LOOP, robust_k, **info)
+
+    def hops(self, a: int, b: int) -> int:
+        """Number of chunks between two nodes in insertion order."""
+        return abs(self._order.index(a) - self._order.index(b))
+
+    def _loop_noise_model(
+        self, src: int, dst: int, robust_k: float | None
+    ) -> tuple[gtsam.noiseModel.Base, float | None]:
+        c = self.config
+        if c.loop_robust == "none":
+            return self._loop_base, None
+        if robust_k is None:
+            robust_k = c.loop_robust_k * float(np.sqrt(max(1, self.hops(src, dst))))
+        est = _KERNELS[c.loop_robust].Create(float(robust_k))
+        return gtsam.noiseModel.Robust.Create(est, self._loop_base), float(robust_k)
+
+    def _add_factor(self, factor: gtsam.NonlinearFactor) -> None:
+        self._graph.add(factor)
+        self._pending_graph.add(factor)
+
+    # ------------------------------------------------------------- queries
+    def predict_relative(self, src: int, dst: int) -> Sim3:
+        """Current estimate of ``T_dst_src = G_dst^-1 @ G_src``."""
+        return self._values[dst].inverse() @ self._values[src]
+
+    def path_length(self, a: int, b: int) -> float:
+        """Map-frame distance travelled by chunk origins between nodes ``a`` and ``b``
+        (along insertion order), a yardstick for how much drift a loop may have to absorb."""
+        ia, ib = sorted((self._order.index(a), self._order.index(b)))
+        pts = np.array([self._values[n].t for n in self._order[ia : ib + 1]])
+        if len(pts) < 2:
+            return 0.0
+        return float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum())
+
+    def edge_error(self, index: int, values: dict[int, Sim3] | None = None) -> np.ndarray:
+        """Tangent-space error (omega, u, lambda) of an edge at the given/current values."""
+        vals = self._values if values is None else values
+        e = self.edges[index]
+        pred = to_gtsam(vals[e.dst].inverse() @ vals[e.src])
+        return np.asarray(gtsam.Similarity3.Logmap(to_gtsam(e.T_dst_src).inverse().compose(pred)))
+
+    def whitened_edge_error(self, index: int) -> float:
+        """Norm of the edge error in sigmas (before the robust kernel)."""
+        c = self.config
+        kind = self.edges[index].kind
+        sig = (
+            _sigmas(c.loop_sigma_rot, c.loop_sigma_trans, c.loop_sigma_log_scale)
+            if kind == LOOP
+            else _sigmas(c.seq_sigma_rot, c.seq_sigma_trans, c.seq_sigma_log_scale)
+        )
+        return float(np.linalg.norm(self.edge_error(index) / sig))
+
+    # ---------------------------------------------------------- optimisation
+    def optimize(self) -> dict[int, Sim3]:
+        """Solve and return every node's chunk -> map Sim3 (also kept as the estimate)."""
+        t0 = time.perf_counter()
+        if not self._order:
+            self.last_optimize_s = 0.0
+            return {}
+        if self.config.solver == "isam2":
+            result = self._optimize_isam2()
+        else:
+            result = self._optimize_lm()
+        self._values = {n: from_gtsam(result.atSimilarity3(n)) for n in self._order}
+        self.last_optimize_s = time.perf_counter() - t0
+        return dict(self._values)
+
+    def _initial_values(self) -> gtsam.Values:
+        v = gtsam.Values()
+        for n in self._order:
+            v.insert(n, to_gtsam(self._values[n]))
+        return v
+
+    def _optimize_lm(self) -> gtsam.Values:
+        c = self.config
+        params = gtsam.LevenbergMarquardtParams()
+        params.setMaxIterations(c.max_iterations)
+        params.setRelativeErrorTol(c.relative_error_tol)
+        params.setAbsoluteErrorTol(c.absolute_error_tol)
+        opt = gtsam.LevenbergMarquardtOptimizer(self._graph, self._initial_values(), params)
+        result = opt.optimize()
+        self.last_iterations = int(opt.iterations())
+        self._pending_graph = gtsam.NonlinearFactorGraph()
+        self._pending_values = gtsam.Values()
+        return result
+
+    def _optimize_isam2(self) -> gtsam.Values:
+        if self._isam is None:
+            params = gtsam.ISAM2Params()
+            params.setRelinearizeThreshold(1e-3)
+            params.relinearizeSkip = 1
+            self._isam = gtsam.ISAM2(params)
+        self._isam.update(self._pending_graph, self._pending_values)
+        # a few extra iterations let a new loop's correction propagate fully
+        for _ in range(3):
+            self._isam.update()
+        self.last_iterations = 4
+        self._pending_graph = gtsam.NonlinearFactorGraph()
+        self._pending_values = gtsam.Values()
+        return self._isam.calculateEstimate()

@@ -1,0 +1,120 @@
+"""Chunk scheduling for a stream, matching the official chunking exactly.
+
+Official (``scal3r/pipelines/backend.py``, ``load_data``): chunk i covers frames
+``[i*step, min(i*step + chunk_size, N))`` with ``step = chunk_size - overlap`` and
+``n = ceil((N - overlap) / step)`` chunks; a single chunk of all frames when
+``N <= chunk_size``. Streaming, a full chunk is ready as soon as its last frame has
+arrived (every ``step`` frames after the first ``chunk_size``); at end of stream,
+``flush`` emits the one partial chunk the official code would have built (or the
+single short chunk of a sequence shorter than one chunk). Hence the streamed chunk
+list equals the official list for any N.
+
+Inside a chunk the network sees the frames reordered so that the middle one
+(``ceil(n/2) - 1``) comes first: it is the chunk's reference camera.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Chunk length and overlap in frames (official 60/30; low latency 16/8)."""
+
+    chunk_size: int = 60
+    overlap: int = 30
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.overlap < self.chunk_size):
+            raise ValueError(
+                f"need 0 <= overlap < chunk_size, got {self.overlap} / {self.chunk_size}"
+            )
+
+    @property
+    def stride(self) -> int:
+        return self.chunk_size - self.overlap
+
+    @staticmethod
+    def low_latency() -> WindowConfig:
+        return WindowConfig(chunk_size=16, overlap=8)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One chunk: its id and the engine frame indices it covers, in time order."""
+
+    chunk_id: int
+    frame_ids: tuple[int, ...]
+    is_loop: bool = False
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    @property
+    def network_order(self) -> tuple[int, ...]:
+        """Positions (into ``frame_ids``) in the order fed to the network."""
+        return reference_order(len(self.frame_ids))
+
+    @property
+    def reference_frame(self) -> int:
+        return self.frame_ids[self.network_order[0]]
+
+
+def reference_order(n: int) -> tuple[int, ...]:
+    """Official reordering: ``[m] + [0..m) + (m..n)`` with ``m = ceil(n/2) - 1``."""
+    if n <= 0:
+        return ()
+    m = math.ceil(n / 2) - 1
+    return (m, *range(m), *range(m + 1, n))
+
+
+def official_chunks(n_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
+    """The official [start, end) chunk list for a sequence of ``n_frames`` (reference)."""
+    if n_frames <= 0:
+        return []
+    step = chunk_size - overlap
+    if n_frames <= chunk_size:
+        return [(0, n_frames)]
+    n = math.ceil((n_frames - overlap) / step)
+    return [(i * step, min(i * step + chunk_size, n_frames)) for i in range(n)]
+
+
+class ChunkScheduler:
+    """Decides when a chunk is ready; frame ids are consecutive engine indices from 0."""
+
+    def __init__(self, config: WindowConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_frames = 0
+        self.next_chunk_id = 0
+        self._next_start = 0  # start index of the next regular chunk
+
+    def push(self) -> ChunkSpec | None:
+        """Register one more frame; return the chunk that became ready, if any."""
+        self.n_frames += 1
+        end = self._next_start + self.config.chunk_size
+        if self.n_frames == end:
+            return self._emit(self._next_start, end)
+        return None
+
+    def flush(self) -> ChunkSpec | None:
+        """End of stream: the partial last chunk, when frames are not yet covered."""
+        n, c = self.n_frames, self.config
+        if n == 0:
+            return None
+        if self.next_chunk_id == 0:
+            return self._emit(0, n)  # sequence shorter than a chunk: one chunk of all
+        covered_to = self._next_start - c.stride + c.chunk_size
+        if n > covered_to and self._next_start < n - c.overlap:
+            return self._emit(self._next_start, n)
+        return None
+
+    def _emit(self, start: int, end: int) -> ChunkSpec:
+        spec = ChunkSpec(self.next_chunk_id, tuple(range(start, end)))
+        self.next_chunk_id += 1
+        self._next_start = start + self.config.stride
+        return spec
