@@ -1,0 +1,84 @@
+"""Build a backend (and its loop-closure component) from a few plain settings.
+
+One place that knows how a name like "scal3r", "tiny" or "oracle" becomes a working
+`Backend`, used by the node, the offline tool, the demo and the benchmark alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BACKEND_KINDS = ("scal3r", "tiny", "oracle")
+
+
+@dataclass
+class BackendSpec:
+    kind: str = "scal3r"  # scal3r (official checkpoint) | tiny (random test net) | oracle
+    checkpoint: str | None = None  # None: default location (~/.cache/scal3r_ros/scal3r.pt)
+    allow_download: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
+    seed: int = 0  # random weights of the tiny network
+    # oracle: the synthetic drive it knows the ground truth of
+    oracle_seed: int = 0
+    oracle_frames: int = 200
+    oracle_width: int = 160
+    oracle_height: int = 48
+
+
+@dataclass
+class BuiltBackend:
+    backend: Any
+    loop_closure: Any
+    name: str
+    device_name: str
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
+
+
+def make_backend(spec: BackendSpec) -> BuiltBackend:
+    """Raises ValueError for bad settings and CheckpointError for a bad checkpoint."""
+    if spec.kind not in BACKEND_KINDS:
+        raise ValueError(f"backend must be one of {BACKEND_KINDS}, got {spec.kind!r}")
+    if spec.kind == "oracle":
+        from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
+        from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+
+        drive = SyntheticDrive(SyntheticConfig(n_frames=spec.oracle_frames,
+                                               width=spec.oracle_width,
+                                               height=spec.oracle_height,
+                                               seed=spec.oracle_seed))  # fmt: skip
+        return BuiltBackend(OracleBackend(drive, OracleConfig(seed=spec.oracle_seed)), None,
+                            "oracle", "cpu")  # fmt: skip
+
+    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+
+    dev = resolve_device(spec.device)
+    if spec.dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {spec.dtype!r}")
+    bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and dev.type == "cuda")
+    cfg = Scal3RBackendConfig(device=str(dev), autocast_bf16=bf16)
+    if spec.kind == "tiny":
+        backend = Scal3RBackend.from_config("tiny", cfg, seed=spec.seed)
+        return BuiltBackend(backend, None, "tiny", _device_name(dev))
+    from scal3r_ros.model.checkpoint import load_scal3r
+
+    model, _report = load_scal3r(spec.checkpoint, "scal3r-1b", device="cpu",
+                                 download=spec.allow_download)  # fmt: skip
+    return BuiltBackend(Scal3RBackend(model, cfg), None, "scal3r-1b", _device_name(dev))

@@ -1,0 +1,552 @@
+"""The scal3r_ros mapping node: images in; /tf, clouds, odometry, path, status out.
+
+A thin adapter: callbacks convert and enqueue (`MappingWorker.submit`), the worker
+thread runs the `MappingEngine` and hands back events, which this file turns into
+messages. Frames and units: see `frames.py`; parameters: `params.py`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from nav_msgs.msg import Odometry, Path as PathMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+
+from scal3r_ros.mapping.backends import BackendSpec, make_backend
+from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.frame import (
+    AlignmentReport,
+    Frame,
+    LoopClosureUpdate,
+    MapCorrected,
+    MapUpdate,
+    PointsUpdate,
+    PosesUpdate,
+    StatsUpdate,
+)
+from scal3r_ros.mapping.map_store import MapConfig, write_pcd, write_ply
+from scal3r_ros.mapping.trajectory import write_poses
+from scal3r_ros.mapping.windowing import WindowConfig
+from scal3r_ros.ros import qos
+from scal3r_ros.ros.conversions import (
+    ConversionError,
+    compressed_to_rgb,
+    image_to_rgb,
+    points_to_cloud,
+)
+from scal3r_ros.ros.frames import (
+    FrameConverter,
+    camera_mount,
+    matrix_from_quaternion,
+    quaternion_from_matrix,
+    rigid_inverse,
+)
+from scal3r_ros.ros.params import NodeConfig, declare_and_read
+from scal3r_ros.ros.worker import MappingWorker
+from scal3r_ros_msgs.msg import MappingStatus
+from scal3r_ros_msgs.srv import SaveMap
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _stamp_msg(ns: int):
+    return Time(nanoseconds=int(ns)).to_msg()
+
+
+def _transform(T: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
+    msg = TransformStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    t = msg.transform.translation
+    t.x, t.y, t.z = (float(v) for v in T[:3, 3])
+    q = msg.transform.rotation
+    q.x, q.y, q.z, q.w = (float(v) for v in quaternion_from_matrix(T[:3, :3]))
+    return msg
+
+
+def _pose_fields(pose, T: np.ndarray) -> None:
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
+    q = quaternion_from_matrix(T[:3, :3])
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = map(float, q)
+
+
+def safe_output_path(root: Path, name: str) -> Path:
+    """``root/name`` for a plain relative name; refuses absolute paths and escapes."""
+    if not name:
+        name = datetime.datetime.now().strftime("map_%Y%m%d_%H%M%S")
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise ValueError(f"refused: '{name}' must be a relative name inside {root}")
+    target = (root / candidate).resolve()
+    if root.resolve() not in (target, *target.parents):
+        raise ValueError(f"refused: '{name}' resolves outside {root}")
+    return target
+
+
+class MappingNode(Node):
+    """See the module docstring and README's topics/parameters tables."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("scal3r_mapping", **kwargs)
+        self.cfg: NodeConfig = declare_and_read(self)
+        cfg = self.cfg
+        self.output_dir = Path(os.path.expanduser(cfg.output_dir))
+        self._lock = threading.Lock()  # node-side state shared by worker and timers
+        self._drops: dict[str, int] = {}
+        self._last_stamp: dict[str, int] = {}
+        self._image_size: dict[str, tuple[int, int]] = {}
+        self._camera_k: dict[str, np.ndarray] = {}
+        self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
+        self._reset_node_state()
+
+        backend = make_backend(
+            BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
+                        allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
+                        oracle_seed=cfg.oracle_seed, oracle_frames=cfg.oracle_frames,
+                        oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height)
+        )  # fmt: skip
+        self.backend_name = backend.name
+        self.device_name = backend.device_name
+        engine_cfg = EngineConfig(
+            window=WindowConfig(chunk_size=cfg.chunk_size, overlap=cfg.overlap),
+            gcs_mode=cfg.gcs_mode,
+            loop_closure=cfg.loop_closure,
+            map=MapConfig(voxel_size=cfg.voxel_size, conf_ratio=cfg.confidence_ratio,
+                          max_points=cfg.max_points),
+        )  # fmt: skip
+        self.worker = MappingWorker(
+            lambda: MappingEngine(engine_cfg, backend.backend, backend.loop_closure),
+            self._on_events,
+            queue_size=cfg.queue_size,
+            drop_policy=cfg.drop_policy,
+            on_error=lambda msg: self.get_logger().error(f"chunk failed: {msg}"),
+        )
+        self.converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
+        self._mount_decided = False
+
+        # --- outputs
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", qos.TF)
+        self.pub_tf_static = self.create_publisher(TFMessage, "/tf_static", qos.TF_STATIC)
+        self.pub_cloud = self.create_publisher(PointCloud2, "~/cloud", qos.RELIABLE_OUTPUT)
+        self.pub_map = self.create_publisher(PointCloud2, "~/map", qos.LATCHED)
+        self.pub_odom = self.create_publisher(Odometry, "~/odometry", qos.RELIABLE_OUTPUT)
+        self.pub_path = self.create_publisher(PathMsg, "~/path", qos.LATCHED)
+        self.pub_status = self.create_publisher(MappingStatus, "~/status", qos.RELIABLE_OUTPUT)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.RELIABLE_OUTPUT)
+
+        # --- inputs
+        in_qos = qos.input_profile(cfg.input_qos, cfg.input_qos_depth)
+        for topic in cfg.image_topics:
+            self.create_subscription(Image, topic, self._on_image, in_qos)
+        for topic in cfg.compressed_topics:
+            self.create_subscription(CompressedImage, topic, self._on_compressed, in_qos)
+        for topic in cfg.camera_info_topics:
+            self.create_subscription(CameraInfo, topic, self._on_camera_info, in_qos)
+        if cfg.use_tf_static:
+            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, qos.TF_STATIC)
+
+        # --- services and timers (own group, so a save never blocks image callbacks)
+        group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=group)
+        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=group)
+        self.create_timer(cfg.status_period, self._publish_status, callback_group=group)
+
+        self.worker.start()
+        self.get_logger().info(
+            f"scal3r_mapping ready: backend {self.backend_name} on {self.device_name}, "
+            f"chunks {cfg.chunk_size}/{cfg.overlap}, gcs {cfg.gcs_mode}, inputs "
+            f"{cfg.image_topics + cfg.compressed_topics}, output_dir {self.output_dir}"
+        )
+
+    # ================================================================ input callbacks
+    def _reset_node_state(self) -> None:
+        self._odom_pose: dict[int, np.ndarray] = {}  # frame id -> T_odom_base as published
+        self._map_pose: dict[int, np.ndarray] = {}  # frame id -> corrected T_map_base
+        self._frame_stamp: dict[int, int] = {}
+        self._T_map_odom = np.eye(4)
+        self._last_fid = -1
+        self._latency_s = 0.0
+        self._timings: dict[str, float] = {}
+        self._memory: dict[str, float] = {}
+        self._map_dirty = False
+        self._last_map_pub = 0.0
+        self._loops = 0
+        self._degenerate = 0
+        self._map_points = 0
+        self._last_stamp_seen = 0
+
+    def _drop(self, reason: str, detail: str) -> None:
+        with self._lock:
+            self._drops[reason] = self._drops.get(reason, 0) + 1
+        self.get_logger().warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = image_to_rgb(msg)
+        except ConversionError as exc:
+            self._drop("bad_image", str(exc))
+            return
+        self._accept(msg.header, rgb)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        try:
+            rgb = compressed_to_rgb(msg)
+        except ConversionError as exc:
+            self._drop("bad_image", str(exc))
+            return
+        self._accept(msg.header, rgb)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+            self.get_logger().warning("ignoring CameraInfo with invalid K", throttle_duration_sec=10)
+            return
+        self._camera_k[msg.header.frame_id] = K
+
+    def _accept(self, header, rgb: np.ndarray) -> None:
+        """Checks that need the stream's history (time jumps, size changes), then enqueue."""
+        cam = header.frame_id or "camera"
+        stamp = _stamp_ns(header.stamp)
+        last = self._last_stamp.get(cam)
+        if last is not None and stamp <= last:
+            if stamp == last:
+                self._drop("duplicate_stamp", f"{cam} stamp {stamp} repeated")
+                return
+            if self.cfg.on_time_jump == "drop":
+                self._drop("stamp_backwards", f"{cam}: {stamp} < {last}")
+                return
+            self.get_logger().warning(
+                f"time jumped back on {cam} ({(last - stamp) / 1e9:.3f} s; bag loop?): resetting"
+            )
+            with self._lock:
+                self._drops["time_jump_reset"] = self._drops.get("time_jump_reset", 0) + 1
+            self._request_reset()
+        size = (rgb.shape[1], rgb.shape[0])
+        expected = self._image_size.setdefault(cam, size)
+        if size != expected:
+            self._drop("size_changed", f"{cam} is {size[0]}x{size[1]}, stream started at "
+                       f"{expected[0]}x{expected[1]} (reset to accept the new size)")  # fmt: skip
+            return
+        self._last_stamp[cam] = stamp
+        K = self._camera_k.get(cam)
+        if K is not None and (K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5):
+            K = None  # CameraInfo of another resolution
+        self.worker.submit(Frame(stamp_ns=stamp, camera_id=cam, image=rgb, intrinsics=K))
+        self._ensure_camera_tf(cam, header.stamp)
+
+    def _on_tf_static(self, msg: TFMessage) -> None:
+        for t in msg.transforms:
+            T = np.eye(4)
+            tr, q = t.transform.translation, t.transform.rotation
+            T[:3, :3] = matrix_from_quaternion((q.x, q.y, q.z, q.w))
+            T[:3, 3] = (tr.x, tr.y, tr.z)
+            self._static_tf[t.child_frame_id] = (t.header.frame_id, T)
+
+    def _static_chain(self, child: str) -> np.ndarray | None:
+        """T_base_child from /tf_static (walking parents up to base_frame), if known."""
+        T = np.eye(4)
+        frame = child
+        for _ in range(16):
+            if frame == self.cfg.base_frame:
+                return T
+            if frame not in self._static_tf:
+                return None
+            parent, T_pc = self._static_tf[frame]
+            T = T_pc @ T
+            frame = parent
+        return None
+
+    def _ensure_camera_tf(self, cam: str, stamp) -> None:
+        """Decide the camera mount at the first frame: /tf_static if it has the chain
+        base_frame -> camera frame, else the parameters (published on /tf_static)."""
+        if self._mount_decided:
+            return
+        self._mount_decided = True
+        cam_frame = self.cfg.camera_frame or cam
+        T = self._static_chain(cam_frame) if self.cfg.use_tf_static else None
+        if T is not None:
+            self.converter = FrameConverter(T, self.converter.scale)
+            self.get_logger().info(
+                f"camera mount {self.cfg.base_frame} -> {cam_frame} taken from /tf_static"
+            )
+        elif self.cfg.publish_camera_tf:
+            self.pub_tf_static.publish(TFMessage(transforms=[
+                _transform(self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp)
+            ]))  # fmt: skip
+
+    # ================================================================ worker events
+    def _request_reset(self) -> None:
+        def done(_events) -> None:
+            with self._lock:
+                self._reset_node_state()
+
+        self.worker.request("reset", done)
+
+    def _on_events(self, events: list[MapUpdate]) -> None:
+        """Called on the worker thread after each chunk."""
+        cfg = self.cfg
+        for ev in events:
+            if isinstance(ev, PosesUpdate):
+                self._on_poses(ev)
+            elif isinstance(ev, PointsUpdate) and len(ev.xyz):
+                stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+                self.pub_cloud.publish(points_to_cloud(
+                    self.converter.points(ev.xyz), ev.rgb, ev.confidence, stamp, cfg.map_frame
+                ))  # fmt: skip
+                self._map_dirty = True
+            elif isinstance(ev, MapCorrected):
+                self._map_dirty = True
+                self._last_map_pub = 0.0  # re-publish the corrected map now
+            elif isinstance(ev, LoopClosureUpdate):
+                self._loops += 1
+            elif isinstance(ev, AlignmentReport) and not ev.ok:
+                self._degenerate += 1
+                self.get_logger().warning(
+                    f"chunk {ev.chunk_id}: alignment to chunk {ev.other_chunk_id} rejected "
+                    f"({ev.reason}); placed by {ev.fallback or 'nothing'}"
+                )
+            elif isinstance(ev, StatsUpdate):
+                with self._lock:
+                    self._timings, self._memory = dict(ev.timings), dict(ev.memory)
+        engine = self.worker.engine
+        now = time.monotonic()
+        if engine is not None and self._map_dirty and cfg.map_publish_period > 0 and (
+            now - self._last_map_pub >= cfg.map_publish_period
+        ):
+            xyz, rgb, conf = engine.map_points()
+            self._map_points = len(xyz)
+            stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+            self.pub_map.publish(points_to_cloud(
+                self.converter.points(xyz), rgb, conf, stamp, cfg.map_frame))  # fmt: skip
+            self._map_dirty = False
+            self._last_map_pub = now
+
+    def _on_poses(self, ev: PosesUpdate) -> None:
+        cfg = self.cfg
+        T_map_base = self.converter.base_poses(ev.c2w)
+        transforms = []
+        for fid, stamp_ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(), T_map_base,
+                                    strict=True):  # fmt: skip
+            self._map_pose[fid] = T
+            self._frame_stamp[fid] = stamp_ns
+            if fid not in self._odom_pose:  # first estimate: the odometry keeps it for good
+                self._odom_pose[fid] = rigid_inverse(self._T_map_odom) @ T
+                self._publish_odometry(fid, stamp_ns)
+                transforms.append(_transform(self._odom_pose[fid], cfg.odom_frame,
+                                             cfg.base_frame, _stamp_msg(stamp_ns)))  # fmt: skip
+            self._last_fid = max(self._last_fid, fid)
+        # map -> odom absorbs the difference between corrected and published poses
+        last = self._last_fid
+        self._T_map_odom = self._map_pose[last] @ rigid_inverse(self._odom_pose[last])
+        stamp = _stamp_msg(self._frame_stamp[last])
+        transforms.append(_transform(self._T_map_odom, cfg.map_frame, cfg.odom_frame, stamp))
+        self.pub_tf.publish(TFMessage(transforms=transforms))
+        if not ev.corrected:
+            clock_now = self.get_clock().now().nanoseconds
+            self._latency_s = max(0.0, (clock_now - self._frame_stamp[last]) / 1e9)
+        path = PathMsg()
+        path.header.frame_id = cfg.map_frame
+        path.header.stamp = stamp
+        for fid in sorted(self._map_pose):
+            ps = PoseStamped()
+            ps.header.frame_id = cfg.map_frame
+            ps.header.stamp = _stamp_msg(self._frame_stamp[fid])
+            _pose_fields(ps.pose, self._map_pose[fid])
+            path.poses.append(ps)
+        self.pub_path.publish(path)
+
+    def _publish_odometry(self, fid: int, stamp_ns: int) -> None:
+        T = self._odom_pose[fid]
+        msg = Odometry()
+        msg.header.stamp = _stamp_msg(stamp_ns)
+        msg.header.frame_id = self.cfg.odom_frame
+        msg.child_frame_id = self.cfg.base_frame
+        _pose_fields(msg.pose.pose, T)
+        prev = self._odom_pose.get(fid - 1)
+        dt = (stamp_ns - self._frame_stamp.get(fid - 1, stamp_ns)) / 1e9
+        if prev is not None and dt > 0:  # twist in the child frame, by finite difference
+            delta = rigid_inverse(prev) @ T
+            v = delta[:3, 3] / dt
+            msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.linear.z = v
+            rv = _rotvec(delta[:3, :3]) / dt
+            msg.twist.twist.angular.x, msg.twist.twist.angular.y, msg.twist.twist.angular.z = rv
+        self.pub_odom.publish(msg)
+
+    # ================================================================ status
+    def status_snapshot(self) -> MappingStatus:
+        s = self.worker.stats
+        with self.worker._cond, self._lock:
+            drops = dict(self._drops)
+            for k, v in s.dropped.items():
+                drops[k] = drops.get(k, 0) + v
+            msg = MappingStatus()
+            msg.frames_received = s.received + sum(self._drops.values())
+            msg.frames_processed = s.processed
+            msg.frames_dropped = sum(drops.values())
+            msg.chunks_processed = s.chunks
+            msg.last_error = s.last_error
+            busy, errors = s.busy, s.errors
+            timings, memory = dict(self._timings), dict(self._memory)
+        msg.header.stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+        msg.header.frame_id = self.cfg.map_frame
+        msg.loop_closures = self._loops
+        msg.queue_length = self.worker.queue_length()
+        msg.queue_capacity = self.cfg.queue_size
+        msg.latency_ms = float(self._latency_s * 1e3)
+        msg.chunk_time_ms = float(sum(timings.values()) * 1e3)
+        msg.fps = float(self.cfg.chunk_size - self.cfg.overlap) / max(sum(timings.values()),
+                                                                      1e-9) if timings else 0.0
+        msg.map_points = int(self._map_points)
+        msg.gpu_memory_mb = float(memory.get("gpu_peak_bytes", 0.0) / 2**20)
+        msg.host_rss_mb = float(memory.get("rss_bytes", 0.0) / 2**20)
+        msg.device = self.device_name
+        msg.backend = self.backend_name
+        msg.gcs_mode = self.cfg.gcs_mode
+        msg.scale_source = self.cfg.scale_source
+        msg.scale = self.converter.scale
+        msg.scale_confidence = 0.0
+        if errors and msg.last_error and not busy and s.chunks == 0:
+            msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
+        elif msg.chunks_processed == 0:
+            msg.state, msg.state_text = MappingStatus.STATE_BUFFERING, "buffering"
+        else:
+            msg.state, msg.state_text = MappingStatus.STATE_MAPPING, "mapping"
+        self._status_drops = drops
+        return msg
+
+    def _publish_status(self) -> None:
+        msg = self.status_snapshot()
+        self.pub_status.publish(msg)
+        diag = DiagnosticStatus(name="scal3r_mapping: mapping", hardware_id=msg.device)
+        drops = self._status_drops
+        level, text = DiagnosticStatus.OK, msg.state_text
+        if msg.last_error:
+            level, text = DiagnosticStatus.WARN, f"last error: {msg.last_error}"
+        elif drops:
+            level = DiagnosticStatus.WARN
+            text = "dropped frames: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+        diag.level, diag.message = level, text
+        values = {
+            "frames_received": msg.frames_received, "frames_processed": msg.frames_processed,
+            "frames_dropped": msg.frames_dropped, "chunks": msg.chunks_processed,
+            "queue_length": msg.queue_length, "queue_capacity": msg.queue_capacity,
+            "latency_ms": f"{msg.latency_ms:.1f}", "chunk_time_ms": f"{msg.chunk_time_ms:.1f}",
+            "gpu_memory_mb": f"{msg.gpu_memory_mb:.1f}", "host_rss_mb": f"{msg.host_rss_mb:.1f}",
+            "map_points": msg.map_points, "loop_closures": msg.loop_closures,
+            "degenerate_alignments": self._degenerate, "backend": msg.backend,
+            "gcs_mode": msg.gcs_mode, "scale_source": msg.scale_source,
+        }  # fmt: skip
+        values.update({f"dropped_{k}": v for k, v in drops.items()})
+        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[diag])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
+
+    # ================================================================ services
+    def _srv_reset(self, request, response):
+        self._request_reset()
+        with self._lock:
+            self._last_stamp.clear()
+            self._image_size.clear()
+        response.success, response.message = True, "reset queued after the frames already received"
+        return response
+
+    def _srv_save(self, request, response):
+        try:
+            target = safe_output_path(self.output_dir, request.name)
+            files = self.worker.call(
+                lambda engine: self.save(engine, target, request.save_map,
+                                         request.save_trajectory))  # fmt: skip
+            response.success, response.files = True, [str(f) for f in files]
+            response.message = f"saved {len(files)} files to {target}"
+        except Exception as exc:
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+        return response
+
+    def save(self, engine: MappingEngine, target: Path, save_map=True, save_traj=True) -> list:
+        """Write map (PLY, PCD) and trajectory (TUM, KITTI) in the ROS map frame, atomically."""
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+
+        def atomic(name: str, write) -> None:
+            tmp = target / f".{name}.tmp"
+            write(tmp)
+            os.replace(tmp, target / name)
+            written.append(target / name)
+
+        if save_map:
+            xyz, rgb, conf = engine.map_points()
+            xyz = self.converter.points(xyz)
+            atomic("map.ply", lambda p: write_ply(p, xyz, rgb, conf))
+            atomic("map.pcd", lambda p: write_pcd(p, xyz, rgb, conf))
+        if save_traj:
+            _, stamps, c2w = engine.poses()
+            T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
+            atomic("trajectory_tum.txt", lambda p: write_poses(p, stamps, T, "tum"))
+            atomic("trajectory_kitti.txt", lambda p: write_poses(p, stamps, T, "kitti"))
+        return written
+
+    def shutdown(self) -> None:
+        """Stop the worker (finishing the chunk in progress) and save if configured."""
+        joined = self.worker.stop()
+        engine = self.worker.engine
+        if not joined:
+            self.get_logger().error("worker did not stop in time; not saving")
+            return
+        if self.cfg.save_on_shutdown and engine is not None and engine.n_chunks > 0:
+            target = safe_output_path(self.output_dir, "")
+            files = self.save(engine, target)
+            print(f"[scal3r_mapping] saved {len(files)} files to {target}", flush=True)
+
+
+def _rotvec(R: np.ndarray) -> np.ndarray:
+    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-9:
+        return np.zeros(3)
+    w = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    return w * angle / (2 * np.sin(angle))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script `scal3r_mapping`: run the node (ROS arguments as usual)."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = MappingNode()
+    except Exception as exc:  # bad parameters, missing/corrupt checkpoint: say why, exit 2
+        print(f"[scal3r_mapping] cannot start: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The node's parameters: one table of (name, default, description, constraints).
+
+Each entry is declared on the node with a descriptor (type, description, range,
+read-only) so `ros2 param describe` explains it, then read into the `NodeConfig`
+dataclass and validated as a whole (e.g. chunk_size > overlap) before anything starts.
+The YAML files in config/ set the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+BACKENDS = ("scal3r", "tiny", "oracle")
+GCS_ONLINE_MODES = ("causal", "off")
+QOS_CHOICES = ("sensor_data", "reliable")
+TIME_JUMP_POLICIES = ("reset", "drop")
+_DOUBLES = Parameter.Type.DOUBLE_ARRAY
+_ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES}
+
+
+@dataclass
+class NodeConfig:
+    # --- network / backend
+    backend: str = "scal3r"
+    checkpoint: str = ""  # empty: ~/.cache/scal3r_ros/scal3r.pt (or $SCAL3R_CHECKPOINT)
+    allow_download: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    # --- windows and GCS
+    chunk_size: int = 60
+    overlap: int = 30
+    gcs_mode: str = "causal"
+    loop_closure: bool = True
+    # --- map
+    voxel_size: float = 0.0
+    confidence_ratio: float = 0.75
+    max_points: int = 2_000_000
+    # --- input
+    image_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])
+    compressed_topics: list[str] = field(default_factory=list)
+    camera_info_topics: list[str] = field(default_factory=list)
+    input_qos: str = "sensor_data"
+    input_qos_depth: int = 10
+    queue_size: int = 64
+    drop_policy: str = "drop_oldest"
+    on_time_jump: str = "reset"
+    # --- frames
+    map_frame: str = "map"
+    odom_frame: str = "odom"
+    base_frame: str = "base_link"
+    camera_frame: str = ""
+    camera_xyz: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    camera_rpy: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    use_tf_static: bool = True
+    publish_camera_tf: bool = True
+    # --- output
+    map_publish_period: float = 2.0
+    status_period: float = 0.5
+    output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
+    save_on_shutdown: bool = True
+    scale_source: str = "none"
+    # --- oracle backend (synthetic drive known to the node; tests and the demo)
+    oracle_seed: int = 0
+    oracle_frames: int = 200
+    oracle_width: int = 160
+    oracle_height: int = 48
+
+    def validate(self) -> None:
+        """Raise ValueError naming every inconsistent parameter."""
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.overlap < 1 or self.chunk_size <= self.overlap:
+            problems.append(
+                f"need chunk_size > overlap >= 1, got chunk_size={self.chunk_size}, "
+                f"overlap={self.overlap}"
+            )
+        if self.gcs_mode not in GCS_ONLINE_MODES:
+            problems.append(
+                f"gcs_mode must be one of {GCS_ONLINE_MODES} in the node "
+                f"(use the offline tool for 'exact'), got {self.gcs_mode!r}"
+            )
+        if self.input_qos not in QOS_CHOICES:
+            problems.append(f"input_qos must be one of {QOS_CHOICES}, got {self.input_qos!r}")
+        if self.drop_policy not in ("drop_oldest", "drop_newest"):
+            problems.append(f"drop_policy must be drop_oldest or drop_newest, got "
+                            f"{self.drop_policy!r}")  # fmt: skip
+        if self.on_time_jump not in TIME_JUMP_POLICIES:
+            problems.append(f"on_time_jump must be one of {TIME_JUMP_POLICIES}")
+        if not (self.image_topics or self.compressed_topics):
+            problems.append("no input: set image_topics and/or compressed_topics")
+        if len(self.camera_xyz) != 3 or len(self.camera_rpy) != 3:
+            problems.append("camera_xyz and camera_rpy need 3 numbers each")
+        if len({self.map_frame, self.odom_frame, self.base_frame}) != 3:
+            problems.append("map_frame, odom_frame and base_frame must differ")
+        if self.scale_source != "none":
+            problems.append(f"scale_source {self.scale_source!r} is not available yet")
+        if problems:
+            raise ValueError("invalid parameters: " + "; ".join(problems))
+
+
+# name -> (description, extra descriptor fields)
+_DOC: dict[str, tuple[str, dict]] = {
+    "backend": ("network: scal3r (official checkpoint), tiny (random test net), oracle "
+                "(synthetic ground truth)", {"read_only": True}),
+    "checkpoint": ("path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
+                   "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
+                   {"read_only": True}),
+    "allow_download": ("download the checkpoint with huggingface_hub when it is missing",
+                       {"read_only": True}),
+    "device": ("torch device: auto (cuda if available), cuda, cuda:N or cpu", {"read_only": True}),
+    "dtype": ("auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16",
+              {"read_only": True}),
+    "chunk_size": ("frames per window (official 60)", {"read_only": True, "int_range": (2, 512)}),
+    "overlap": ("frames shared by consecutive windows (official 30)",
+                {"read_only": True, "int_range": (1, 511)}),
+    "gcs_mode": ("global context synchronisation: causal (running sums) or off",
+                 {"read_only": True}),
+    "loop_closure": ("detect loops and correct drift with a Sim(3) pose graph",
+                     {"read_only": True}),
+    "voxel_size": ("map voxel size in map units; 0 = automatic (1% of the first median depth)",
+                   {"float_range": (0.0, 100.0)}),
+    "confidence_ratio": ("keep pixels whose confidence exceeds this x their frame's mean "
+                         "(official 0.75)", {"read_only": True, "float_range": (0.0, 10.0)}),
+    "max_points": ("hard cap on map points (older chunks are coarsened, then evicted)",
+                   {"read_only": True, "int_range": (1000, 1_000_000_000)}),
+    "image_topics": ("sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
+                     {"read_only": True}),
+    "compressed_topics": ("sensor_msgs/CompressedImage topics (jpeg, png)", {"read_only": True}),
+    "camera_info_topics": ("optional CameraInfo topics, same order as the image topics",
+                           {"read_only": True}),
+    "input_qos": ("image subscription QoS: sensor_data (best effort) or reliable",
+                  {"read_only": True}),
+    "input_qos_depth": ("image subscription history depth", {"read_only": True,
+                                                              "int_range": (1, 1000)}),
+    "queue_size": ("frames waiting for the worker before the drop policy applies",
+                   {"read_only": True, "int_range": (1, 100000)}),
+    "drop_policy": ("when the queue is full: drop_oldest or drop_newest", {"read_only": True}),
+    "on_time_jump": ("stamps going backwards (bag loop): reset the map, or drop the frames",
+                     {}),
+    "map_frame": ("fixed frame of the map, /tf root (REP-105)", {"read_only": True}),
+    "odom_frame": ("odometry frame between map and base_link", {"read_only": True}),
+    "base_frame": ("robot body frame", {"read_only": True}),
+    "camera_frame": ("camera optical frame; empty = the images' header.frame_id",
+                     {"read_only": True}),
+    "camera_xyz": ("camera body position in base_frame [m], used when /tf_static has none",
+                   {"read_only": True}),
+    "camera_rpy": ("camera body roll/pitch/yaw in base_frame [rad]", {"read_only": True}),
+    "use_tf_static": ("take the camera mount from /tf_static when it is published",
+                      {"read_only": True}),
+    "publish_camera_tf": ("publish base_frame -> camera optical frame on /tf_static from "
+                          "camera_xyz/rpy when /tf_static has none", {"read_only": True}),
+    "map_publish_period": ("seconds between ~/map publications (0: only on request)",
+                           {"float_range": (0.0, 3600.0)}),
+    "status_period": ("seconds between ~/status and /diagnostics messages",
+                      {"read_only": True, "float_range": (0.05, 60.0)}),
+    "output_dir": ("directory for saved maps and trajectories (nothing is written outside)",
+                   {"read_only": True}),
+    "save_on_shutdown": ("save map and trajectory when the node stops", {}),
+    "scale_source": ("metric scale: none (arbitrary scale)", {"read_only": True}),
+    "oracle_seed": ("oracle backend: seed of the synthetic drive", {"read_only": True}),
+    "oracle_frames": ("oracle backend: frames in the synthetic drive", {"read_only": True}),
+    "oracle_width": ("oracle backend: image width", {"read_only": True}),
+    "oracle_height": ("oracle backend: image height", {"read_only": True}),
+}
+
+
+def declare_and_read(node: Node, overrides: dict | None = None) -> NodeConfig:
+    """Declare every parameter with its descriptor, read them, validate."""
+    defaults = NodeConfig()
+    values = {}
+    for f in fields(NodeConfig):
+        doc, extra = _DOC[f.name]
+        desc = ParameterDescriptor(description=doc, read_only=extra.get("read_only", False))
+        if "int_range" in extra:
+            lo, hi = extra["int_range"]
+            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
+        if "float_range" in extra:
+            lo, hi = extra["float_range"]
+            desc.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+        default = (overrides or {}).get(f.name, getattr(defaults, f.name))
+        if isinstance(default, list):  # rclpy cannot type an empty list by itself
+            ptype = _ARRAY_TYPES.get(f.name, Parameter.Type.STRING_ARRAY)
+            default = [float(x) for x in default] if ptype == _DOUBLES else list(default)
+            param = node.declare_parameter(f.name, default or ptype, desc)
+        else:
+            param = node.declare_parameter(f.name, default, desc)
+        value = param.value
+        values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        if values[f.name] is None:
+            values[f.name] = []
+    config = NodeConfig(**values)
+    config.validate()
+    return config
