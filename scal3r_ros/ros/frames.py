@@ -1,12 +1,12 @@
 """Engine geometry -> ROS frames (REP-103 axes, REP-105 map -> odom -> base_link).
 
-The engine works in OpenCV camera axes (x right, y down, z forward) with its origin at
-the reference camera of the first chunk. ROS wants ``map`` with z up and x forward.
-With ``T_base_cam`` the pose of the camera's optical frame in ``base_link``, the node
-places ``map`` at the reference frame's ``base_link``:
+The engine works in OpenCV camera axes (x right, y down, z forward) in a gauge of the
+network's choosing. ROS wants ``map`` with z up and x forward. With ``T_base_cam`` the
+pose of the camera's optical frame in ``base_link`` and ``c2w_0`` the engine pose of the
+first frame, the node places ``map`` at the first frame's ``base_link``:
 
-    T_map_engine = T_base_cam        (so the reference camera sits where it is mounted)
-    T_map_base   = T_base_cam @ c2w_engine @ inv(T_base_cam)
+    T_map_engine = T_base_cam @ inv(c2w_0)
+    T_map_base   = T_map_engine @ c2w_engine @ inv(T_base_cam)
 
 ``odom -> base_link`` carries each pose as first published (continuous, drifting);
 ``map -> odom`` absorbs every later correction (overlap hand-over, loop closure), as
@@ -83,23 +83,37 @@ def rigid_inverse(T: np.ndarray) -> np.ndarray:
 class FrameConverter:
     """Turns engine poses/points into ``map``-frame quantities for one camera mount.
 
-    ``scale`` (metres per engine unit) multiplies every translation and point, so a
-    scale source can make /tf metric without touching the engine.
+    The engine's own frame is a network gauge (the first chunk's reference camera, as
+    predicted); the node anchors ``map`` at the first frame's ``base_link`` instead
+    (`set_anchor` with that frame's engine pose), so the map is level when the camera
+    starts level, whatever the gauge. ``scale`` (metres per engine unit) multiplies
+    every translation and point, so a scale source can make /tf metric.
     """
 
     def __init__(self, T_base_cam: np.ndarray, scale: float = 1.0) -> None:
         self.T_base_cam = np.asarray(T_base_cam, dtype=np.float64)
         self.T_cam_base = rigid_inverse(self.T_base_cam)
         self.scale = float(scale)
+        self.anchor: np.ndarray | None = None  # inverse of the first frame's engine pose
+
+    def set_anchor(self, c2w_first: np.ndarray) -> None:
+        self.anchor = rigid_inverse(np.asarray(c2w_first, dtype=np.float64))
+
+    def _engine_to_map(self) -> np.ndarray:
+        """T_map_engine with the scale folded in: x_map = R (s x) + t."""
+        A = np.eye(4) if self.anchor is None else self.anchor.copy()
+        A[:3, 3] *= self.scale
+        return self.T_base_cam @ A
 
     def base_poses(self, c2w: np.ndarray) -> np.ndarray:
         """(N, 4, 4) engine camera-to-world -> (N, 4, 4) T_map_base (rigid, scaled)."""
         c2w = np.array(c2w, dtype=np.float64).reshape(-1, 4, 4)
         c2w[:, :3, 3] *= self.scale
-        return self.T_base_cam @ c2w @ self.T_cam_base
+        return self._engine_to_map() @ c2w @ self.T_cam_base
 
     def points(self, xyz: np.ndarray) -> np.ndarray:
         """(M, 3) engine-frame points -> map frame (float32)."""
-        R = self.T_base_cam[:3, :3]
-        t = self.T_base_cam[:3, 3]
-        return (np.asarray(xyz, dtype=np.float64) * self.scale @ R.T + t).astype(np.float32)
+        T = self._engine_to_map()
+        return (np.asarray(xyz, dtype=np.float64) * self.scale @ T[:3, :3].T + T[:3, 3]).astype(
+            np.float32
+        )

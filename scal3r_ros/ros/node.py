@@ -18,11 +18,14 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped
-from nav_msgs.msg import Odometry, Path as PathMsg
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
+from scal3r_ros_msgs.msg import MappingStatus
+from scal3r_ros_msgs.srv import SaveMap
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -58,8 +61,6 @@ from scal3r_ros.ros.frames import (
 )
 from scal3r_ros.ros.params import NodeConfig, declare_and_read
 from scal3r_ros.ros.worker import MappingWorker
-from scal3r_ros_msgs.msg import MappingStatus
-from scal3r_ros_msgs.srv import SaveMap
 
 
 def _stamp_ns(stamp) -> int:
@@ -217,7 +218,9 @@ class MappingNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            self.get_logger().warning("ignoring CameraInfo with invalid K", throttle_duration_sec=10)
+            self.get_logger().warning(
+                "ignoring CameraInfo with invalid K", throttle_duration_sec=10
+            )
             return
         self._camera_k[msg.header.frame_id] = K
 
@@ -297,6 +300,7 @@ class MappingNode(Node):
         def done(_events) -> None:
             with self._lock:
                 self._reset_node_state()
+                self.converter.anchor = None
 
         self.worker.request("reset", done)
 
@@ -328,8 +332,11 @@ class MappingNode(Node):
                     self._timings, self._memory = dict(ev.timings), dict(ev.memory)
         engine = self.worker.engine
         now = time.monotonic()
-        if engine is not None and self._map_dirty and cfg.map_publish_period > 0 and (
-            now - self._last_map_pub >= cfg.map_publish_period
+        if (
+            engine is not None
+            and self._map_dirty
+            and cfg.map_publish_period > 0
+            and (now - self._last_map_pub >= cfg.map_publish_period)
         ):
             xyz, rgb, conf = engine.map_points()
             self._map_points = len(xyz)
@@ -341,6 +348,8 @@ class MappingNode(Node):
 
     def _on_poses(self, ev: PosesUpdate) -> None:
         cfg = self.cfg
+        if self.converter.anchor is None:
+            self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
         T_map_base = self.converter.base_poses(ev.c2w)
         transforms = []
         for fid, stamp_ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(), T_map_base,
@@ -412,8 +421,11 @@ class MappingNode(Node):
         msg.queue_capacity = self.cfg.queue_size
         msg.latency_ms = float(self._latency_s * 1e3)
         msg.chunk_time_ms = float(sum(timings.values()) * 1e3)
-        msg.fps = float(self.cfg.chunk_size - self.cfg.overlap) / max(sum(timings.values()),
-                                                                      1e-9) if timings else 0.0
+        msg.fps = (
+            float(self.cfg.chunk_size - self.cfg.overlap) / max(sum(timings.values()), 1e-9)
+            if timings
+            else 0.0
+        )
         msg.map_points = int(self._map_points)
         msg.gpu_memory_mb = float(memory.get("gpu_peak_bytes", 0.0) / 2**20)
         msg.host_rss_mb = float(memory.get("rss_bytes", 0.0) / 2**20)

@@ -110,61 +110,106 @@ class NodeConfig:
 
 # name -> (description, extra descriptor fields)
 _DOC: dict[str, tuple[str, dict]] = {
-    "backend": ("network: scal3r (official checkpoint), tiny (random test net), oracle "
-                "(synthetic ground truth)", {"read_only": True}),
-    "checkpoint": ("path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
-                   "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
-                   {"read_only": True}),
-    "allow_download": ("download the checkpoint with huggingface_hub when it is missing",
-                       {"read_only": True}),
+    "backend": (
+        "network: scal3r (official checkpoint), tiny (random test net), oracle "
+        "(synthetic ground truth)",
+        {"read_only": True},
+    ),
+    "checkpoint": (
+        "path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
+        "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
+        {"read_only": True},
+    ),
+    "allow_download": (
+        "download the checkpoint with huggingface_hub when it is missing",
+        {"read_only": True},
+    ),
     "device": ("torch device: auto (cuda if available), cuda, cuda:N or cpu", {"read_only": True}),
-    "dtype": ("auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16",
-              {"read_only": True}),
+    "dtype": (
+        "auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16",
+        {"read_only": True},
+    ),
     "chunk_size": ("frames per window (official 60)", {"read_only": True, "int_range": (2, 512)}),
-    "overlap": ("frames shared by consecutive windows (official 30)",
-                {"read_only": True, "int_range": (1, 511)}),
-    "gcs_mode": ("global context synchronisation: causal (running sums) or off",
-                 {"read_only": True}),
-    "loop_closure": ("detect loops and correct drift with a Sim(3) pose graph",
-                     {"read_only": True}),
-    "voxel_size": ("map voxel size in map units; 0 = automatic (1% of the first median depth)",
-                   {"float_range": (0.0, 100.0)}),
-    "confidence_ratio": ("keep pixels whose confidence exceeds this x their frame's mean "
-                         "(official 0.75)", {"read_only": True, "float_range": (0.0, 10.0)}),
-    "max_points": ("hard cap on map points (older chunks are coarsened, then evicted)",
-                   {"read_only": True, "int_range": (1000, 1_000_000_000)}),
-    "image_topics": ("sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
-                     {"read_only": True}),
+    "overlap": (
+        "frames shared by consecutive windows (official 30)",
+        {"read_only": True, "int_range": (1, 511)},
+    ),
+    "gcs_mode": (
+        "global context synchronisation: causal (running sums) or off",
+        {"read_only": True},
+    ),
+    "loop_closure": (
+        "detect loops and correct drift with a Sim(3) pose graph",
+        {"read_only": True},
+    ),
+    "voxel_size": (
+        "map voxel size in map units; 0 = automatic (1% of the first median depth)",
+        {"float_range": (0.0, 100.0)},
+    ),
+    "confidence_ratio": (
+        "keep pixels whose confidence exceeds this x their frame's mean (official 0.75)",
+        {"read_only": True, "float_range": (0.0, 10.0)},
+    ),
+    "max_points": (
+        "hard cap on map points (older chunks are coarsened, then evicted)",
+        {"read_only": True, "int_range": (1000, 1_000_000_000)},
+    ),
+    "image_topics": (
+        "sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
+        {"read_only": True},
+    ),
     "compressed_topics": ("sensor_msgs/CompressedImage topics (jpeg, png)", {"read_only": True}),
-    "camera_info_topics": ("optional CameraInfo topics, same order as the image topics",
-                           {"read_only": True}),
-    "input_qos": ("image subscription QoS: sensor_data (best effort) or reliable",
-                  {"read_only": True}),
-    "input_qos_depth": ("image subscription history depth", {"read_only": True,
-                                                              "int_range": (1, 1000)}),
-    "queue_size": ("frames waiting for the worker before the drop policy applies",
-                   {"read_only": True, "int_range": (1, 100000)}),
+    "camera_info_topics": (
+        "optional CameraInfo topics, same order as the image topics",
+        {"read_only": True},
+    ),
+    "input_qos": (
+        "image subscription QoS: sensor_data (best effort) or reliable",
+        {"read_only": True},
+    ),
+    "input_qos_depth": (
+        "image subscription history depth",
+        {"read_only": True, "int_range": (1, 1000)},
+    ),
+    "queue_size": (
+        "frames waiting for the worker before the drop policy applies",
+        {"read_only": True, "int_range": (1, 100000)},
+    ),
     "drop_policy": ("when the queue is full: drop_oldest or drop_newest", {"read_only": True}),
-    "on_time_jump": ("stamps going backwards (bag loop): reset the map, or drop the frames",
-                     {}),
+    "on_time_jump": ("stamps going backwards (bag loop): reset the map, or drop the frames", {}),
     "map_frame": ("fixed frame of the map, /tf root (REP-105)", {"read_only": True}),
     "odom_frame": ("odometry frame between map and base_link", {"read_only": True}),
     "base_frame": ("robot body frame", {"read_only": True}),
-    "camera_frame": ("camera optical frame; empty = the images' header.frame_id",
-                     {"read_only": True}),
-    "camera_xyz": ("camera body position in base_frame [m], used when /tf_static has none",
-                   {"read_only": True}),
+    "camera_frame": (
+        "camera optical frame; empty = the images' header.frame_id",
+        {"read_only": True},
+    ),
+    "camera_xyz": (
+        "camera body position in base_frame [m], used when /tf_static has none",
+        {"read_only": True},
+    ),
     "camera_rpy": ("camera body roll/pitch/yaw in base_frame [rad]", {"read_only": True}),
-    "use_tf_static": ("take the camera mount from /tf_static when it is published",
-                      {"read_only": True}),
-    "publish_camera_tf": ("publish base_frame -> camera optical frame on /tf_static from "
-                          "camera_xyz/rpy when /tf_static has none", {"read_only": True}),
-    "map_publish_period": ("seconds between ~/map publications (0: only on request)",
-                           {"float_range": (0.0, 3600.0)}),
-    "status_period": ("seconds between ~/status and /diagnostics messages",
-                      {"read_only": True, "float_range": (0.05, 60.0)}),
-    "output_dir": ("directory for saved maps and trajectories (nothing is written outside)",
-                   {"read_only": True}),
+    "use_tf_static": (
+        "take the camera mount from /tf_static when it is published",
+        {"read_only": True},
+    ),
+    "publish_camera_tf": (
+        "publish base_frame -> camera optical frame on /tf_static from "
+        "camera_xyz/rpy when /tf_static has none",
+        {"read_only": True},
+    ),
+    "map_publish_period": (
+        "seconds between ~/map publications (0: only on request)",
+        {"float_range": (0.0, 3600.0)},
+    ),
+    "status_period": (
+        "seconds between ~/status and /diagnostics messages",
+        {"read_only": True, "float_range": (0.05, 60.0)},
+    ),
+    "output_dir": (
+        "directory for saved maps and trajectories (nothing is written outside)",
+        {"read_only": True},
+    ),
     "save_on_shutdown": ("save map and trajectory when the node stops", {}),
     "scale_source": ("metric scale: none (arbitrary scale)", {"read_only": True}),
     "oracle_seed": ("oracle backend: seed of the synthetic drive", {"read_only": True}),

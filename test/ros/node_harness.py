@@ -1,0 +1,107 @@
+"""Helpers for cross-process node tests: start processes, record topics, call services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry, Path
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from scal3r_ros_msgs.msg import MappingStatus
+from sensor_msgs.msg import PointCloud2
+from tf2_msgs.msg import TFMessage
+
+NODE = "/scal3r_mapping"
+
+
+def start(args: list[str], log_path) -> subprocess.Popen:
+    """Start a console script (by module) in its own process, output to ``log_path``."""
+    log = open(log_path, "w")  # the child keeps the descriptor; closed when it exits
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
+    return proc.returncode
+
+
+def node_args(output_dir, **params) -> list[str]:
+    args = ["scal3r_ros.ros.node", "--ros-args", "-p", f"output_dir:={output_dir}"]
+    for k, v in params.items():
+        if isinstance(v, list):
+            v = "[" + ",".join(f"'{x}'" if isinstance(x, str) else str(x) for x in v) + "]"
+        args += ["-p", f"{k}:={v}"]
+    return args
+
+
+class Recorder:
+    """A node in the test process that records every output of the mapping node."""
+
+    LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.msgs: dict[str, list] = defaultdict(list)
+        rel = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        for topic, typ, qos in (
+            ("/tf", TFMessage, rel),
+            ("/tf_static", TFMessage, self.LATCHED),
+            (f"{NODE}/cloud", PointCloud2, rel),
+            (f"{NODE}/map", PointCloud2, self.LATCHED),
+            (f"{NODE}/odometry", Odometry, rel),
+            (f"{NODE}/path", Path, self.LATCHED),
+            (f"{NODE}/status", MappingStatus, rel),
+            ("/diagnostics", DiagnosticArray, rel),
+        ):
+            self.node.create_subscription(typ, topic, lambda m, t=topic: self.msgs[t].append(m),
+                                          qos)  # fmt: skip
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, cond: Callable[[], bool], timeout: float, procs=()) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+            if cond():
+                return True
+            if any(p.poll() not in (None, 0) for p in procs):
+                return False
+        return False
+
+    def last(self, topic: str):
+        return self.msgs[topic][-1] if self.msgs[topic] else None
+
+    def call(self, srv_type, name: str, request, timeout: float = 60.0):
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} not available")
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        if not future.done():
+            raise TimeoutError(f"service {name} did not answer")
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)

@@ -1,0 +1,188 @@
+"""The node end to end, across processes over DDS: synthetic camera -> node -> recorder.
+
+The node runs the oracle backend (exact geometry of the synthetic drive, random Sim(3)
+per chunk), so its outputs can be checked against ground truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from node_harness import NODE, Recorder, node_args, start, stop
+from scal3r_ros_msgs.srv import SaveMap
+from std_srvs.srv import Trigger
+
+from scal3r_ros.mapping.sim3 import umeyama
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.ros.conversions import cloud_to_array
+from scal3r_ros.ros.frames import matrix_from_quaternion
+
+pytestmark = pytest.mark.ros
+N_FRAMES = 64
+CHUNK, OVERLAP = 16, 8
+
+
+def _T(translation, rotation) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = matrix_from_quaternion((rotation.x, rotation.y, rotation.z, rotation.w))
+    T[:3, 3] = (translation.x, translation.y, translation.z)
+    return T
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("node")
+    rec = Recorder()
+    node = start(node_args(out / "maps", backend="oracle", chunk_size=CHUNK, overlap=OVERLAP,
+                           input_qos="reliable", map_publish_period=0.2, status_period=0.2,
+                           oracle_frames=N_FRAMES), out / "node.log")  # fmt: skip
+    camera = None
+    try:
+        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node]), (
+            "node did not come up:\n" + (out / "node.log").read_text()
+        )
+        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
+                        "--rate", "40", "--reliable"], out / "camera.log")  # fmt: skip
+
+        def done() -> bool:
+            st = rec.last(f"{NODE}/status")
+            return st is not None and st.frames_processed >= N_FRAMES and st.chunks_processed >= 7
+
+        ok = rec.spin_until(done, 120, [node])
+        rec.spin_until(lambda: False, 1.0)  # let the last messages arrive
+        assert ok, "node did not process the stream:\n" + (out / "node.log").read_text()
+        yield rec, node, out
+    finally:
+        if camera is not None:
+            stop(camera)
+        if node.poll() is None:
+            stop(node)
+        rec.close()
+
+
+def test_tf_chain_is_map_odom_base_with_image_stamps(run):
+    rec, _, _ = run
+    pairs = {(t.header.frame_id, t.child_frame_id) for m in rec.msgs["/tf"] for t in m.transforms}
+    assert pairs == {("map", "odom"), ("odom", "base_link")}
+    static = {(t.header.frame_id, t.child_frame_id)
+              for m in rec.msgs["/tf_static"] for t in m.transforms}  # fmt: skip
+    assert ("base_link", "camera_optical") in static
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    image_stamps = {drive.stamp_ns(i) for i in range(N_FRAMES)}
+    base_stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
+                   if t.child_frame_id == "base_link"}  # fmt: skip
+    assert base_stamps == image_stamps
+
+
+def test_path_matches_ground_truth_and_map_is_z_up(run):
+    rec, _, _ = run
+    path = rec.last(f"{NODE}/path")
+    assert path.header.frame_id == "map" and len(path.poses) == N_FRAMES
+    est = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path.poses])
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    gt = drive.gt_poses()[:, :3, 3]
+    sim = umeyama(est, gt)
+    ate = np.sqrt(((sim.apply(est) - gt) ** 2).sum(1).mean())
+    assert ate < 1e-3 * drive.path_length(), ate
+    # REP-103: map z is up, so a drive on flat ground stays at one height ...
+    extent = np.ptp(est[:, :2], axis=0).max()
+    assert extent > 0 and np.ptp(est[:, 2]) < 0.03 * extent
+    # ... and base_link's z axis points up throughout
+    ups = [_T(p.pose.position, p.pose.orientation)[:3, 2] for p in path.poses]
+    assert min(u[2] for u in ups) > 0.99
+
+
+def test_odometry_agrees_with_tf(run):
+    rec, _, _ = run
+    tf = {
+        _ns(t.header.stamp): _T(t.transform.translation, t.transform.rotation)
+        for m in rec.msgs["/tf"]
+        for t in m.transforms
+        if t.child_frame_id == "base_link"
+    }
+    odoms = rec.msgs[f"{NODE}/odometry"]
+    assert len(odoms) == N_FRAMES
+    for o in odoms:
+        assert o.header.frame_id == "odom" and o.child_frame_id == "base_link"
+        np.testing.assert_allclose(_T(o.pose.pose.position, o.pose.pose.orientation),
+                                   tf[_ns(o.header.stamp)], atol=1e-6)  # fmt: skip
+    speeds = [o.twist.twist.linear.x for o in odoms[1:]]
+    assert np.median(speeds) > 0  # driving forward along base_link x
+
+
+def test_clouds_have_fields_frame_and_points(run):
+    rec, _, _ = run
+    clouds = rec.msgs[f"{NODE}/cloud"]
+    assert len(clouds) >= 7
+    for c in clouds:
+        assert c.header.frame_id == "map"
+        assert [f.name for f in c.fields] == ["x", "y", "z", "rgb", "confidence"]
+    arr = cloud_to_array(clouds[-1])
+    assert len(arr) > 100 and np.isfinite(arr["x"]).all()
+    full = rec.last(f"{NODE}/map")
+    assert full is not None and full.width >= len(arr)
+    # points of the map lie around the drive (same frame as /tf), not in another frame
+    path = rec.last(f"{NODE}/path")
+    centre = np.mean([[p.pose.position.x, p.pose.position.y] for p in path.poses], axis=0)
+    m = cloud_to_array(full)
+    assert np.linalg.norm(np.median(np.stack([m["x"], m["y"]], 1), 0) - centre) < np.ptp(m["x"])
+
+
+def test_status_and_diagnostics(run):
+    rec, _, _ = run
+    st = rec.last(f"{NODE}/status")
+    assert st.frames_received == N_FRAMES and st.frames_processed == N_FRAMES
+    assert st.frames_dropped == 0 and st.chunks_processed == 7
+    assert st.backend == "oracle" and st.gcs_mode == "causal" and st.scale_source == "none"
+    assert st.state == st.STATE_MAPPING and st.map_points > 0 and st.queue_capacity == 64
+    assert st.host_rss_mb > 10
+    diag = rec.last("/diagnostics").status[0]
+    values = {kv.key: kv.value for kv in diag.values}
+    assert "scal3r_mapping" in diag.name and values["frames_processed"] == str(N_FRAMES)
+    assert diag.level == diag.OK and values["frames_dropped"] == "0"
+
+
+def test_save_service_writes_files_and_refuses_escapes(run):
+    rec, _, out = run
+    for bad in ("../escape", "/tmp/abs", "a/../../b"):
+        res = rec.call(
+            SaveMap,
+            f"{NODE}/save_map",
+            SaveMap.Request(name=bad, save_map=True, save_trajectory=True),
+        )
+        assert not res.success and "refused" in res.message, bad
+    assert not (out / "escape").exists()
+    res = rec.call(
+        SaveMap,
+        f"{NODE}/save_map",
+        SaveMap.Request(name="run1", save_map=True, save_trajectory=True),
+    )
+    assert res.success, res.message
+    names = sorted(p.split("/")[-1] for p in res.files)
+    assert names == ["map.pcd", "map.ply", "trajectory_kitti.txt", "trajectory_tum.txt"]
+    tum = np.loadtxt(out / "maps" / "run1" / "trajectory_tum.txt")
+    assert tum.shape == (N_FRAMES, 8)
+    assert (out / "maps" / "run1" / "map.ply").read_bytes().startswith(b"ply")
+
+
+def test_reset_service_clears_the_map(run):
+    rec, _, out = run
+    res = rec.call(Trigger, f"{NODE}/reset", Trigger.Request())
+    assert res.success
+    res = rec.call(
+        SaveMap,
+        f"{NODE}/save_map",
+        SaveMap.Request(name="after_reset", save_map=False, save_trajectory=True),
+    )
+    assert res.success, res.message
+    assert (out / "maps" / "after_reset" / "trajectory_tum.txt").read_text().strip() == ""
+
+
+def test_sigint_exits_cleanly(run):
+    _, node, out = run
+    assert node.poll() is None, "node died during the run"
+    assert stop(node) == 0, (out / "node.log").read_text()

@@ -1,0 +1,164 @@
+"""Bad input and failures: the node stays up, counts and reports; bad starts exit non-zero."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from node_harness import NODE, Recorder, node_args, start, stop
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.ros.conversions import rgb_to_image
+
+pytestmark = pytest.mark.ros
+
+
+def _stamp(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def _diag_values(rec: Recorder) -> dict[str, str]:
+    msg = rec.last("/diagnostics")
+    return {} if msg is None else {kv.key: kv.value for kv in msg.status[0].values}
+
+
+def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
+    rec = Recorder("bad_input_tester")
+    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                           input_qos="reliable", status_period=0.2, oracle_frames=40,
+                           compressed_topics=["/camera/compressed"],
+                           camera_info_topics=["/camera/camera_info"]),
+                 tmp_path / "node.log")  # fmt: skip
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
+    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
+    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
+    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    try:
+        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
+                              and pub_c.get_subscription_count() > 0, 60, [node])  # fmt: skip
+
+        def good(i: int) -> Image:
+            return rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), "camera_optical")
+
+        def send(msg) -> None:
+            (pub_c if isinstance(msg, CompressedImage) else pub).publish(msg)
+            rec.spin_until(lambda: False, 0.03)
+
+        for i in range(6):
+            send(good(i))
+        info = CameraInfo(width=160, height=48)
+        info.header.frame_id = "camera_optical"
+        info.k = [float("nan")] * 9
+        pub_info.publish(info)  # NaN intrinsics: ignored with a warning
+        bad = good(6)
+        bad.encoding = "yuv422"
+        send(bad)  # unsupported encoding
+        bad = good(6)
+        bad.step = 10
+        send(bad)  # step/size mismatch
+        bad = good(6)
+        bad.data = bytes(100)
+        send(bad)  # truncated data
+        odd = rgb_to_image(np.zeros((30, 50, 3), np.uint8), _stamp(drive.stamp_ns(6)),
+                           "camera_optical")  # fmt: skip
+        send(odd)  # size changes mid-stream
+        corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg")
+        corrupt.header.stamp, corrupt.header.frame_id = _stamp(drive.stamp_ns(6)), "camera_optical"
+        send(corrupt)
+        send(good(5))  # duplicate stamp
+        for i in range(6, 20):
+            send(good(i))
+        send(good(2))  # stamps jump back (bag loop): reset
+        for i in range(3, 14):
+            send(good(i))
+
+        def reported() -> bool:
+            v = _diag_values(rec)
+            st = rec.last(f"{NODE}/status")
+            return (
+                v.get("dropped_time_jump_reset") == "1"
+                and st is not None
+                and st.chunks_processed >= 6
+                and rec.last(f"{NODE}/status").queue_length == 0
+            )
+
+        assert rec.spin_until(reported, 60, [node]), _diag_values(rec)
+        v = _diag_values(rec)
+        assert v["dropped_bad_image"] == "4"  # encoding, step, truncated, corrupt jpeg
+        assert v["dropped_size_changed"] == "1" and v["dropped_duplicate_stamp"] == "1"
+        diag = rec.last("/diagnostics").status[0]
+        assert diag.level == diag.WARN and "bad_image 4" in diag.message
+        assert node.poll() is None
+        assert stop(node) == 0
+        saved = list((tmp_path / "maps").glob("map_*/trajectory_tum.txt"))
+        assert len(saved) == 1  # saved on SIGINT: the frames after the reset (2..13)
+        assert np.loadtxt(saved[0]).shape == (12, 8)
+    finally:
+        stop(node)
+        rec.close()
+
+
+@pytest.mark.parametrize("content", [None, b"definitely not a checkpoint", b"PK\x03\x04trunc"])
+def test_missing_or_corrupt_checkpoint_exits_nonzero_with_a_clear_message(tmp_path, content):
+    ckpt = tmp_path / "scal3r.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", *node_args(tmp_path, backend="scal3r", checkpoint=str(ckpt))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot start" in proc.stderr and str(ckpt) in proc.stderr
+    if content is None:
+        assert "hf download xbillowy/Scal3R" in proc.stderr
+
+
+def test_invalid_parameters_exit_nonzero(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", *node_args(tmp_path, backend="oracle", chunk_size=8, overlap=8)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "chunk_size > overlap" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_network_node_with_queue_overflow(tmp_path):
+    """The real network path (tiny random weights) in the node; a burst overflows the queue."""
+    rec = Recorder("tiny_tester")
+    node = start(node_args(tmp_path / "maps", backend="tiny", chunk_size=4, overlap=2,
+                           queue_size=4, input_qos="reliable", status_period=0.2,
+                           loop_closure=False), tmp_path / "node.log")  # fmt: skip
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
+    drive = SyntheticDrive(SyntheticConfig(n_frames=30))
+    try:
+        assert rec.spin_until(lambda: pub.get_subscription_count() > 0, 60, [node])
+        for i in range(30):  # a burst far faster than a CPU network chunk
+            pub.publish(rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)),
+                                     "camera_optical"))  # fmt: skip
+            rec.spin_until(lambda: False, 0.01)
+
+        def settled() -> bool:
+            st = rec.last(f"{NODE}/status")
+            return (
+                st is not None
+                and st.frames_received == 30
+                and (st.frames_processed + st.frames_dropped == 30)
+                and st.chunks_processed >= 2
+            )
+
+        assert rec.spin_until(settled, 180, [node]), (tmp_path / "node.log").read_text()
+        st = rec.last(f"{NODE}/status")
+        assert st.frames_dropped > 0 and st.queue_length == 0
+        assert st.backend == "tiny" and len(rec.msgs["/tf"]) > 0
+        assert _diag_values(rec)["dropped_queue_full"] == str(st.frames_dropped)
+        assert stop(node) == 0
+    finally:
+        stop(node)
+        rec.close()

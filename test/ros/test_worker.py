@@ -1,0 +1,140 @@
+"""The worker's queue, drop policies, commands and error recovery (no ROS, no DDS)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from scal3r_ros.mapping.frame import Frame, StatsUpdate
+from scal3r_ros.ros.worker import MappingWorker
+
+
+class FakeEngine:
+    """Records frames; blocks while ``gate`` is clear; raises on chosen stamps."""
+
+    def __init__(self, fail_on=()):
+        self.seen: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = set(fail_on)
+        self.resets = 0
+        self.n_frames = 0
+
+    def push(self, frame):
+        self.gate.wait(10)
+        if frame.stamp_ns in self.fail_on:
+            raise RuntimeError(f"CUDA out of memory (simulated) at {frame.stamp_ns}")
+        self.seen.append(frame.stamp_ns)
+        self.n_frames += 1
+        return [StatsUpdate(len(self.seen), {"network": 0.01}, {})] if frame.stamp_ns % 2 else []
+
+    def flush(self):
+        return [StatsUpdate(-1, {}, {})]
+
+    def reset(self):
+        self.resets += 1
+        self.seen.clear()
+
+
+def frame(i: int) -> Frame:
+    return Frame(stamp_ns=i, camera_id="cam", image=np.zeros((4, 4, 3), np.uint8))
+
+
+def wait_until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def make_worker():
+    workers = []
+
+    def make(engine, **kw):
+        events = []
+        errors = []
+        w = MappingWorker(lambda: engine, events.extend, on_error=errors.append, **kw)
+        w.start()
+        workers.append(w)
+        return w, events, errors
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+def test_frames_flow_in_order_and_events_reach_the_sink(make_worker):
+    eng = FakeEngine()
+    w, events, _ = make_worker(eng)
+    for i in range(10):
+        assert w.submit(frame(i))
+    wait_until(lambda: w.stats.processed == 10)
+    assert eng.seen == list(range(10))
+    assert len(events) == 5 and w.stats.chunks == 5
+    assert w.stats.dropped_total == 0
+
+
+@pytest.mark.parametrize("policy, kept", [("drop_oldest", [0, 7, 8, 9]),
+                                          ("drop_newest", [0, 1, 2, 3])])  # fmt: skip
+def test_full_queue_drops_by_policy_and_counts(make_worker, policy, kept):
+    eng = FakeEngine()
+    eng.gate.clear()  # worker stuck on frame 0
+    w, _, _ = make_worker(eng, queue_size=3, drop_policy=policy)
+    w.submit(frame(0))
+    wait_until(lambda: w.stats.busy)
+    results = [w.submit(frame(i)) for i in range(1, 10)]
+    assert results[:3] == [True, True, True] and not any(results[3:])
+    assert w.queue_length() == 3
+    assert w.stats.dropped["queue_full"] == 6
+    eng.gate.set()
+    wait_until(lambda: w.stats.processed == 4)
+    assert eng.seen == kept
+
+
+def test_engine_error_is_reported_and_worker_recovers(make_worker):
+    eng = FakeEngine(fail_on={3})
+    w, _, errors = make_worker(eng)
+    for i in range(6):
+        w.submit(frame(i))
+    wait_until(lambda: w.stats.processed + w.stats.errors == 6)
+    assert w.stats.errors == 1 and "out of memory" in w.stats.last_error
+    assert len(errors) == 1 and "RuntimeError" in errors[0]
+    assert eng.seen == [0, 1, 2, 4, 5]
+
+
+def test_reset_runs_in_queue_order_and_call_returns_results(make_worker):
+    eng = FakeEngine()
+    w, _, _ = make_worker(eng)
+    done = threading.Event()
+    w.submit(frame(1))
+    w.request("reset", lambda events: done.set())
+    w.submit(frame(2))
+    assert done.wait(5)
+    wait_until(lambda: w.stats.processed == 2)
+    assert eng.resets == 1 and eng.seen == [2]
+    assert w.call(lambda e: list(e.seen)) == [2]
+    with pytest.raises(ZeroDivisionError):
+        w.call(lambda e: 1 / 0)
+
+
+def test_stop_abandons_queue_and_counts_it(make_worker):
+    eng = FakeEngine()
+    eng.gate.clear()
+    w, _, _ = make_worker(eng, queue_size=10)
+    for i in range(5):
+        w.submit(frame(i))
+    wait_until(lambda: w.stats.busy)
+    threading.Timer(0.2, eng.gate.set).start()
+    assert w.stop(timeout=5)
+    assert w.stats.dropped["shutdown"] == 4 and eng.seen == [0]
+
+
+def test_bad_settings_rejected():
+    with pytest.raises(ValueError):
+        MappingWorker(FakeEngine, print, drop_policy="drop_random")
+    with pytest.raises(ValueError):
+        MappingWorker(FakeEngine, print, queue_size=0)
