@@ -75,10 +75,12 @@ def make_head_fixture(official: Path, out: Path, seed: int) -> None:
             tokens = [torch.randn(B, S, P, DIM_IN, generator=gen) for _ in range(4)]
             images = torch.rand(B, S, 3, h * PATCH, w * PATCH, generator=gen)
             cam_list = camera(tokens, num_iterations=4)
-            depth_map, depth_conf = depth(tokens, images=images, patch_start_idx=PATCH_START_IDX,
-                                          frames_chunk_size=chunk)
-            pts_map, pts_conf = point(tokens, images=images, patch_start_idx=PATCH_START_IDX,
-                                      frames_chunk_size=chunk)
+            depth_map, depth_conf = depth(
+                tokens, images=images, patch_start_idx=PATCH_START_IDX, frames_chunk_size=chunk
+            )
+            pts_map, pts_conf = point(
+                tokens, images=images, patch_start_idx=PATCH_START_IDX, frames_chunk_size=chunk
+            )
             w2c, K = decode_camera_params(cam_list[-1], h * PATCH, w * PATCH, "abs_quat_fov", False)
             cases.append(
                 dict(
@@ -107,14 +109,16 @@ def make_head_fixture(official: Path, out: Path, seed: int) -> None:
     torch.save(
         dict(
             seed=seed,
-            config=dict(camera=CAMERA_CFG, depth=DEPTH_CFG, point=POINT_CFG,
-                        patch_start_idx=PATCH_START_IDX),
+            config=dict(
+                camera=CAMERA_CFG, depth=DEPTH_CFG, point=POINT_CFG, patch_start_idx=PATCH_START_IDX
+            ),
             state_dicts=dict(
                 camera=camera.state_dict(), depth=depth.state_dict(), point=point.state_dict()
             ),
             cases=cases,
-            decode=dict(encoding=enc, image_hw=(154, 518), w2c=dec_w2c, K=dec_K,
-                        c2w_3x4=dec_w2c_inv),
+            decode=dict(
+                encoding=enc, image_hw=(154, 518), w2c=dec_w2c, K=dec_K, c2w_3x4=dec_w2c_inv
+            ),
             source=f"official Scal3R heads from {official}",
         ),
         out,
@@ -157,8 +161,14 @@ def make_preprocess_fixture(out: Path) -> None:
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
         for images_spec, max_size in PREPROCESS_CASES:
-            cfg = DotDict(proc_max_size=max_size, proc_align_size=14, center_crop=True,
-                          render_ratio=1.0, rot90=None, focal_ratio=1.0)
+            cfg = DotDict(
+                proc_max_size=max_size,
+                proc_align_size=14,
+                center_crop=True,
+                render_ratio=1.0,
+                rot90=None,
+                focal_ratio=1.0,
+            )
             inputs, paths = [], []
             for k, (h, w, seed, dtype) in enumerate(images_spec):
                 img = synthetic_image(h, w, seed, np.dtype(dtype).type)

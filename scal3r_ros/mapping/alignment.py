@@ -142,9 +142,7 @@ def align_points(
     cs = np.ones(n_in, np.float32) if conf_src is None else np.asarray(conf_src, np.float32)
     cd = np.ones(n_in, np.float32) if conf_dst is None else np.asarray(conf_dst, np.float32)
     cs, cd = cs.reshape(-1), cd.reshape(-1)
-    finite = (
-        np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(cs) & np.isfinite(cd)
-    )
+    finite = np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(cs) & np.isfinite(cd)
     src, dst, cs, cd = src[finite], dst[finite], cs[finite], cd[finite]
     if len(src) < max(cfg.min_points, 3):
         return _fail(len(src), "too_few_points", n_input=n_in)

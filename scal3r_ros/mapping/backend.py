@@ -88,9 +88,9 @@ class ChunkPrediction:
 class Backend(Protocol):
     """What the engine needs from a network (or an oracle)."""
 
-    def prepare(self, frame_image: np.ndarray, intrinsics: np.ndarray | None) -> tuple[
-        np.ndarray, np.ndarray | None
-    ]:
+    def prepare(
+        self, frame_image: np.ndarray, intrinsics: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Resize/crop one HxWx3 uint8 image to the working resolution (called once per
         frame on arrival, so only small images are kept); returns (image, scaled K)."""
         ...
@@ -103,9 +103,7 @@ class Backend(Protocol):
         """Predict one chunk; in ``causal`` mode update ``gcs_state`` in place."""
         ...
 
-    def infer_exact(
-        self, chunks: Sequence[Callable[[], ChunkInput]]
-    ) -> Iterator[ChunkPrediction]:
+    def infer_exact(self, chunks: Sequence[Callable[[], ChunkInput]]) -> Iterator[ChunkPrediction]:
         """Official layer-synchronous schedule over all chunks of a recorded sequence.
 
         ``chunks`` are loaders so that the backend can re-read images when it

@@ -92,7 +92,7 @@ class FrameStore:
     def __del__(self) -> None:
         try:
             self.reset()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
     def _spill_dir(self) -> Path:

@@ -45,9 +45,7 @@ class _ChunkCloud:
     level: int = 0
 
 
-def voxel_downsample(
-    xyz: np.ndarray, conf: np.ndarray, voxel: float
-) -> np.ndarray:
+def voxel_downsample(xyz: np.ndarray, conf: np.ndarray, voxel: float) -> np.ndarray:
     """Indices of one point per occupied voxel (the most confident one)."""
     if len(xyz) == 0 or voxel <= 0:
         return np.arange(len(xyz))
@@ -102,16 +100,20 @@ class MapStore:
         if depth is not None:
             d = depth[:, ::st, ::st]
             valid &= np.isfinite(d) & (d > 0)
-        mean = np.array([c[v].mean() if v.any() else np.inf for c, v in zip(conf, valid, strict=True)])
+        mean = np.array(
+            [c[v].mean() if v.any() else np.inf for c, v in zip(conf, valid, strict=True)]
+        )
         keep = valid & (conf > cfg.conf_ratio * mean[:, None, None])
         if self.voxel_size <= 0:
             if depth is not None and keep.any():
                 med = float(np.median(depth[:, ::st, ::st][keep])) * g.s
             else:
                 pts_w = g.apply(points[keep].reshape(-1, 3).astype(np.float64))
-                med = float(np.median(np.linalg.norm(pts_w - pts_w.mean(0), axis=1))) if len(
-                    pts_w
-                ) else 0.0
+                med = (
+                    float(np.median(np.linalg.norm(pts_w - pts_w.mean(0), axis=1)))
+                    if len(pts_w)
+                    else 0.0
+                )
             self.voxel_size = max(med * cfg.auto_voxel_rel, 1e-9)
         fid = np.broadcast_to(np.asarray(frame_ids, np.int64)[:, None, None], keep.shape)
         cloud = _ChunkCloud(
@@ -215,6 +217,7 @@ class MapStore:
                 c = self._clouds[ids[0]]
                 if c.level < cfg.max_coarsen_levels:
                     c.level += 1
+                    self.n_coarsened += 1
                     sel = voxel_downsample(c.xyz, c.conf, self._local_voxel(ids[0], c.level))
                 else:
                     sel = np.argsort(-c.conf, kind="stable")[: cfg.max_points]
@@ -259,7 +262,9 @@ def write_pcd(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarr
     packed = (
         (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
     ).astype(np.uint32)
-    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("c", "<f4")])
+    rec = np.empty(
+        n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("c", "<f4")]
+    )
     rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     rec["rgb"], rec["c"] = packed, conf
     header = (

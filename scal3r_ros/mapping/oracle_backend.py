@@ -36,9 +36,12 @@ class OracleConfig:
     drift_scale_per_frame: float = 0.0  # in-chunk scale creep
     sky_depth_m: float = 200.0  # depth reported where nothing was hit (confidence 1)
     descriptors: bool = True  # image-thumbnail global descriptors (for loop retrieval)
+    # Loop chunks whose two windows are farther apart than this (metres) are predicted the
+    # way a network fails on a false loop: the second window is overlaid on the first.
+    loop_overlay_dist_m: float = 8.0
     seed: int = 0
-    # test hook: (chunk_id, prediction in network order) -> corrupted prediction
-    corrupt: Callable[[int, ChunkPrediction], ChunkPrediction] | None = None
+    # test hook: (chunk input, prediction; both in network order) -> corrupted prediction
+    corrupt: Callable[[ChunkInput, ChunkPrediction], ChunkPrediction] | None = None
 
 
 def _rot_y(a: float) -> np.ndarray:
@@ -93,9 +96,7 @@ class OracleBackend:
     def gcs_state_nbytes(self, gcs_state: Any) -> int:
         return 0
 
-    def infer_exact(
-        self, chunks: Sequence[Callable[[], ChunkInput]]
-    ) -> Iterator[ChunkPrediction]:
+    def infer_exact(self, chunks: Sequence[Callable[[], ChunkInput]]) -> Iterator[ChunkPrediction]:
         for load in chunks:
             yield self.infer(load(), None)
 
@@ -109,9 +110,12 @@ class OracleBackend:
         depth[sky] = cfg.sky_depth_m
         conf = np.where(sky, 1.0, 1.0 + np.exp(2.5 - depth / 30.0))
 
+        if chunk.is_loop:
+            gt = self._overlay_false_loop(gt, np.asarray(idx))
         inv_ref = np.linalg.inv(gt[0])
         rel = inv_ref @ gt  # chunk frame = reference camera
-        offs = np.array(idx, dtype=np.float64) - idx[0]
+        rank = np.argsort(np.argsort(idx, kind="stable"), kind="stable").astype(np.float64)
+        offs = rank - rank[0]  # position in the chunk relative to the reference
         for k in range(len(idx)):
             bend = _rot_y(np.radians(cfg.drift_yaw_deg_per_frame) * offs[k])
             creep = (1.0 + cfg.drift_scale_per_frame) ** offs[k]
@@ -148,10 +152,31 @@ class OracleBackend:
             descriptors=thumbnail_descriptor(chunk.images) if cfg.descriptors else None,
         )
         if cfg.corrupt is not None:
-            pred = cfg.corrupt(chunk.chunk_id, pred)
+            pred = cfg.corrupt(chunk, pred)
         return pred
 
     # ------------------------------------------------------------ helpers
+    def _overlay_false_loop(self, gt: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Loop chunk = runs of consecutive frames; if the runs are not at the same
+        place, pretend the later runs start where the first one does (what a network
+        does with two unrelated views it was told to fuse)."""
+        order = np.argsort(idx, kind="stable")
+        breaks = np.nonzero(np.diff(idx[order]) != 1)[0]
+        if len(breaks) == 0:
+            return gt
+        runs = np.split(order, breaks + 1)
+        first = min(runs, key=lambda r: -idx[r[0]])  # the later window (network order first)
+        ca = gt[first, :3, 3]
+        out = gt.copy()
+        for run in runs:
+            if run is first:
+                continue
+            gap = np.linalg.norm(gt[run, None, :3, 3] - ca[None], axis=2).min()
+            if gap > self.config.loop_overlay_dist_m:
+                fix = gt[first[0]] @ np.linalg.inv(gt[run[0]])
+                out[run] = fix @ gt[run]
+        return out
+
     def _depth(self, i: int) -> np.ndarray:
         d = self._depth_cache.get(i)
         if d is None:

@@ -169,11 +169,13 @@ class Sim3PoseGraph:
         T_dst_src: Sim3,
         kind: str = SEQUENTIAL,
         robust_k: float | None = None,
+        sigma_scale: float = 1.0,
         **info: object,
     ) -> int:
         """Constraint ``G_src = G_dst @ T_dst_src``; returns the edge index.
 
-        ``robust_k`` overrides the loop kernel width (sigmas) for this edge.
+        ``robust_k`` overrides the loop kernel width (sigmas) for this edge;
+        ``sigma_scale`` > 1 weakens the edge (e.g. a poorly conditioned alignment).
         """
         src, dst = int(src), int(dst)
         if src == dst:
@@ -183,16 +185,24 @@ class Sim3PoseGraph:
                 raise KeyError(f"node {n} not in the graph")
         if kind not in (SEQUENTIAL, LOOP):
             raise ValueError(f"unknown edge kind {kind!r}")
-        noise = self._seq_noise
+        c = self.config
         if kind == LOOP:
-            noise, robust_k = self._loop_noise_model(src, dst, robust_k)
+            noise, robust_k = self._loop_noise_model(src, dst, robust_k, sigma_scale)
             info["robust_k"] = robust_k
+        elif sigma_scale != 1.0:
+            sig = _sigmas(c.seq_sigma_rot, c.seq_sigma_trans, c.seq_sigma_log_scale)
+            noise = gtsam.noiseModel.Diagonal.Sigmas(sig * sigma_scale)
+        else:
+            noise = self._seq_noise
+        info["sigma_scale"] = sigma_scale
         # BetweenFactor(k1, k2, m) measures X_k1^-1 X_k2 = G_dst^-1 G_src = T_dst_src
         self._add_factor(gtsam.BetweenFactorSimilarity3(dst, src, to_gtsam(T_dst_src), noise))
         self.edges.append(Edge(src, dst, T_dst_src, kind, dict(info)))
         return len(self.edges) - 1
 
-    def add_sequential(self, prev: int, new: int, T_prev_new: Sim3) -> Sim3:
+    def add_sequential(
+        self, prev: int, new: int, T_prev_new: Sim3, sigma_scale: float = 1.0
+    ) -> Sim3:
         """Add chunk ``new`` aligned to ``prev`` (``T_prev_new`` = alignment new -> prev).
 
         The new node's initial value chains on the *current* (possibly loop-corrected)
@@ -200,7 +210,7 @@ class Sim3PoseGraph:
         """
         initial = self._values[prev] @ T_prev_new
         self.add_node(new, initial)
-        self.add_edge(new, prev, T_prev_new, SEQUENTIAL)
+        self.add_edge(new, prev, T_prev_new, SEQUENTIAL, sigma_scale=sigma_scale)
         return initial
 
     def add_loop(
@@ -219,15 +229,19 @@ class Sim3PoseGraph:
         return abs(self._order.index(a) - self._order.index(b))
 
     def _loop_noise_model(
-        self, src: int, dst: int, robust_k: float | None
+        self, src: int, dst: int, robust_k: float | None, sigma_scale: float = 1.0
     ) -> tuple[gtsam.noiseModel.Base, float | None]:
         c = self.config
+        base = self._loop_base
+        if sigma_scale != 1.0:
+            sig = _sigmas(c.loop_sigma_rot, c.loop_sigma_trans, c.loop_sigma_log_scale)
+            base = gtsam.noiseModel.Diagonal.Sigmas(sig * sigma_scale)
         if c.loop_robust == "none":
-            return self._loop_base, None
+            return base, None
         if robust_k is None:
             robust_k = c.loop_robust_k * float(np.sqrt(max(1, self.hops(src, dst))))
         est = _KERNELS[c.loop_robust].Create(float(robust_k))
-        return gtsam.noiseModel.Robust.Create(est, self._loop_base), float(robust_k)
+        return gtsam.noiseModel.Robust.Create(est, base), float(robust_k)
 
     def _add_factor(self, factor: gtsam.NonlinearFactor) -> None:
         self._graph.add(factor)
@@ -258,7 +272,8 @@ class Sim3PoseGraph:
         """Norm of the edge error in sigmas (before the robust kernel)."""
         c = self.config
         kind = self.edges[index].kind
-        sig = (
+        scale = float(self.edges[index].info.get("sigma_scale", 1.0))  # type: ignore[arg-type]
+        sig = scale * (
             _sigmas(c.loop_sigma_rot, c.loop_sigma_trans, c.loop_sigma_log_scale)
             if kind == LOOP
             else _sigmas(c.seq_sigma_rot, c.seq_sigma_trans, c.seq_sigma_log_scale)

@@ -263,6 +263,18 @@ class SyntheticDrive:
         col[hit] = c
         return np.clip(col * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
+    def surface_distance(self, points: np.ndarray) -> np.ndarray:
+        """Distance (m) from world points (N, 3) to the nearest scene surface (ground or
+        box faces): the ground-truth check for map points."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        best = np.abs(p[:, 2])
+        for lo, hi in zip(self._boxes_min, self._boxes_max, strict=True):
+            q = np.maximum(lo - p, p - hi)  # > 0 outside along that axis
+            outside = np.linalg.norm(np.maximum(q, 0), axis=1)
+            inside = np.minimum(q.max(axis=1), 0)
+            best = np.minimum(best, np.abs(outside + inside))
+        return best
+
     def frame(self, i: int) -> Frame:
         rgb, _ = self.render(i)
         return Frame(

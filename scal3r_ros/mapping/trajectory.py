@@ -67,9 +67,7 @@ class Trajectory:
         """(stamps_ns (N,), c2w (N, 4, 4)) in the map frame, sorted by frame index."""
         ids = self.frame_ids() if frame_ids is None else np.asarray(frame_ids, np.int64)
         stamps = np.array([self._frames[int(i)].stamp_ns for i in ids], dtype=np.int64)
-        c2w = (
-            np.stack([self.pose(int(i)) for i in ids]) if len(ids) else np.zeros((0, 4, 4))
-        )
+        c2w = np.stack([self.pose(int(i)) for i in ids]) if len(ids) else np.zeros((0, 4, 4))
         return stamps, c2w
 
     def save(self, path: str | Path, fmt: str = "tum") -> None:

@@ -48,15 +48,19 @@ def mat_to_quat(matrix: torch.Tensor) -> torch.Tensor:
     m = matrix.reshape(batch_shape + (9,))
     m00, m01, m02, m10, m11, m12, m20, m21, m22 = torch.unbind(m, dim=-1)
     # 4 * component^2 for (w, x, y, z)
-    q_abs = torch.stack(
-        [
-            1.0 + m00 + m11 + m22,
-            1.0 + m00 - m11 - m22,
-            1.0 - m00 + m11 - m22,
-            1.0 - m00 - m11 + m22,
-        ],
-        dim=-1,
-    ).clamp(min=0.0).sqrt()
+    q_abs = (
+        torch.stack(
+            [
+                1.0 + m00 + m11 + m22,
+                1.0 + m00 - m11 - m22,
+                1.0 - m00 + m11 - m22,
+                1.0 - m00 - m11 + m22,
+            ],
+            dim=-1,
+        )
+        .clamp(min=0.0)
+        .sqrt()
+    )
     # candidate (w, x, y, z) quaternions, each scaled by 2 * its largest component
     candidates = torch.stack(
         [
@@ -136,7 +140,9 @@ def extrinsics_to_c2w(extrinsics: torch.Tensor) -> torch.Tensor:
     rotation = extrinsics[..., :3, :3]
     translation = extrinsics[..., :3, 3:]
     rot_t = rotation.transpose(-1, -2)
-    c2w = torch.zeros(extrinsics.shape[:-2] + (4, 4), dtype=extrinsics.dtype, device=extrinsics.device)
+    c2w = torch.zeros(
+        extrinsics.shape[:-2] + (4, 4), dtype=extrinsics.dtype, device=extrinsics.device
+    )
     c2w[..., :3, :3] = rot_t
     c2w[..., :3, 3:] = -rot_t @ translation
     c2w[..., 3, 3] = 1.0

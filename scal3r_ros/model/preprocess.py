@@ -19,10 +19,12 @@ Two implementations of steps 2-4:
 
 - :func:`preprocess_image_reference` / :func:`preprocess_sequence_reference`: numpy + PIL, the
   official CPU path operation for operation (PIL is imported lazily; it is only needed here).
-- :func:`preprocess_batch`: batched torch, runs on any device. It re-implements PIL's
-  fixed-point separable bicubic resampler (22-bit integer coefficients, horizontal pass first,
-  8-bit rounding between passes) with integer tensor ops, so its output is bit-identical to the
-  reference path (the tests check max abs difference == 0).
+- :func:`preprocess_batch`: batched torch, any device, same geometry. ``method="exact"``
+  re-implements PIL's fixed-point separable bicubic resampler (22-bit integer coefficients,
+  horizontal pass first, 8-bit rounding between passes) with integer tensor ops: bit-identical to
+  the reference path (tests check max abs difference == 0); the default on CUDA. On CPU the
+  default is torch's uint8 antialiased bicubic kernel (much faster; at most 2/255 off on < 1%
+  of values). See :func:`preprocess_batch` for the measured differences.
 
 Input handling differs from the release in one way on purpose: greyscale (HxW, HxWx1), grey+alpha
 and RGBA images are converted to RGB (grey replicated, alpha dropped without compositing); the
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # PIL's fixed-point precision for 8-bit resampling (Resample.c: 32 - 8 - 2).
 _PIL_PRECISION_BITS = 22
@@ -306,28 +309,74 @@ def pil_bicubic_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, n
     total = np.zeros(out_size)
     for t in range(ksize):  # sequential sum, as the C loop
         total = total + weights[:, t]
-    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0, 1.0, total)[:, None], 0)
+    weights = np.where(
+        total[:, None] != 0.0, weights / np.where(total == 0, 1.0, total)[:, None], 0
+    )
     fixed = weights * (1 << _PIL_PRECISION_BITS)
     fixed = np.where(fixed < 0, _trunc_int(fixed - 0.5), _trunc_int(fixed + 0.5))
     index = np.where(in_window, xmin[:, None] + taps[None, :], xmin[:, None])
     return index.astype(np.int64), fixed.astype(np.int32)
 
 
-def _resample_axis(values: torch.Tensor, dim: int, in_size: int, out_size: int) -> torch.Tensor:
-    """One PIL pass along ``dim`` of an int32 tensor holding 0..255; returns int32 0..255."""
+def _resample_rows(values: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """One PIL pass along dim 0 of int32 [in_size, M] (values 0..255) -> int32 [out_size, M].
+
+    Resampling along the leading axis keeps every gather a contiguous row copy.
+    """
     index_np, weight_np = pil_bicubic_coefficients(in_size, out_size)
     index = torch.from_numpy(index_np).to(values.device)
     weight = torch.from_numpy(weight_np).to(values.device)
-    # weights broadcast along `dim`: shape [out, 1, ...] for the dims after it
-    trailing = values.ndim - 1 - dim
-    out_shape = list(values.shape)
-    out_shape[dim] = out_size
-    acc = torch.full(out_shape, 1 << (_PIL_PRECISION_BITS - 1), dtype=torch.int32,
-                     device=values.device)
+    acc = torch.full(
+        (out_size, values.shape[1]),
+        1 << (_PIL_PRECISION_BITS - 1),
+        dtype=torch.int32,
+        device=values.device,
+    )
+    tap = torch.empty_like(acc)
     for t in range(index.shape[1]):
-        w_t = weight[:, t].reshape((out_size,) + (1,) * trailing)
-        acc += values.index_select(dim, index[:, t]) * w_t
+        torch.index_select(values, 0, index[:, t], out=tap)
+        acc.add_(tap.mul_(weight[:, t, None]))
     return (acc >> _PIL_PRECISION_BITS).clamp_(0, 255)
+
+
+def _resize_exact(frames: torch.Tensor, resized_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> 8-bit values [n, rh, rw, 3], bit-identical to PIL BICUBIC."""
+    n, H, W, C = frames.shape
+    rh, rw = resized_hw
+    values = frames
+    if rw != W:  # horizontal pass first, as PIL
+        rows = values.permute(2, 0, 1, 3).reshape(W, -1).to(torch.int32)  # [W, n*H*C]
+        values = _resample_rows(rows, W, rw).view(rw, n, H, C).permute(1, 2, 0, 3)
+    if rh != H:
+        width = values.shape[2]
+        rows = values.permute(1, 0, 2, 3).reshape(H, -1).to(torch.int32)  # [H, n*w*C]
+        values = _resample_rows(rows, H, rh).view(rh, n, width, C).permute(1, 0, 2, 3)
+    return values
+
+
+def _resize_interpolate(frames: torch.Tensor, resized_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> [n, rh, rw, 3] with torch's antialiased bicubic, PIL-like:
+    separable, horizontal first, rounded and clipped to 8 bits after each pass."""
+    _, H, W, _ = frames.shape
+    rh, rw = resized_hw
+    x = frames.permute(0, 3, 1, 2).to(torch.float32)  # [n, 3, H, W]
+    if rw != W:
+        x = F.interpolate(x, size=(H, rw), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp_(0, 255).round_()
+    if rh != H:
+        x = F.interpolate(x, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp_(0, 255).round_()
+    return x.permute(0, 2, 3, 1)
+
+
+def _resize_native_uint8(frames: torch.Tensor, resized_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> uint8 [n, rh, rw, 3] with torch's CPU uint8 antialias kernel."""
+    x = frames.permute(0, 3, 1, 2)  # channels-last view: the fast uint8 layout
+    y = F.interpolate(x, size=resized_hw, mode="bicubic", antialias=True, align_corners=False)
+    return y.permute(0, 2, 3, 1)
+
+
+RESIZE_METHODS = ("auto", "exact", "interpolate", "native_uint8")
 
 
 def _as_batch_tensor(images: ArrayLike | Sequence[ArrayLike]) -> torch.Tensor:
@@ -350,26 +399,37 @@ def _as_batch_tensor(images: ArrayLike | Sequence[ArrayLike]) -> torch.Tensor:
     return as_rgb(images)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def preprocess_batch(
     images: ArrayLike | Sequence[ArrayLike],
     target_hw: tuple[int, int] | None = None,
     config: PreprocessConfig = PreprocessConfig(),
     device: torch.device | str | None = None,
-    frames_per_pass: int = 16,
+    method: str = "auto",
+    frames_per_pass: int = 8,
 ) -> tuple[torch.Tensor, ResizeCrop]:
-    """Batched, device-side preprocessing of same-size images; bit-identical to the reference.
+    """Batched, device-side preprocessing of same-size images.
 
     Args:
         images: uint8 or uint16 RGB [S, H, W, 3] (numpy or torch, any device), one [H, W, 3]
             image, or a list of same-size images; greyscale/RGBA are converted to RGB.
         target_hw: network size; None = decided from these images (first-image rule).
         device: where to compute (default: where ``images`` are, CPU for numpy).
-        frames_per_pass: frames resampled at a time (bounds the int32 work buffers).
+        method: how to resample (the geometry is always the official one):
+            ``"exact"``: integer re-implementation of PIL's resampler, bit-identical to the
+            reference path (fast on GPU; on CPU ~10x slower than PIL);
+            ``"interpolate"``: ``F.interpolate`` bicubic+antialias in float32, two passes with
+            8-bit rounding between them (any device; measured <= 1/255 from PIL, <0.1% of values);
+            ``"native_uint8"``: torch's CPU uint8 antialias kernel in one pass (fastest on CPU;
+            measured <= 2/255 from PIL, <1% of values); on CUDA it falls back to "interpolate";
+            ``"auto"``: "exact" on CUDA, "native_uint8" on CPU.
+        frames_per_pass: frames resampled at a time (bounds the work buffers).
 
     Returns:
         float32 [S, 3, th, tw] in [0, 1] on ``device``, and the geometry shared by all frames.
     """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
     batch = _as_batch_tensor(images)
     if device is not None:
         batch = batch.to(device)
@@ -379,24 +439,28 @@ def preprocess_batch(
     if target_hw is None:
         target_hw = compute_target_size(H, W, config.max_size, config.align)
     plan = plan_resize_crop((H, W), target_hw, config.align)
+    on_cuda = batch.device.type == "cuda"
+    if method == "auto":
+        method = "exact" if on_cuda else "native_uint8"
+    if method == "native_uint8" and batch.device.type != "cpu":
+        method = "interpolate"
+    resize = {
+        "exact": _resize_exact,
+        "interpolate": _resize_interpolate,
+        "native_uint8": _resize_native_uint8,
+    }[method]
 
-    if not plan.needs_resize:
+    if not plan.needs_resize:  # no 8-bit round trip: full precision, as the release
         top = 255.0 if batch.dtype == torch.uint8 else 65535.0
         full = batch.to(torch.float32) / top  # [S, H, W, 3]
     else:
-        rh, rw = plan.resized_hw
         parts = []
         for start in range(0, S, frames_per_pass):
             chunk = batch[start : start + frames_per_pass]
-            if chunk.dtype == torch.uint16:  # official: trunc(v / 65535 * 255) == v // 257
-                chunk = chunk.to(torch.int32) // 257
-            values = chunk.to(torch.int32)  # [s, H, W, 3]
-            if rw != W:
-                values = _resample_axis(values, 2, W, rw)  # [s, H, rw, 3]
-            if rh != H:
-                values = _resample_axis(values, 1, H, rh)  # [s, rh, rw, 3]
-            parts.append(values.to(torch.float32) / 255.0)
-        full = torch.cat(parts)
+            if chunk.dtype == torch.uint16:  # release: trunc(v / 65535 * 255) == v // 257
+                chunk = (chunk.to(torch.int32) // 257).to(torch.uint8)
+            parts.append(resize(chunk, plan.resized_hw).to(torch.float32) / 255.0)
+        full = torch.cat(parts)  # [S, rh, rw, 3]
     out = _crop_with_zero_pad(full, plan, (1, 2))  # [S, th, tw, 3]
     return out.permute(0, 3, 1, 2).contiguous(), plan
 

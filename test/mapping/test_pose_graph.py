@@ -153,6 +153,21 @@ def test_incremental_nodes_chain_on_corrected_estimate():
     assert set(out) == set(range(30))
 
 
+def test_weak_sequential_edge_absorbs_the_loop_correction():
+    gt, meas = drifted_circle(20, seed=6, drift=0.0)
+    meas[9] = meas[9] @ Sim3(1.0, np.eye(3), [3.0, 0.0, 0.0])  # one bad alignment
+    errs = {}
+    for scale in (1.0, 100.0):
+        pg = Sim3PoseGraph()
+        pg.add_node(0, gt[0])
+        for k, T in enumerate(meas):
+            pg.add_sequential(k, k + 1, T, sigma_scale=scale if k == 9 else 1.0)
+        pg.add_loop(19, 0, gt[0].inverse() @ gt[19])
+        errs[scale] = position_rmse(pg.optimize(), gt)
+    # flagged as unreliable, the bad edge takes the correction instead of the whole chain
+    assert errs[100.0] < 0.3 * errs[1.0]
+
+
 def test_optimize_time_100_chunks():
     gt, meas = drifted_circle(100, seed=5, drift=0.3)
     pg = chain_graph(gt, meas)

@@ -90,8 +90,13 @@ def test_dpt_head_accepts_dict_of_layers() -> None:
 
 
 def test_feature_only_returns_feature_map() -> None:
-    head = DPTHead(dim_in=32, features=16, out_channels=[8, 8, 16, 16], feature_only=True,
-                   intermediate_layer_idx=[0, 1, 2, 3]).eval()
+    head = DPTHead(
+        dim_in=32,
+        features=16,
+        out_channels=[8, 8, 16, 16],
+        feature_only=True,
+        intermediate_layer_idx=[0, 1, 2, 3],
+    ).eval()
     tokens = [torch.randn(1, 3, 5 + 2 * 3, 32) for _ in range(4)]
     with torch.inference_mode():
         feats = head(tokens, torch.zeros(1, 3, 3, 28, 42), 5, frames_chunk_size=2)
@@ -124,10 +129,16 @@ def _release_keys(prefix: str) -> dict[str, tuple[int, ...]]:
     ("prefix", "factory"),
     [
         ("cam_decoder", lambda: CameraHead(dim_in=2048)),
-        ("xyz_decoder", lambda: DPTHead(dim_in=2048, output_dim=4, activation="inv_log",
-                                        conf_activation="expp1")),
-        ("dpt_decoder", lambda: DPTHead(dim_in=2048, output_dim=2, activation="exp",
-                                        conf_activation="expp1")),
+        (
+            "xyz_decoder",
+            lambda: DPTHead(
+                dim_in=2048, output_dim=4, activation="inv_log", conf_activation="expp1"
+            ),
+        ),
+        (
+            "dpt_decoder",
+            lambda: DPTHead(dim_in=2048, output_dim=2, activation="exp", conf_activation="expp1"),
+        ),
     ],
 )
 def test_release_heads_have_checkpoint_keys_and_shapes(prefix: str, factory) -> None:

@@ -210,9 +210,7 @@ class DPTHead(nn.Module):
         out = self.scratch.refinenet1(out, layer_1_rn)
         return self.scratch.output_conv1(out)
 
-    def _apply_pos_embed(
-        self, x: torch.Tensor, W: int, H: int, ratio: float = 0.1
-    ) -> torch.Tensor:
+    def _apply_pos_embed(self, x: torch.Tensor, W: int, H: int, ratio: float = 0.1) -> torch.Tensor:
         """Add the UV sinusoidal embedding of the feature grid (aspect from the image)."""
         _, C, h, w = x.shape
         key = (h, w, C, W, H, ratio, x.dtype, x.device)
@@ -287,12 +285,18 @@ def create_uv_grid(
     span_x = aspect_ratio / diag
     span_y = 1.0 / diag
     x_coords = torch.linspace(
-        -span_x * (width - 1) / width, span_x * (width - 1) / width, steps=width,
-        dtype=dtype, device=device,
+        -span_x * (width - 1) / width,
+        span_x * (width - 1) / width,
+        steps=width,
+        dtype=dtype,
+        device=device,
     )
     y_coords = torch.linspace(
-        -span_y * (height - 1) / height, span_y * (height - 1) / height, steps=height,
-        dtype=dtype, device=device,
+        -span_y * (height - 1) / height,
+        span_y * (height - 1) / height,
+        steps=height,
+        dtype=dtype,
+        device=device,
     )
     uu, vv = torch.meshgrid(x_coords, y_coords, indexing="xy")  # [height, width] each
     return torch.stack((uu, vv), dim=-1)

@@ -1,0 +1,161 @@
+"""``Backend`` over the Scal3R network (``scal3r_ros.model``), with the three GCS modes.
+
+- ``causal``: the engine keeps a ``model.gcs.GCSState`` (running per-GCM-layer gradient
+  sums, constant size); each chunk adds its own gradient and uses the sum so far.
+- ``exact``: the official layer-synchronous schedule over a recorded sequence, with
+  bounded host memory by *recomputation*: for each GCM layer in turn, every chunk is
+  re-run from its images up to that layer (earlier GCM layers use the already final
+  sums) and its gradient is added to the layer's sum; a last pass runs every chunk
+  through all layers and the heads with the final sums. Only one chunk's activations
+  exist at a time; the cost is ``n_gcm_layers + 1`` partial forward passes per chunk.
+  The sums are accumulated in chunk order, in place, like ``gcs.run_synchronous``, so
+  the results are the official ones (tested against ``run_synchronous``).
+- ``off``: every chunk uses only its own gradient.
+
+Images are preprocessed once per frame on arrival (official resize/crop, target size
+from the first frame) and kept as uint8 at network resolution: lossless, because the
+official path quantises to 8 bits anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.oracle_backend import thumbnail_descriptor
+from scal3r_ros.model.config import Scal3RConfig
+from scal3r_ros.model.gcs import GCSState, run_chunk
+from scal3r_ros.model.preprocess import (
+    compute_target_size,
+    plan_resize_crop,
+    preprocess_image_reference,
+)
+from scal3r_ros.model.scal3r import Scal3R, Scal3ROutput
+
+
+@dataclass
+class Scal3RBackendConfig:
+    max_size: int = 518  # official proc_max_size
+    align: int = 14  # official proc_align_size
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast_bf16: bool = False  # official default: fp32 (AMP off)
+    point_head: bool = False  # also run the point head (engine use_point_head)
+    descriptors: bool = True  # thumbnail descriptors for loop retrieval
+
+
+class Scal3RBackend:
+    """Wraps a constructed (and, in production, checkpoint-loaded) ``Scal3R`` model."""
+
+    def __init__(self, model: Scal3R, config: Scal3RBackendConfig | None = None) -> None:
+        self.config = config or Scal3RBackendConfig()
+        self.model = model.to(self.config.device).eval()
+        self.target_hw: tuple[int, int] | None = None
+
+    @staticmethod
+    def from_config(model_cfg: str | Scal3RConfig, config: Scal3RBackendConfig | None = None,
+                    seed: int = 0) -> Scal3RBackend:  # fmt: skip
+        """Random-weight network (tests, benchmarks); load a checkpoint for real use."""
+        torch.manual_seed(seed)
+        return Scal3RBackend(Scal3R(model_cfg), config)
+
+    # ------------------------------------------------------------ protocol
+    def prepare(
+        self, frame_image: np.ndarray, intrinsics: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        c = self.config
+        if self.target_hw is None:
+            h, w = frame_image.shape[:2]
+            self.target_hw = compute_target_size(h, w, c.max_size, c.align)
+        rgb, plan = preprocess_image_reference(frame_image, self.target_hw, c.align)
+        img = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)  # exact: 8-bit values
+        K = None if intrinsics is None else np.asarray(plan.intrinsics_to_network(intrinsics))
+        return img, K
+
+    def new_gcs_state(self, mode: str) -> Any:
+        return GCSState() if mode == "causal" else None
+
+    def gcs_state_nbytes(self, gcs_state: Any) -> int:
+        return int(gcs_state.nbytes()) if isinstance(gcs_state, GCSState) else 0
+
+    def reset_resolution(self) -> None:
+        self.target_hw = None
+
+    @torch.inference_mode()
+    def infer(self, chunk: ChunkInput, gcs_state: Any) -> ChunkPrediction:
+        out, _ = run_chunk(
+            self.model, self._tensor(chunk.images), gcs_state, heads=self._heads(),
+            autocast_dtype=self._autocast(),
+        )  # fmt: skip
+        return self._prediction(out, chunk)
+
+    @torch.inference_mode()
+    def infer_exact(self, chunks: Sequence[Callable[[], ChunkInput]]) -> Iterator[ChunkPrediction]:
+        sums = self.exact_grad_sums(chunks)
+        for load in chunks:
+            chunk = load()
+            out = self.model.forward_chunk(
+                self._tensor(chunk.images), grad_sums=sums, heads=self._heads(),
+                autocast_dtype=self._autocast(),
+            )  # fmt: skip
+            yield self._prediction(out, chunk)
+
+    @torch.inference_mode()
+    def exact_grad_sums(self, chunks: Sequence[Callable[[], ChunkInput]]) -> dict:
+        """Official per-GCM-layer gradient sums over all chunks, one chunk in memory."""
+        agg = self.model.agg_regator
+        layers = sorted(agg.gcm_layers)
+        sums: dict = {}
+        fast: dict = {}
+        for layer in layers:
+            total = None
+            for load in chunks:
+                st = agg.prepare(self._tensor(load().images))
+                for j in range(layer + 1):
+                    agg.forward_layer(st, j)
+                    if j in fast:
+                        agg.gcm_apply(st, j, fast[j])
+                g = agg.gcm_gradient(st, layer)
+                total = g if total is None else total.add_(g)
+                del st, g
+            sums[layer] = total
+            fast[layer] = agg.gcm_update(layer, total)
+        return sums
+
+    # ------------------------------------------------------------ helpers
+    def _heads(self) -> tuple[str, ...]:
+        return ("camera", "depth", "points") if self.config.point_head else ("camera", "depth")
+
+    def _autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.config.autocast_bf16 else None
+
+    def _tensor(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.config.device)
+        return (x.permute(0, 3, 1, 2).float() / 255.0).unsqueeze(0)
+
+    def _prediction(self, out: Scal3ROutput, chunk: ChunkInput) -> ChunkPrediction:
+        w2c = out.extrinsics[0].double().cpu().numpy()  # (S, 3, 4)
+        S = len(w2c)
+        T = np.tile(np.eye(4), (S, 1, 1))
+        T[:, :3, :] = w2c
+        c2w = np.linalg.inv(T)
+        pts = pconf = None
+        if out.world_points is not None:
+            pts = out.world_points[0].float().cpu().numpy()
+            pconf = out.world_points_conf[0].float().cpu().numpy()
+        return ChunkPrediction(
+            c2w=c2w,
+            intrinsics=out.intrinsics[0].double().cpu().numpy(),
+            depth=out.depth[0, ..., 0].float().cpu().numpy(),
+            depth_conf=out.depth_conf[0].float().cpu().numpy(),
+            points=pts,
+            points_conf=pconf,
+            descriptors=thumbnail_descriptor(chunk.images) if self.config.descriptors else None,
+        )
+
+
+__all__ = ["Scal3RBackend", "Scal3RBackendConfig", "plan_resize_crop"]
