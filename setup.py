@@ -40,7 +40,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "evo>=1.28"],
+        "test": ["pytest>=8", "ruff>=0.6", "evo>=1.28", "opencv-python-headless>=4.8"],
     },
     zip_safe=True,
     entry_points={

@@ -22,6 +22,7 @@ class BackendSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
     seed: int = 0  # random weights of the tiny network
+    loop_closure: bool = True  # build the loop-closure component (thumbnail retrieval)
     # oracle: the synthetic drive it knows the ground truth of
     oracle_seed: int = 0
     oracle_frames: int = 200
@@ -52,10 +53,20 @@ def _device_name(dev: torch.device) -> str:
     return str(dev)
 
 
+def _loop_closure(spec: BackendSpec):
+    if not spec.loop_closure:
+        return None
+    from scal3r_ros.mapping.engine import LoopClosure, LoopClosureConfig
+    from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
+
+    return LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail()))
+
+
 def make_backend(spec: BackendSpec) -> BuiltBackend:
     """Raises ValueError for bad settings and CheckpointError for a bad checkpoint."""
     if spec.kind not in BACKEND_KINDS:
         raise ValueError(f"backend must be one of {BACKEND_KINDS}, got {spec.kind!r}")
+    loops = _loop_closure(spec)
     if spec.kind == "oracle":
         from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
         from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
@@ -64,7 +75,7 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
                                                width=spec.oracle_width,
                                                height=spec.oracle_height,
                                                seed=spec.oracle_seed))  # fmt: skip
-        return BuiltBackend(OracleBackend(drive, OracleConfig(seed=spec.oracle_seed)), None,
+        return BuiltBackend(OracleBackend(drive, OracleConfig(seed=spec.oracle_seed)), loops,
                             "oracle", "cpu")  # fmt: skip
 
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
@@ -76,9 +87,9 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
     cfg = Scal3RBackendConfig(device=str(dev), autocast_bf16=bf16)
     if spec.kind == "tiny":
         backend = Scal3RBackend.from_config("tiny", cfg, seed=spec.seed)
-        return BuiltBackend(backend, None, "tiny", _device_name(dev))
+        return BuiltBackend(backend, loops, "tiny", _device_name(dev))
     from scal3r_ros.model.checkpoint import load_scal3r
 
     model, _report = load_scal3r(spec.checkpoint, "scal3r-1b", device="cpu",
                                  download=spec.allow_download)  # fmt: skip
-    return BuiltBackend(Scal3RBackend(model, cfg), None, "scal3r-1b", _device_name(dev))
+    return BuiltBackend(Scal3RBackend(model, cfg), loops, "scal3r-1b", _device_name(dev))

@@ -58,6 +58,11 @@ def thumbnail_descriptor(rgb: np.ndarray, size: int = 64) -> np.ndarray:
     return (small / (np.linalg.norm(small) + 1e-8)).astype(np.float32)
 
 
+def thumbnail_descriptors(images: np.ndarray, size: int = 64) -> np.ndarray:
+    """`thumbnail_descriptor` of each image of an (S, H, W, 3) batch -> (S, size*size)."""
+    return np.stack([thumbnail_descriptor(img, size) for img in images])
+
+
 def pool_patch_tokens(tokens: np.ndarray | torch.Tensor, method: str = "gem", p: float = 3.0):
     """Global descriptor from the backbone's patch tokens, no extra weights.
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from scal3r_ros.mapping.alignment import unproject_depth
 from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.synthetic import SyntheticDrive
 
@@ -55,24 +56,6 @@ def _random_rotation(rng: np.random.Generator, max_angle: float | None = None) -
     ang = rng.uniform(-np.pi, np.pi) if max_angle is None else rng.normal() * max_angle
     K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
-
-
-def thumbnail_descriptor(images: np.ndarray, size: tuple[int, int] = (6, 16)) -> np.ndarray:
-    """L2-normalised, mean-removed colour thumbnails (S, h*w*3): a handcrafted
-    place descriptor that needs no weights."""
-    S, H, W, _ = images.shape
-    h, w = size
-    ys = (np.arange(h + 1) * H) // h
-    xs = (np.arange(w + 1) * W) // w
-    img = images.astype(np.float32)
-    out = np.empty((S, h, w, 3), np.float32)
-    for i in range(h):
-        for j in range(w):
-            out[:, i, j] = img[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]].mean(axis=(1, 2))
-    out = out.reshape(S, -1)
-    out -= out.mean(axis=1, keepdims=True)
-    out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-6
-    return out
 
 
 class OracleBackend:
@@ -149,7 +132,7 @@ class OracleBackend:
             depth_conf=conf.astype(np.float32),
             points=pts,
             points_conf=conf.astype(np.float32),
-            descriptors=thumbnail_descriptor(chunk.images) if cfg.descriptors else None,
+            descriptors=thumbnail_descriptors(chunk.images) if cfg.descriptors else None,
         )
         if cfg.corrupt is not None:
             pred = cfg.corrupt(chunk, pred)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
-from scal3r_ros.mapping.oracle_backend import thumbnail_descriptor
+from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.model.config import Scal3RConfig
 from scal3r_ros.model.gcs import GCSState, run_chunk
 from scal3r_ros.model.preprocess import (
@@ -154,7 +154,7 @@ class Scal3RBackend:
             depth_conf=out.depth_conf[0].float().cpu().numpy(),
             points=pts,
             points_conf=pconf,
-            descriptors=thumbnail_descriptor(chunk.images) if self.config.descriptors else None,
+            descriptors=thumbnail_descriptors(chunk.images) if self.config.descriptors else None,
         )
 
 

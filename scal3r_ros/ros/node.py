@@ -61,6 +61,7 @@ from scal3r_ros.ros.frames import (
 )
 from scal3r_ros.ros.params import NodeConfig, declare_and_read
 from scal3r_ros.ros.worker import MappingWorker
+from scal3r_ros.share import config_file
 
 
 def _stamp_ns(stamp) -> int:
@@ -121,6 +122,7 @@ class MappingNode(Node):
         backend = make_backend(
             BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
                         allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
+                        loop_closure=cfg.loop_closure,
                         oracle_seed=cfg.oracle_seed, oracle_frames=cfg.oracle_frames,
                         oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height)
         )  # fmt: skip
@@ -538,8 +540,23 @@ def _rotvec(R: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script `scal3r_mapping`: run the node (ROS arguments as usual)."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    """Console script `scal3r_mapping [--config NAME|PATH] [--ros-args ...]`.
+
+    Runs the node without the launch system; ``--config`` takes a bundled parameter file
+    (default, low_latency, kitti, synthetic) or a path, like the launch file's argument.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[:1]
+    try:
+        if "--config" in argv[1:]:
+            i = argv.index("--config")
+            params = config_file(argv[i + 1])
+            argv = argv[:i] + argv[i + 2 :]
+            args += ["--ros-args", "--params-file", str(params)]
+    except (IndexError, FileNotFoundError) as exc:
+        print(f"[scal3r_mapping] --config: {exc or 'needs a value'}", file=sys.stderr)
+        return 2
+    rclpy.init(args=args + argv[1:])
     try:
         node = MappingNode()
     except Exception as exc:  # bad parameters, missing/corrupt checkpoint: say why, exit 2

@@ -162,3 +162,13 @@ def test_tiny_network_node_with_queue_overflow(tmp_path):
     finally:
         stop(node)
         rec.close()
+
+
+def test_config_option_loads_a_bundled_parameter_file(tmp_path):
+    # synthetic.yaml sets chunk_size 16 (default 60); an overlap of 16 must then be refused
+    proc = subprocess.run(
+        [sys.executable, "-m", "scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
+         "-p", "overlap:=16", "-p", f"output_dir:={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "chunk_size=16, overlap=16" in proc.stderr, proc.stderr

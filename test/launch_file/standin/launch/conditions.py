@@ -1,0 +1,3 @@
+class IfCondition:
+    def __init__(self, predicate):
+        self.predicate = predicate

@@ -1,0 +1,3 @@
+class Node:
+    def __init__(self, condition=None, **kwargs):
+        self.condition, self.kwargs = condition, kwargs
