@@ -48,6 +48,7 @@ setup(
             "scal3r_doctor = scal3r_ros.tools.doctor:main",
             "scal3r_mapping = scal3r_ros.ros.node:main",
             "scal3r_synthetic_camera = scal3r_ros.tools.synthetic_camera:main",
+            "scal3r_demo = scal3r_ros.tools.demo:main",
         ],
     },
 )

@@ -28,6 +28,8 @@ class BackendSpec:
     oracle_frames: int = 200
     oracle_width: int = 160
     oracle_height: int = 48
+    oracle_drift_deg: float = 0.0  # in-window yaw drift per frame (gives loops work)
+    oracle_depth_noise: float = 0.0
 
 
 @dataclass
@@ -75,8 +77,9 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
                                                width=spec.oracle_width,
                                                height=spec.oracle_height,
                                                seed=spec.oracle_seed))  # fmt: skip
-        return BuiltBackend(OracleBackend(drive, OracleConfig(seed=spec.oracle_seed)), loops,
-                            "oracle", "cpu")  # fmt: skip
+        oracle = OracleConfig(seed=spec.oracle_seed, depth_noise=spec.oracle_depth_noise,
+                              drift_yaw_deg_per_frame=spec.oracle_drift_deg)  # fmt: skip
+        return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")
 
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 

@@ -68,6 +68,9 @@ class MapStore:
     def reset(self) -> None:
         self._clouds: dict[int, _ChunkCloud] = {}
         self._poses: dict[int, Sim3] = {}
+        # chunk -> (cloud, pose, map-frame xyz): clouds and poses are replaced, never
+        # mutated, so identity says whether the transformed copy is still valid
+        self._world: dict[int, tuple[_ChunkCloud, Sim3, np.ndarray]] = {}
         self.voxel_size = self.config.voxel_size if self.config.voxel_size > 0 else 0.0
         self.n_evicted_chunks = 0
         self.n_coarsened = 0
@@ -170,9 +173,16 @@ class MapStore:
         ``voxelize`` merges overlapping chunks on a global grid (for export/display).
         """
         xs, cs, fs = [], [], []
+        for cid in list(self._world):
+            if cid not in self._clouds:
+                del self._world[cid]
         for cid in sorted(self._clouds):
-            c = self._clouds[cid]
-            xs.append(self._poses[cid].apply(c.xyz.astype(np.float64)).astype(np.float32))
+            c, g = self._clouds[cid], self._poses[cid]
+            cached = self._world.get(cid)
+            if cached is None or cached[0] is not c or cached[1] is not g:
+                cached = (c, g, g.apply(c.xyz.astype(np.float64)).astype(np.float32))
+                self._world[cid] = cached
+            xs.append(cached[2])
             cs.append(c.rgb)
             fs.append(c.conf)
         if not xs:

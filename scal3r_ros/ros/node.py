@@ -124,7 +124,9 @@ class MappingNode(Node):
                         allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
                         loop_closure=cfg.loop_closure,
                         oracle_seed=cfg.oracle_seed, oracle_frames=cfg.oracle_frames,
-                        oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height)
+                        oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height,
+                        oracle_drift_deg=cfg.oracle_drift_deg,
+                        oracle_depth_noise=cfg.oracle_depth_noise)
         )  # fmt: skip
         self.backend_name = backend.name
         self.device_name = backend.device_name
@@ -254,7 +256,13 @@ class MappingNode(Node):
         K = self._camera_k.get(cam)
         if K is not None and (K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5):
             K = None  # CameraInfo of another resolution
-        self.worker.submit(Frame(stamp_ns=stamp, camera_id=cam, image=rgb, intrinsics=K))
+        if not self.worker.submit(Frame(stamp_ns=stamp, camera_id=cam, image=rgb, intrinsics=K)):
+            self.get_logger().warning(
+                f"frame queue full ({self.cfg.queue_size}): dropping the "
+                f"{'oldest' if self.cfg.drop_policy == 'drop_oldest' else 'newest'} frame; "
+                "the worker is slower than the camera",
+                throttle_duration_sec=5.0,
+            )
         self._ensure_camera_tf(cam, header.stamp)
 
     def _on_tf_static(self, msg: TFMessage) -> None:
@@ -340,7 +348,9 @@ class MappingNode(Node):
             and cfg.map_publish_period > 0
             and (now - self._last_map_pub >= cfg.map_publish_period)
         ):
-            xyz, rgb, conf = engine.map_points()
+            # per-window voxel clouds as they are (cached transforms): cheap enough for the
+            # worker thread; the saved map is voxelised globally
+            xyz, rgb, conf = engine.map_points(voxelize=False)
             self._map_points = len(xyz)
             stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
             self.pub_map.publish(points_to_cloud(

@@ -73,6 +73,8 @@ class NodeConfig:
     oracle_frames: int = 200
     oracle_width: int = 160
     oracle_height: int = 48
+    oracle_drift_deg: float = 0.0
+    oracle_depth_noise: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError naming every inconsistent parameter."""
@@ -216,6 +218,14 @@ _DOC: dict[str, tuple[str, dict]] = {
     "oracle_frames": ("oracle backend: frames in the synthetic drive", {"read_only": True}),
     "oracle_width": ("oracle backend: image width", {"read_only": True}),
     "oracle_height": ("oracle backend: image height", {"read_only": True}),
+    "oracle_drift_deg": (
+        "oracle backend: in-window yaw drift per frame [deg], to give loop closure work",
+        {"read_only": True, "float_range": (0.0, 5.0)},
+    ),
+    "oracle_depth_noise": (
+        "oracle backend: relative depth noise (sigma)",
+        {"read_only": True, "float_range": (0.0, 1.0)},
+    ),
 }
 
 
