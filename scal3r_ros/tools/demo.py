@@ -34,7 +34,7 @@ def _checkpoint_present(path: str | None) -> Path | None:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "w"),  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
 
