@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
@@ -59,7 +60,7 @@ from scal3r_ros.ros.frames import (
     quaternion_from_matrix,
     rigid_inverse,
 )
-from scal3r_ros.ros.params import NodeConfig, declare_and_read
+from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.worker import MappingWorker
 from scal3r_ros.share import config_file
 
@@ -174,12 +175,24 @@ class MappingNode(Node):
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=group)
         self.create_timer(cfg.status_period, self._publish_status, callback_group=group)
 
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.worker.start()
         self.get_logger().info(
             f"scal3r_mapping ready: backend {self.backend_name} on {self.device_name}, "
             f"chunks {cfg.chunk_size}/{cfg.overlap}, gcs {cfg.gcs_mode}, inputs "
             f"{cfg.image_topics + cfg.compressed_topics}, output_dir {self.output_dir}"
         )
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Apply the dynamic parameters (read-only ones are refused by rclpy itself)."""
+        changes = {p.name: p.value for p in params if p.name in DYNAMIC}
+        trial = NodeConfig(**{**self.cfg.__dict__, **changes})
+        try:
+            trial.validate()
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.cfg = trial
+        return SetParametersResult(successful=True)
 
     # ================================================================ input callbacks
     def _reset_node_state(self) -> None:

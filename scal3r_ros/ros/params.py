@@ -146,7 +146,7 @@ _DOC: dict[str, tuple[str, dict]] = {
     ),
     "voxel_size": (
         "map voxel size in map units; 0 = automatic (1% of the first median depth)",
-        {"float_range": (0.0, 100.0)},
+        {"read_only": True, "float_range": (0.0, 100.0)},
     ),
     "confidence_ratio": (
         "keep pixels whose confidence exceeds this x their frame's mean (official 0.75)",
@@ -227,6 +227,10 @@ _DOC: dict[str, tuple[str, dict]] = {
         {"read_only": True, "float_range": (0.0, 1.0)},
     ),
 }
+
+
+DYNAMIC = tuple(name for name, (_, extra) in _DOC.items() if not extra.get("read_only"))
+"""Parameters the node applies while running (the others need a restart)."""
 
 
 def declare_and_read(node: Node, overrides: dict | None = None) -> NodeConfig:

@@ -146,3 +146,12 @@ def test_rviz_config_shows_the_node_outputs_in_map():
         assert topics[latched]["Topic"]["Durability Policy"] == "Transient Local"
     assert topics["/scal3r_mapping/map"]["Color Transformer"] == "RGB8"
     assert any(d["Class"] == "rviz_default_plugins/TF" for d in rviz["Displays"])
+
+
+@pytest.mark.ros
+def test_readme_documents_every_parameter():
+    from scal3r_ros.ros.params import NodeConfig
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in NodeConfig.__dataclass_fields__ if f"| `{name}` |" not in readme]
+    assert not missing, f"parameters missing from the README's table: {missing}"

@@ -182,6 +182,35 @@ def test_reset_service_clears_the_map(run):
     assert (out / "maps" / "after_reset" / "trajectory_tum.txt").read_text().strip() == ""
 
 
+def test_dynamic_parameters_apply_and_read_only_ones_are_refused(run):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import DescribeParameters, SetParameters
+
+    rec, _, _ = run
+
+    def set_param(name, value: ParameterValue):
+        req = SetParameters.Request(parameters=[Parameter(name=name, value=value)])
+        return rec.call(SetParameters, f"{NODE}/set_parameters", req).results[0]
+
+    ok = set_param("map_publish_period", ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                        double_value=5.0))  # fmt: skip
+    assert ok.successful
+    bad = set_param("on_time_jump", ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                   string_value="explode"))  # fmt: skip
+    assert not bad.successful and "on_time_jump" in bad.reason
+    ro = set_param("chunk_size", ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                                integer_value=10))  # fmt: skip
+    assert not ro.successful
+    desc = rec.call(
+        DescribeParameters,
+        f"{NODE}/describe_parameters",
+        DescribeParameters.Request(names=["chunk_size", "map_publish_period"]),
+    )
+    chunk, period = desc.descriptors
+    assert chunk.read_only and chunk.integer_range[0].from_value == 2 and chunk.description
+    assert not period.read_only
+
+
 def test_sigint_exits_cleanly(run):
     _, node, out = run
     assert node.poll() is None, "node died during the run"
