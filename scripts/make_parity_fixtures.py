@@ -4,7 +4,8 @@
 Usage (needs the official checkout and its deps: einops, pyyaml, scipy, tqdm, rich,
 opencv-python-headless, pillow, pypose, matplotlib):
 
-    python scripts/make_parity_fixtures.py --official /path/to/Scal3R [--out test/data/parity_tiny.pt]
+    python scripts/make_parity_fixtures.py --official /path/to/Scal3R \
+        [--official-commit SHA] [--out test/data/parity_tiny.pt]
 
 What it does (CPU, fp32, fixed seed; nothing from scal3r_ros is used to make the expectations):
 
@@ -81,12 +82,18 @@ def tiny_sampler_cfg(dotdict):
         ),
         cam_decoder_cfg=dotdict(trunk_depth=1, num_heads=2, mlp_ratio=1),
         xyz_decoder_cfg=dotdict(
-            output_dim=4, activation="inv_log", conf_activation="expp1",
-            features=8, out_channels=[8, 16, 16, 16],
+            output_dim=4,
+            activation="inv_log",
+            conf_activation="expp1",
+            features=8,
+            out_channels=[8, 16, 16, 16],
         ),
         dpt_decoder_cfg=dotdict(
-            output_dim=2, activation="exp", conf_activation="expp1",
-            features=8, out_channels=[8, 16, 16, 16],
+            output_dim=2,
+            activation="exp",
+            conf_activation="expp1",
+            features=8,
+            out_channels=[8, 16, 16, 16],
         ),
     )
 
@@ -106,7 +113,7 @@ def rerandomize(model: torch.nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.rand(p.shape, generator=gen) * 0.8 + 0.2)
             elif "empty_pose_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        for mod_name, mod in model.named_modules():
+        for mod in model.modules():
             cls = type(mod).__name__
             if cls in ("LayerNorm", "RMSNorm", "CompatRMSNorm"):
                 if getattr(mod, "weight", None) is not None:
@@ -135,8 +142,9 @@ class Recorder:
 
     def ttt_update(self, index, tokens, w0_grad, w1_grad, w2_grad, **kw):
         self.sums[index] = [t.detach().clone() for t in (w0_grad, w1_grad, w2_grad)]
-        w = self._update(index=index, tokens=tokens, w0_grad=w0_grad, w1_grad=w1_grad,
-                         w2_grad=w2_grad, **kw)
+        w = self._update(
+            index=index, tokens=tokens, w0_grad=w0_grad, w1_grad=w1_grad, w2_grad=w2_grad, **kw
+        )
         self.fast[index] = [t.detach().clone() for t in w]
         return w
 
@@ -162,10 +170,14 @@ def make_batches(images_u8: list[torch.Tensor], dotdict):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--official", required=True, help="path to a zju3dv/Scal3R checkout")
-    ap.add_argument("--official-commit", default=None,
-                    help="commit id to record when --official is not a git checkout")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1]
-                                         / "test/data/parity_tiny.pt"))
+    ap.add_argument(
+        "--official-commit",
+        default=None,
+        help="commit id to record when --official is not a git checkout",
+    )
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "test/data/parity_tiny.pt")
+    )
     args = ap.parse_args()
 
     official = Path(args.official).resolve()
@@ -174,8 +186,10 @@ def main() -> None:
     if commit is None:
         try:
             commit = subprocess.check_output(
-                ["git", "-C", str(official), "rev-parse", "HEAD"], text=True,
-                stderr=subprocess.DEVNULL).strip()
+                ["git", "-C", str(official), "rev-parse", "HEAD"],
+                text=True,
+                stderr=subprocess.DEVNULL,
+            ).strip()
         except Exception:
             commit = "unknown"
 
@@ -190,9 +204,14 @@ def main() -> None:
 
     def vit_tiny(patch_size=14, num_register_tokens=0, **kwargs):
         return DinoVisionTransformer(
-            patch_size=patch_size, embed_dim=32, depth=1, num_heads=2, mlp_ratio=4,
+            patch_size=patch_size,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            mlp_ratio=4,
             block_fn=partial(OBlock, attn_class=MemEffAttention),
-            num_register_tokens=num_register_tokens, **kwargs,
+            num_register_tokens=num_register_tokens,
+            **kwargs,
         )
 
     agg_mod.vit_small = vit_tiny
@@ -207,8 +226,10 @@ def main() -> None:
     cases = {}
     img_gen = torch.Generator().manual_seed(SEED + 2)
     for name, (frames, H, W) in LAYOUTS.items():
-        images = [torch.randint(0, 256, (1, s, 3, H, W), generator=img_gen, dtype=torch.uint8)
-                  for s in frames]
+        images = [
+            torch.randint(0, 256, (1, s, 3, H, W), generator=img_gen, dtype=torch.uint8)
+            for s in frames
+        ]
         rec = Recorder(model.agg_regator)
         with torch.no_grad():
             raw = backend.forward(model, make_batches(images, dotdict), run_args)
@@ -218,15 +239,17 @@ def main() -> None:
             S = im.shape[1]
             cam = out.cam_map.float()  # (1, S, 9)
             ext, ixt = decode_camera_params(cam, H, W, "abs_quat_fov", inverse=False)
-            outputs.append({
-                "pose_enc": cam.clone(),
-                "extrinsics": ext.clone(),
-                "intrinsics": ixt.clone(),
-                "depth": out.dpt_map.reshape(1, S, H, W, 1).clone(),
-                "depth_conf": out.dpt_cnf.reshape(1, S, H, W).clone(),
-                "world_points": out.xyz_map.reshape(1, S, H, W, 3).clone(),
-                "world_points_conf": out.xyz_cnf.reshape(1, S, H, W).clone(),
-            })
+            outputs.append(
+                {
+                    "pose_enc": cam.clone(),
+                    "extrinsics": ext.clone(),
+                    "intrinsics": ixt.clone(),
+                    "depth": out.dpt_map.reshape(1, S, H, W, 1).clone(),
+                    "depth_conf": out.dpt_cnf.reshape(1, S, H, W).clone(),
+                    "world_points": out.xyz_map.reshape(1, S, H, W, 3).clone(),
+                    "world_points_conf": out.xyz_cnf.reshape(1, S, H, W).clone(),
+                }
+            )
         # GCM tensors: everything for sync2, the shared fast weights only elsewhere (size)
         gcm = {}
         for j in sorted(rec.fast):
@@ -249,9 +272,12 @@ def main() -> None:
                 cache.last_weights_test = []
             d_pose = (pose - outputs[0]["pose_enc"]).abs().max().item()
             d_depth = (depth - outputs[0]["depth"]).abs().max().item()
-            print(f"[{name}] official Aggregator.forward vs backend.forward: "
-                  f"max |d pose| {d_pose:.3g}, max |d depth| {d_depth:.3g}")
-            assert d_pose < 1e-5 and d_depth < 1e-4 * max(1.0, outputs[0]["depth"].abs().max().item())
+            print(
+                f"[{name}] official Aggregator.forward vs backend.forward: "
+                f"max |d pose| {d_pose:.3g}, max |d depth| {d_depth:.3g}"
+            )
+            scale = max(1.0, outputs[0]["depth"].abs().max().item())
+            assert d_pose < 1e-5 and d_depth < 1e-4 * scale
 
     fixture = {
         "meta": {
@@ -261,7 +287,7 @@ def main() -> None:
             "torch": str(torch.__version__),
             "layouts": {k: {"frames": v[0], "H": v[1], "W": v[2]} for k, v in LAYOUTS.items()},
             "note": "made by scripts/make_parity_fixtures.py; images uint8 -> float/255; "
-                    "outputs of scal3r.pipelines.backend.forward (fp32, CPU)",
+            "outputs of scal3r.pipelines.backend.forward (fp32, CPU)",
         },
         "state_dict": state_dict,
         "cases": cases,
@@ -270,8 +296,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, out)
     n_params = sum(v.numel() for v in state_dict.values())
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {n_params} params, "
-          f"official commit {commit})")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {n_params} params, "
+        f"official commit {commit})"
+    )
 
 
 if __name__ == "__main__":

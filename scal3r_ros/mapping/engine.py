@@ -49,6 +49,7 @@ from scal3r_ros.mapping.backend import GCS_MODES, Backend, ChunkInput, ChunkPred
 from scal3r_ros.mapping.frame import (
     AlignmentReport,
     Frame,
+    FrameCloudsUpdate,
     LoopClosureUpdate,
     MapCorrected,
     MapUpdate,
@@ -79,6 +80,7 @@ class EngineConfig:
     loop_closure: bool = True  # used only when a loop-closure hook is given
     loop_geometry_stride: int = 2  # pixel stride of the per-chunk geometry kept for loops
     loop_geometry_ram_chunks: int = 4  # older chunk geometry is spilled to disk
+    frame_clouds: bool = False  # emit FrameCloudsUpdate (per-frame depth, sensor clouds)
 
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
@@ -416,6 +418,15 @@ class MappingEngine:
         if new_ids:
             st, c2w = self.trajectory.poses(np.array(new_ids))
             out.append(PosesUpdate(cid, np.array(new_ids), st, c2w, False, "new"))
+            if cfg.frame_clouds:
+                new_set = set(new_ids)
+                ks = [k for k in owned if int(fids[k]) in new_set]
+                d = np.where(valid[ks], pred.depth[ks] * np.float32(g.s), np.nan)
+                out.append(FrameCloudsUpdate(
+                    cid, np.array(new_ids), st,
+                    tuple(self.frames.get(f).camera_id for f in new_ids),
+                    d.astype(np.float32), conf[ks], pred.intrinsics[ks].astype(np.float64),
+                ))  # fmt: skip
 
         # ---- map
         if prev_id is not None and handed:

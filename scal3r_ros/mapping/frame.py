@@ -66,6 +66,23 @@ class PointsUpdate(MapUpdate):
 
 
 @dataclass
+class FrameCloudsUpdate(MapUpdate):
+    """Per-frame depth of the frames a chunk placed for the first time (only when
+    ``EngineConfig.frame_clouds`` is on): the input of sensor-frame clouds.
+
+    ``depth`` is z-depth in map units (the chunk's scale to the map applied), NaN where
+    invalid; ``intrinsics`` at depth resolution; ``confidence`` as the map uses it.
+    """
+
+    frame_ids: np.ndarray  # (F,) int64
+    stamps_ns: np.ndarray  # (F,) int64
+    camera_ids: tuple[str, ...]
+    depth: np.ndarray  # (F, h, w) float32
+    confidence: np.ndarray  # (F, h, w) float32
+    intrinsics: np.ndarray  # (F, 3, 3) float64
+
+
+@dataclass
 class MapCorrected(MapUpdate):
     """Chunk Sim(3)s changed (loop closure / pose graph): the accumulated map moved.
 

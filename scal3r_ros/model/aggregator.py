@@ -6,8 +6,9 @@ gets the "first-frame" camera/register tokens (index 0), all other frames index 
 are the (y, x) patch grid + 1 for patches and (0, 0) for special tokens. ImageNet normalisation
 is done here, on ``[0, 1]`` RGB input.
 
-Layer-by-layer API (mirrors the official release path ``Aggregator.prepare / forward_layer /
-ttt_gradient / ttt_update / ttt_apply`` that ``scal3r.pipelines.backend.forward`` drives):
+All methods run without autograd (inference only). Layer-by-layer API (mirrors the official
+release path ``Aggregator.prepare / forward_layer / ttt_gradient / ttt_update / ttt_apply`` that
+``scal3r.pipelines.backend.forward`` drives):
 
 * :meth:`Aggregator.prepare` -> :class:`ChunkState` (tokens, RoPE tables, stored features)
 * :meth:`Aggregator.forward_layer` (frame block ``j`` then global block ``j``, no GCM; stores
@@ -94,7 +95,9 @@ class Aggregator(nn.Module):
             interpolate_antialias=d.interpolate_antialias,
             interpolate_offset=d.interpolate_offset,
         )
-        self.rope = RotaryPositionEmbedding2D(frequency=cfg.rope_freq) if cfg.rope_freq > 0 else None
+        self.rope = (
+            RotaryPositionEmbedding2D(frequency=cfg.rope_freq) if cfg.rope_freq > 0 else None
+        )
         self.position_getter = PositionGetter() if self.rope is not None else None
 
         def make_block() -> Block:
@@ -146,13 +149,25 @@ class Aggregator(nn.Module):
             "_resnet_std", torch.tensor(_RESNET_STD).view(1, 1, 3, 1, 1), persistent=False
         )
 
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)create the non-persistent normalisation buffers (needed after building on the
+        meta device and loading with ``assign=True``)."""
+        device = self.camera_token.device if device is None else device
+        if torch.device(device).type == "meta":
+            device = "cpu"
+        self._resnet_mean = torch.tensor(_RESNET_MEAN, device=device).view(1, 1, 3, 1, 1)
+        self._resnet_std = torch.tensor(_RESNET_STD, device=device).view(1, 1, 3, 1, 1)
+
     # ------------------------------------------------------------------ stages
     def gcm(self, index: int) -> GCMLayer:
         try:
             return self.global_blocks[index].ttt
         except AttributeError:
-            raise KeyError(f"global layer {index} has no GCM layer (GCM layers: {self.gcm_layers})")
+            raise KeyError(
+                f"global layer {index} has no GCM layer (GCM layers: {self.gcm_layers})"
+            ) from None
 
+    @torch.no_grad()
     def prepare(self, images: Tensor) -> ChunkState:
         """Images ``(B, S, 3, H, W)`` in ``[0, 1]`` -> initial :class:`ChunkState`."""
         if images.ndim == 4:
@@ -167,8 +182,12 @@ class Aggregator(nn.Module):
         camera_token = slice_expand_and_flatten(self.camera_token, B, S)
         register_token = slice_expand_and_flatten(self.register_token, B, S)
         tokens = torch.cat(
-            [camera_token.to(patch_tokens.dtype), register_token.to(patch_tokens.dtype),
-             patch_tokens], dim=1
+            [
+                camera_token.to(patch_tokens.dtype),
+                register_token.to(patch_tokens.dtype),
+                patch_tokens,
+            ],
+            dim=1,
         )
         h, w = H // self.patch_size, W // self.patch_size
         _, P, C = tokens.shape
@@ -178,17 +197,26 @@ class Aggregator(nn.Module):
             pos = self.position_getter(B * S, h, w, device=images.device) + 1
             patch_pos = pos.reshape(B, S * h * w, 2)
             if self.patch_start_idx > 0:
-                special = torch.zeros(B * S, self.patch_start_idx, 2, device=images.device,
-                                      dtype=pos.dtype)
+                special = torch.zeros(
+                    B * S, self.patch_start_idx, 2, device=images.device, dtype=pos.dtype
+                )
                 pos = torch.cat([special, pos], dim=1)
             rope = self.rope.tables(
                 pos, C // self.cfg.num_heads, self.camera_token.dtype, max(h, w) + 1
             )
         return ChunkState(
-            tokens=tokens, B=B, S=S, P=P, C=C, grid=(h, w), image_size=(H, W), rope=rope,
+            tokens=tokens,
+            B=B,
+            S=S,
+            P=P,
+            C=C,
+            grid=(h, w),
+            image_size=(H, W),
+            rope=rope,
             patch_pos=patch_pos,
         )
 
+    @torch.no_grad()
     def forward_layer(self, state: ChunkState, index: int | None = None) -> ChunkState:
         """Frame block ``index`` then global block ``index`` (no GCM). Updates ``state``."""
         j = state.next_layer if index is None else index
@@ -207,7 +235,7 @@ class Aggregator(nn.Module):
         return state
 
     def _gcm_inputs(self, state: ChunkState, index: int) -> tuple[Tensor, RopeTables | None]:
-        B, S, P, C = state.B, state.S, state.P, state.C
+        B, C = state.B, state.C
         x = state.patch_view()[:, :, self.patch_start_idx :].reshape(B, -1, C)
         layer = self.gcm(index)
         key = layer.head_dim
@@ -219,15 +247,18 @@ class Aggregator(nn.Module):
             )
         return x, state._gcm_rope[key]
 
+    @torch.no_grad()
     def gcm_gradient(self, state: ChunkState, index: int) -> GCMGrads:
         """Raw fast-weight gradients of this chunk at GCM layer ``index`` (vs. the learned init)."""
         x, rope = self._gcm_inputs(state, index)
         return self.gcm(index).gradient(x, rope)
 
+    @torch.no_grad()
     def gcm_update(self, index: int, grads: GCMGrads, lr: float | None = None) -> FastWeights:
         """Fast weights of GCM layer ``index`` from a gradient (sum): ``renorm(W + NS5(G))``."""
         return self.gcm(index).update(grads, lr=lr)
 
+    @torch.no_grad()
     def gcm_apply(self, state: ChunkState, index: int, fast: FastWeights) -> ChunkState:
         """Add the GCM residual (fast weights ``fast``) to the chunk's patch tokens, in place, and
         refresh the global half of the stored feature of this layer."""

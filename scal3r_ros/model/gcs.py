@@ -37,7 +37,9 @@ with fast weights derived from *given* sums (e.g. replaying a chunk with final s
 ``sync(layer, own_grads) -> sum`` callable; with ``return_gcm=True`` the output carries each GCM
 layer's own gradient and the fast weights used.
 
-Nothing here synchronises with the host: the loops only launch device work.
+Nothing here synchronises with the host: the loops only launch device work. The functions run
+under ``torch.no_grad()`` and return ordinary tensors (wrap calls in ``torch.inference_mode()``
+for a little less overhead if the outputs are not modified in place later).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def run_synchronous(
     model,
     chunks: Sequence[Tensor],
@@ -162,7 +164,7 @@ def run_synchronous(
     return outputs
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def run_chunk(
     model,
     images: Tensor,

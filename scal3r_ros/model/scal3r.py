@@ -105,6 +105,7 @@ class Scal3R(nn.Module):
         self.dpt_decoder = DPTHead(output_dim=2, activation="exp", **common)
 
     # ------------------------------------------------------------------ heads
+    @torch.no_grad()
     def decode(self, state: ChunkState, heads: Sequence[str] | None = None) -> Scal3ROutput:
         """Run the requested heads (default all) on a chunk whose trunk has finished."""
         heads = HEADS if heads is None else tuple(heads)
@@ -126,21 +127,25 @@ class Scal3R(nn.Module):
             if "camera" in heads:
                 from .pose_encoding import pose_encoding_to_extri_intri
 
-                enc_list = self.cam_decoder(feats, num_iterations=self.cfg.camera_head.num_iterations)
+                enc_list = self.cam_decoder(
+                    feats, num_iterations=self.cfg.camera_head.num_iterations
+                )
                 out.pose_enc_list = enc_list
                 out.pose_enc = enc_list[-1]
-                out.extrinsics, out.intrinsics = pose_encoding_to_extri_intri(
-                    out.pose_enc, (H, W)
-                )
+                out.extrinsics, out.intrinsics = pose_encoding_to_extri_intri(out.pose_enc, (H, W))
             fcs = self.cfg.dpt_head.frames_chunk_size
             if "points" in heads:
                 out.world_points, out.world_points_conf = self.xyz_decoder(
-                    feats, images=images, patch_start_idx=agg.patch_start_idx,
+                    feats,
+                    images=images,
+                    patch_start_idx=agg.patch_start_idx,
                     frames_chunk_size=fcs,
                 )
             if "depth" in heads:
                 out.depth, out.depth_conf = self.dpt_decoder(
-                    feats, images=images, patch_start_idx=agg.patch_start_idx,
+                    feats,
+                    images=images,
+                    patch_start_idx=agg.patch_start_idx,
                     frames_chunk_size=fcs,
                 )
         return out
@@ -204,8 +209,13 @@ class Scal3R(nn.Module):
         return_gcm: bool = False,
         autocast_dtype: torch.dtype | None = None,
     ) -> Scal3ROutput:
-        """Same as :meth:`forward_chunk` (inference only; wrap in ``torch.inference_mode()``)."""
+        """Same as :meth:`forward_chunk` (inference only, no autograd; ``torch.inference_mode()``
+        around it is slightly faster)."""
         return self.forward_chunk(
-            images, sync, grad_sums=grad_sums, heads=heads, return_gcm=return_gcm,
+            images,
+            sync,
+            grad_sums=grad_sums,
+            heads=heads,
+            return_gcm=return_gcm,
             autocast_dtype=autocast_dtype,
         )

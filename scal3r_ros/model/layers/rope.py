@@ -31,7 +31,9 @@ class PositionGetter:
     def __init__(self) -> None:
         self.position_cache: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, batch_size: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    def __call__(
+        self, batch_size: int, height: int, width: int, device: torch.device
+    ) -> torch.Tensor:
         key = (height, width, torch.device(device))
         if key not in self.position_cache:
             y = torch.arange(height, device=device)
@@ -110,7 +112,9 @@ class RotaryPositionEmbedding2D(nn.Module):
         if max_position is None:
             max_position = int(positions.max()) + 1
         half = dim // 2
-        cos_c, sin_c = self._compute_frequency_components(half, max_position, positions.device, dtype)
+        cos_c, sin_c = self._compute_frequency_components(
+            half, max_position, positions.device, dtype
+        )
         py, px = positions[..., 0], positions[..., 1]
         cos = torch.cat((F.embedding(py, cos_c), F.embedding(px, cos_c)), dim=-1)[:, None]
         sin = torch.cat((F.embedding(py, sin_c), F.embedding(px, sin_c)), dim=-1)[:, None]
