@@ -1,0 +1,454 @@
+"""Loading Scal3R (and VGGT-1B) checkpoints, safely and with one clear error type.
+
+Formats
+-------
+* **Scal3R** (``scal3r.pt`` from Hugging Face ``xbillowy/Scal3R``): a plain pickled
+  ``Scal3R.state_dict()`` (the official loader does ``torch.load(...)`` then
+  ``load_state_dict(strict=True)``): 1451 tensors with the prefixes ``agg_regator.``,
+  ``cam_decoder.``, ``xyz_decoder.``, ``dpt_decoder.``. Loaded strictly.
+* **VGGT-1B** (``facebook/VGGT-1B`` ``model.pt`` / ``model.safetensors``): same sub-module
+  structure under other names. Renamed ``aggregator.`` -> ``agg_regator.``,
+  ``camera_head.`` -> ``cam_decoder.``, ``point_head.`` -> ``xyz_decoder.``,
+  ``depth_head.`` -> ``dpt_decoder.``; ``track_head.*`` is dropped; the GCM tensors
+  (``agg_regator.global_blocks.{i}.ttt.*``), which VGGT lacks, keep the model's initialisation.
+  Note that the official init (zero ``proj`` weight and bias except a gate bias of 0.1) does *not*
+  make the GCM residual zero: it adds ``0.1 * LayerNorm(o)``. Pass ``zero_gcm=True`` to zero the
+  GCM output projections instead, which makes the GCM layers exact no-ops so the network computes
+  VGGT-1B's trunk. VGGT weights are a structural template, not a substitute for the fine-tuned
+  Scal3R weights.
+
+Both may be wrapped in a dict (``{"state_dict": ...}``, ``{"model": ...}``, ``{"module": ...}``,
+``{"sampler": ...}``, ...) and/or carry a common key prefix (``module.``, ``model.``,
+``sampler.``, ``_orig_mod.``); both are unwrapped. ``.safetensors`` files are read with
+safetensors when it is installed.
+
+Safety: ``torch.load(weights_only=True, mmap=True)`` (falls back to ``mmap=False`` for legacy
+non-zip files); no arbitrary unpickling.
+
+Errors: every failure — missing file, unreadable/truncated/corrupt file, not a state dict,
+missing/unexpected keys, shape mismatches, non-floating dtypes (or any dtype difference with
+``strict_dtype=True``) — raises :class:`CheckpointError` naming the file and the first
+mismatches. Floating tensors of another precision (fp16/bf16/fp64) are cast to the model's dtype.
+
+Download: with ``path=None`` the checkpoint is looked up at ``$SCAL3R_CHECKPOINT`` or
+``<cache>/scal3r.pt`` (``<cache>`` = ``$SCAL3R_ROS_CACHE`` or ``~/.cache/scal3r_ros``). If it is
+absent and downloading is allowed (``huggingface_hub`` importable, ``download`` not False, neither
+``HF_HUB_OFFLINE`` nor ``SCAL3R_ROS_OFFLINE`` set), it is fetched from ``xbillowy/Scal3R`` into
+``<cache>``; otherwise the error says exactly where to put the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "DEFAULT_FILENAME",
+    "DEFAULT_REPO_ID",
+    "LoadReport",
+    "VGGT_KEY_MAP",
+    "convert_vggt_state_dict",
+    "default_cache_dir",
+    "default_checkpoint_path",
+    "detect_format",
+    "load_checkpoint",
+    "load_scal3r",
+    "read_state_dict",
+    "resolve_checkpoint",
+]
+
+DEFAULT_REPO_ID = "xbillowy/Scal3R"
+DEFAULT_FILENAME = "scal3r.pt"
+SCAL3R_ROOTS = ("agg_regator.", "cam_decoder.", "xyz_decoder.", "dpt_decoder.")
+VGGT_KEY_MAP = {
+    "aggregator.": "agg_regator.",
+    "camera_head.": "cam_decoder.",
+    "point_head.": "xyz_decoder.",
+    "depth_head.": "dpt_decoder.",
+}
+VGGT_DROPPED = ("track_head.",)
+_WRAPPER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "sampler",
+    "net",
+    "network",
+    "weights",
+    "params",
+    "ema",
+)
+_PREFIXES = ("module.", "model.", "sampler.", "_orig_mod.", "net.", "network.")
+_MAX_LISTED = 5
+
+
+class CheckpointError(RuntimeError):
+    """Any failure to find, read or match a checkpoint (message names the file)."""
+
+
+@dataclass
+class LoadReport:
+    path: Path
+    format: str  # "scal3r" or "vggt"
+    loaded: int  # tensors copied into the model
+    left_at_init: list[str] = field(default_factory=list)  # model keys not in the file (VGGT)
+    dropped: list[str] = field(default_factory=list)  # file keys not used (VGGT track head)
+    cast: list[str] = field(default_factory=list)  # keys converted to the model dtype
+
+
+# ---------------------------------------------------------------------------- locating the file
+def default_cache_dir() -> Path:
+    env = os.environ.get("SCAL3R_ROS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "scal3r_ros"
+
+
+def default_checkpoint_path(cache_dir: str | Path | None = None) -> Path:
+    env = os.environ.get("SCAL3R_CHECKPOINT")
+    if env and cache_dir is None:
+        return Path(env).expanduser()
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / DEFAULT_FILENAME
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "SCAL3R_ROS_OFFLINE")
+    )
+
+
+def _where_to_put(target: Path, repo_id: str, filename: str) -> str:
+    return (
+        f"Put the file at {target} (or pass its path, or set SCAL3R_CHECKPOINT). To get it: "
+        f"`hf download {repo_id} {filename} --repo-type model --local-dir {target.parent}` or "
+        f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    )
+
+
+def resolve_checkpoint(
+    path: str | Path | None = None,
+    *,
+    download: bool | None = None,
+    cache_dir: str | Path | None = None,
+    repo_id: str = DEFAULT_REPO_ID,
+    filename: str = DEFAULT_FILENAME,
+) -> Path:
+    """Return an existing checkpoint path, downloading to the cache when allowed.
+
+    An explicit ``path`` is never replaced by a download; only the default location is
+    (``download=None``: download when possible, ``False``: never, ``True``: required).
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_file():
+            return p
+        if p.exists():
+            raise CheckpointError(f"{p}: not a regular file")
+        raise CheckpointError(
+            f"{p}: checkpoint file not found. " + _where_to_put(p, repo_id, filename)
+        )
+
+    target = default_checkpoint_path(cache_dir)
+    if target.is_file():
+        return target
+    reason = None
+    if download is False:
+        reason = "downloading is disabled"
+    elif _offline():
+        reason = "offline mode (HF_HUB_OFFLINE / SCAL3R_ROS_OFFLINE) is set"
+    else:
+        try:
+            import huggingface_hub
+        except ImportError:
+            reason = "huggingface_hub is not installed"
+        else:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                got = Path(
+                    huggingface_hub.hf_hub_download(
+                        repo_id=repo_id, filename=filename, local_dir=str(target.parent)
+                    )
+                )
+                if got != target and got.is_file() and not target.exists():
+                    try:
+                        target.symlink_to(got)
+                    except OSError:
+                        return got
+                return target if target.is_file() else got
+            except Exception as e:  # network, auth, disk ...
+                reason = f"download from {repo_id} failed ({type(e).__name__}: {e})"
+    raise CheckpointError(
+        f"{target}: Scal3R checkpoint not found and not downloaded: {reason}. "
+        + _where_to_put(target, repo_id, filename)
+    )
+
+
+# ---------------------------------------------------------------------------- reading
+def _first(items, n: int = _MAX_LISTED) -> str:
+    items = list(items)
+    s = ", ".join(items[:n])
+    return s + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        # legacy (non-zip) files cannot be memory-mapped
+        if "mmap" not in str(e) and "zipfile" not in str(e).lower():
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unwrap(obj, path: Path) -> dict[str, Tensor]:
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(
+                f"{path}: not a state dict (top-level object is {type(obj).__name__})"
+            )
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        inner = next(
+            (obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping) and obj[k]), None
+        )
+        if inner is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+            if tensors and len(tensors) >= len(obj) // 2:
+                obj = tensors
+                break
+            raise CheckpointError(
+                f"{path}: no state dict found (top-level keys: {_first(map(str, obj.keys()))})"
+            )
+        obj = inner
+    if not obj:
+        raise CheckpointError(f"{path}: empty state dict")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not named tensors: {_first(bad)}")
+    return dict(obj)
+
+
+def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    roots = SCAL3R_ROOTS + tuple(VGGT_KEY_MAP) + VGGT_DROPPED
+    for _ in range(3):
+        if any(k.startswith(roots) for k in sd):
+            break
+        pref = next((p for p in _PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if pref is None:
+            break
+        sd = {k[len(pref) :]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file safely -> flat ``{name: tensor}`` (wrappers/prefixes removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError as e:
+                raise CheckpointError(
+                    f"{path}: reading .safetensors needs the safetensors package"
+                ) from e
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = _torch_load(path)
+    except CheckpointError:
+        raise
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        KeyError,
+        AttributeError,
+        TypeError,
+        ImportError,
+    ) as e:
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint (truncated, corrupt or unsafe pickle?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    except Exception as e:  # e.g. safetensors' SafetensorError
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(e).__name__}: {e}") from e
+    return _strip_prefixes(_unwrap(obj, path))
+
+
+def detect_format(sd: Mapping[str, Tensor]) -> str:
+    """``"scal3r"`` or ``"vggt"`` from the key prefixes (``"unknown"`` otherwise)."""
+    if any(k.startswith(SCAL3R_ROOTS) for k in sd):
+        return "scal3r"
+    if any(k.startswith(tuple(VGGT_KEY_MAP)) for k in sd):
+        return "vggt"
+    return "unknown"
+
+
+def convert_vggt_state_dict(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename VGGT-1B keys to Scal3R keys; returns ``(renamed, dropped_keys)``."""
+    out: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for k, v in sd.items():
+        for old, new in VGGT_KEY_MAP.items():
+            if k.startswith(old):
+                out[new + k[len(old) :]] = v
+                break
+        else:
+            dropped.append(k)
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------- matching
+def _is_gcm_key(k: str) -> bool:
+    return ".ttt." in k and k.startswith("agg_regator.global_blocks.")
+
+
+def _check(
+    path: Path,
+    sd: dict[str, Tensor],
+    expected: Mapping[str, Tensor],
+    fmt: str,
+    strict_dtype: bool,
+    dropped: list[str],
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    missing = [k for k in expected if k not in sd]
+    left_at_init: list[str] = []
+    if fmt == "vggt":
+        left_at_init = [k for k in missing if _is_gcm_key(k)]
+        missing = [k for k in missing if not _is_gcm_key(k)]
+    unexpected = [k for k in sd if k not in expected]
+    shapes, dtypes, cast = [], [], []
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k not in expected:
+            continue
+        ref = expected[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            shapes.append(f"{k}: file {tuple(v.shape)} vs model {tuple(ref.shape)}")
+            continue
+        if v.dtype != ref.dtype:
+            if strict_dtype or not (v.is_floating_point() and ref.is_floating_point()):
+                dtypes.append(f"{k}: file {v.dtype} vs model {ref.dtype}")
+                continue
+            cast.append(k)
+            v = v.to(ref.dtype)
+        out[k] = v
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_first(shapes)}")
+    if dtypes:
+        problems.append(f"{len(dtypes)} dtype mismatch(es): {_first(dtypes)}")
+    if problems:
+        raise CheckpointError(
+            f"{path}: checkpoint ({fmt} format, {len(sd) + len(dropped)} tensors) does not match "
+            f"the model ({len(expected)} tensors): " + "; ".join(problems)
+        )
+    return out, left_at_init, cast
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | Path | None = None,
+    *,
+    format: str = "auto",
+    download: bool | None = None,
+    cache_dir: str | Path | None = None,
+    strict_dtype: bool = False,
+    assign: bool = False,
+    zero_gcm: bool = False,
+) -> LoadReport:
+    """Load a Scal3R or VGGT-1B checkpoint into ``model`` (a :class:`Scal3R`).
+
+    ``format``: ``"auto"`` (from the keys), ``"scal3r"`` or ``"vggt"``. Scal3R checkpoints must
+    match exactly; VGGT ones may only lack the GCM tensors. ``assign=True`` adopts the file's
+    tensors (cast to the model dtype) instead of copying (use with a meta-device model).
+    ``zero_gcm=True`` (VGGT only) zeroes the GCM output projections of the layers left at init,
+    making them no-ops.
+    """
+    path = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
+    sd = read_state_dict(path)
+    fmt = detect_format(sd) if format == "auto" else format
+    if fmt not in ("scal3r", "vggt"):
+        raise CheckpointError(
+            f"{path}: unknown checkpoint layout (keys start with neither Scal3R nor VGGT module "
+            f"names; first keys: {_first(sd)})"
+        )
+    dropped: list[str] = []
+    if fmt == "vggt":
+        sd, dropped = convert_vggt_state_dict(sd)
+    expected = model.state_dict(keep_vars=True)
+    sd, left_at_init, cast = _check(path, sd, expected, fmt, strict_dtype, dropped)
+    if left_at_init and any(expected[k].is_meta for k in left_at_init):
+        raise CheckpointError(
+            f"{path}: VGGT checkpoints leave the GCM layers at init; build the model on a real "
+            f"device (not meta) before loading"
+        )
+    try:
+        result = model.load_state_dict(sd, strict=(fmt == "scal3r"), assign=assign)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: load_state_dict failed: {e}") from e
+    if fmt == "vggt" and (result.missing_keys != left_at_init or result.unexpected_keys):
+        raise CheckpointError(f"{path}: unexpected key mismatch after conversion: {result}")
+    if zero_gcm and left_at_init:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k in left_at_init:
+                if ".ttt.proj." in k:
+                    params[k].zero_()
+    return LoadReport(
+        path=path, format=fmt, loaded=len(sd), left_at_init=left_at_init, dropped=dropped, cast=cast
+    )
+
+
+def load_scal3r(
+    path: str | Path | None = None,
+    cfg="scal3r-1b",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    download: bool | None = None,
+    cache_dir: str | Path | None = None,
+    format: str = "auto",
+    zero_gcm: bool = False,
+):
+    """Build :class:`Scal3R` for ``cfg`` and load a checkpoint into it; returns ``(model,
+    report)`` with the model in eval mode on ``device``.
+
+    Scal3R checkpoints are loaded without random initialisation (the model is built on the meta
+    device and the tensors are adopted); VGGT checkpoints need the GCM layers' init, so the model
+    is built on CPU first.
+    """
+    from .scal3r import Scal3R
+
+    path = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
+    if format == "auto":
+        fmt = detect_format(read_state_dict(path))
+    else:
+        fmt = format
+    if fmt == "scal3r":
+        with torch.device("meta"):
+            model = Scal3R(cfg)
+        report = load_checkpoint(model, path, format="scal3r", assign=True)
+        model.agg_regator.reset_buffers()
+    else:
+        model = Scal3R(cfg)
+        report = load_checkpoint(model, path, format=fmt, zero_gcm=zero_gcm)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval(), report

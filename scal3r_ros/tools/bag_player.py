@@ -1,0 +1,377 @@
+"""`scal3r_play_bag`: replay a ROS 2 bag with /clock, where `ros2 bag play` is missing.
+
+    scal3r_play_bag kitti_00                      # real time, /clock at 40 Hz
+    scal3r_play_bag kitti_00 --rate 2 --loop --start-offset 10
+    scal3r_play_bag kitti_00 --topics /kitti/camera_color_left/image_raw /tf_static
+
+Reads the bag (mcap or sqlite3 rosbag2 folder, or a bare .mcap file) with `rosbags`
+and publishes each message's recorded CDR bytes as is with rclpy (the message class,
+imported by its type name, gives the publisher its type; the first message of each
+topic is deserialized with rclpy once to check that it matches). Options follow
+`ros2 bag play` where it has one:
+
+- ``--rate`` factor of the recorded timing; ``--start-offset`` seconds into the bag;
+  ``--loop`` replays from the start offset again (time jumps back, as with
+  ``ros2 bag play --loop``: a node using sim time sees the jump);
+- ``/clock`` (rosgraph_msgs/Clock) is published at every message's time and at
+  ``--clock`` Hz in between (default 40), so nodes with ``use_sim_time`` run;
+  ``--no-clock`` turns it off; a /clock recorded in the bag is not replayed;
+- ``/tf_static`` is published once, latched (reliable, transient local), before
+  playback; other topics recorded as transient local are latched too; data topics use
+  ``--qos reliable`` (default, matches any subscriber) or ``best_effort``;
+- ``--wait-for [TOPIC ...]`` waits until these topics (bare flag: every image topic)
+  have a subscriber before playing, so a node started alongside misses no frame.
+
+Ctrl-C stops cleanly; a summary of what was published is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+NS = 1_000_000_000
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+class PlayerError(Exception):
+    """A bag or an option the player cannot use (exit code 2)."""
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' (or 'sensor_msgs/Image') -> the rclpy message class."""
+    parts = msgtype.split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ImportError(f"not a message type name: {msgtype!r}")
+    module = importlib.import_module(f"{parts[0]}.{parts[1]}")
+    try:
+        return getattr(module, parts[2])
+    except AttributeError:
+        raise ImportError(f"{parts[0]}.{parts[1]} has no {parts[2]}") from None
+
+
+@dataclass
+class Topic:
+    name: str
+    msgtype: str
+    connections: list
+    latched: bool
+    publisher: object = None
+
+
+def _recorded_latched(connection) -> bool:
+    from rosbags.interfaces import QosDurability
+
+    profiles = getattr(connection.ext, "offered_qos_profiles", None) or []
+    return any(getattr(p, "durability", None) == QosDurability.TRANSIENT_LOCAL for p in profiles)
+
+
+def open_bag(path: Path):
+    from rosbags.rosbag2 import Reader
+
+    if not path.exists():
+        raise PlayerError(f"no bag at {path}")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:
+        raise PlayerError(f"cannot open {path} as a ROS 2 bag (a rosbag2 folder with "
+                          f"metadata.yaml, or an .mcap file): {exc}") from exc  # fmt: skip
+    return reader
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scal3r_play_bag",
+        description="Replay a ROS 2 bag with /clock (a `ros2 bag play` replacement).",
+    )
+    p.add_argument("bag", type=Path, help="rosbag2 folder (mcap or sqlite3) or .mcap file")
+    p.add_argument("-r", "--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("-l", "--loop", action="store_true", help="play again from the start")
+    p.add_argument("--start-offset", type=float, default=0.0,
+                   help="start this many seconds into the bag")  # fmt: skip
+    p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
+                   help="play only these topics")  # fmt: skip
+    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable",
+                   help="reliability of the data publishers (default reliable)")  # fmt: skip
+    p.add_argument("--qos-depth", type=int, default=100, help="history depth of data topics")
+    p.add_argument("--clock", type=float, nargs="?", const=40.0, default=40.0, metavar="HZ",
+                   help="publish /clock at HZ between messages (default 40)")  # fmt: skip
+    p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
+    p.add_argument("--wait-for", nargs="*", default=None, metavar="TOPIC",
+                   help="wait until these topics have a subscriber (bare flag: every image "
+                        "topic) before playing")  # fmt: skip
+    p.add_argument("--wait-timeout", type=float, default=30.0,
+                   help="seconds --wait-for waits at most (then plays anyway)")  # fmt: skip
+    p.add_argument("-d", "--delay", type=float, default=0.0,
+                   help="sleep this many seconds before playing")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    return p
+
+
+class Player:
+    def __init__(self, args, reader) -> None:
+        self.args = args
+        self.reader = reader
+        self.stop = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self.skipped: dict[str, str] = {}
+        self.loops = 0
+        self.clock_msgs = 0
+        self.topics: dict[str, Topic] = {}
+        self._select_topics()
+
+    # ------------------------------------------------------------ setup
+    def _select_topics(self) -> None:
+        by_topic: dict[str, list] = {}
+        for c in self.reader.connections:
+            by_topic.setdefault(c.topic, []).append(c)
+        wanted = self.args.topics
+        if wanted:
+            missing = [t for t in wanted if t not in by_topic]
+            if missing:
+                raise PlayerError(f"topics not in the bag: {', '.join(missing)} (the bag has: "
+                                  f"{', '.join(sorted(by_topic))})")  # fmt: skip
+        for name, conns in sorted(by_topic.items()):
+            if wanted and name not in wanted:
+                continue
+            if name == "/clock" and not self.args.no_clock:
+                self.skipped[name] = "replaced by the player's own /clock"
+                continue
+            types = {c.msgtype for c in conns}
+            if len(types) > 1:
+                self.skipped[name] = f"several types {sorted(types)}"
+                continue
+            fmt = getattr(conns[0].ext, "serialization_format", "cdr")
+            if fmt != "cdr":
+                self.skipped[name] = f"serialization {fmt!r}, not cdr"
+                continue
+            latched = name == "/tf_static" or any(_recorded_latched(c) for c in conns)
+            self.topics[name] = Topic(name, types.pop(), conns, latched)
+        if not self.topics:
+            why = "; ".join(f"{t}: {why}" for t, why in self.skipped.items())
+            raise PlayerError(f"nothing to play: {why or 'empty bag'}")
+
+    def create_publishers(self, node) -> None:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.serialization import deserialize_message
+
+        data_qos = QoSProfile(
+            depth=self.args.qos_depth, history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE if self.args.qos == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+        )  # fmt: skip
+        for name, topic in list(self.topics.items()):
+            try:
+                cls = message_class(topic.msgtype)
+                first = next(self.reader.messages(connections=topic.connections), None)
+                if first is not None:
+                    deserialize_message(bytes(first[2]), cls)
+            except Exception as exc:
+                self.skipped[name] = f"{topic.msgtype}: {type(exc).__name__}: {exc}"
+                del self.topics[name]
+                continue
+            if topic.latched:
+                n = sum(c.msgcount for c in topic.connections)
+                qos = QoSProfile(depth=max(1, min(n, 1000)), history=HistoryPolicy.KEEP_LAST,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+            else:
+                qos = data_qos
+            topic.publisher = node.create_publisher(cls, name, qos)
+        if not self.topics:
+            raise PlayerError("no topic of the bag has an importable message type: " + "; ".join(
+                f"{t}: {why}" for t, why in self.skipped.items()))  # fmt: skip
+
+    # ------------------------------------------------------------ playback
+    def wait_for_subscribers(self) -> None:
+        wanted = self.args.wait_for
+        if wanted is None:
+            return
+        if not wanted:
+            wanted = [t.name for t in self.topics.values() if t.msgtype in IMAGE_TYPES]
+        unknown = [t for t in wanted if t not in self.topics and t != "/clock"]
+        if unknown:
+            raise PlayerError(f"--wait-for: not played: {', '.join(unknown)}")
+        pubs = {t: (self.clock_pub if t == "/clock" else self.topics[t].publisher)
+                for t in wanted}  # fmt: skip
+        if any(p is None for p in pubs.values()):
+            raise PlayerError("--wait-for /clock with --no-clock")
+        deadline = time.monotonic() + self.args.wait_timeout
+        while not self.stop.is_set():
+            waiting = [t for t, p in pubs.items() if p.get_subscription_count() == 0]
+            if not waiting:
+                time.sleep(0.2)  # let discovery settle on the subscriber side too
+                return
+            if time.monotonic() > deadline:
+                print(
+                    f"[scal3r_play_bag] no subscriber on {', '.join(waiting)} after "
+                    f"{self.args.wait_timeout:.0f} s; playing anyway",
+                    file=sys.stderr,
+                )
+                return
+            time.sleep(0.05)
+
+    def _publish_clock(self, ns: int) -> None:
+        from builtin_interfaces.msg import Time
+        from rosgraph_msgs.msg import Clock
+
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=Time(sec=ns // NS, nanosec=ns % NS)))
+            self.clock_msgs += 1
+
+    def _sleep_until(self, wall_target: float, t_from: int, t_to: int, wall0: float) -> None:
+        """Sleep to ``wall_target``, publishing /clock at the clock rate along the way."""
+        period = 1.0 / self.args.clock if self.clock_pub is not None and self.args.clock > 0 \
+            else None  # fmt: skip
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= wall_target:
+                return
+            if period is None:
+                self.stop.wait(wall_target - now)
+                continue
+            self.stop.wait(min(period, wall_target - now))
+            if time.monotonic() < wall_target:
+                t_now = t_from + int((time.monotonic() - wall0) * self.args.rate * NS)
+                if self._last_clock < t_now < t_to:
+                    self._publish_clock(t_now)
+                    self._last_clock = t_now
+
+    def play(self, node) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self.clock_pub = None
+        if not self.args.no_clock:
+            self.clock_pub = node.create_publisher(
+                Clock, "/clock", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            )
+        self.create_publishers(node)
+        start = self.reader.start_time + int(round(self.args.start_offset * NS))
+        if start >= self.reader.end_time:
+            raise PlayerError(f"--start-offset {self.args.start_offset} s is past the bag's "
+                              f"end ({self.reader.duration / NS:.3f} s)")  # fmt: skip
+
+        static = self.topics.get("/tf_static")
+        if static is not None:  # latched, once, before anything else
+            for _, _, raw in self.reader.messages(connections=static.connections):
+                static.publisher.publish(bytes(raw))
+                self.counts[static.name] += 1
+
+        self.wait_for_subscribers()
+        if self.args.delay > 0:
+            self.stop.wait(self.args.delay)
+        play_conns = [c for t in self.topics.values() if t.name != "/tf_static"
+                      for c in t.connections]  # fmt: skip
+        by_id = {c.id: self.topics[c.topic] for c in play_conns}
+        total = sum(c.msgcount for c in play_conns)
+        self.wall_start = time.monotonic()
+        self.bag_span = 0
+        progress_next = 0.0
+        while not self.stop.is_set() and play_conns:
+            wall0 = time.monotonic()
+            t_first = None
+            self._last_clock = -1
+            sent = 0
+            for conn, t, raw in self.reader.messages(connections=play_conns, start=start):
+                if t_first is None:
+                    t_first = t
+                target = wall0 + (t - t_first) / NS / self.args.rate
+                self._sleep_until(target, t_first, t, wall0)
+                if self.stop.is_set():
+                    break
+                if t > self._last_clock:  # never backwards within one pass
+                    self._publish_clock(t)
+                    self._last_clock = t
+                topic = by_id[conn.id]
+                topic.publisher.publish(bytes(raw))
+                self.counts[topic.name] += 1
+                sent += 1
+                self.bag_span = max(self.bag_span, t - (t_first or t))
+                if not self.args.quiet and time.monotonic() >= progress_next:
+                    progress_next = time.monotonic() + 1.0
+                    print(f"\r[scal3r_play_bag] loop {self.loops + 1}: {sent}/{total} messages, "
+                          f"bag time {(t - self.reader.start_time) / NS:8.3f} s", end="",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            if self.stop.is_set() or sent == 0:
+                break
+            self.loops += 1
+            if not self.args.loop:
+                break
+        self.wall_s = time.monotonic() - self.wall_start
+        if not self.args.quiet:
+            print(file=sys.stderr)
+
+    def summary(self) -> str:
+        lines = [
+            f"[scal3r_play_bag] {'interrupted' if self.stop.is_set() else 'done'}: "
+            f"{sum(self.counts.values())} messages on {len(self.counts)} topics, "
+            f"{self.loops} complete pass(es), {getattr(self, 'wall_s', 0.0):.2f} s wall at "
+            f"rate x{self.args.rate:g}, {self.clock_msgs} /clock messages"
+        ]
+        for name in sorted(self.topics):
+            t = self.topics[name]
+            lines.append(f"  {name} [{t.msgtype}{', latched' if t.latched else ''}]: "
+                         f"{self.counts.get(name, 0)}")  # fmt: skip
+        for name, why in sorted(self.skipped.items()):
+            lines.append(f"  {name}: not played ({why})")
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, ros_args = parser.parse_known_args(argv)
+    unknown = [a for a in ros_args if a.startswith("-") and a != "--ros-args"]
+    if unknown and "--ros-args" not in ros_args:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.rate <= 0:
+        parser.error("--rate must be > 0")
+    if args.start_offset < 0:
+        parser.error("--start-offset must be >= 0")
+    if args.clock is not None and args.clock < 0:
+        parser.error("--clock HZ must be >= 0")
+
+    try:
+        reader = open_bag(args.bag)
+    except PlayerError as exc:
+        print(f"scal3r_play_bag: error: {exc}", file=sys.stderr)
+        return 2
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    player = None
+    rclpy.init(args=["scal3r_play_bag", *ros_args],
+               signal_handler_options=SignalHandlerOptions.NO)  # fmt: skip
+    node = rclpy.create_node("scal3r_play_bag")
+    code = 0
+    try:
+        player = Player(args, reader)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: player.stop.set())
+        player.play(node)
+    except PlayerError as exc:
+        print(f"scal3r_play_bag: error: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if player is not None and code == 0:
+            print(player.summary(), flush=True)
+        reader.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""`scal3r_evaluate`: score a trajectory against ground truth (ATE, RPE, KITTI errors).
+
+Reads TUM (``t x y z qx qy qz qw``) or KITTI (12 numbers, a 3x4 pose per line) files,
+auto-detected by column count. Two TUM files are associated by time stamps (nearest,
+within ``--max-diff`` seconds); otherwise poses are matched by index (a KITTI GT can be
+given stamps with ``--gt-times times.txt``). The estimate is aligned to the ground
+truth (Sim(3) Umeyama by default: monocular scale is arbitrary), then:
+
+- ATE RMSE (m) and orientation error, as ``evo_ape -as``;
+- RPE (translation m, rotation deg) per ``--rpe-delta`` frames or metres, as ``evo_rpe``;
+- KITTI devkit translation error (%) and rotation error (deg/100 m) over 100..800 m
+  segments (``--kitti-lengths`` for short runs; NaN, with a note, when none fits).
+
+Writes ``evaluation.json`` and ``trajectory.png`` / ``errors.png`` into ``--out`` and
+prints a short table. ``evaluate_poses`` is the same in-memory (offline tool, demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from scal3r_ros.mapping import metrics
+from scal3r_ros.tools.kitti import read_kitti_poses, read_times
+
+
+class EvaluationError(ValueError):
+    """Unreadable or unmatched inputs (the message says which file and why)."""
+
+
+@dataclass
+class TrajectoryFile:
+    """Poses (N, 4, 4) camera-to-world; stamps in seconds, or None (KITTI format)."""
+
+    poses: np.ndarray
+    stamps: np.ndarray | None
+    fmt: str  # "tum" | "kitti"
+    path: str = ""
+
+
+@dataclass
+class EvalConfig:
+    """How to match, align and score (defaults: evo's and the KITTI devkit's)."""
+
+    align: str = "sim3"  # sim3 | se3 | scale | none (applies to ATE, RPE and KITTI)
+    max_diff: float = 0.01  # s, TUM stamp association
+    time_offset: float = 0.0  # s, added to the estimate's stamps
+    rpe_delta: float = 1.0
+    rpe_unit: str = "frames"  # frames | m
+    rpe_all_pairs: bool = False
+    kitti_lengths: tuple[float, ...] = metrics.KITTI_LENGTHS
+    kitti_step: int = 10
+    plots: bool = True
+    label: str = "estimate"
+
+
+# ---------------------------------------------------------------- reading
+def _data_rows(path: Path) -> list[list[str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if s and not s.startswith("#"):
+            rows.append(s.replace(",", " ").split())
+    return rows
+
+
+def read_tum(path: str | Path) -> TrajectoryFile:
+    """TUM file -> stamps (s) and camera-to-world poses (quaternion x y z w)."""
+    path = Path(path)
+    rows = _data_rows(path)
+    if not rows:
+        raise EvaluationError(f"{path} holds no poses")
+    try:
+        a = np.array(rows, dtype=np.float64)
+    except ValueError as exc:
+        raise EvaluationError(f"{path}: not a TUM trajectory ({exc})") from exc
+    if a.ndim != 2 or a.shape[1] != 8:
+        raise EvaluationError(f"{path}: TUM lines need 8 numbers (t x y z qx qy qz qw)")
+    q = a[:, 4:8]
+    if not np.all(np.linalg.norm(q, axis=1) > 0.5):
+        raise EvaluationError(f"{path}: a quaternion has (near) zero norm")
+    poses = np.tile(np.eye(4), (len(a), 1, 1))
+    poses[:, :3, :3] = Rotation.from_quat(q).as_matrix()
+    poses[:, :3, 3] = a[:, 1:4]
+    return TrajectoryFile(poses, a[:, 0], "tum", str(path))
+
+
+def read_trajectory(path: str | Path, fmt: str = "auto") -> TrajectoryFile:
+    """TUM or KITTI trajectory file; ``auto`` looks at the first line's column count."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"trajectory file not found: {path}")
+    if fmt == "auto":
+        rows = _data_rows(path)
+        if not rows:
+            raise EvaluationError(f"{path} holds no poses")
+        n = len(rows[0])
+        fmt = {8: "tum", 12: "kitti"}.get(n, "")
+        if not fmt:
+            raise EvaluationError(
+                f"{path}: {n} columns per line; expected 8 (TUM: t x y z qx qy qz qw) or "
+                "12 (KITTI: 3x4 pose)"
+            )
+    if fmt == "tum":
+        return read_tum(path)
+    if fmt == "kitti":
+        try:
+            return TrajectoryFile(read_kitti_poses(path), None, "kitti", str(path))
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from exc
+    raise EvaluationError(f"unknown trajectory format {fmt!r} (auto | tum | kitti)")
+
+
+# ---------------------------------------------------------------- matching
+def associate_stamps(
+    stamps_est: np.ndarray, stamps_gt: np.ndarray, max_diff: float = 0.01, offset: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (est, gt) of nearest stamps within ``max_diff`` s.
+
+    Walks the shorter list so none of its poses are lost (evo's convention); each of its
+    stamps takes the nearest of the other list (ties go to the earlier one).
+    """
+    se = np.asarray(stamps_est, np.float64) + offset
+    sg = np.asarray(stamps_gt, np.float64)
+    est_short = len(se) <= len(sg)
+    short, long_ = (se, sg) if est_short else (sg, se)
+    order = np.argsort(long_, kind="stable")
+    ls = long_[order]
+    if len(ls) == 0 or len(short) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    k = np.searchsorted(ls, short)
+    lo = np.clip(k - 1, 0, len(ls) - 1)
+    hi = np.clip(k, 0, len(ls) - 1)
+    pick = np.where(np.abs(short - ls[lo]) <= np.abs(ls[hi] - short), lo, hi)
+    ok = np.abs(ls[pick] - short) <= max_diff
+    i_short = np.nonzero(ok)[0]
+    i_long = order[pick[ok]]
+    return (i_short, i_long) if est_short else (i_long, i_short)
+
+
+def match(est: TrajectoryFile, gt: TrajectoryFile, cfg: EvalConfig) -> tuple[np.ndarray, ...]:
+    """Associated (est poses, gt poses, gt stamps or None, how) for two trajectories."""
+    if est.stamps is not None and gt.stamps is not None:
+        ie, ig = associate_stamps(est.stamps, gt.stamps, cfg.max_diff, cfg.time_offset)
+        if len(ie) < 3:
+            raise EvaluationError(
+                f"only {len(ie)} stamps of {est.path or 'the estimate'} match "
+                f"{gt.path or 'the ground truth'} within {cfg.max_diff} s "
+                f"(stamps {est.stamps[0]:.3f}..{est.stamps[-1]:.3f} vs "
+                f"{gt.stamps[0]:.3f}..{gt.stamps[-1]:.3f}); check --max-diff / --time-offset"
+            )
+        how = f"stamps (max diff {cfg.max_diff} s): {len(ie)} of {len(est.poses)} est poses"
+        return est.poses[ie], gt.poses[ig], gt.stamps[ig], how
+    if len(est.poses) != len(gt.poses):
+        raise EvaluationError(
+            f"cannot match by index: {len(est.poses)} estimated vs {len(gt.poses)} "
+            "ground-truth poses (KITTI files have no stamps; give TUM files, or "
+            "--gt-times for a KITTI ground truth)"
+        )
+    return est.poses, gt.poses, gt.stamps, f"index ({len(est.poses)} poses)"
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate_poses(est: np.ndarray, gt: np.ndarray, cfg: EvalConfig | None = None) -> dict:
+    """Metrics of associated poses; returns the JSON-ready summary (NaN -> None)."""
+    cfg = cfg or EvalConfig()
+    result = _evaluate(metrics.as_poses(est), metrics.as_poses(gt), cfg)
+    return result["summary"]
+
+
+def _evaluate(est: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> dict:
+    if len(est) < 3:
+        raise EvaluationError(f"need at least 3 associated poses, got {len(est)}")
+    try:
+        a = metrics.ate(est, gt, cfg.align)
+    except ValueError as exc:
+        raise EvaluationError(f"alignment failed: {exc}") from exc
+    r = metrics.rpe(a.aligned, gt, cfg.rpe_delta, cfg.rpe_unit, cfg.rpe_all_pairs)
+    k = metrics.kitti_errors(a.aligned, gt, cfg.kitti_lengths, cfg.kitti_step)
+    summary = dict(
+        n_poses=len(est),
+        path_length_m=float(metrics.path_distances(gt)[-1]),
+        ate=a.summary(),
+        rpe=r.summary(),
+        kitti=dict(k.summary(), align=cfg.align),
+        config={k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
+    )
+    return dict(summary=_json_clean(summary), ate=a, rpe=r, kitti=k, gt=gt)
+
+
+def _json_clean(x):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def evaluate_files(
+    est_path: str | Path,
+    gt_path: str | Path,
+    out_dir: str | Path | None = None,
+    cfg: EvalConfig | None = None,
+    est_fmt: str = "auto",
+    gt_fmt: str = "auto",
+    gt_times: str | Path | None = None,
+) -> dict:
+    """Read, match, score; write ``evaluation.json`` and plots into ``out_dir``."""
+    cfg = cfg or EvalConfig()
+    est = read_trajectory(est_path, est_fmt)
+    gt = read_trajectory(gt_path, gt_fmt)
+    if gt_times is not None:
+        t = read_times(gt_times)
+        if len(t) != len(gt.poses):
+            raise EvaluationError(f"{gt_times} has {len(t)} times for {len(gt.poses)} poses")
+        gt.stamps = t
+    e, g, _stamps, how = match(est, gt, cfg)
+    res = _evaluate(e, g, cfg)
+    summary = dict(estimate=str(est_path), ground_truth=str(gt_path), matched_by=how,
+                   formats=[est.fmt, gt.fmt], **res["summary"])  # fmt: skip
+    if out_dir is not None:
+        write_outputs(res, summary, Path(out_dir), cfg)
+    return summary
+
+
+def write_outputs(res: dict, summary: dict, out: Path, cfg: EvalConfig) -> dict:
+    """evaluation.json (+ trajectory.png, errors.png); returns {name: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "evaluation.json"}
+    if cfg.plots:
+        files.update(plot(res, out, cfg.label))
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    return files
+
+
+# ---------------------------------------------------------------- plots
+def _top_view_axes(p: np.ndarray) -> tuple[int, int]:
+    """The two axes with the largest extent (z-up worlds: x-y; KITTI cameras: x-z)."""
+    ext = np.ptp(p, axis=0)
+    a, b = sorted(np.argsort(ext)[-2:])
+    return int(a), int(b)
+
+
+def plot(res: dict, out: Path, label: str = "estimate") -> dict[str, Path]:
+    """trajectory.png (top view after alignment) and errors.png (errors over distance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gt, a, k = res["gt"], res["ate"], res["kitti"]
+    pg, pe = gt[:, :3, 3], a.aligned[:, :3, 3]
+    i, j = _top_view_axes(pg)
+    names = "xyz"
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.plot(pg[:, i], pg[:, j], "k-", lw=2, label="ground truth")
+    ax.plot(pe[:, i], pe[:, j], "r--", lw=1.5, label=f"{label} ({a.mode}-aligned)")
+    ax.plot(pg[0, i], pg[0, j], "go", label="start")
+    ax.set_xlabel(f"{names[i]} [m]")
+    ax.set_ylabel(f"{names[j]} [m]")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(f"ATE RMSE {a.rmse:.3f} m over {len(pg)} poses")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = {"trajectory_png": out / "trajectory.png"}
+    fig.savefig(paths["trajectory_png"], dpi=120)
+    plt.close(fig)
+
+    dist = metrics.path_distances(gt)
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7))
+    axes[0].plot(dist, a.errors, "b-")
+    axes[0].set_xlabel("distance travelled [m]")
+    axes[0].set_ylabel("ATE [m]")
+    axes[0].set_title("absolute position error after alignment")
+    axes[0].grid(alpha=0.3)
+    per = k.per_length()
+    lens = [L for L, (t, _r, n) in per.items() if n > 0]
+    if lens:
+        axes[1].plot(lens, [per[L][0] for L in lens], "bo-", label="translation [%]")
+        ax2 = axes[1].twinx()
+        ax2.plot(lens, [per[L][1] for L in lens], "rs--", label="rotation [deg/100 m]")
+        ax2.set_ylabel("rotation error [deg/100 m]", color="r")
+        axes[1].set_title(f"KITTI segment errors: {k.t_err_pct:.2f} %, "
+                          f"{k.r_err_deg_per_100m:.3f} deg/100 m")  # fmt: skip
+    else:
+        axes[1].text(0.5, 0.5, k.note or "no KITTI segment", ha="center", va="center",
+                     transform=axes[1].transAxes, wrap=True)  # fmt: skip
+    axes[1].set_xlabel("segment length [m]")
+    axes[1].set_ylabel("translation error [%]", color="b")
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    paths["errors_png"] = out / "errors.png"
+    fig.savefig(paths["errors_png"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------- console
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def format_table(s: dict) -> str:
+    """A short human-readable table of a summary."""
+    a, r, k = s["ate"], s["rpe"], s["kitti"]
+    unit = "frames" if r["unit"] == "frames" else "m"
+    scale = a["sim3"]["scale"]
+    lines = [
+        f"poses {s['n_poses']}, path {_fmt(s['path_length_m'], '.1f')} m, "
+        f"alignment {a['align']} (scale {scale:.4g})",
+        f"  ATE  RMSE {_fmt(a['translation_m']['rmse'])} m   mean "
+        f"{_fmt(a['translation_m']['mean'])} m   max {_fmt(a['translation_m']['max'])} m   "
+        f"rot RMSE {_fmt(a['rotation_deg']['rmse'], '.3f')} deg",
+        f"  RPE  ({r['delta']:g} {unit}, {r['n_pairs']} pairs) trans RMSE "
+        f"{_fmt(r['translation_m']['rmse'])} m   rot RMSE "
+        f"{_fmt(r['rotation_deg']['rmse'], '.3f')} deg",
+        f"  KITTI ({'/'.join(f'{x:g}' for x in k['lengths_m'])} m, {k['n_segments']} segments) "
+        f"t_err {_fmt(k['t_err_pct'], '.3f')} %   r_err "
+        f"{_fmt(k['r_err_deg_per_100m'], '.4f')} deg/100 m",
+    ]
+    if k.get("note"):
+        lines.append(f"  note: {k['note']}")
+    return "\n".join(lines)
+
+
+def _lengths(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad lengths {text!r}: {exc}") from exc
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError("lengths must be positive numbers, e.g. 100,200")
+    return vals
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with the offline tool."""
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--align", choices=metrics.ALIGN_MODES, default="sim3",
+                   help="alignment of the estimate before scoring (default sim3: monocular "
+                   "scale is arbitrary; none = as the KITTI devkit)")  # fmt: skip
+    g.add_argument("--max-diff", type=float, default=0.01,
+                   help="max stamp difference (s) when associating TUM files")  # fmt: skip
+    g.add_argument("--time-offset", type=float, default=0.0,
+                   help="seconds added to the estimate's stamps")  # fmt: skip
+    g.add_argument("--rpe-delta", type=float, default=1.0)
+    g.add_argument("--rpe-unit", choices=("frames", "m"), default="frames")
+    g.add_argument("--rpe-all-pairs", action="store_true")
+    g.add_argument("--kitti-lengths", type=_lengths, default=metrics.KITTI_LENGTHS,
+                   help="segment lengths in m (default 100,...,800 as the devkit)")  # fmt: skip
+    g.add_argument("--kitti-step", type=int, default=10, help="first-frame step (frames)")
+    g.add_argument("--no-plots", action="store_true")
+
+
+def eval_config(args: argparse.Namespace, label: str = "estimate") -> EvalConfig:
+    return EvalConfig(align=args.align, max_diff=args.max_diff, time_offset=args.time_offset,
+                      rpe_delta=args.rpe_delta, rpe_unit=args.rpe_unit,
+                      rpe_all_pairs=args.rpe_all_pairs,
+                      kitti_lengths=tuple(args.kitti_lengths), kitti_step=args.kitti_step,
+                      plots=not args.no_plots, label=label)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scal3r_evaluate", description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("estimate", help="estimated trajectory (TUM or KITTI format)")
+    parser.add_argument("ground_truth", help="ground-truth trajectory (TUM or KITTI format)")
+    parser.add_argument("--out", default=None, help="folder for evaluation.json and plots "
+                        "(default: beside the estimate, <name>_eval/)")  # fmt: skip
+    parser.add_argument("--est-format", choices=("auto", "tum", "kitti"), default="auto")
+    parser.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
+    parser.add_argument("--gt-times", default=None,
+                        help="KITTI times.txt giving the ground truth stamps")  # fmt: skip
+    add_eval_arguments(parser)
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.estimate).with_name(
+        Path(args.estimate).stem + "_eval")  # fmt: skip
+    try:
+        summary = evaluate_files(args.estimate, args.ground_truth, out, eval_config(args),
+                                 args.est_format, args.gt_format, args.gt_times)  # fmt: skip
+    except (EvaluationError, ValueError) as exc:
+        print(f"scal3r_evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"matched by {summary['matched_by']}")
+    print(format_table(summary))
+    print(f"wrote {', '.join(summary['files'].values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

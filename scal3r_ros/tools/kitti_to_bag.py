@@ -1,0 +1,439 @@
+"""`scal3r_kitti_to_bag`: convert a KITTI odometry sequence folder into a ROS 2 bag.
+
+    scal3r_kitti_to_bag dataset/sequences/00 -o kitti_00            # mcap, raw rgb8
+    scal3r_kitti_to_bag dataset/sequences/00 --compressed png --storage sqlite3
+
+Reads ``image_2/`` (and ``image_3/`` when present), ``times.txt``, ``calib.txt`` and the
+ground truth ``poses/NN.txt`` beside ``sequences/`` (or ``--poses FILE``); writes, with
+the `rosbags` library and ROS 2 Kilted message definitions (type hashes match ROS):
+
+=============================================  ==========================================
+topic                                          content
+=============================================  ==========================================
+/kitti/camera_color_left/image_raw             sensor_msgs/Image rgb8, frame
+                                               camera_color_left (optical frame)
+/kitti/camera_color_left/image_raw/compressed  sensor_msgs/CompressedImage instead, with
+                                               ``--compressed png|jpeg``
+/kitti/camera_color_left/camera_info           sensor_msgs/CameraInfo from P2
+/kitti/camera_color_right/...                  the same for image_3 (P3)
+/tf_static                                     base_link -> camera_color_left/right
+/kitti/ground_truth/path                       nav_msgs/Path, the whole trajectory once
+/kitti/ground_truth/pose                       geometry_msgs/PoseStamped per frame
+/tf (``--gt-tf``)                              map -> base_link_gt per frame
+=============================================  ==========================================
+
+Stamps are ``--start-time`` + times.txt (a frame keeps its own time with --start and
+--stride). CameraInfo follows the ROS stereo convention: K from P2/P3, the left
+camera's P has no translation and the right camera's ``P[3] = -fx * baseline`` (the
+cam2 -> cam3 baseline from calib.txt, ~0.54 m), so stereo consumers compute it as usual.
+``base_link`` is the left camera's ground point (x forward, z up, the camera
+``--camera-height`` above it, 1.65 m on KITTI's car). Ground truth is the left colour
+camera's trajectory moved to ``base_link`` and anchored at the first written frame,
+i.e. in the same ``map`` convention as the mapping node (map = first base_link).
+
+A bad or incomplete folder stops before anything is written with one message naming
+what is missing; the exit code is then 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scal3r_ros.tools.kitti import (
+    KittiError,
+    KittiSequence,
+    camera_offset,
+    load_sequence,
+    stereo_baseline,
+)
+
+# Optical axes (x right, y down, z forward) in a body frame (x forward, y left, z up);
+# the same constant as scal3r_ros.ros.frames (not imported: that module needs rclpy).
+R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+KITTI_DAY = 1_317_340_800.0  # 2011-09-30 00:00:00 UTC, a KITTI recording day
+CAMERAS = {"image_2": "camera_color_left", "image_3": "camera_color_right"}
+
+
+class ConversionFailed(Exception):
+    """An error found while writing (e.g. an unreadable image); the bag is removed."""
+
+
+# ====================================================================== geometry
+def camera_mounts(seq: KittiSequence, height: float) -> dict[str, np.ndarray]:
+    """T_base_cam (optical frame in base_link) for each camera of the sequence."""
+    mounts = {}
+    c_left = -camera_offset(seq.P("image_2"))  # camera centres in cam0 coordinates
+    for cam in seq.images:
+        T = np.eye(4)
+        T[:3, :3] = R_BODY_OPTICAL
+        T[:3, 3] = R_BODY_OPTICAL @ (-camera_offset(seq.P(cam)) - c_left) + (0.0, 0.0, height)
+        mounts[cam] = T
+    return mounts
+
+
+def ground_truth_base(seq: KittiSequence, frames: np.ndarray, T_base_cam: np.ndarray):
+    """(len(frames), 4, 4) T_map_base with map = base_link of the first written frame."""
+    cam = seq.camera_poses("image_2")
+    assert cam is not None
+    rel = np.linalg.inv(cam[frames[0]]) @ cam[frames]
+    return T_base_cam @ rel @ np.linalg.inv(T_base_cam)
+
+
+def _quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(R).as_quat()
+    if w < 0:
+        x, y, z, w = -x, -y, -z, -w
+    return float(x), float(y), float(z), float(w)
+
+
+# ====================================================================== messages
+class Messages:
+    """rosbags message builders for one typestore (ROS 2 Kilted definitions)."""
+
+    def __init__(self) -> None:
+        from rosbags.typesys import Stores, get_typestore
+
+        self.store = get_typestore(Stores.ROS2_KILTED)
+        self.t = self.store.types
+
+    def serialize(self, msg) -> bytes:
+        return bytes(self.store.serialize_cdr(msg, msg.__msgtype__))
+
+    def header(self, ns: int, frame_id: str):
+        stamp = self.t["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000,
+                                                       nanosec=ns % 1_000_000_000)  # fmt: skip
+        return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def image(self, ns: int, frame_id: str, rgb: np.ndarray):
+        h, w = rgb.shape[:2]
+        return self.t["sensor_msgs/msg/Image"](
+            header=self.header(ns, frame_id), height=h, width=w, encoding="rgb8",
+            is_bigendian=0, step=w * 3, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1),
+        )  # fmt: skip
+
+    def compressed(self, ns: int, frame_id: str, data: bytes, fmt: str):
+        # image_transport's compressed format string: "<original>; <fmt> compressed <enc>"
+        return self.t["sensor_msgs/msg/CompressedImage"](
+            header=self.header(ns, frame_id), format=f"rgb8; {fmt} compressed bgr8",
+            data=np.frombuffer(data, dtype=np.uint8),
+        )  # fmt: skip
+
+    def camera_info(self, ns: int, frame_id: str, width: int, height: int, K, tx: float):
+        P = np.zeros((3, 4))
+        P[:, :3] = K
+        P[0, 3] = tx
+        roi = self.t["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+        )
+        return self.t["sensor_msgs/msg/CameraInfo"](
+            header=self.header(ns, frame_id), height=height, width=width,
+            distortion_model="plumb_bob", d=np.zeros(5), k=np.asarray(K, float).reshape(9),
+            r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi,
+        )  # fmt: skip
+
+    def transform(self, ns: int, parent: str, child: str, T: np.ndarray):
+        t = self.t
+        x, y, z, w = _quaternion(T[:3, :3])
+        return t["geometry_msgs/msg/TransformStamped"](
+            header=self.header(ns, parent), child_frame_id=child,
+            transform=t["geometry_msgs/msg/Transform"](
+                translation=t["geometry_msgs/msg/Vector3"](*map(float, T[:3, 3])),
+                rotation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
+            ),
+        )  # fmt: skip
+
+    def tf(self, transforms: list):
+        return self.t["tf2_msgs/msg/TFMessage"](transforms=transforms)
+
+    def pose(self, ns: int, frame_id: str, T: np.ndarray):
+        t = self.t
+        x, y, z, w = _quaternion(T[:3, :3])
+        return t["geometry_msgs/msg/PoseStamped"](
+            header=self.header(ns, frame_id),
+            pose=t["geometry_msgs/msg/Pose"](
+                position=t["geometry_msgs/msg/Point"](*map(float, T[:3, 3])),
+                orientation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
+            ),
+        )  # fmt: skip
+
+    def path(self, ns: int, frame_id: str, poses: list):
+        return self.t["nav_msgs/msg/Path"](header=self.header(ns, frame_id), poses=poses)
+
+
+def _qos(latched: bool):
+    """The offered QoS recorded with a topic (players use it: latched for /tf_static)."""
+    from rosbags.interfaces import (
+        Qos,
+        QosDurability,
+        QosHistory,
+        QosLiveliness,
+        QosReliability,
+        QosTime,
+    )
+
+    zero = QosTime(sec=0, nsec=0)
+    return [Qos(history=QosHistory.KEEP_LAST, depth=1 if latched else 10,
+                reliability=QosReliability.RELIABLE,
+                durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
+                deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+                liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)]  # fmt: skip
+
+
+# ====================================================================== images
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:
+        raise ConversionFailed(f"unreadable image {path}: {exc}") from exc
+
+
+def _encode(path: Path, rgb: np.ndarray, fmt: str, quality: int) -> bytes:
+    if fmt == "png" and path.suffix.lower() == ".png":
+        data = path.read_bytes()  # KITTI's own PNG, verbatim (already decoded once: valid)
+        return data
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    if fmt == "png":
+        PILImage.fromarray(rgb).save(buf, format="PNG")
+    else:
+        PILImage.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def check_image_headers(seq: KittiSequence, frames: np.ndarray) -> tuple[int, int]:
+    """Open every selected image's header: same size everywhere. Returns (width, height)."""
+    from PIL import Image as PILImage
+
+    size = None
+    for files in seq.images.values():
+        for i in frames:
+            try:
+                with PILImage.open(files[i]) as img:
+                    this = img.size
+            except Exception as exc:
+                raise KittiError(f"unreadable image {files[i]}: {exc}") from exc
+            if size is None:
+                size, first = this, files[i]
+            elif this != size:
+                raise KittiError(f"image {files[i]} is {this[0]}x{this[1]} but {first} is "
+                                 f"{size[0]}x{size[1]}: all images must have one size")  # fmt: skip
+    assert size is not None
+    return size
+
+
+# ====================================================================== conversion
+def select_frames(n: int, start: int, stride: int, max_frames: int | None) -> np.ndarray:
+    if start < 0 or start >= n:
+        raise KittiError(f"--start {start} is outside the sequence's {n} frames")
+    frames = np.arange(start, n, stride)
+    return frames[:max_frames] if max_frames else frames
+
+
+def convert(
+    seq: KittiSequence,
+    output: Path,
+    frames: np.ndarray,
+    *,
+    storage: str = "mcap",
+    compressed: str | None = None,
+    jpeg_quality: int = 90,
+    start_time: float = KITTI_DAY,
+    namespace: str = "/kitti",
+    base_frame: str = "base_link",
+    camera_height: float = 1.65,
+    gt_frame: str = "map",
+    gt_tf: bool = False,
+    gt_child_frame: str = "base_link_gt",
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write the bag; returns {topic: message count}. Removes the bag if it fails."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from tqdm import tqdm
+
+    width, height = check_image_headers(seq, frames)
+    ns_ = namespace.rstrip("/")
+    msgs = Messages()
+    mounts = camera_mounts(seq, camera_height)
+    stamps = [int(round((start_time + float(seq.times[i])) * 1e9)) for i in frames]
+    baseline = stereo_baseline(seq.P("image_2"), seq.P("image_3")) if seq.stereo else 0.0
+    gt = ground_truth_base(seq, frames, mounts["image_2"]) if seq.poses is not None else None
+
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+    writer = Writer(output, version=9, storage_plugin=plugin)
+    counts: dict[str, int] = {}
+    try:
+        writer.open()
+        conns = {}
+
+        def connect(key: str, topic: str, msgtype: str, latched: bool = False) -> None:
+            conn = writer.add_connection(topic, msgtype, typestore=msgs.store,
+                                         offered_qos_profiles=_qos(latched))  # fmt: skip
+            conns[key] = (topic, conn)
+
+        def write(key: str, ns: int, msg) -> None:
+            topic, conn = conns[key]
+            writer.write(conn, ns, msgs.serialize(msg))
+            counts[topic] = counts.get(topic, 0) + 1
+
+        connect("tf_static", "/tf_static", "tf2_msgs/msg/TFMessage", latched=True)
+        for cam, name in CAMERAS.items():
+            if cam not in seq.images:
+                continue
+            if compressed:
+                connect(cam, f"{ns_}/{name}/image_raw/compressed",
+                        "sensor_msgs/msg/CompressedImage")  # fmt: skip
+            else:
+                connect(cam, f"{ns_}/{name}/image_raw", "sensor_msgs/msg/Image")
+            connect(cam + "_info", f"{ns_}/{name}/camera_info", "sensor_msgs/msg/CameraInfo")
+        if gt is not None:
+            connect("gt_path", f"{ns_}/ground_truth/path", "nav_msgs/msg/Path", latched=True)
+            connect("gt_pose", f"{ns_}/ground_truth/pose", "geometry_msgs/msg/PoseStamped")
+            if gt_tf:
+                connect("tf", "/tf", "tf2_msgs/msg/TFMessage")
+
+        t0 = stamps[0]
+        write("tf_static", t0, msgs.tf([msgs.transform(t0, base_frame, CAMERAS[cam], T)
+                                        for cam, T in mounts.items()]))  # fmt: skip
+        if gt is not None:
+            poses = [msgs.pose(ns, gt_frame, T) for ns, T in zip(stamps, gt, strict=True)]
+            write("gt_path", t0, msgs.path(t0, gt_frame, poses))
+
+        infos = {}
+        for cam in seq.images:
+            P = seq.P(cam)
+            tx = -P[0, 0] * baseline if cam == "image_3" else 0.0
+            infos[cam] = (P[:, :3].copy(), tx)
+
+        with tqdm(total=len(frames), unit="frame", desc=f"KITTI {seq.name} -> {output.name}",
+                  disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+            for k, (i, ns) in enumerate(zip(frames, stamps, strict=True)):
+                if gt is not None:
+                    write("gt_pose", ns, msgs.pose(ns, gt_frame, gt[k]))
+                    if gt_tf:
+                        write("tf", ns, msgs.tf([msgs.transform(ns, gt_frame, gt_child_frame,
+                                                                gt[k])]))  # fmt: skip
+                for cam, files in seq.images.items():
+                    frame_id = CAMERAS[cam]
+                    rgb = _load_rgb(files[i])
+                    if (rgb.shape[1], rgb.shape[0]) != (width, height):
+                        raise ConversionFailed(f"image {files[i]} changed size while converting")
+                    K, tx = infos[cam]
+                    write(cam + "_info", ns, msgs.camera_info(ns, frame_id, width, height, K, tx))
+                    if compressed:
+                        data = _encode(files[i], rgb, compressed, jpeg_quality)
+                        write(cam, ns, msgs.compressed(ns, frame_id, data, compressed))
+                    else:
+                        write(cam, ns, msgs.image(ns, frame_id, rgb))
+                bar.update(1)
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+    return counts
+
+
+def _prepare_output(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        if not output.parent.is_dir():
+            raise KittiError(f"output folder's parent {output.parent} does not exist")
+        return
+    is_bag = output.is_dir() and ((output / "metadata.yaml").is_file() or not any(output.iterdir()))
+    if not overwrite:
+        raise KittiError(f"output {output} exists (use --overwrite to replace a bag)")
+    if not is_bag:
+        raise KittiError(f"output {output} exists and is not a bag folder: not removing it")
+    shutil.rmtree(output)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scal3r_kitti_to_bag",
+        description="Convert a KITTI odometry sequence folder (sequences/NN) into a ROS 2 bag.",
+    )
+    p.add_argument("sequence", type=Path, help="the sequence folder, e.g. dataset/sequences/00")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="bag folder to create (default: ./kitti_NN)")  # fmt: skip
+    p.add_argument("--poses", type=Path, default=None,
+                   help="ground truth (default: <dataset>/poses/NN.txt if present)")  # fmt: skip
+    p.add_argument("--no-ground-truth", action="store_true", help="do not write ground truth")
+    p.add_argument("--left-only", action="store_true", help="ignore image_3 (right camera)")
+    p.add_argument("--start", type=int, default=0, help="first frame index (default 0)")
+    p.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, help="write at most N frames")
+    p.add_argument("--compressed", choices=("png", "jpeg"), default=None,
+                   help="write sensor_msgs/CompressedImage on .../image_raw/compressed "
+                        "(png: KITTI's own files, lossless; jpeg: smaller)")  # fmt: skip
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--start-time", type=float, default=KITTI_DAY,
+                   help="stamp (s since the epoch) of times.txt's 0 (default %(default).0f, "
+                        "2011-09-30)")  # fmt: skip
+    p.add_argument("--namespace", default="/kitti", help="topic prefix (default /kitti)")
+    p.add_argument("--base-frame", default="base_link")
+    p.add_argument("--camera-height", type=float, default=1.65,
+                   help="left camera height above base_link in m (default 1.65)")  # fmt: skip
+    p.add_argument("--gt-frame", default="map", help="frame of the ground truth (default map)")
+    p.add_argument("--gt-tf", action="store_true",
+                   help="also write ground truth on /tf as <gt-frame> -> base_link_gt")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.stride < 1:
+        parser.error("--stride must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error("--max-frames must be >= 1")
+    if not 1 <= args.jpeg_quality <= 100:
+        parser.error("--jpeg-quality must be in 1..100")
+    try:
+        if args.poses is not None and args.no_ground_truth:
+            raise KittiError("--poses and --no-ground-truth contradict each other")
+        seq = load_sequence(args.sequence, poses=args.poses, right=not args.left_only)
+        if args.no_ground_truth:
+            seq.poses = None
+        output = args.output or Path(f"kitti_{seq.name}")
+        frames = select_frames(len(seq), args.start, args.stride, args.max_frames)
+        _prepare_output(output, args.overwrite)
+        counts = convert(
+            seq, output, frames, storage=args.storage, compressed=args.compressed,
+            jpeg_quality=args.jpeg_quality, start_time=args.start_time,
+            namespace=args.namespace, base_frame=args.base_frame,
+            camera_height=args.camera_height, gt_frame=args.gt_frame, gt_tf=args.gt_tf,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except (KittiError, ConversionFailed) as exc:
+        print(f"scal3r_kitti_to_bag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scal3r_kitti_to_bag: interrupted; the partial bag was removed", file=sys.stderr)
+        return 130
+    cams = "stereo (image_2 + image_3)" if seq.stereo else "left camera (image_2)"
+    gt = f"ground truth from {seq.poses_path}" if seq.poses is not None else "no ground truth"
+    print(f"wrote {output} ({args.storage}): {len(frames)} frames, {cams}, {gt}")
+    for topic, n in counts.items():
+        print(f"  {topic}: {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

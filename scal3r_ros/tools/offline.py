@@ -1,0 +1,481 @@
+"""`scal3r_offline`: map a recorded sequence in one command (exact GCS, as the official).
+
+    scal3r_offline path/to/images --out run1                      # *.png,*.jpg,*.jpeg,*.bmp
+    scal3r_offline dataset/sequences/00 --out run00               # KITTI folder (+ its GT)
+    scal3r_offline kitti_00_bag --topic /kitti/camera_color_left/image_raw --gt 00.txt
+    scal3r_offline --synthetic 200 --out demo                     # built-in drive, oracle
+
+Input is an image folder (sorted by name like the official release), a KITTI odometry
+sequence folder (image_2/, times.txt; ground truth from poses/NN.txt when present) or a
+ROS 2 bag (rosbags; sensor_msgs/Image or CompressedImage). Unlike the node, which must
+be causal, every chunk is run with the official layer-synchronous GCS schedule
+(``--gcs exact``, the default) once the whole sequence is known. Writes
+``trajectory_tum.txt``, ``trajectory_kitti.txt``, ``map.ply`` and ``run.json`` into
+``--out``, and with ground truth (``--gt`` or the input's own) the evaluation of
+``scal3r_evaluate`` (``evaluation.json``, ``trajectory.png``, ``errors.png``).
+
+Image folders get stamps ``--start-stamp-ns + i / --fps`` (defaults: the synthetic
+drive's, so ``--backend oracle`` finds its ground truth by stamp) or from ``--times``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scal3r_ros.mapping.backend import GCS_MODES
+from scal3r_ros.mapping.synthetic import SyntheticConfig
+
+IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.bmp")  # the official image_patterns
+IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+class OfflineError(ValueError):
+    """Bad input (missing folder, no images, unknown topic, ...): message says which."""
+
+
+@dataclass
+class Source:
+    """Frames to map: ``frames()`` yields (stamp_ns, HxWx3 uint8 RGB) in order."""
+
+    name: str
+    n: int
+    frames: Callable[[], Iterator[tuple[int, np.ndarray]]]
+    gt: np.ndarray | None = None  # (n, 4, 4) per frame (index-matched), when known
+    gt_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- sources
+def list_images(folder: str | Path, patterns: Sequence[str] = IMAGE_PATTERNS) -> list[Path]:
+    """Images of a folder as the official release lists them: glob each pattern, sort
+    the union of full paths lexicographically (case-sensitive, like its glob)."""
+    folder = Path(folder)
+    found = {p for pat in patterns for p in folder.glob(pat) if p.is_file()}
+    return sorted(found, key=lambda p: str(p))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _subsample(n: int, every: int, max_frames: int | None) -> np.ndarray:
+    sel = np.arange(0, n, max(every, 1))
+    return sel[:max_frames] if max_frames else sel
+
+
+def image_folder_source(
+    folder: Path, stamps_ns: np.ndarray | None, fps: float, start_ns: int, sel_args: tuple
+) -> Source:
+    files = list_images(folder)
+    if not files:
+        raise OfflineError(f"no images ({', '.join(IMAGE_PATTERNS)}) in {folder}")
+    if stamps_ns is None:
+        stamps_ns = start_ns + np.round(np.arange(len(files)) * 1e9 / fps).astype(np.int64)
+    elif len(stamps_ns) != len(files):
+        raise OfflineError(f"{len(stamps_ns)} times for {len(files)} images in {folder}")
+    sel = _subsample(len(files), *sel_args)
+
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
+        for i in sel:
+            yield int(stamps_ns[i]), _read_rgb(files[i])
+
+    return Source(str(folder), len(sel), frames, info=dict(kind="images", selected=sel,
+                                                           total=len(files)))  # fmt: skip
+
+
+def kitti_source(seq_dir: Path, sel_args: tuple) -> Source:
+    """A KITTI odometry sequence: image_2, times.txt, GT of image_2 when available."""
+    from scal3r_ros.tools.kitti import load_sequence
+
+    seq = load_sequence(seq_dir, right=False)
+    files = seq.images["image_2"]
+    stamps = np.round(seq.times * 1e9).astype(np.int64)
+    sel = _subsample(len(files), *sel_args)
+    gt = seq.camera_poses("image_2")
+
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
+        for i in sel:
+            yield int(stamps[i]), _read_rgb(files[i])
+
+    return Source(f"KITTI {seq.name}", len(sel), frames,
+                  gt=None if gt is None else gt[sel], gt_name=str(seq.poses_path or ""),
+                  info=dict(kind="kitti", selected=sel, total=len(files)))  # fmt: skip
+
+
+def _is_bag(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix in (".mcap", ".db3")
+    return (path / "metadata.yaml").is_file()
+
+
+def bag_source(path: Path, topic: str | None, sel_args: tuple) -> Source:
+    """Images of one topic of a ROS 2 bag (rosbags), stamped with their header stamps."""
+    from rosbags.highlevel import AnyReader
+
+    def open_reader() -> AnyReader:
+        return AnyReader([path])
+
+    with open_reader() as reader:
+        conns = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
+        topics = sorted({c.topic for c in conns})
+        if topic is None:
+            if len(topics) != 1:
+                raise OfflineError(f"{path}: {len(topics)} image topics {topics}; pick one "
+                                   "with --topic")  # fmt: skip
+            topic = topics[0]
+        elif topic not in topics:
+            raise OfflineError(f"{path}: no image topic {topic!r} (image topics: {topics})")
+        total = sum(c.msgcount for c in conns if c.topic == topic)
+    sel = _subsample(total, *sel_args)
+    keep = set(sel.tolist())
+
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
+        from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb
+
+        with open_reader() as reader:
+            cs = [c for c in reader.connections if c.topic == topic]
+            for k, (conn, t_bag, raw) in enumerate(reader.messages(connections=cs)):
+                if k not in keep:
+                    continue
+                msg = reader.deserialize(raw, conn.msgtype)
+                st = msg.header.stamp
+                stamp = int(st.sec) * 1_000_000_000 + int(st.nanosec) or int(t_bag)
+                if conn.msgtype.endswith("CompressedImage"):
+                    yield stamp, compressed_to_rgb(msg)
+                else:
+                    yield stamp, image_to_rgb(msg)
+
+    return Source(f"{path} {topic}", len(sel), frames,
+                  info=dict(kind="bag", topic=topic, selected=sel, total=total))  # fmt: skip
+
+
+def synthetic_source(cfg: SyntheticConfig) -> tuple[Source, Any]:
+    from scal3r_ros.mapping.synthetic import SyntheticDrive
+
+    drive = SyntheticDrive(cfg)
+
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
+        for i in range(drive.n_frames):
+            yield drive.stamp_ns(i), drive.render(i)[0]
+
+    src = Source(f"synthetic drive ({cfg.n_frames} frames, seed {cfg.seed})", drive.n_frames,
+                 frames, gt=drive.gt_poses(), gt_name="synthetic ground truth",
+                 info=dict(kind="synthetic", selected=np.arange(drive.n_frames),
+                           total=drive.n_frames))  # fmt: skip
+    return src, drive
+
+
+# ---------------------------------------------------------------- running
+class _CountingBackend:
+    """Delegates to a backend; ticks a progress bar at every chunk load of the exact
+    schedule (the official schedule re-reads each chunk once per GCM layer)."""
+
+    def __init__(self, backend: Any, tick: Callable[[], None]) -> None:
+        self._backend = backend
+        self._tick = tick
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def infer_exact(self, chunks):
+        def wrap(load):
+            def counted():
+                self._tick()
+                return load()
+
+            return counted
+
+        return self._backend.infer_exact([wrap(c) for c in chunks])
+
+
+def exact_loads_per_chunk(backend: Any) -> int:
+    """Chunk loads of ``infer_exact`` per chunk: one per GCM layer + the final pass."""
+    model = getattr(backend, "model", None)
+    agg = getattr(model, "agg_regator", None)
+    layers = getattr(agg, "gcm_layers", None)
+    return 1 + len(layers) if layers is not None else 1
+
+
+def n_chunks(n_frames: int, chunk_size: int, overlap: int) -> int:
+    """Chunks of a sequence (the official count, see ``mapping.windowing``)."""
+    if n_frames <= chunk_size:
+        return 1 if n_frames else 0
+    return math.ceil((n_frames - overlap) / (chunk_size - overlap))
+
+
+@dataclass
+class OfflineConfig:
+    """Everything of one offline run but the input."""
+
+    out: Path = Path("scal3r_offline_out")
+    backend: str = "scal3r"
+    checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_size: int | None = None  # network input size (official 518); None: backend default
+    chunk_size: int = 60
+    overlap: int = 30
+    gcs: str = "exact"
+    loop_closure: bool = True
+    seed: int = 0
+    oracle: SyntheticConfig | None = None  # the drive the oracle backend knows
+    progress: bool = True
+
+
+def run(source: Source, cfg: OfflineConfig) -> dict:
+    """Map ``source``; write trajectory, map and run.json; returns the run summary."""
+    from tqdm import tqdm
+
+    from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+    from scal3r_ros.mapping.frame import Frame
+    from scal3r_ros.mapping.windowing import WindowConfig
+
+    if cfg.gcs not in GCS_MODES:
+        raise OfflineError(f"--gcs must be one of {GCS_MODES}")
+    oc = cfg.oracle or SyntheticConfig()
+    spec = BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint, device=cfg.device,
+                       dtype=cfg.dtype, seed=cfg.seed, loop_closure=cfg.loop_closure,
+                       oracle_seed=oc.seed, oracle_frames=oc.n_frames, oracle_width=oc.width,
+                       oracle_height=oc.height)  # fmt: skip
+    built = make_backend(spec)
+    if cfg.max_size is not None and hasattr(built.backend, "config"):
+        if hasattr(built.backend.config, "max_size"):
+            built.backend.config.max_size = int(cfg.max_size)
+    bars: dict[str, Any] = {}
+
+    def tick() -> None:
+        if "exact" in bars:
+            bars["exact"].update(1)
+
+    backend = _CountingBackend(built.backend, tick)
+    ecfg = EngineConfig(window=WindowConfig(cfg.chunk_size, cfg.overlap), gcs_mode=cfg.gcs,
+                        loop_closure=cfg.loop_closure)  # fmt: skip
+    engine = MappingEngine(ecfg, backend, built.loop_closure)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    n_loops = 0
+    from scal3r_ros.mapping.frame import LoopClosureUpdate
+
+    with tqdm(total=source.n, desc="frames", unit="frame", disable=not cfg.progress,
+              mininterval=0.5) as bar:  # fmt: skip
+        for stamp, rgb in source.frames():
+            for u in engine.push(Frame(stamp, "cam0", rgb)):
+                n_loops += isinstance(u, LoopClosureUpdate)
+            bar.update(1)
+            if cfg.gcs != "exact":  # exact mode runs every chunk in flush()
+                bar.set_postfix(chunks=engine.n_chunks, refresh=False)
+    t_push = time.perf_counter() - t0
+    total = None
+    if cfg.gcs == "exact":
+        total = n_chunks(engine.n_frames, cfg.chunk_size, cfg.overlap)
+        total *= exact_loads_per_chunk(built.backend)
+    with tqdm(total=total, desc="exact GCS" if cfg.gcs == "exact" else "flush", unit="load",
+              disable=not cfg.progress) as bars["exact"]:  # fmt: skip
+        for u in engine.flush():
+            n_loops += isinstance(u, LoopClosureUpdate)
+    elapsed = time.perf_counter() - t0
+
+    ids, stamps, c2w = engine.poses()
+    files = {
+        "trajectory_tum": cfg.out / "trajectory_tum.txt",
+        "trajectory_kitti": cfg.out / "trajectory_kitti.txt",
+        "map_ply": cfg.out / "map.ply",
+    }
+    engine.save_trajectory(files["trajectory_tum"], "tum")
+    engine.save_trajectory(files["trajectory_kitti"], "kitti")
+    engine.save_map(files["map_ply"])
+    xyz, _, _ = engine.map_points()
+    rejected = sum(1 for r in engine.reports if not r.ok)
+    summary = dict(
+        input=source.name,
+        backend=built.name,
+        device=built.device_name,
+        gcs=cfg.gcs,
+        chunk_size=cfg.chunk_size,
+        overlap=cfg.overlap,
+        loop_closure=cfg.loop_closure,
+        frames=int(source.n),
+        frames_placed=len(ids),
+        chunks=engine.n_chunks,
+        loops=n_loops,
+        alignments_rejected=rejected,
+        map_points=len(xyz),
+        seconds=dict(total=elapsed, read_and_schedule=t_push, fps=len(ids) / max(elapsed, 1e-9)),
+        files={k: str(v) for k, v in files.items()},
+    )
+    summary["_poses"] = (ids, stamps, c2w)
+    return summary
+
+
+def evaluate_run(summary: dict, source: Source, gt_file: str | None, gt_format: str,
+                 eval_cfg: Any, out: Path) -> dict | None:  # fmt: skip
+    """Score the run: against ``gt_file`` (TUM: by stamps; KITTI: by input index) or the
+    source's own ground truth (by index)."""
+    from scal3r_ros.tools import evaluate as ev
+
+    ids, stamps, c2w = summary["_poses"]
+    if gt_file is not None:
+        gt = ev.read_trajectory(gt_file, gt_format)
+        if gt.stamps is None:  # index-matched: frame k is input image selected[k]
+            sel = source.info["selected"]
+            if len(gt.poses) == source.info["total"]:
+                gt_poses = gt.poses[sel[ids]]
+            elif len(gt.poses) == len(ids):
+                gt_poses = gt.poses
+            else:
+                raise OfflineError(f"{gt_file} has {len(gt.poses)} poses for "
+                                   f"{source.info['total']} input frames")  # fmt: skip
+            est = ev.TrajectoryFile(c2w, None, "mem")
+            e, g, _, how = ev.match(est, ev.TrajectoryFile(gt_poses, None, "kitti"), eval_cfg)
+        else:
+            est = ev.TrajectoryFile(c2w, stamps.astype(np.float64) * 1e-9, "mem")
+            e, g, _, how = ev.match(est, gt, eval_cfg)
+        gt_name = str(gt_file)
+    elif source.gt is not None:
+        e, g, how, gt_name = c2w, source.gt[ids], f"index ({len(ids)} poses)", source.gt_name
+    else:
+        return None
+    res = ev._evaluate(e, g, eval_cfg)
+    s = dict(estimate=summary["files"]["trajectory_tum"], ground_truth=gt_name,
+             matched_by=how, **res["summary"])  # fmt: skip
+    ev.write_outputs(res, s, out, eval_cfg)
+    return s
+
+
+# ---------------------------------------------------------------- console
+def _parser() -> argparse.ArgumentParser:
+    from scal3r_ros.tools.evaluate import add_eval_arguments
+
+    p = argparse.ArgumentParser(prog="scal3r_offline", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:7]))  # fmt: skip
+    p.add_argument("input", nargs="?", help="image folder, KITTI sequence folder or ROS 2 bag")
+    p.add_argument("--synthetic", type=int, metavar="N",
+                   help="map the built-in synthetic drive of N frames instead")  # fmt: skip
+    p.add_argument("--out", default="scal3r_offline_out", help="output folder")
+    p.add_argument("--topic", help="bag image topic (default: the only one)")
+    p.add_argument("--backend", choices=("scal3r", "tiny", "oracle"), default=None,
+                   help="scal3r: official checkpoint; tiny: random test network; oracle: "
+                   "synthetic ground truth (default: oracle with --synthetic, else "
+                   "scal3r)")  # fmt: skip
+    p.add_argument("--checkpoint", help="scal3r.pt (default ~/.cache/scal3r_ros/scal3r.pt)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    p.add_argument("--max-size", type=int, help="network input long side (official 518)")
+    p.add_argument("--chunk-size", type=int, default=60)
+    p.add_argument("--overlap", type=int, default=30)
+    p.add_argument("--gcs", choices=GCS_MODES, default="exact",
+                   help="exact: official layer-synchronous schedule; causal: as the "
+                   "node")  # fmt: skip
+    p.add_argument("--no-loop-closure", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="tiny weights / synthetic drive seed")
+    p.add_argument("--every", type=int, default=1, help="use every k-th frame")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    d = SyntheticConfig()
+    p.add_argument("--fps", type=float, default=d.fps, help="image-folder frame rate")
+    p.add_argument("--start-stamp-ns", type=int, default=d.start_stamp_ns,
+                   help="image-folder first stamp")  # fmt: skip
+    p.add_argument("--times", help="image-folder stamps: KITTI times.txt (seconds)")
+    p.add_argument("--width", type=int, default=d.width, help="synthetic/oracle image width")
+    p.add_argument("--height", type=int, default=d.height, help="synthetic/oracle height")
+    p.add_argument("--oracle-frames", type=int,
+                   help="frames of the drive the oracle knows (default: the input's "
+                   "count)")  # fmt: skip
+    p.add_argument("--gt", help="ground truth (TUM: matched by stamps; KITTI: by index)")
+    p.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    add_eval_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scal3r_ros.tools import evaluate as ev
+
+    args = _parser().parse_args(argv)
+    sel_args = (args.every, args.max_frames)
+    try:
+        if (args.synthetic is None) == (args.input is None):
+            raise OfflineError("give an input (image folder, KITTI folder or bag) or --synthetic N")
+        backend = args.backend or ("oracle" if args.synthetic else "scal3r")
+        if args.synthetic is not None:
+            scfg = SyntheticConfig(n_frames=args.synthetic, width=args.width,
+                                   height=args.height, seed=args.seed)  # fmt: skip
+            source, _ = synthetic_source(scfg)
+            oracle = scfg
+        else:
+            path = Path(args.input)
+            if not path.exists():
+                raise OfflineError(f"input not found: {path}")
+            if _is_bag(path):
+                source = bag_source(path, args.topic, sel_args)
+            elif (path / "image_2").is_dir():
+                source = kitti_source(path, sel_args)
+            elif path.is_dir():
+                stamps = None
+                if args.times:
+                    from scal3r_ros.tools.kitti import read_times
+
+                    stamps = np.round(read_times(args.times) * 1e9).astype(np.int64)
+                source = image_folder_source(path, stamps, args.fps, args.start_stamp_ns,
+                                             sel_args)  # fmt: skip
+            else:
+                raise OfflineError(f"{path}: not an image folder, KITTI folder or ROS 2 bag")
+            w, h = args.width, args.height
+            if backend == "oracle":  # the drive the frames were rendered from: same size
+                h, w = next(iter(source.frames()))[1].shape[:2]
+            oracle = SyntheticConfig(n_frames=args.oracle_frames or source.info["total"],
+                                     width=w, height=h, seed=args.seed)  # fmt: skip
+        cfg = OfflineConfig(out=Path(args.out), backend=backend, checkpoint=args.checkpoint,
+                            device=args.device, dtype=args.dtype, max_size=args.max_size,
+                            chunk_size=args.chunk_size, overlap=args.overlap, gcs=args.gcs,
+                            loop_closure=not args.no_loop_closure, seed=args.seed,
+                            oracle=oracle, progress=not args.no_progress)  # fmt: skip
+        print(
+            f"scal3r_offline: {source.name}: {source.n} frames, backend {backend}, "
+            f"GCS {cfg.gcs}, chunks {cfg.chunk_size}/{cfg.overlap}",
+            flush=True,
+        )
+        summary = run(source, cfg)
+        ecfg = ev.eval_config(args, label=f"scal3r_ros ({summary['backend']})")
+        evaluation = evaluate_run(summary, source, args.gt, args.gt_format, ecfg, cfg.out)
+    except (OfflineError, ev.EvaluationError) as exc:
+        print(f"scal3r_offline: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad settings / KITTI folder (KittiError) / backend
+        print(f"scal3r_offline: error: {exc}", file=sys.stderr)
+        return 2
+    summary.pop("_poses")
+    if evaluation is not None:
+        summary["evaluation"] = {k: evaluation[k] for k in ("ate", "rpe", "kitti", "matched_by")}
+        summary["files"].update(evaluation["files"])
+    (cfg.out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(
+        f"placed {summary['frames_placed']}/{summary['frames']} frames in "
+        f"{summary['chunks']} chunks, {summary['loops']} loop closures, "
+        f"{summary['map_points']} map points, {summary['seconds']['total']:.1f} s"
+    )
+    if evaluation is not None:
+        print(ev.format_table(evaluation))
+    else:
+        print("no ground truth: give --gt to evaluate")
+    for k, v in summary["files"].items():
+        print(f"  {k:18s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Checkpoint loading: strict Scal3R files, wrappers/prefixes, VGGT renaming, every failure mode
+raising CheckpointError, and the download path (mocked; never the network or the real file)."""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from scal3r_ros.model import CheckpointError, Scal3R, load_checkpoint, load_scal3r
+from scal3r_ros.model.checkpoint import (
+    DEFAULT_FILENAME,
+    DEFAULT_REPO_ID,
+    VGGT_KEY_MAP,
+    read_state_dict,
+    resolve_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(3)
+    return {k: v.clone() for k, v in Scal3R("tiny").state_dict().items()}
+
+
+@pytest.fixture
+def ckpt(tmp_path, reference):
+    path = tmp_path / "scal3r.pt"
+    torch.save(reference, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCAL3R_ROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SCAL3R_CHECKPOINT", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("SCAL3R_ROS_OFFLINE", raising=False)
+    # never reach the real hub: a module that fails loudly unless a test replaces it
+    fake = types.ModuleType("huggingface_hub")
+
+    def _no_network(**kw):
+        raise AssertionError("network access attempted in tests")
+
+    fake.hf_hub_download = _no_network
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+
+
+def _fresh():
+    torch.manual_seed(99)
+    return Scal3R("tiny")
+
+
+def _assert_loaded(model, reference, skip=()):
+    sd = model.state_dict()
+    for k, v in reference.items():
+        if k not in skip:
+            assert torch.equal(sd[k], v), k
+
+
+def test_plain_state_dict_loads_strictly(ckpt, reference):
+    m = _fresh()
+    rep = load_checkpoint(m, ckpt)
+    assert rep.format == "scal3r" and rep.loaded == len(reference) and not rep.cast
+    _assert_loaded(m, reference)
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "module", "sampler"])
+def test_wrapped_and_prefixed(tmp_path, reference, wrap):
+    path = tmp_path / "wrapped.pt"
+    inner = {f"module.{k}": v for k, v in reference.items()}
+    torch.save({wrap: inner, "epoch": 3, "note": "x"}, path)
+    m = _fresh()
+    load_checkpoint(m, path)
+    _assert_loaded(m, reference)
+
+
+def test_half_precision_file_is_cast(tmp_path, reference):
+    path = tmp_path / "half.pt"
+    torch.save({k: v.to(torch.bfloat16) for k, v in reference.items()}, path)
+    m = _fresh()
+    rep = load_checkpoint(m, path)
+    assert len(rep.cast) == len(reference)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    with pytest.raises(CheckpointError, match="dtype"):
+        load_checkpoint(_fresh(), path, strict_dtype=True)
+
+
+def test_safetensors(tmp_path, reference):
+    st = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    st.save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
+    m = _fresh()
+    load_checkpoint(m, path)
+    _assert_loaded(m, reference)
+
+
+def test_load_scal3r_meta_assign(ckpt, reference):
+    m, rep = load_scal3r(ckpt, "tiny")
+    assert rep.format == "scal3r" and not m.training
+    _assert_loaded(m, reference)
+    assert not any(t.is_meta for t in list(m.parameters()) + list(m.buffers()))
+    with torch.inference_mode():
+        out = m(torch.rand(1, 2, 3, 28, 42))
+    assert torch.isfinite(out.depth).all()
+
+
+# ----------------------------------------------------------------------------- VGGT
+def _vggt_state(reference):
+    out = {}
+    inv = {v: k for k, v in VGGT_KEY_MAP.items()}
+    for k, v in reference.items():
+        if ".ttt." in k:
+            continue
+        for new, old in inv.items():
+            if k.startswith(new):
+                out[old + k[len(new) :]] = v
+    out["track_head.feature_extractor.norm.weight"] = torch.ones(4)
+    return out
+
+
+def test_vggt_renaming_leaves_gcm_at_init(tmp_path, reference):
+    path = tmp_path / "model.pt"
+    vggt = _vggt_state(reference)
+    assert not any(k.startswith("agg_regator.") for k in vggt)
+    torch.save(vggt, path)
+    m = _fresh()
+    init = {k: v.clone() for k, v in m.state_dict().items() if ".ttt." in k}
+    rep = load_checkpoint(m, path)
+    assert rep.format == "vggt"
+    assert sorted(rep.left_at_init) == sorted(init) and len(init) == 2 * 12
+    assert rep.dropped == ["track_head.feature_extractor.norm.weight"]
+    sd = m.state_dict()
+    for k, v in init.items():
+        assert torch.equal(sd[k], v)
+    _assert_loaded(m, reference, skip=set(init))
+    m2, rep2 = load_scal3r(path, "tiny", zero_gcm=True)
+    assert rep2.format == "vggt"
+    assert all(
+        torch.count_nonzero(m2.agg_regator.gcm(j).proj.bias) == 0 for j in (1, 3)
+    )  # GCM residual is exactly zero: the trunk is VGGT's
+    st = m2.agg_regator.prepare(torch.rand(1, 2, 3, 28, 42))
+    m2.agg_regator.forward_layer(st, 0)
+    m2.agg_regator.forward_layer(st, 1)
+    before = st.tokens.clone()
+    g = m2.agg_regator.gcm_gradient(st, 1)
+    m2.agg_regator.gcm_apply(st, 1, m2.agg_regator.gcm_update(1, g))
+    assert torch.equal(st.tokens, before)
+
+
+def test_vggt_missing_non_gcm_key_fails(tmp_path, reference):
+    vggt = _vggt_state(reference)
+    vggt.pop("camera_head.trunk_norm.weight")
+    path = tmp_path / "model.pt"
+    torch.save(vggt, path)
+    with pytest.raises(CheckpointError, match="cam_decoder.trunk_norm.weight"):
+        load_checkpoint(_fresh(), path)
+
+
+# ----------------------------------------------------------------------------- failures
+def test_missing_file_names_where_to_put_it(tmp_path):
+    p = tmp_path / "nope" / "scal3r.pt"
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_fresh(), p)
+    assert str(p) in str(e.value) and "hf download" in str(e.value)
+
+
+def test_truncated_file(tmp_path, ckpt):
+    data = ckpt.read_bytes()
+    for n in (0, 10, len(data) // 2, len(data) - 100):
+        bad = tmp_path / f"trunc{n}.pt"
+        bad.write_bytes(data[:n])
+        with pytest.raises(CheckpointError, match=str(bad.name)):
+            load_checkpoint(_fresh(), bad)
+
+
+def test_corrupt_file(tmp_path, ckpt):
+    data = bytearray(ckpt.read_bytes())
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a checkpoint" * 100)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(_fresh(), garbage)
+    # flip bytes in the middle of the zip (central directory intact)
+    mid = len(data) // 3
+    data[mid : mid + 64] = bytes(64)
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(data))
+    try:
+        rep = load_checkpoint(_fresh(), flipped)
+    except CheckpointError as e:
+        assert "flipped.pt" in str(e)
+    else:  # the zeroed bytes fell inside tensor data: still a well-formed file
+        assert rep.format == "scal3r"
+
+
+def test_unsafe_pickle_is_rejected(tmp_path):
+    path = tmp_path / "evil.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"agg_regator.camera_token": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(_fresh(), path)
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_checkpoint(_fresh(), path)
+    empty = tmp_path / "empty.pt"
+    torch.save({}, empty)
+    with pytest.raises(CheckpointError, match="empty.pt"):
+        load_checkpoint(_fresh(), empty)
+
+
+def test_wrong_keys(tmp_path, reference):
+    sd = dict(reference)
+    sd.pop("agg_regator.camera_token")
+    sd["agg_regator.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "keys.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_fresh(), path)
+    msg = str(e.value)
+    assert (
+        "keys.pt" in msg and "agg_regator.camera_token" in msg and "agg_regator.extra.weight" in msg
+    )
+
+
+def test_unknown_layout(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="unknown checkpoint layout"):
+        load_checkpoint(_fresh(), path)
+
+
+def test_wrong_shape(tmp_path, reference):
+    sd = dict(reference)
+    sd["agg_regator.register_token"] = torch.zeros(1, 2, 3, 32)
+    path = tmp_path / "shape.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"agg_regator.register_token: file \(1, 2, 3, 32\)"):
+        load_checkpoint(_fresh(), path)
+
+
+def test_wrong_dtype(tmp_path, reference):
+    sd = dict(reference)
+    sd["cam_decoder.embed_pose.weight"] = sd["cam_decoder.embed_pose.weight"].to(torch.int32)
+    path = tmp_path / "dtype.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="cam_decoder.embed_pose.weight: file torch.int32"):
+        load_checkpoint(_fresh(), path)
+
+
+def test_scal3r_1b_checkpoint_does_not_fit_tiny(tmp_path, reference):
+    # a model/ckpt size mismatch is reported, not a torch traceback
+    sd = {k: torch.zeros(1) for k in reference}
+    path = tmp_path / "mismatch.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_checkpoint(_fresh(), path)
+
+
+# ----------------------------------------------------------------------------- download
+def test_default_location_used(tmp_path, reference):
+    target = tmp_path / "cache" / DEFAULT_FILENAME
+    target.parent.mkdir(parents=True)
+    torch.save(reference, target)
+    assert resolve_checkpoint() == target
+    load_checkpoint(_fresh())
+
+
+def test_env_checkpoint_path(monkeypatch, ckpt):
+    monkeypatch.setenv("SCAL3R_CHECKPOINT", str(ckpt))
+    assert resolve_checkpoint() == ckpt
+
+
+def test_download_when_absent(monkeypatch, tmp_path, reference):
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir, **kw):
+        calls.append((repo_id, filename))
+        out = Path(local_dir) / filename
+        torch.save(reference, out)
+        return str(out)
+
+    sys.modules["huggingface_hub"].hf_hub_download = fake_download
+    m = _fresh()
+    rep = load_checkpoint(m)
+    assert calls == [(DEFAULT_REPO_ID, DEFAULT_FILENAME)]
+    assert rep.path == tmp_path / "cache" / DEFAULT_FILENAME
+    _assert_loaded(m, reference)
+
+
+@pytest.mark.parametrize("mode", ["offline_env", "no_hub", "disabled", "hub_fails"])
+def test_no_download_says_where_to_put_file(monkeypatch, tmp_path, mode):
+    if mode == "offline_env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    elif mode == "no_hub":
+        monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    elif mode == "hub_fails":
+
+        def boom(**kw):
+            raise OSError("network unreachable")
+
+        sys.modules["huggingface_hub"].hf_hub_download = boom
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_fresh(), download=(mode != "disabled") and None)
+    msg = str(e.value)
+    target = tmp_path / "cache" / DEFAULT_FILENAME
+    assert str(target) in msg and DEFAULT_REPO_ID in msg and "hf download" in msg
+    if mode == "hub_fails":
+        assert "network unreachable" in msg
+
+
+def test_explicit_missing_path_never_downloads(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError):
+        resolve_checkpoint(tmp_path / "x.pt", download=True)

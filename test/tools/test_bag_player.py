@@ -1,0 +1,300 @@
+"""scal3r_play_bag across processes: a bag made by scal3r_kitti_to_bag from the tiny
+KITTI folder is played in a subprocess; a node in the test process receives images,
+camera info, /tf_static (latched) and /clock, in order with the recorded stamps; loop,
+start offset and topic filter; bad input; end to end into the mapping node with
+use_sim_time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from kitti_fixture import FRAME_DT, make_kitti_dataset
+
+from scal3r_ros.tools.kitti_to_bag import KITTI_DAY
+from scal3r_ros.tools.kitti_to_bag import main as kitti_to_bag
+
+pytestmark = pytest.mark.ros
+
+N = 8
+LEFT = "/kitti/camera_color_left"
+RIGHT = "/kitti/camera_color_right"
+GT_PATH = "/kitti/ground_truth/path"
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def _stamp(i: int) -> int:
+    return int(round((KITTI_DAY + float(f"{i * FRAME_DT:.6e}")) * 1e9))
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kitti")
+    seq = make_kitti_dataset(root / "ds", n_frames=N, width=64, height=20)
+    out = root / "bag"
+    assert kitti_to_bag([str(seq), "-o", str(out), "-q"]) == 0
+    return out
+
+
+class Listener:
+    """Records (arrival time, message) per topic in the test process."""
+
+    def __init__(self, topics: dict[str, type], latched: tuple[str, ...] = ()) -> None:
+        import rclpy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("bag_listener", context=self.context)
+        self.msgs: dict[str, list] = defaultdict(list)
+        for topic, typ in topics.items():
+            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL if topic in latched
+                             else DurabilityPolicy.VOLATILE)  # fmt: skip
+            self.node.create_subscription(typ, topic, lambda m, t=topic: self._on(t, m), qos)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def _on(self, topic: str, msg) -> None:
+        self.msgs[topic].append((time.monotonic(), msg))
+
+    def spin_until(self, cond, timeout: float, proc=None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+            if cond():
+                return True
+            if proc is not None and proc.poll() is not None:
+                self.spin_for(0.5)
+                return cond()
+        return False
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def stamps(self, topic: str) -> list[int]:
+        if topic == "/clock":
+            return [_ns(m.clock) for _, m in self.msgs[topic]]
+        return [_ns(m.header.stamp) for _, m in self.msgs[topic]]
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def _play(bag: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scal3r_ros.tools.bag_player", str(bag), "-q", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        return -9, out
+    return proc.returncode, out
+
+
+def _listener(extra: dict | None = None) -> Listener:
+    from nav_msgs.msg import Path as PathMsg
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_msgs.msg import TFMessage
+
+    topics = {f"{LEFT}/image_raw": Image, f"{LEFT}/camera_info": CameraInfo,
+              f"{RIGHT}/image_raw": Image, "/clock": Clock, "/tf_static": TFMessage,
+              GT_PATH: PathMsg, **(extra or {})}  # fmt: skip
+    return Listener(topics, latched=("/tf_static", GT_PATH))
+
+
+WAIT = ["--wait-for", f"{LEFT}/image_raw", f"{LEFT}/camera_info", f"{RIGHT}/image_raw", "/clock"]
+
+
+def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
+    rec = _listener()
+    rate = 4.0
+    proc = _play(bag, "--rate", str(rate), *WAIT)
+    try:
+        ok = rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/image_raw"]) >= N
+                            and len(rec.msgs[f"{RIGHT}/image_raw"]) >= N, 60, proc)  # fmt: skip
+        code, out = _finish(proc)
+        rec.spin_for(0.3)
+        assert ok and code == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rec.close()
+    expected = [_stamp(i) for i in range(N)]
+    assert rec.stamps(f"{LEFT}/image_raw") == expected
+    assert rec.stamps(f"{RIGHT}/image_raw") == expected
+    assert rec.stamps(f"{LEFT}/camera_info") == expected
+    img = rec.msgs[f"{LEFT}/image_raw"][3][1]
+    assert (img.width, img.height, img.encoding, img.header.frame_id) == (
+        64, 20, "rgb8", "camera_color_left")  # fmt: skip
+    # /clock: monotone, from the bag's start to its last message
+    clock = rec.stamps("/clock")
+    assert clock == sorted(clock) and clock[0] == expected[0] and clock[-1] == expected[-1]
+    assert set(expected) <= set(clock)  # a /clock tick at every message time
+    # (the player sends it just before the message; cross-topic arrival order is not
+    # observable here: an executor takes ready subscriptions in its own order)
+    # latched topics, once
+    (_, tf), = rec.msgs["/tf_static"]  # fmt: skip
+    assert {t.child_frame_id for t in tf.transforms} == {"camera_color_left",
+                                                         "camera_color_right"}  # fmt: skip
+    assert len(rec.msgs[GT_PATH]) == 1 and len(rec.msgs[GT_PATH][0][1].poses) == N
+    # timing follows the bag at the chosen rate
+    arrivals = [t for t, _ in rec.msgs[f"{LEFT}/image_raw"]]
+    span = (N - 1) * FRAME_DT / rate
+    assert 0.7 * span <= arrivals[-1] - arrivals[0] <= span + 1.0
+    assert "done" in out and f"{LEFT}/image_raw [sensor_msgs/msg/Image]: {N}" in out
+    assert "/tf_static [tf2_msgs/msg/TFMessage, latched]: 1" in out
+
+
+def test_loop_jumps_back_and_sigint_exits_cleanly(bag):
+    rec = _listener()
+    proc = _play(bag, "--rate", "20", "--loop", *WAIT)
+    try:
+        ok = rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/image_raw"]) >= 2 * N + 2, 60, proc)
+        proc.send_signal(signal.SIGINT)
+        code, out = _finish(proc)
+        assert ok and code == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rec.close()
+    stamps = rec.stamps(f"{LEFT}/image_raw")
+    expected = [_stamp(i) for i in range(N)]
+    assert stamps[:N] == expected and stamps[N : 2 * N] == expected  # the bag again
+    clock = rec.stamps("/clock")
+    jumps = [i for i in range(1, len(clock)) if clock[i] < clock[i - 1]]
+    assert jumps, "no backwards /clock jump after the end of the bag"
+    assert clock[jumps[0] - 1] == expected[-1] and clock[jumps[0]] == expected[0]
+    assert len(rec.msgs["/tf_static"]) == 1  # not re-sent on each loop
+    assert "interrupted" in out and "complete pass(es)" in out
+
+
+def test_start_offset_and_topic_filter(bag):
+    rec = _listener()
+    offset = 2.5 * FRAME_DT  # frames 3.. remain
+    proc = _play(bag, "--rate", "10", "--start-offset", str(offset), "--topics",
+                 f"{LEFT}/image_raw", f"{LEFT}/camera_info", "/tf_static",
+                 "--wait-for")  # fmt: skip
+    try:
+        code, out = _finish(proc, timeout=60)
+        rec.spin_for(0.5)
+    finally:
+        rec.close()
+    assert code == 0, out
+    assert rec.stamps(f"{LEFT}/image_raw") == [_stamp(i) for i in range(3, N)]
+    assert rec.stamps(f"{LEFT}/camera_info") == [_stamp(i) for i in range(3, N)]
+    assert not rec.msgs[f"{RIGHT}/image_raw"] and not rec.msgs[GT_PATH]
+    assert len(rec.msgs["/tf_static"]) == 1  # before the offset, but static: still sent
+    assert rec.stamps("/clock")[0] == _stamp(3)
+
+
+def test_best_effort_qos_reaches_sensor_data_subscribers(bag):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    rec = _listener()
+    got = []
+    rec.node.create_subscription(Image, f"{LEFT}/image_raw", got.append, qos_profile_sensor_data)
+    proc = _play(bag, "--rate", "5", "--qos", "best_effort", *WAIT)
+    try:
+        ok = rec.spin_until(lambda: len(got) >= N - 1, 60, proc)
+        code, out = _finish(proc)
+    finally:
+        rec.close()
+    assert ok and code == 0, out
+    assert len(got) >= N - 1  # best effort may lose one under load, usually none
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["{tmp}/nothing"], "no bag at"),
+        (["{tmp}"], "cannot open"),
+        (["{bag}", "--topics", "/nope"], "topics not in the bag: /nope"),
+        (["{bag}", "--start-offset", "100"], "past the bag's end"),
+        (["{bag}", "--rate", "0"], "--rate must be > 0"),
+    ],
+)
+def test_bad_input_exit_2(bag, tmp_path, args, expected):
+    args = [a.format(tmp=tmp_path, bag=bag) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "scal3r_ros.tools.bag_player", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+
+
+def test_message_class_by_name():
+    from scal3r_ros.tools.bag_player import message_class
+
+    assert message_class("sensor_msgs/msg/Image").__name__ == "Image"
+    assert message_class("rosgraph_msgs/Clock").__name__ == "Clock"
+    for bad in ("nope_msgs/msg/X", "sensor_msgs/msg/Nope", "Image"):
+        with pytest.raises(ImportError):
+            message_class(bad)
+
+
+@pytest.mark.slow
+def test_kitti_bag_to_mapping_node_with_sim_time(bag, tmp_path):
+    """KITTI folder -> bag -> player -> mapping node (tiny network, use_sim_time): the
+    node's /tf carries the bag's stamps and it takes the camera mount from the bag."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
+    from node_harness import NODE, Recorder, node_args, start, stop
+
+    rec = Recorder("kitti_e2e")
+    node = start(node_args(tmp_path / "maps", backend="tiny", chunk_size=4, overlap=2,
+                           use_sim_time=True, input_qos="reliable", loop_closure=False,
+                           image_topics=[f"{LEFT}/image_raw"],
+                           camera_info_topics=[f"{LEFT}/camera_info"],
+                           camera_frame="camera_color_left", status_period=0.2),
+                 tmp_path / "node.log")  # fmt: skip
+    player = None
+    try:
+        assert rec.spin_until(lambda: rec.node.count_publishers(f"{NODE}/status") > 0, 60,
+                              [node]), (tmp_path / "node.log").read_text()  # fmt: skip
+        player = _play(bag, "--rate", "2", "--wait-for", f"{LEFT}/image_raw",
+                       f"{LEFT}/camera_info", "/clock")  # fmt: skip
+
+        def mapped() -> bool:
+            stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
+                      if t.child_frame_id == "base_link"}  # fmt: skip
+            return len(stamps) >= N
+
+        ok = rec.spin_until(mapped, 240, [node])
+        rec.spin_until(lambda: False, 0.5)
+        assert ok, (tmp_path / "node.log").read_text()
+        code, out = _finish(player)
+        assert code == 0, out
+        base = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
+                if t.child_frame_id == "base_link"}  # fmt: skip
+        assert base == {_stamp(i) for i in range(N)}
+        log = (tmp_path / "node.log").read_text()
+        assert "camera mount base_link -> camera_color_left taken from /tf_static" in log
+        # sim time: the node's clock (diagnostics stamps) is the bag's /clock, not the wall
+        diag = [_ns(m.header.stamp) for m in rec.msgs["/diagnostics"]]
+        assert diag and all(_stamp(0) <= t <= _stamp(N - 1) for t in diag), diag
+        assert stop(node) == 0
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+        stop(node)
+        rec.close()
