@@ -48,6 +48,7 @@ from scal3r_ros.mapping.alignment import (
 from scal3r_ros.mapping.backend import GCS_MODES, Backend, ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.frame import (
     AlignmentReport,
+    ChunkFailed,
     Frame,
     FrameCloudsUpdate,
     LoopClosureUpdate,
@@ -80,6 +81,7 @@ class EngineConfig:
     loop_closure: bool = True  # used only when a loop-closure hook is given
     loop_geometry_stride: int = 2  # pixel stride of the per-chunk geometry kept for loops
     loop_geometry_ram_chunks: int = 4  # older chunk geometry is spilled to disk
+    max_chunk_attempts: int = 3  # backend failures on one window before it is skipped
     frame_clouds: bool = False  # emit FrameCloudsUpdate (per-frame depth, sensor clouds)
 
     def __post_init__(self) -> None:
@@ -173,7 +175,11 @@ class MappingEngine:
         spec = self.scheduler.push()
         if spec is None:
             return []
-        return self._run(spec)
+        if self.config.gcs_mode == "exact":
+            self._pending.append(spec)  # offline: everything happens in flush()
+            return []
+        self._waiting.append(spec)
+        return self._run_waiting()
 
     def flush(self) -> list[MapUpdate]:
         """End of stream: run the partial last chunk (and, in ``exact`` mode, all)."""
@@ -190,8 +196,10 @@ class MappingEngine:
             for s, pred in zip(specs, self.backend.infer_exact(loaders), strict=True):
                 out += self._integrate(s, pred, time.perf_counter() - t0)
                 t0 = time.perf_counter()
-        elif spec is not None:
-            out += self._run(spec)
+        else:
+            if spec is not None:
+                self._waiting.append(spec)
+            out += self._run_waiting()
         finish = getattr(self.loop_closure, "finish", None)
         if finish is not None and self.n_chunks:
             loops = finish(self)
@@ -294,6 +302,8 @@ class MappingEngine:
         self._chunk_frames: dict[int, tuple[int, ...]] = {}
         self._prev: tuple[int, dict[int, tuple[np.ndarray, ...]]] | None = None
         self._pending: list[ChunkSpec] = []
+        self._waiting: list[ChunkSpec] = []  # ready windows, in order (a failed one first)
+        self._attempts: dict[int, int] = {}
         self._geom_ram: dict[int, ChunkGeometry] = {}
         self._prepare_s = 0.0
         mode = self.config.gcs_mode
@@ -315,13 +325,31 @@ class MappingEngine:
             is_loop=spec.is_loop,
         )
 
-    def _run(self, spec: ChunkSpec) -> list[MapUpdate]:
-        if self.config.gcs_mode == "exact":
-            self._pending.append(spec)  # offline: everything happens in flush()
-            return []
-        t0 = time.perf_counter()
-        pred = self.backend.infer(self._chunk_input(spec), self._gcs_state)
-        return self._integrate(spec, pred, time.perf_counter() - t0)
+    def _run_waiting(self) -> list[MapUpdate]:
+        """Run ready windows in order. A backend failure keeps the window for a retry
+        when the next one is ready (transient faults such as CUDA OOM), up to
+        ``max_chunk_attempts`` tries; then it is skipped and reported."""
+        out: list[MapUpdate] = []
+        while self._waiting:
+            spec = self._waiting[0]
+            try:
+                t0 = time.perf_counter()
+                pred = self.backend.infer(self._chunk_input(spec), self._gcs_state)
+            except Exception as exc:  # the backend's failure, not the engine's
+                attempt = self._attempts.get(spec.chunk_id, 0) + 1
+                self._attempts[spec.chunk_id] = attempt
+                retry = attempt < self.config.max_chunk_attempts
+                if not retry:
+                    self._waiting.pop(0)
+                out.append(ChunkFailed(spec.chunk_id, f"{type(exc).__name__}: {exc}", attempt,
+                                       retry))  # fmt: skip
+                if retry:
+                    break
+                continue
+            self._waiting.pop(0)
+            self._attempts.pop(spec.chunk_id, None)
+            out += self._integrate(spec, pred, time.perf_counter() - t0)
+        return out
 
     def _integrate(
         self, spec: ChunkSpec, pred_net: ChunkPrediction, t_infer: float

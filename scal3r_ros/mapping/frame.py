@@ -121,6 +121,20 @@ class LoopClosureUpdate(MapUpdate):
 
 
 @dataclass
+class ChunkFailed(MapUpdate):
+    """The backend failed on a window (e.g. CUDA out of memory).
+
+    ``will_retry``: the window is kept and tried again when the next window is ready;
+    otherwise it was skipped after ``attempt`` tries and the map has a gap there (the
+    next window cannot be tied to the map by overlap; see its ``AlignmentReport``).
+    """
+
+    error: str
+    attempt: int
+    will_retry: bool
+
+
+@dataclass
 class StatsUpdate(MapUpdate):
     """Per-chunk timings (seconds per stage) and memory figures (bytes / counts)."""
 

@@ -29,13 +29,31 @@ import torch
 from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.model.config import Scal3RConfig
-from scal3r_ros.model.gcs import GCSState, run_chunk
+from scal3r_ros.model.gcm import GCMGrads
+from scal3r_ros.model.gcs import GCSState
 from scal3r_ros.model.preprocess import (
     compute_target_size,
     plan_resize_crop,
     preprocess_image_reference,
 )
 from scal3r_ros.model.scal3r import Scal3R, Scal3ROutput
+
+
+class _PendingSums:
+    """A `GCSState` sync that adds a window's gradients to copies and commits at the end."""
+
+    def __init__(self, state: GCSState) -> None:
+        self.state = state
+        self.new: dict[int, GCMGrads] = {}
+
+    def __call__(self, layer: int, grads: GCMGrads) -> GCMGrads:
+        old = self.state.sums.get(layer)
+        self.new[layer] = grads.clone() if old is None else old + grads
+        return self.new[layer]
+
+    def commit(self) -> None:
+        self.state.sums.update(self.new)
+        self.state.count += 1
 
 
 @dataclass
@@ -87,10 +105,20 @@ class Scal3RBackend:
 
     @torch.inference_mode()
     def infer(self, chunk: ChunkInput, gcs_state: Any) -> ChunkPrediction:
-        out, _ = run_chunk(
-            self.model, self._tensor(chunk.images), gcs_state, heads=self._heads(),
-            autocast_dtype=self._autocast(),
-        )  # fmt: skip
+        """One window. The causal state only changes when the whole window succeeded, so
+        a failure (CUDA out of memory, ...) can be retried without double-counting."""
+        pending = _PendingSums(gcs_state) if gcs_state is not None else None
+        try:
+            out = self.model.forward_chunk(
+                self._tensor(chunk.images), sync=pending, heads=self._heads(),
+                autocast_dtype=self._autocast(),
+            )  # fmt: skip
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the retry a defragmented device
+            raise
+        if pending is not None:
+            pending.commit()
         return self._prediction(out, chunk)
 
     @torch.inference_mode()

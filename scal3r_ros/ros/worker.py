@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scal3r_ros.mapping.engine import MappingEngine
-from scal3r_ros.mapping.frame import Frame, MapUpdate, StatsUpdate
+from scal3r_ros.mapping.frame import ChunkFailed, Frame, MapUpdate, StatsUpdate
 
 DROP_POLICIES = ("drop_oldest", "drop_newest")
 
@@ -187,9 +187,18 @@ class MappingWorker:
             self._on_error(msg + "\n" + traceback.format_exc(limit=4))
             return
         if events:
+            failures = [e for e in events if isinstance(e, ChunkFailed)]
             with self._cond:
                 self.stats.chunks += sum(1 for e in events if isinstance(e, StatsUpdate))
                 self.stats.last_chunk_s = time.perf_counter() - t0
+                self.stats.errors += len(failures)
+                if failures:
+                    self.stats.last_error = failures[-1].error
+            for f in failures:
+                self._on_error(
+                    f"window {f.chunk_id} failed (attempt {f.attempt}, "
+                    f"{'will retry' if f.will_retry else 'skipped'}): {f.error}"
+                )
             self._sink(events)
         if kind != "frame" and callable(item):
             item(events)

@@ -138,3 +138,18 @@ def test_bad_settings_rejected():
         MappingWorker(FakeEngine, print, drop_policy="drop_random")
     with pytest.raises(ValueError):
         MappingWorker(FakeEngine, print, queue_size=0)
+
+
+def test_window_failures_reported_by_the_engine_are_counted(make_worker):
+    from scal3r_ros.mapping.frame import ChunkFailed
+
+    class FailingEngine(FakeEngine):
+        def push(self, frame):
+            super().push(frame)
+            return [ChunkFailed(frame.stamp_ns, "OutOfMemoryError: CUDA out of memory", 1, True)]
+
+    w, events, errors = make_worker(FailingEngine())
+    w.submit(frame(0))
+    wait_until(lambda: w.stats.processed == 1 and events)
+    assert w.stats.errors == 1 and "out of memory" in w.stats.last_error
+    assert "will retry" in errors[0]
