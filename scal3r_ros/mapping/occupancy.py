@@ -79,10 +79,10 @@ class OccupancyGrid:
         self.config = config or OccupancyConfig()
         if not self.config.resolution > 0:
             raise ValueError("resolution must be > 0")
-        self._rng = np.random.default_rng(self.config.seed)
         self.reset()
 
     def reset(self) -> None:
+        self._rng = np.random.default_rng(self.config.seed)  # rebuilds are reproducible
         self._i0 = self._j0 = 0  # cell index of array element [0, 0] (x, y)
         shape = (0, 0)
         self._ground = np.zeros(shape, np.int32)
@@ -208,7 +208,10 @@ class OccupancyGrid:
         t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
         pts = a[ray] + t[:, None] * (b[ray] - a[ray])
         cells = self._cells(pts)
-        return np.unique(cells, axis=0)
+        lo = cells.min(0)
+        span = int(cells[:, 1].max() - lo[1] + 1)
+        flat = np.unique((cells[:, 0] - lo[0]) * span + (cells[:, 1] - lo[1]))
+        return np.stack([flat // span + lo[0], flat % span + lo[1]], 1)
 
     def _grow(self, lo: np.ndarray, hi: np.ndarray) -> None:
         H, W = self.shape

@@ -10,7 +10,10 @@ GCM (test-time-training) layers after global blocks 14/17/20/23, heads reading l
 ``tiny`` keeps every block kind (DINOv2-with-registers patch embedding with pos-embed
 interpolation, frame/global blocks with qk-norm + RoPE, two GCM layers at global layers 1 and 3,
 camera head with a transformer trunk, both DPT heads reading layers 0-3) at a width small enough
-that its random state_dict fits in a < 2 MB test fixture.
+that its random state_dict (213,318 parameters) fits in the < 2 MB parity fixture: width 32,
+2 heads (head dim 16), 4 trunk layers with MLP ratio 2, a 1-block DINOv2 with a 5x5 pos-embed
+grid, GCM hidden width 64, a 1-block camera head (MLP ratio 1), DPT heads with 8 features.
+scripts/make_parity_fixtures.py builds the official model with the same numbers.
 
 Use :func:`get_config` (``get_config("scal3r-1b")``, ``get_config("tiny")``); configs are frozen,
 derive variants with :func:`dataclasses.replace`.

@@ -31,6 +31,9 @@ from .aggregator import Aggregator, ChunkState
 from .config import Scal3RConfig, get_config
 from .gcm import FastWeights, GCMGrads
 from .gcs import SyncFn
+from .heads.camera_head import CameraHead
+from .heads.dpt_head import DPTHead
+from .pose_encoding import pose_encoding_to_extri_intri
 
 __all__ = ["HEADS", "Scal3R", "Scal3ROutput"]
 
@@ -76,9 +79,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 class Scal3R(nn.Module):
     def __init__(self, cfg: Scal3RConfig | str = "scal3r-1b") -> None:
         super().__init__()
-        from .heads.camera_head import CameraHead
-        from .heads.dpt_head import DPTHead
-
         cfg = get_config(cfg)
         self.cfg = cfg
         t = cfg.trunk
@@ -125,8 +125,6 @@ class Scal3R(nn.Module):
         out = Scal3ROutput(image_size=(H, W))
         with torch.autocast(device_type=device.type, enabled=False):
             if "camera" in heads:
-                from .pose_encoding import pose_encoding_to_extri_intri
-
                 enc_list = self.cam_decoder(
                     feats, num_iterations=self.cfg.camera_head.num_iterations
                 )

@@ -312,6 +312,21 @@ class Player:
         self.wall_s = time.monotonic() - self.wall_start
         if not self.args.quiet:
             print(file=sys.stderr)
+        self.flush(1.0 if self.stop.is_set() else 5.0)
+
+    def flush(self, seconds: float) -> None:
+        """Wait (bounded) until reliable subscribers acknowledged everything, so the last
+        messages are not lost when the process exits right after publishing them."""
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + seconds
+        pubs = [t.publisher for t in self.topics.values() if t.publisher is not None]
+        for pub in [*pubs, self.clock_pub]:
+            left = deadline - time.monotonic()
+            if pub is None or left <= 0:
+                continue
+            pub.wait_for_all_acked(Duration(nanoseconds=int(left * NS)))
+        time.sleep(0.1)  # best-effort writers: let the last samples leave
 
     def summary(self) -> str:
         lines = [
@@ -331,10 +346,12 @@ class Player:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, ros_args = parser.parse_known_args(argv)
-    unknown = [a for a in ros_args if a.startswith("-") and a != "--ros-args"]
-    if unknown and "--ros-args" not in ros_args:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:  # everything after it is for rclpy (-r there is a remap)
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be > 0")
     if args.start_offset < 0:

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.trajectory import write_poses
+from scal3r_ros.ros.frames import camera_mount, rigid_inverse
+from scal3r_ros.tools.evaluate import EvalConfig, evaluate_files, format_table
+from scal3r_ros.tools.processes import spawn_module as _spawn
+from scal3r_ros.tools.processes import stop_process as _stop
 
 NODE = "/scal3r_mapping"
 
@@ -33,22 +38,6 @@ def _checkpoint_present(path: str | None) -> Path | None:
     return p if p.is_file() else None
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
-
-
 def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str | None,
              timeout: float) -> dict:  # fmt: skip
     import rclpy
@@ -58,8 +47,13 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
     from scal3r_ros_msgs.srv import SaveMap
 
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "demo", ignore_errors=True)  # no stale files from an earlier run
     drive = SyntheticDrive(SyntheticConfig(n_frames=frames))
-    drive.save_gt(out / "ground_truth_tum.txt", "tum")
+    # the node's trajectory is base_link's (camera mounted at base_link, looking along x);
+    # express the drive's ground-truth camera poses the same way
+    gt_base = drive.gt_poses() @ rigid_inverse(camera_mount())
+    stamps = np.array([drive.stamp_ns(i) for i in range(frames)], dtype=np.int64)
+    write_poses(out / "ground_truth_tum.txt", stamps, gt_base, "tum")
     node_args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
                  "-p", f"backend:={backend}", "-p", f"oracle_frames:={frames}",
                  "-p", f"output_dir:={out}", "-p", "save_on_shutdown:=false"]  # fmt: skip
@@ -128,49 +122,27 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
         rclpy.shutdown(context=context)
     wall = time.monotonic() - t0
     result_dir = out / "demo"
-    summary = _evaluate(result_dir / "trajectory_tum.txt", out / "ground_truth_tum.txt",
-                        result_dir)  # fmt: skip
+    evaluation = evaluate_files(
+        result_dir / "trajectory_tum.txt",
+        out / "ground_truth_tum.txt",
+        result_dir,
+        EvalConfig(kitti_lengths=(25.0, 50.0, 100.0), label=f"scal3r_ros ({final.backend})"),
+    )
+    print(format_table(evaluation), flush=True)
+    summary = {
+        "ate_rmse_m": evaluation["ate"]["translation_m"]["rmse"],
+        "path_length_m": evaluation["path_length_m"],
+        "matched_poses": evaluation["n_poses"],
+    }
     summary.update(
         backend=final.backend, device=final.device, frames=frames,
         frames_processed=int(final.frames_processed), frames_dropped=int(final.frames_dropped),
         chunks=int(final.chunks_processed), loop_closures=int(final.loop_closures),
         map_points=int(final.map_points), node_exit_code=code, wall_time_s=round(wall, 1),
-        files=sorted(str(p) for p in result_dir.iterdir()) + [str(result_dir / "summary.json")],
     )  # fmt: skip
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["files"] = sorted(str(p) for p in result_dir.iterdir())
     return summary
-
-
-def _evaluate(est_file: Path, gt_file: Path, out: Path) -> dict:
-    """ATE after Sim(3) alignment, and a top-view plot of both trajectories."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from scal3r_ros.mapping.trajectory import ate_sim3
-
-    est, gt = np.loadtxt(est_file, ndmin=2), np.loadtxt(gt_file, ndmin=2)
-    gt_by_stamp = {round(t, 6): row for t, row in zip(gt[:, 0], gt, strict=True)}
-    pairs = [(e, gt_by_stamp[round(e[0], 6)]) for e in est if round(e[0], 6) in gt_by_stamp]
-    pe = np.array([p[0][1:4] for p in pairs])
-    pg = np.array([p[1][1:4] for p in pairs])
-    ate, sim = ate_sim3(pe, pg)
-    aligned = sim.apply(pe)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.plot(pg[:, 0], pg[:, 1], "k-", lw=2, label="ground truth")
-    ax.plot(aligned[:, 0], aligned[:, 1], "r--", lw=1.5, label="scal3r_ros (Sim(3)-aligned)")
-    ax.set_aspect("equal")
-    ax.set_xlabel("x [m]")
-    ax.set_ylabel("y [m]")
-    ax.set_title(f"Synthetic drive, top view: ATE {ate:.3f} m")
-    ax.legend()
-    fig.savefig(out / "trajectory_top_view.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    length = float(np.linalg.norm(np.diff(pg, axis=0), axis=1).sum())
-    return {"ate_rmse_m": ate, "path_length_m": length, "matched_poses": len(pairs),
-            "alignment_scale": sim.s}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[demo] ATE (Sim(3)-aligned) {summary['ate_rmse_m']:.4f} m over a "
         f"{summary['path_length_m']:.0f} m drive ({summary['backend']} backend)"
     )
-    print(f"[demo] results in {out / 'demo'}:")
+    print(f"[demo] results in {out / 'demo'} (open trajectory.png / errors.png for plots):")
     for f in summary["files"]:
         print(f"         {f}")
     return 0 if summary["node_exit_code"] == 0 else 1

@@ -20,5 +20,5 @@ def test_demo_writes_map_trajectory_plot_and_ate(tmp_path, capsys, monkeypatch):
     # a drifting oracle (0.15 deg/frame bends) stays within a few % of the path
     assert summary["ate_rmse_m"] < 0.05 * summary["path_length_m"]
     for name in ("map.ply", "map.pcd", "trajectory_tum.txt", "trajectory_kitti.txt",
-                 "trajectory_top_view.png"):  # fmt: skip
+                 "trajectory.png", "errors.png", "evaluation.json"):  # fmt: skip
         assert (tmp_path / "demo" / name).stat().st_size > 0, name

@@ -1,0 +1,560 @@
+"""`scal3r_bench`: end-to-end speed and memory of the whole mapping path, with a baseline.
+
+Frames (synthetic KITTI-size stream) -> preprocessing (``Backend.prepare``) -> network
+(Scal3R, random weights unless ``--checkpoint``: the cost is the same) with causal GCS ->
+Sim(3) alignment -> map -> ROS messages (TF, odometry, path, the window's PointCloud2,
+built and published as the node does, no subscribers). Per-stage times come from the
+engine's ``StatsUpdate`` events; the message stage is timed here.
+
+Two configurations of OUR network run in the same process on the same frames, so the
+ratio is measured, not quoted:
+
+- ``optimised`` (the node's default): fast batched preprocessing (``preprocess_batch``),
+  only the heads the engine needs (camera + depth), bf16 autocast on CUDA;
+- ``official_like``: fp32, the official CPU preprocessing path (PIL, frame by frame), all
+  heads including the point head.
+
+With ``--official /path/to/Scal3R`` the official code's forward
+(``scal3r.pipelines.backend.forward``, layer-synchronous GCS over all windows, fp32) also
+runs on the same preprocessed windows. It needs the official dependencies (einops, rich,
+pypose, ...); without ``--official`` nothing of it is imported.
+
+Pose latency is *computed from measurements*: for a camera at ``--rate`` Hz the oldest
+new frame of a window waits ``stride / rate`` seconds for the window to fill, then the
+window's processing time (network + engine + messages) as measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from scal3r_ros.mapping.backend import ChunkInput
+from scal3r_ros.mapping.backends import resolve_device
+from scal3r_ros.mapping.engine import EngineConfig, LoopClosure, LoopClosureConfig, MappingEngine
+from scal3r_ros.mapping.frame import Frame, PointsUpdate, PosesUpdate, StatsUpdate
+from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
+from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
+from scal3r_ros.model.preprocess import PreprocessConfig, compute_target_size, preprocess_batch
+from scal3r_ros.model.scal3r import Scal3R
+
+# engine stages (seconds per window in StatsUpdate.timings) -> table rows
+ENGINE_STAGES = ("infer", "unproject", "align", "map", "store", "loop", "graph")
+STAGES = ("preprocess", *ENGINE_STAGES, "publish", "window_total")
+
+
+@dataclass
+class BenchConfig:
+    model: str = "scal3r-1b"  # scal3r-1b | tiny
+    checkpoint: str | None = None  # scal3r-1b only; None: random weights
+    frames: int = 6
+    chunk: int = 4
+    overlap: int = 2
+    width: int = 1242
+    height: int = 375
+    device: str = "auto"
+    dtype: str = "auto"  # optimised run: auto (bf16 on CUDA) | float32 | bfloat16
+    rate: float = 10.0  # camera rate for the latency figure [Hz]
+    official: str | None = None  # official Scal3R checkout
+    baseline: bool = True  # run the official-like configuration of our network
+    seed: int = 0
+
+
+@dataclass
+class RunResult:
+    """One configuration's measurements (times in ms unless named otherwise)."""
+
+    name: str
+    description: str
+    frames: int
+    windows: int
+    wall_s: float
+    fps: float
+    stages_ms: dict[str, float]  # mean per window (preprocess: per window's new frames)
+    preprocess_ms_per_frame: float
+    network_ms_per_window: float
+    network_fps: float  # frames / network time
+    latency_s: dict[str, float]
+    peak_gpu_bytes: float | None
+    host_peak_rss_bytes: float
+    rss_at_windows_max_bytes: float
+    map_points: int
+    gcs_state_bytes: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ================================================================== backends
+class BatchPrepareBackend(Scal3RBackend):
+    """``Scal3RBackend`` whose per-frame preprocessing is ``preprocess_batch`` (same geometry;
+    on CUDA bit-exact and on the GPU, on CPU torch's uint8 antialias kernel)."""
+
+    def prepare(
+        self, frame_image: np.ndarray, intrinsics: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        c = self.config
+        if self.target_hw is None:
+            h, w = frame_image.shape[:2]
+            self.target_hw = compute_target_size(h, w, c.max_size, c.align)
+        x, plan = preprocess_batch(
+            frame_image, self.target_hw, PreprocessConfig(c.max_size, c.align), device=c.device
+        )
+        img = (x[0].permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        K = None if intrinsics is None else np.asarray(plan.intrinsics_to_network(intrinsics))
+        return img.cpu().numpy(), K
+
+
+def build_model(cfg: BenchConfig) -> Scal3R:
+    if cfg.checkpoint:
+        from scal3r_ros.model.checkpoint import load_scal3r
+
+        model, _ = load_scal3r(cfg.checkpoint, cfg.model, device="cpu")
+        return model
+    torch.manual_seed(cfg.seed)
+    return Scal3R(cfg.model)
+
+
+# ================================================================== messages
+class MessageBuilder:
+    """Builds and publishes what the node publishes per window (same helpers, same shapes):
+    /tf (odom->base per new frame, map->odom), odometry, the full path, the window cloud."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from geometry_msgs.msg import PoseStamped
+        from nav_msgs.msg import Odometry
+        from nav_msgs.msg import Path as PathMsg
+        from sensor_msgs.msg import PointCloud2
+        from tf2_msgs.msg import TFMessage
+
+        from scal3r_ros.ros import node as ros_node
+        from scal3r_ros.ros.conversions import points_to_cloud
+        from scal3r_ros.ros.frames import FrameConverter, camera_mount, rigid_inverse
+
+        self._rclpy = rclpy
+        self._n = ros_node
+        self._msgs = (PoseStamped, Odometry, PathMsg, TFMessage)
+        self._points_to_cloud = points_to_cloud
+        self._inv = rigid_inverse
+        self.converter = FrameConverter(camera_mount())
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("scal3r_bench", context=self.context)
+        self.pub_tf = self.node.create_publisher(TFMessage, "/scal3r_bench/tf", 10)
+        self.pub_odom = self.node.create_publisher(Odometry, "/scal3r_bench/odometry", 10)
+        self.pub_path = self.node.create_publisher(PathMsg, "/scal3r_bench/path", 1)
+        self.pub_cloud = self.node.create_publisher(PointCloud2, "/scal3r_bench/cloud", 10)
+        self.reset()
+
+    def reset(self) -> None:
+        self.converter.anchor = None
+        self._map_pose: dict[int, np.ndarray] = {}
+        self._odom_pose: dict[int, np.ndarray] = {}
+        self._stamp: dict[int, int] = {}
+        self._T_map_odom = np.eye(4)
+        self._last = -1
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self._rclpy.shutdown(context=self.context)
+
+    def on_events(self, events: list) -> None:
+        for ev in events:
+            if isinstance(ev, PosesUpdate):
+                self._poses(ev)
+            elif isinstance(ev, PointsUpdate) and len(ev.xyz):
+                stamp = self._n._stamp_msg(self._stamp.get(self._last, 0))
+                xyz = self.converter.points(ev.xyz)
+                cloud = self._points_to_cloud(xyz, ev.rgb, ev.confidence, stamp, "map")
+                self.pub_cloud.publish(cloud)
+
+    def _poses(self, ev: PosesUpdate) -> None:
+        PoseStamped, Odometry, PathMsg, TFMessage = self._msgs
+        n = self._n
+        if self.converter.anchor is None:
+            self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+        transforms = []
+        for fid, ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(),
+                              self.converter.base_poses(ev.c2w), strict=True):  # fmt: skip
+            self._map_pose[fid], self._stamp[fid] = T, ns
+            if fid not in self._odom_pose:
+                self._odom_pose[fid] = self._inv(self._T_map_odom) @ T
+                odom = Odometry()
+                odom.header.stamp = n._stamp_msg(ns)
+                odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
+                n._pose_fields(odom.pose.pose, self._odom_pose[fid])
+                self.pub_odom.publish(odom)
+                transforms.append(n._transform(self._odom_pose[fid], "odom", "base_link",
+                                               n._stamp_msg(ns)))  # fmt: skip
+            self._last = max(self._last, fid)
+        self._T_map_odom = self._map_pose[self._last] @ self._inv(self._odom_pose[self._last])
+        stamp = n._stamp_msg(self._stamp[self._last])
+        transforms.append(n._transform(self._T_map_odom, "map", "odom", stamp))
+        self.pub_tf.publish(TFMessage(transforms=transforms))
+        path = PathMsg()
+        path.header.frame_id, path.header.stamp = "map", stamp
+        for fid in sorted(self._map_pose):
+            ps = PoseStamped()
+            ps.header.frame_id, ps.header.stamp = "map", n._stamp_msg(self._stamp[fid])
+            n._pose_fields(ps.pose, self._map_pose[fid])
+            path.poses.append(ps)
+        self.pub_path.publish(path)
+
+
+# ================================================================== runs
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> float:
+    with open("/proc/self/statm") as f:
+        return float(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _peak_rss_bytes() -> float:
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: list[Frame],
+                 cfg: BenchConfig, messages: MessageBuilder) -> RunResult:  # fmt: skip
+    """Stream ``frames`` through a fresh engine with ``backend``; time every stage."""
+    device = backend.config.device
+    engine = MappingEngine(
+        EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"),
+        backend,
+        LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail())),
+    )
+    backend.reset_resolution()
+    messages.reset()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    windows: list[dict[str, float]] = []
+    memory: list[dict[str, float]] = []
+
+    def handle(events: list) -> None:
+        _sync(device)
+        t0 = time.perf_counter()
+        messages.on_events(events)
+        t_pub = time.perf_counter() - t0
+        for ev in events:
+            if isinstance(ev, StatsUpdate):
+                t = dict(ev.timings)
+                t["preprocess"] = t.pop("prepare", 0.0)
+                t["publish"] = t_pub
+                windows.append(t)
+                memory.append(dict(ev.memory))
+
+    t_start = time.perf_counter()
+    for frame in tqdm(frames, desc=f"{name}", unit="frame", leave=False):
+        handle(engine.push(frame))
+    handle(engine.flush())
+    _sync(device)
+    wall = time.perf_counter() - t_start
+    if not windows:
+        raise RuntimeError("no window was processed: use --frames >= --chunk")
+
+    n = len(frames)
+    stages = {s: 1e3 * float(np.mean([w.get(s, 0.0) for w in windows])) for s in STAGES[:-1]}
+    per_window = [sum(w.get(s, 0.0) for s in ENGINE_STAGES + ("publish",)) for w in windows]
+    stages["window_total"] = 1e3 * float(np.mean(per_window))
+    infer_total = sum(w["infer"] for w in windows)
+    prep_total = sum(w["preprocess"] for w in windows)
+    stride = cfg.chunk - cfg.overlap
+    wait = stride / cfg.rate
+    # windows after the first (the first waits for a whole chunk, not a stride)
+    steady = per_window[1:] or per_window
+    return RunResult(
+        name=name,
+        description=description,
+        frames=n,
+        windows=len(windows),
+        wall_s=wall,
+        fps=n / wall,
+        stages_ms=stages,
+        preprocess_ms_per_frame=1e3 * prep_total / n,
+        network_ms_per_window=1e3 * infer_total / len(windows),
+        network_fps=n / infer_total,
+        latency_s={
+            "fill_wait_s": wait,
+            "mean_s": wait + float(np.mean(steady)),
+            "max_s": wait + float(np.max(steady)),
+        },
+        peak_gpu_bytes=float(torch.cuda.max_memory_allocated())
+        if device.startswith("cuda")
+        else None,  # fmt: skip
+        host_peak_rss_bytes=_peak_rss_bytes(),
+        rss_at_windows_max_bytes=max(m["rss_bytes"] for m in memory),
+        map_points=int(memory[-1]["map_points"]),
+        gcs_state_bytes=float(memory[-1]["gcs_state_bytes"]),
+    )
+
+
+def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: str) -> RunResult:
+    """The official forward (release preprocessing, layer-synchronous GCS, all heads, fp32)
+    over the same windows our engine forms from the same frames."""
+    sys.path.insert(0, str(checkout.resolve()))
+    import yaml
+    from scal3r.models.scal3r import Scal3R as OfficialScal3R
+    from scal3r.pipelines import backend as official_backend
+    from scal3r.utils.base_utils import DotDict as dotdict
+
+    from scal3r_ros.model.preprocess import preprocess_image_reference
+
+    if cfg.model != "scal3r-1b":
+        raise ValueError("--official is supported for --model scal3r-1b only")
+    sampler = yaml.safe_load((checkout / "configs/models/scal3r.yaml").read_text())
+    sampler = sampler["model_cfg"]["sampler_cfg"]
+    sampler["use_checkpoint"] = False  # activation checkpointing is a training option
+    torch.manual_seed(cfg.seed)
+    model = OfficialScal3R(dotdict(sampler)).to(device).eval()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    sched = ChunkScheduler(WindowConfig(cfg.chunk, cfg.overlap))
+    specs = [s for s in (sched.push() for _ in frames) if s is not None]
+    last = sched.flush()
+    specs += [last] if last is not None else []
+
+    t0 = time.perf_counter()
+    h, w = frames[0].image.shape[:2]
+    target = compute_target_size(h, w, 518, 14)
+    imgs = np.stack([preprocess_image_reference(f.image, target, 14)[0] for f in frames])
+    t_prep = time.perf_counter() - t0
+    th, tw = target
+    batches = []
+    for spec in specs:
+        order = [spec.frame_ids[k] for k in spec.network_order]
+        rgb = torch.from_numpy(imgs[order]).float()[None]  # (1, S, H, W, 3)
+        meta = dotdict(rgb=rgb.reshape(1, len(order), th * tw, 3).contiguous(),
+                       H=torch.tensor([th]), W=torch.tensor([tw]))  # fmt: skip
+        batches.append(dotdict(meta=meta))
+    args = dotdict(device=device, streaming_state=0, offload_batches=0, offload_outputs=0)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        official_backend.forward(model, batches, args)
+    _sync(device)
+    t_net = time.perf_counter() - t0
+    n = len(frames)
+    peak = float(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else None
+    del model
+    gc.collect()
+    return RunResult(
+        name="official",
+        description="official scal3r.pipelines.backend.forward: release preprocessing, "
+        "layer-synchronous GCS over all windows (offline), all heads, fp32",
+        frames=n, windows=len(specs), wall_s=t_prep + t_net, fps=n / (t_prep + t_net),
+        stages_ms={"preprocess": 1e3 * t_prep / len(specs), "infer": 1e3 * t_net / len(specs)},
+        preprocess_ms_per_frame=1e3 * t_prep / n, network_ms_per_window=1e3 * t_net / len(specs),
+        network_fps=n / t_net, latency_s={}, peak_gpu_bytes=peak,
+        host_peak_rss_bytes=_peak_rss_bytes(), rss_at_windows_max_bytes=_rss_bytes(),
+        map_points=0, gcs_state_bytes=0.0,
+        extra={"note": "network and preprocessing only (no alignment/map/messages)"},
+    )  # fmt: skip
+
+
+def warm_up(fast: Scal3RBackend, ref: Scal3RBackend, frames: list[Frame], n: int) -> None:
+    """One small window through each configuration (lazy initialisation, CUDA context and
+    kernels are not steady state) so neither timed run pays for it."""
+    for backend in (fast, ref):
+        img = backend.prepare(frames[0].image, None)[0]
+        chunk = ChunkInput(-1, np.arange(n), np.arange(n), np.stack([img] * n))
+        backend.infer(chunk, backend.new_gcs_state("causal"))
+        backend.reset_resolution()
+    _sync(fast.config.device)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({cpu})"
+    return {
+        "device": device,
+        "device_name": dev_name,
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "scal3r_bench " + " ".join(sys.argv[1:]),
+    }
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    device = str(resolve_device(cfg.device))
+    if cfg.dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
+    drive = SyntheticDrive(SyntheticConfig(width=cfg.width, height=cfg.height,
+                                           n_frames=cfg.frames, seed=cfg.seed))  # fmt: skip
+    frames = [drive.frame(i) for i in tqdm(range(cfg.frames), desc="render", leave=False)]
+    model = build_model(cfg)
+    fast = BatchPrepareBackend(model, Scal3RBackendConfig(device=device, autocast_bf16=bf16))
+    messages = MessageBuilder()
+    ref = Scal3RBackend(model, Scal3RBackendConfig(device=device, autocast_bf16=False,
+                                                   point_head=True))  # fmt: skip
+    warm_up(fast, ref, frames, min(cfg.chunk, 2))
+    runs: dict[str, RunResult] = {}
+    try:
+        runs["optimised"] = run_pipeline(
+            "optimised",
+            f"batched preprocessing (preprocess_batch), heads camera+depth, "
+            f"{'bf16 autocast' if bf16 else 'fp32'}",
+            fast, frames, cfg, messages,
+        )  # fmt: skip
+        if cfg.baseline:
+            runs["official_like"] = run_pipeline(
+                "official_like",
+                "official CPU preprocessing (PIL, per frame), all heads incl. points, fp32",
+                ref, frames, cfg, messages,
+            )  # fmt: skip
+    finally:
+        messages.close()
+    if cfg.official:
+        del fast, ref, model  # room for the official model
+        gc.collect()
+        runs["official"] = run_official(Path(cfg.official), cfg, frames, device)
+    opt = runs["optimised"]
+    ratios = {
+        f"{k}_vs_optimised": {
+            "fps_end_to_end": opt.fps / r.fps,
+            "network_time": r.network_ms_per_window / opt.network_ms_per_window,
+            "preprocess_time": r.preprocess_ms_per_frame / max(opt.preprocess_ms_per_frame, 1e-9),
+        }
+        for k, r in runs.items()
+        if k != "optimised"
+    }
+    return {
+        "machine": machine_info(device),
+        "config": asdict(cfg),
+        "window_stride": cfg.chunk - cfg.overlap,
+        "runs": {k: asdict(r) for k, r in runs.items()},
+        "ratios": ratios,
+    }
+
+
+# ================================================================== table
+def _mb(x: float | None) -> str:
+    return "n/a (CPU)" if x is None else f"{x / 2**20:.0f} MiB"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table, one column per configuration."""
+    m, c = result["machine"], result["config"]
+    runs = result["runs"]
+    names = list(runs)
+    lines = [
+        f"device: {m['device_name']}; torch {m['torch']}; {m['cpu_cores']} CPU cores; {m['date']}",
+        f"model {c['model']} ({'checkpoint' if c['checkpoint'] else 'random weights'}), "
+        f"{c['frames']} frames {c['width']}x{c['height']}, windows {c['chunk']}/{c['overlap']} "
+        f"(stride {result['window_stride']}), camera {c['rate']:g} Hz, GCS causal",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+
+    def row(label: str, fn) -> None:
+        cells = []
+        for k in names:
+            try:
+                cells.append(fn(runs[k]))
+            except (KeyError, TypeError):
+                cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("FPS end to end", lambda r: f"{r['fps']:.3g}")
+    row("FPS network only", lambda r: f"{r['network_fps']:.3g}")
+    row("preprocess [ms/frame]", lambda r: f"{r['preprocess_ms_per_frame']:.1f}")
+    row("network [ms/window] (GCS/TTT inside)", lambda r: f"{r['network_ms_per_window']:.0f}")
+    for s, label in (("unproject", "unproject"), ("align", "alignment"), ("map", "map"),
+                     ("store", "store (overlap/loop geometry)"), ("loop", "loop detection"),
+                     ("graph", "pose graph"), ("publish", "ROS messages (build+publish)"),
+                     ("window_total", "window total (network..messages)")):  # fmt: skip
+        row(f"{label} [ms/window]", lambda r, s=s: f"{r['stages_ms'][s]:.1f}")
+    row("pose latency mean [s] (computed)", lambda r: f"{r['latency_s']['mean_s']:.2f}")
+    row("pose latency max [s] (computed)", lambda r: f"{r['latency_s']['max_s']:.2f}")
+    row("peak GPU memory", lambda r: _mb(r["peak_gpu_bytes"]))
+    row("host peak RSS (process so far)", lambda r: f"{r['host_peak_rss_bytes'] / 2**20:.0f} MiB")
+    row("windows", lambda r: str(r["windows"]))
+    row("map points", lambda r: str(r["map_points"]) if r["map_points"] else "-")
+    lines.append("")
+    for k, r in runs.items():
+        lines.append(f"- {k}: {r['description']}")
+    for k, v in result["ratios"].items():
+        lines.append(
+            f"- ratio {k}: end-to-end FPS x{v['fps_end_to_end']:.2f}, network time "
+            f"x{v['network_time']:.2f}, preprocessing time x{v['preprocess_time']:.2f} "
+            "(> 1: optimised is faster)"
+        )
+    lines.append(
+        f"- pose latency = stride/rate ({result['window_stride']}/{c['rate']:g} Hz = "
+        f"{result['window_stride'] / c['rate']:.2f} s) + measured window time (windows after "
+        "the first); computed from measurements, not timed on /tf"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="scal3r-1b", choices=("scal3r-1b", "tiny"))
+    p.add_argument("--checkpoint", default=None, help="scal3r.pt (default: random weights)")
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--chunk", type=int, default=4, help="window length [frames]")
+    p.add_argument("--overlap", type=int, default=2, help="window overlap [frames]")
+    p.add_argument("--width", type=int, default=1242)
+    p.add_argument("--height", type=int, default=375)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="optimised run: auto = bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
+    p.add_argument("--rate", type=float, default=10.0, help="camera rate for the latency [Hz]")
+    p.add_argument("--official", default=None, help="official Scal3R checkout: also run it")
+    p.add_argument("--no-baseline", action="store_true", help="skip the official-like run")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = BenchConfig(
+        model=a.model, checkpoint=a.checkpoint, frames=a.frames, chunk=a.chunk,
+        overlap=a.overlap, width=a.width, height=a.height, device=a.device, dtype=a.dtype,
+        rate=a.rate, official=a.official, baseline=not a.no_baseline, seed=a.seed,
+    )  # fmt: skip
+    try:
+        result = run_bench(cfg)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        print(f"[bench] failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    table = format_table(result)
+    result["table_markdown"] = table
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""`scal3r_soak`: a long synthetic stream through the node, cross-process; is memory flat?
+
+Starts the mapping node (oracle backend by default, ``--tiny`` for the tiny random
+network) and the synthetic camera as separate processes, as ``scal3r_demo`` does, and
+samples over time into ``soak.csv``: frames published (counted on the image topic),
+received, processed, dropped, queue length, latency (the node's ``~/status``), the node
+process's RSS (``/proc/<pid>/status``) and map points. At the end it saves the map and
+trajectory through the node's service and checks:
+
+- host RSS growth after warm-up < 10% (the map store's cap in force: ``--max-points``);
+- no frame dropped (meaningful when ``--rate`` is below the node's processing rate);
+- the saved trajectory has one line per placed frame (every frame of the complete
+  windows; the partial last window is only placed on a flush), and the map is non-empty
+  and within the cap.
+
+Writes ``soak.csv``, ``soak.png`` and ``soak_summary.json`` into ``--out``; exit code 1
+when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
+from scal3r_ros.tools.processes import rss_bytes, spawn_module, stop_process
+
+NODE = "/scal3r_mapping"
+COLUMNS = ("wall_s", "frames_published", "frames_received", "frames_processed",
+           "queue_length", "frames_dropped", "latency_ms", "node_rss_mb", "map_points",
+           "chunks")  # fmt: skip
+
+
+@dataclass
+class SoakConfig:
+    frames: int = 20000
+    rate: float = 10.0  # camera rate [frames/s]; keep it below the node's processing rate
+    max_points: int = 200_000  # the map store's cap
+    out: str = "output/soak"
+    tiny: bool = False  # tiny random network instead of the oracle
+    chunk: int = 16
+    overlap: int = 8
+    period: float = 1.0  # sampling period [s]
+    warmup: float = 0.2  # fraction of the frames before RSS growth is measured
+    max_growth: float = 0.10
+    timeout: float = 0.0  # seconds for the whole stream; 0: 3 x frames / rate + 300
+    domain_id: int | None = None  # ROS_DOMAIN_ID for all three processes (None: inherited)
+
+
+def placed_frames(n_frames: int, chunk: int, overlap: int) -> int:
+    """Frames in the complete windows of an ``n_frames`` stream (the node places these
+    without a flush), from the engine's own scheduler."""
+    sched = ChunkScheduler(WindowConfig(chunk, overlap))
+    last = 0
+    for _ in range(n_frames):
+        spec = sched.push()
+        if spec is not None:
+            last = max(last, max(spec.frame_ids) + 1)
+    return last
+
+
+def rss_growth(rows: list[dict], n_frames: int, warmup: float) -> tuple[float, float, float]:
+    """(growth fraction, RSS at the end of warm-up, max RSS after) in MiB."""
+    after = [r for r in rows if r["frames_processed"] >= warmup * n_frames]
+    if len(after) < 2:
+        raise RuntimeError("too few samples after warm-up to judge RSS growth")
+    base = after[0]["node_rss_mb"]
+    peak = max(r["node_rss_mb"] for r in after)
+    return (peak - base) / base, base, peak
+
+
+def ply_vertices(path: Path) -> int:
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(b"element vertex"):
+                return int(line.split()[2])
+            if line.strip() == b"end_header":
+                break
+    raise ValueError(f"{path}: no vertex count in the PLY header")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["frames_processed"] for r in rows]
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    series = (("node_rss_mb", "node RSS [MiB]"), ("queue_length", "queue [frames]"),
+              ("latency_ms", "latency [ms]"), ("map_points", "map points"))  # fmt: skip
+    for ax, (key, label) in zip(axes, series, strict=True):
+        ax.plot(x, [r[key] for r in rows], lw=1)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("frames processed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run_soak(cfg: SoakConfig) -> dict:
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from scal3r_ros_msgs.msg import MappingStatus
+    from scal3r_ros_msgs.srv import SaveMap
+    from sensor_msgs.msg import Image
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.domain_id is not None:  # keep other ROS graphs on this machine out
+        os.environ["ROS_DOMAIN_ID"] = str(cfg.domain_id)
+    backend = "tiny" if cfg.tiny else "oracle"
+    node_args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
+                 "-p", f"backend:={backend}", "-p", f"oracle_frames:={cfg.frames}",
+                 "-p", f"max_points:={cfg.max_points}", "-p", f"chunk_size:={cfg.chunk}",
+                 "-p", f"overlap:={cfg.overlap}", "-p", f"output_dir:={out}",
+                 "-p", "save_on_shutdown:=false"]  # fmt: skip
+    node = spawn_module(node_args, out / "node.log")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    watcher = rclpy.create_node("scal3r_soak", context=context)
+    status: list[MappingStatus] = []
+    published = [0]
+
+    def on_status(msg: MappingStatus) -> None:
+        status[:] = [msg]
+
+    def on_image(_msg: Image) -> None:
+        published[0] += 1
+
+    watcher.create_subscription(MappingStatus, f"{NODE}/status", on_status, 10)
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    watcher.create_subscription(Image, "/camera/image_raw", on_image, reliable)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(watcher)
+    camera = None
+    rows: list[dict] = []
+    timeout = cfg.timeout or 3 * cfg.frames / cfg.rate + 300
+
+    def spin_until(cond, limit: float, what: str, sample: bool = False) -> None:
+        deadline = time.monotonic() + limit
+        next_sample = time.monotonic()
+        while not cond():
+            executor.spin_once(timeout_sec=0.05)
+            if node.poll() is not None:
+                log = (out / "node.log").read_text()[-2000:]
+                raise RuntimeError(f"the node exited while {what}:\n{log}")
+            if sample and status and time.monotonic() >= next_sample:
+                next_sample += cfg.period
+                rows.append(_row(status[-1], published[0], node.pid, t0))
+                bar.update(rows[-1]["frames_processed"] - bar.n)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out {what}; see {out / 'node.log'}")
+
+    t0 = time.monotonic()
+    bar = tqdm(total=cfg.frames, desc="soak", unit="frame")
+    try:
+        spin_until(lambda: bool(status), 120, "waiting for the node to start")
+        cam_args = ["scal3r_ros.tools.synthetic_camera", "--frames", str(cfg.frames),
+                    "--rate", str(cfg.rate), "--reliable"]  # fmt: skip
+        camera = spawn_module(cam_args, out / "camera.log")
+        t0 = time.monotonic()
+
+        def done() -> bool:
+            st = status[-1]
+            drained = st.frames_processed + st.frames_dropped >= cfg.frames
+            return drained and st.queue_length == 0 and camera.poll() is not None
+
+        spin_until(done, timeout, "streaming", sample=True)
+        rows.append(_row(status[-1], published[0], node.pid, t0))
+        client = watcher.create_client(SaveMap, f"{NODE}/save_map")
+        client.wait_for_service(timeout_sec=30)
+        future = client.call_async(SaveMap.Request(name="soak", save_map=True,
+                                                   save_trajectory=True))  # fmt: skip
+        spin_until(future.done, 300, "saving the map")
+        saved = future.result()
+        final = status[-1]
+    finally:
+        bar.close()
+        if camera is not None:
+            stop_process(camera)
+        code = stop_process(node)
+        executor.shutdown()
+        watcher.destroy_node()
+        rclpy.shutdown(context=context)
+
+    with open(out / "soak.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    title = (f"soak: {cfg.frames} frames at {cfg.rate:g} Hz, {backend} backend, "
+             f"map cap {cfg.max_points}")  # fmt: skip
+    plot(rows, out / "soak.png", title)
+
+    growth, rss_base, rss_peak = rss_growth(rows, cfg.frames, cfg.warmup)
+    expected = placed_frames(cfg.frames, cfg.chunk, cfg.overlap)
+    traj = out / "soak" / "trajectory_tum.txt"
+    traj_lines = len(np.loadtxt(traj, ndmin=2)) if saved.success and traj.exists() else 0
+    ply = out / "soak" / "map.ply"
+    map_points = ply_vertices(ply) if saved.success and ply.exists() else 0
+    checks = {
+        "rss_growth_below_limit": growth < cfg.max_growth,
+        "no_drops": int(final.frames_dropped) == 0,
+        "all_frames_published_and_received": published[0] == cfg.frames
+        and int(final.frames_received) == cfg.frames,
+        "trajectory_complete": traj_lines == expected,
+        "map_saved_within_cap": 0 < map_points <= cfg.max_points,
+        "node_exit_clean": code == 0,
+    }
+    summary = {
+        "config": asdict(cfg),
+        "backend": final.backend,
+        "wall_s": round(rows[-1]["wall_s"], 1),
+        "frames_published": published[0],
+        "frames_received": int(final.frames_received),
+        "frames_processed": int(final.frames_processed),
+        "frames_dropped": int(final.frames_dropped),
+        "chunks": int(final.chunks_processed),
+        "loop_closures": int(final.loop_closures),
+        "rss_after_warmup_mb": round(rss_base, 1),
+        "rss_peak_after_warmup_mb": round(rss_peak, 1),
+        "rss_growth_after_warmup": round(growth, 4),
+        "latency_ms_median": float(np.median([r["latency_ms"] for r in rows])),
+        "latency_ms_max": float(max(r["latency_ms"] for r in rows)),
+        "queue_max": int(max(r["queue_length"] for r in rows)),
+        "trajectory_lines": traj_lines,
+        "frames_placed_expected": expected,
+        "map_points_saved": map_points,
+        "save_message": saved.message,
+        "node_exit_code": code,
+        "checks": checks,
+        "passed": all(checks.values()),
+        "files": [str(out / n) for n in ("soak.csv", "soak.png", "soak_summary.json")],
+    }
+    (out / "soak_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _row(st, published: int, pid: int, t0: float) -> dict:
+    try:
+        rss = rss_bytes(pid) / 2**20
+    except (OSError, ValueError):  # the node is exiting
+        rss = float("nan")
+    return {
+        "wall_s": round(time.monotonic() - t0, 2),
+        "frames_published": published,
+        "frames_received": int(st.frames_received),
+        "frames_processed": int(st.frames_processed),
+        "queue_length": int(st.queue_length),
+        "frames_dropped": int(st.frames_dropped),
+        "latency_ms": round(float(st.latency_ms), 1),
+        "node_rss_mb": round(rss, 1),
+        "map_points": int(st.map_points),
+        "chunks": int(st.chunks_processed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    d = SoakConfig()
+    p.add_argument("--frames", type=int, default=d.frames)
+    p.add_argument("--rate", type=float, default=d.rate, help="camera rate [frames/s]")
+    p.add_argument("--max-points", type=int, default=d.max_points, help="map cap [points]")
+    p.add_argument("--out", default=d.out, help="output directory")
+    p.add_argument("--tiny", action="store_true", help="tiny random network, not the oracle")
+    p.add_argument("--chunk", type=int, default=d.chunk)
+    p.add_argument("--overlap", type=int, default=d.overlap)
+    p.add_argument("--period", type=float, default=d.period, help="sampling period [s]")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="fraction of frames before RSS growth is measured")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=d.timeout, help="0: 3 x frames/rate + 300")
+    p.add_argument("--domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID for node, camera and watcher (default: inherited)")  # fmt: skip
+    a = p.parse_args(argv)
+    cfg = SoakConfig(frames=a.frames, rate=a.rate, max_points=a.max_points, out=a.out,
+                     tiny=a.tiny, chunk=a.chunk, overlap=a.overlap, period=a.period,
+                     warmup=a.warmup, timeout=a.timeout,
+                     domain_id=a.domain_id)  # fmt: skip
+    try:
+        s = run_soak(cfg)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"[soak] failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"[soak] {s['frames_processed']}/{cfg.frames} frames processed in {s['wall_s']} s, "
+          f"{s['frames_dropped']} dropped, queue max {s['queue_max']}, latency median "
+          f"{s['latency_ms_median']:.0f} ms")  # fmt: skip
+    print(f"[soak] node RSS {s['rss_after_warmup_mb']} MiB after warm-up -> peak "
+          f"{s['rss_peak_after_warmup_mb']} MiB (growth {100 * s['rss_growth_after_warmup']:.1f}%"
+          f"); trajectory {s['trajectory_lines']}/{s['frames_placed_expected']} placed frames; "
+          f"map {s['map_points_saved']} points (cap {cfg.max_points})")  # fmt: skip
+    for k, ok in s["checks"].items():
+        print(f"[soak] {'PASS' if ok else 'FAIL'} {k}")
+    print(f"[soak] files: {', '.join(s['files'])}")
+    return 0 if s["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
