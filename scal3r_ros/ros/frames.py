@@ -91,10 +91,13 @@ class FrameConverter:
     """
 
     def __init__(self, T_base_cam: np.ndarray, scale: float = 1.0) -> None:
-        self.T_base_cam = np.asarray(T_base_cam, dtype=np.float64)
-        self.T_cam_base = rigid_inverse(self.T_base_cam)
+        self.set_mount(T_base_cam)
         self.scale = float(scale)
         self.anchor: np.ndarray | None = None  # inverse of the first frame's engine pose
+
+    def set_mount(self, T_base_cam: np.ndarray) -> None:
+        self.T_base_cam = np.asarray(T_base_cam, dtype=np.float64)
+        self.T_cam_base = rigid_inverse(self.T_base_cam)
 
     def set_anchor(self, c2w_first: np.ndarray) -> None:
         self.anchor = rigid_inverse(np.asarray(c2w_first, dtype=np.float64))

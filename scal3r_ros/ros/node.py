@@ -61,6 +61,7 @@ from scal3r_ros.ros.frames import (
     rigid_inverse,
 )
 from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
+from scal3r_ros.ros.planner_outputs import PlannerOutputs
 from scal3r_ros.ros.worker import MappingWorker
 from scal3r_ros.share import config_file
 
@@ -135,6 +136,7 @@ class MappingNode(Node):
             window=WindowConfig(chunk_size=cfg.chunk_size, overlap=cfg.overlap),
             gcs_mode=cfg.gcs_mode,
             loop_closure=cfg.loop_closure,
+            frame_clouds=cfg.sensor_cloud_enabled,
             map=MapConfig(voxel_size=cfg.voxel_size, conf_ratio=cfg.confidence_ratio,
                           max_points=cfg.max_points),
         )  # fmt: skip
@@ -147,6 +149,7 @@ class MappingNode(Node):
         )
         self.converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
         self._mount_decided = False
+        self.planner = PlannerOutputs(self, cfg, self.converter)
 
         # --- outputs
         self.pub_tf = self.create_publisher(TFMessage, "/tf", qos.TF)
@@ -309,7 +312,7 @@ class MappingNode(Node):
         cam_frame = self.cfg.camera_frame or cam
         T = self._static_chain(cam_frame) if self.cfg.use_tf_static else None
         if T is not None:
-            self.converter = FrameConverter(T, self.converter.scale)
+            self.converter.set_mount(T)
             self.get_logger().info(
                 f"camera mount {self.cfg.base_frame} -> {cam_frame} taken from /tf_static"
             )
@@ -324,12 +327,25 @@ class MappingNode(Node):
             with self._lock:
                 self._reset_node_state()
                 self.converter.anchor = None
+            self.planner.reset()
 
         self.worker.request("reset", done)
 
     def _on_events(self, events: list[MapUpdate]) -> None:
         """Called on the worker thread after each chunk."""
         cfg = self.cfg
+        engine = self.worker.engine
+        if self.converter.anchor is None:  # the map frame is fixed by the first pose
+            for ev in events:
+                if isinstance(ev, PosesUpdate) and len(ev.frame_ids):
+                    self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+                    break
+        newest = max(
+            (int(s) for ev in events if isinstance(ev, PosesUpdate) for s in ev.stamps_ns),
+            default=self._frame_stamp.get(self._last_fid, 0),
+        )
+        if self.planner.on_events(events, engine, _stamp_msg(newest)):
+            self._rescale(engine)  # scale changed: re-express everything published so far
         for ev in events:
             if isinstance(ev, PosesUpdate):
                 self._on_poses(ev)
@@ -353,7 +369,6 @@ class MappingNode(Node):
             elif isinstance(ev, StatsUpdate):
                 with self._lock:
                     self._timings, self._memory = dict(ev.timings), dict(ev.memory)
-        engine = self.worker.engine
         now = time.monotonic()
         if (
             engine is not None
@@ -373,8 +388,6 @@ class MappingNode(Node):
 
     def _on_poses(self, ev: PosesUpdate) -> None:
         cfg = self.cfg
-        if self.converter.anchor is None:
-            self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
         T_map_base = self.converter.base_poses(ev.c2w)
         transforms = []
         for fid, stamp_ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(), T_map_base,
@@ -406,6 +419,14 @@ class MappingNode(Node):
             _pose_fields(ps.pose, self._map_pose[fid])
             path.poses.append(ps)
         self.pub_path.publish(path)
+
+    def _rescale(self, engine: MappingEngine) -> None:
+        """Re-express the path in the new scale; the map is re-published next."""
+        ids, stamps, c2w = engine.poses()
+        for fid, T in zip(ids.tolist(), self.converter.base_poses(c2w), strict=True):
+            self._map_pose[fid] = T
+        self._map_dirty = True
+        self._last_map_pub = 0.0
 
     def _publish_odometry(self, fid: int, stamp_ns: int) -> None:
         T = self._odom_pose[fid]
@@ -457,9 +478,10 @@ class MappingNode(Node):
         msg.device = self.device_name
         msg.backend = self.backend_name
         msg.gcs_mode = self.cfg.gcs_mode
+        est = self.planner.estimate
         msg.scale_source = self.cfg.scale_source
         msg.scale = self.converter.scale
-        msg.scale_confidence = 0.0
+        msg.scale_confidence = float(est.confidence)
         if errors and msg.last_error and not busy and s.chunks == 0:
             msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
         elif msg.chunks_processed == 0:
@@ -480,6 +502,8 @@ class MappingNode(Node):
         elif drops:
             level = DiagnosticStatus.WARN
             text = "dropped frames: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+        elif self.cfg.scale_source != "none" and not self.planner.estimate.ok:
+            level, text = DiagnosticStatus.WARN, f"scale: {self.planner.estimate.status}"
         diag.level, diag.message = level, text
         values = {
             "frames_received": msg.frames_received, "frames_processed": msg.frames_processed,
@@ -490,6 +514,8 @@ class MappingNode(Node):
             "map_points": msg.map_points, "loop_closures": msg.loop_closures,
             "degenerate_alignments": self._degenerate, "backend": msg.backend,
             "gcs_mode": msg.gcs_mode, "scale_source": msg.scale_source,
+            "scale": f"{msg.scale:.6g}", "scale_confidence": f"{msg.scale_confidence:.2f}",
+            "scale_status": self.planner.estimate.status,
         }  # fmt: skip
         values.update({f"dropped_{k}": v for k, v in drops.items()})
         diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
@@ -539,6 +565,8 @@ class MappingNode(Node):
             T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
             atomic("trajectory_tum.txt", lambda p: write_poses(p, stamps, T, "tum"))
             atomic("trajectory_kitti.txt", lambda p: write_poses(p, stamps, T, "kitti"))
+        if save_map:
+            written += self.planner.save(target)
         return written
 
     def shutdown(self) -> None:

@@ -19,6 +19,8 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from scal3r_ros.mapping.scale import SCALE_SOURCES
+
 BACKENDS = ("scal3r", "tiny", "oracle")
 GCS_ONLINE_MODES = ("causal", "off")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -67,7 +69,23 @@ class NodeConfig:
     status_period: float = 0.5
     output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
     save_on_shutdown: bool = True
+    # --- planner outputs: metric scale, sensor-frame clouds, occupancy grid
     scale_source: str = "none"
+    camera_height_m: float = 1.65
+    scale_odometry_topic: str = "/odom"
+    scale_odometry_window_s: float = 10.0
+    stereo_baseline_m: float = 0.0
+    sensor_cloud_enabled: bool = False
+    sensor_cloud_frames: str = "all"
+    sensor_cloud_every_n: int = 5
+    sensor_cloud_voxel_size: float = 0.1
+    sensor_cloud_max_points: int = 20000
+    sensor_cloud_max_depth: float = 40.0
+    occupancy_enabled: bool = False
+    occupancy_resolution: float = 0.2
+    occupancy_ground_band: float = 0.15
+    occupancy_obstacle_min: float = 0.15
+    occupancy_obstacle_max: float = 2.0
     # --- oracle backend (synthetic drive known to the node; tests and the demo)
     oracle_seed: int = 0
     oracle_frames: int = 200
@@ -104,8 +122,16 @@ class NodeConfig:
             problems.append("camera_xyz and camera_rpy need 3 numbers each")
         if len({self.map_frame, self.odom_frame, self.base_frame}) != 3:
             problems.append("map_frame, odom_frame and base_frame must differ")
-        if self.scale_source != "none":
-            problems.append(f"scale_source {self.scale_source!r} is not available yet")
+        if self.scale_source not in SCALE_SOURCES:
+            problems.append(f"scale_source must be one of {SCALE_SOURCES}, got "
+                            f"{self.scale_source!r}")  # fmt: skip
+        if self.occupancy_enabled and self.scale_source == "none":
+            problems.append("occupancy_enabled needs a metric scale: set scale_source "
+                            "(camera_height, odometry or stereo)")  # fmt: skip
+        if self.sensor_cloud_frames not in ("all", "every_n", "newest"):
+            problems.append("sensor_cloud_frames must be all, every_n or newest")
+        if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
+            problems.append("need occupancy_obstacle_min < occupancy_obstacle_max")
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
 
@@ -213,7 +239,73 @@ _DOC: dict[str, tuple[str, dict]] = {
         {"read_only": True},
     ),
     "save_on_shutdown": ("save map and trajectory when the node stops", {}),
-    "scale_source": ("metric scale: none (arbitrary scale)", {"read_only": True}),
+    "scale_source": (
+        "metric scale: none (arbitrary), camera_height (ground plane), odometry "
+        "(reference nav_msgs/Odometry) or stereo (second camera, known baseline)",
+        {"read_only": True},
+    ),
+    "camera_height_m": (
+        "camera height above the ground [m] (camera_height scale, grid ground)",
+        {"read_only": True, "float_range": (0.01, 100.0)},
+    ),
+    "scale_odometry_topic": (
+        "nav_msgs/Odometry used by the odometry scale source",
+        {"read_only": True},
+    ),
+    "scale_odometry_window_s": (
+        "sliding window of the odometry scale source [s]",
+        {"read_only": True, "float_range": (0.5, 600.0)},
+    ),
+    "stereo_baseline_m": (
+        "stereo baseline [m]; 0 = from the second camera_info topic's P",
+        {"read_only": True, "float_range": (0.0, 10.0)},
+    ),
+    "sensor_cloud_enabled": (
+        "publish ~/sensor_cloud: per-frame clouds in the camera optical "
+        "frame at the image stamp (for costmap obstacle layers)",
+        {"read_only": True},
+    ),
+    "sensor_cloud_frames": (
+        "which frames get a sensor cloud: all, every_n or newest (one per window)",
+        {"read_only": True},
+    ),
+    "sensor_cloud_every_n": (
+        "with sensor_cloud_frames every_n: every n-th frame",
+        {"read_only": True, "int_range": (1, 1000)},
+    ),
+    "sensor_cloud_voxel_size": (
+        "sensor cloud voxel size [m, or map units without scale]",
+        {"read_only": True, "float_range": (0.0, 10.0)},
+    ),
+    "sensor_cloud_max_points": (
+        "cap on points per sensor cloud",
+        {"read_only": True, "int_range": (1, 10_000_000)},
+    ),
+    "sensor_cloud_max_depth": (
+        "drop sensor-cloud points farther than this [m]; 0: no limit",
+        {"read_only": True, "float_range": (0.0, 10000.0)},
+    ),
+    "occupancy_enabled": (
+        "publish ~/grid (nav_msgs/OccupancyGrid in map) and save it with the "
+        "map; needs a scale_source",
+        {"read_only": True},
+    ),
+    "occupancy_resolution": (
+        "grid cell size [m]",
+        {"read_only": True, "float_range": (0.01, 10.0)},
+    ),
+    "occupancy_ground_band": (
+        "points within this height of the ground are ground [m]",
+        {"read_only": True, "float_range": (0.0, 5.0)},
+    ),
+    "occupancy_obstacle_min": (
+        "lowest obstacle height above ground [m]",
+        {"read_only": True, "float_range": (0.0, 10.0)},
+    ),
+    "occupancy_obstacle_max": (
+        "highest obstacle height above ground [m] (higher: ignored, e.g. trees, bridges)",
+        {"read_only": True, "float_range": (0.0, 100.0)},
+    ),
     "oracle_seed": ("oracle backend: seed of the synthetic drive", {"read_only": True}),
     "oracle_frames": ("oracle backend: frames in the synthetic drive", {"read_only": True}),
     "oracle_width": ("oracle backend: image width", {"read_only": True}),
