@@ -140,9 +140,10 @@ def test_rviz_config_shows_the_node_outputs_in_map():
     assert rviz["Global Options"]["Fixed Frame"] == "map"
     topics = {d["Topic"]["Value"]: d for d in rviz["Displays"] if "Topic" in d}
     assert set(topics) == {"/scal3r_mapping/map", "/scal3r_mapping/cloud",
-                           "/scal3r_mapping/path", "/scal3r_mapping/odometry"}  # fmt: skip
+                           "/scal3r_mapping/path", "/scal3r_mapping/odometry",
+                           "/scal3r_mapping/grid", "/scal3r_mapping/sensor_cloud"}  # fmt: skip
     # latched outputs need a transient-local subscription, or RViz shows nothing
-    for latched in ("/scal3r_mapping/map", "/scal3r_mapping/path"):
+    for latched in ("/scal3r_mapping/map", "/scal3r_mapping/path", "/scal3r_mapping/grid"):
         assert topics[latched]["Topic"]["Durability Policy"] == "Transient Local"
     assert topics["/scal3r_mapping/map"]["Color Transformer"] == "RGB8"
     assert any(d["Class"] == "rviz_default_plugins/TF" for d in rviz["Displays"])

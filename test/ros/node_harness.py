@@ -71,10 +71,13 @@ class Recorder:
             (f"{NODE}/status", MappingStatus, rel),
             ("/diagnostics", DiagnosticArray, rel),
         ):
-            self.node.create_subscription(typ, topic, lambda m, t=topic: self.msgs[t].append(m),
-                                          qos)  # fmt: skip
+            self.subscribe(topic, typ, qos)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+
+    def subscribe(self, topic: str, typ, qos=None) -> None:
+        qos = qos or QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(typ, topic, lambda m: self.msgs[topic].append(m), qos)
 
     def spin_until(self, cond: Callable[[], bool], timeout: float, procs=()) -> bool:
         deadline = time.monotonic() + timeout
