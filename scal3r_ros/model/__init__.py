@@ -10,11 +10,32 @@ from .checkpoint import CheckpointError, LoadReport, load_checkpoint, load_scal3
 from .config import PRESETS, Scal3RConfig, get_config
 from .gcm import FastWeights, GCMGrads
 from .gcs import GCSState, run_chunk, run_synchronous
+from .heads import CameraHead, DPTHead
+from .pose_encoding import (
+    extrinsics_to_c2w,
+    pose_encoding_to_c2w_intri,
+    pose_encoding_to_extri_intri,
+)
+from .preprocess import (
+    PreprocessConfig,
+    compute_target_size,
+    preprocess_batch,
+    preprocess_sequence_reference,
+)
 from .scal3r import Scal3R, Scal3ROutput
 
 __all__ = [
     "PRESETS",
+    "CameraHead",
     "CheckpointError",
+    "DPTHead",
+    "PreprocessConfig",
+    "compute_target_size",
+    "extrinsics_to_c2w",
+    "pose_encoding_to_c2w_intri",
+    "pose_encoding_to_extri_intri",
+    "preprocess_batch",
+    "preprocess_sequence_reference",
     "FastWeights",
     "GCMGrads",
     "GCSState",
