@@ -53,6 +53,8 @@ setup(
             "scal3r_demo = scal3r_ros.tools.demo:main",
             "scal3r_evaluate = scal3r_ros.tools.evaluate:main",
             "scal3r_offline = scal3r_ros.tools.offline:main",
+            "scal3r_bench = scal3r_ros.tools.bench:main",
+            "scal3r_soak = scal3r_ros.tools.soak:main",
         ],
     },
 )

@@ -423,8 +423,10 @@ class MappingNode(Node):
     def _rescale(self, engine: MappingEngine) -> None:
         """Re-express the path in the new scale; the map is re-published next."""
         ids, stamps, c2w = engine.poses()
-        for fid, T in zip(ids.tolist(), self.converter.base_poses(c2w), strict=True):
+        for fid, stamp, T in zip(ids.tolist(), stamps.tolist(), self.converter.base_poses(c2w),
+                                 strict=True):  # fmt: skip
             self._map_pose[fid] = T
+            self._frame_stamp[fid] = stamp
         self._map_dirty = True
         self._last_map_pub = 0.0
 
@@ -620,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():  # a real error; a signal's shutdown surfaces as errors of the wait set
+            raise
     finally:
         node.shutdown()
         executor.shutdown()

@@ -199,6 +199,13 @@ class MappingWorker:
                     f"window {f.chunk_id} failed (attempt {f.attempt}, "
                     f"{'will retry' if f.will_retry else 'skipped'}): {f.error}"
                 )
-            self._sink(events)
+            try:
+                self._sink(events)
+            except Exception as exc:  # publishing failed: report it, keep mapping
+                msg = f"publishing failed: {type(exc).__name__}: {exc}"
+                with self._cond:
+                    self.stats.errors += 1
+                    self.stats.last_error = msg
+                self._on_error(msg + "\n" + traceback.format_exc(limit=4))
         if kind != "frame" and callable(item):
             item(events)

@@ -91,6 +91,8 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
                          "--rate", str(rate), "--reliable"], out / "camera.log")  # fmt: skip
         last_print = 0.0
 
+        progress = {"n": -1, "since": time.monotonic()}
+
         def mapped() -> bool:
             nonlocal last_print
             st = status[-1]
@@ -99,8 +101,13 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
                 print(f"[demo] frames {st.frames_processed}/{frames}, chunks "
                       f"{st.chunks_processed}, map points {st.map_points}, loops "
                       f"{st.loop_closures}", flush=True)  # fmt: skip
-            done = st.frames_processed + st.frames_dropped >= frames and st.queue_length == 0
-            return done and camera.poll() is not None
+            n = st.frames_processed + st.frames_dropped
+            if n != progress["n"]:
+                progress.update(n=n, since=time.monotonic())
+            if camera.poll() is None or st.queue_length:
+                return False
+            # everything accounted for, or nothing more arriving (frames lost on the way)
+            return n >= frames or time.monotonic() - progress["since"] > 10.0
 
         spin_until(mapped, timeout, "mapping the drive")
         client = watcher.create_client(SaveMap, f"{NODE}/save_map")
@@ -136,6 +143,7 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
     }
     summary.update(
         backend=final.backend, device=final.device, frames=frames,
+        frames_received=int(final.frames_received),
         frames_processed=int(final.frames_processed), frames_dropped=int(final.frames_dropped),
         chunks=int(final.chunks_processed), loop_closures=int(final.loop_closures),
         map_points=int(final.map_points), node_exit_code=code, wall_time_s=round(wall, 1),

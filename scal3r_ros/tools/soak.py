@@ -2,16 +2,18 @@
 
 Starts the mapping node (oracle backend by default, ``--tiny`` for the tiny random
 network) and the synthetic camera as separate processes, as ``scal3r_demo`` does, and
-samples over time into ``soak.csv``: frames published (counted on the image topic),
-received, processed, dropped, queue length, latency (the node's ``~/status``), the node
-process's RSS (``/proc/<pid>/status``) and map points. At the end it saves the map and
-trajectory through the node's service and checks:
+samples over time into ``soak.csv``: frames received, processed, dropped, queue length,
+pose latency (wall time from the camera's publishing schedule to the newest placed frame
+in the node's ``~/status``), the node process's RSS (``/proc/<pid>/status``) and
+map points. At the end it saves the map and trajectory through the node's service and
+checks:
 
 - host RSS growth after warm-up < 10% (the map store's cap in force: ``--max-points``);
 - no frame dropped (meaningful when ``--rate`` is below the node's processing rate);
+- the camera published and the node received every frame;
 - the saved trajectory has one line per placed frame (every frame of the complete
-  windows; the partial last window is only placed on a flush), and the map is non-empty
-  and within the cap.
+  windows over the frames processed; the partial last window is only placed on a
+  flush), and the map is non-empty and within the cap.
 
 Writes ``soak.csv``, ``soak.png`` and ``soak_summary.json`` into ``--out``; exit code 1
 when a check fails.
@@ -23,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,13 +34,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from scal3r_ros.mapping.synthetic import SyntheticConfig
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.tools.processes import rss_bytes, spawn_module, stop_process
 
 NODE = "/scal3r_mapping"
-COLUMNS = ("wall_s", "frames_published", "frames_received", "frames_processed",
-           "queue_length", "frames_dropped", "latency_ms", "node_rss_mb", "map_points",
-           "chunks")  # fmt: skip
+COLUMNS = ("wall_s", "frames_received", "frames_processed", "queue_length", "frames_dropped",
+           "newest_placed_frame", "latency_ms", "node_rss_mb", "map_points", "chunks")  # fmt: skip
 
 
 @dataclass
@@ -54,6 +57,9 @@ class SoakConfig:
     max_growth: float = 0.10
     timeout: float = 0.0  # seconds for the whole stream; 0: 3 x frames / rate + 300
     domain_id: int | None = None  # ROS_DOMAIN_ID for all three processes (None: inherited)
+    stall_s: float = 120.0  # fail when frames wait but none is processed for this long
+    params: tuple[str, ...] = ()  # extra node parameters, NAME:=VALUE
+    settle_s: float = 10.0  # after the camera exits: wait this long for late frames
 
 
 def placed_frames(n_frames: int, chunk: int, overlap: int) -> int:
@@ -76,6 +82,14 @@ def rss_growth(rows: list[dict], n_frames: int, warmup: float) -> tuple[float, f
     base = after[0]["node_rss_mb"]
     peak = max(r["node_rss_mb"] for r in after)
     return (peak - base) / base, base, peak
+
+
+def camera_published(log: Path) -> int:
+    """Frames the camera says it published (its last log line); 0 when it did not finish.
+    (The watcher does not subscribe to the images: the camera starts streaming when its
+    first subscriber appears, and that must be the node.)"""
+    m = re.search(r"published (\d+) frames", log.read_text())
+    return int(m.group(1)) if m else 0
 
 
 def ply_vertices(path: Path) -> int:
@@ -111,10 +125,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def run_soak(cfg: SoakConfig) -> dict:
     import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from scal3r_ros_msgs.msg import MappingStatus
     from scal3r_ros_msgs.srv import SaveMap
-    from sensor_msgs.msg import Image
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,22 +138,18 @@ def run_soak(cfg: SoakConfig) -> dict:
                  "-p", f"max_points:={cfg.max_points}", "-p", f"chunk_size:={cfg.chunk}",
                  "-p", f"overlap:={cfg.overlap}", "-p", f"output_dir:={out}",
                  "-p", "save_on_shutdown:=false"]  # fmt: skip
+    for param in cfg.params:
+        node_args += ["-p", param]
     node = spawn_module(node_args, out / "node.log")
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(args=[], context=context)
     watcher = rclpy.create_node("scal3r_soak", context=context)
     status: list[MappingStatus] = []
-    published = [0]
 
     def on_status(msg: MappingStatus) -> None:
         status[:] = [msg]
 
-    def on_image(_msg: Image) -> None:
-        published[0] += 1
-
     watcher.create_subscription(MappingStatus, f"{NODE}/status", on_status, 10)
-    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    watcher.create_subscription(Image, "/camera/image_raw", on_image, reliable)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(watcher)
     camera = None
@@ -151,17 +159,29 @@ def run_soak(cfg: SoakConfig) -> dict:
     def spin_until(cond, limit: float, what: str, sample: bool = False) -> None:
         deadline = time.monotonic() + limit
         next_sample = time.monotonic()
+        progress = (-1, time.monotonic())  # (frames processed, when it last changed)
         while not cond():
             executor.spin_once(timeout_sec=0.05)
+            if not context.ok():  # rclpy took the SIGINT: stop the children, then leave
+                raise KeyboardInterrupt
             if node.poll() is not None:
                 log = (out / "node.log").read_text()[-2000:]
                 raise RuntimeError(f"the node exited while {what}:\n{log}")
             if sample and status and time.monotonic() >= next_sample:
                 next_sample += cfg.period
-                rows.append(_row(status[-1], published[0], node.pid, t0))
+                rows.append(_row(status[-1], node.pid, t0))
                 bar.update(rows[-1]["frames_processed"] - bar.n)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out {what}; see {out / 'node.log'}")
+            if sample and status:
+                st = status[-1]
+                if st.frames_processed != progress[0]:
+                    progress = (st.frames_processed, time.monotonic())
+                elif (st.frames_received > st.frames_processed + st.frames_dropped
+                      and time.monotonic() - progress[1] > cfg.stall_s):  # fmt: skip
+                    log = (out / "node.log").read_text()[-2000:]
+                    raise RuntimeError(f"the node stopped processing ({st.frames_processed} "
+                                       f"frames) while {what}:\n{log}")  # fmt: skip
 
     t0 = time.monotonic()
     bar = tqdm(total=cfg.frames, desc="soak", unit="frame")
@@ -172,13 +192,21 @@ def run_soak(cfg: SoakConfig) -> dict:
         camera = spawn_module(cam_args, out / "camera.log")
         t0 = time.monotonic()
 
+        last_rx = [-1, time.monotonic()]  # frames received, when it last changed
+
         def done() -> bool:
             st = status[-1]
-            drained = st.frames_processed + st.frames_dropped >= cfg.frames
-            return drained and st.queue_length == 0 and camera.poll() is not None
+            if st.frames_received != last_rx[0]:
+                last_rx[:] = [st.frames_received, time.monotonic()]
+            if camera.poll() is None or st.queue_length:
+                return False
+            handled = st.frames_processed + st.frames_dropped
+            # frames lost in transport never arrive: settle once nothing came for a while
+            settled = time.monotonic() - last_rx[1] > cfg.settle_s
+            return handled >= cfg.frames or (settled and handled >= st.frames_received)
 
         spin_until(done, timeout, "streaming", sample=True)
-        rows.append(_row(status[-1], published[0], node.pid, t0))
+        rows.append(_row(status[-1], node.pid, t0))
         client = watcher.create_client(SaveMap, f"{NODE}/save_map")
         client.wait_for_service(timeout_sec=30)
         future = client.call_async(SaveMap.Request(name="soak", save_map=True,
@@ -193,8 +221,9 @@ def run_soak(cfg: SoakConfig) -> dict:
         code = stop_process(node)
         executor.shutdown()
         watcher.destroy_node()
-        rclpy.shutdown(context=context)
+        rclpy.try_shutdown(context=context)
 
+    estimate_latency(rows, cfg.rate)
     with open(out / "soak.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
@@ -203,8 +232,10 @@ def run_soak(cfg: SoakConfig) -> dict:
              f"map cap {cfg.max_points}")  # fmt: skip
     plot(rows, out / "soak.png", title)
 
+    published = camera_published(out / "camera.log")
+    lat = [r["latency_ms"] for r in rows if np.isfinite(r["latency_ms"])]
     growth, rss_base, rss_peak = rss_growth(rows, cfg.frames, cfg.warmup)
-    expected = placed_frames(cfg.frames, cfg.chunk, cfg.overlap)
+    expected = placed_frames(int(final.frames_processed), cfg.chunk, cfg.overlap)
     traj = out / "soak" / "trajectory_tum.txt"
     traj_lines = len(np.loadtxt(traj, ndmin=2)) if saved.success and traj.exists() else 0
     ply = out / "soak" / "map.ply"
@@ -212,7 +243,7 @@ def run_soak(cfg: SoakConfig) -> dict:
     checks = {
         "rss_growth_below_limit": growth < cfg.max_growth,
         "no_drops": int(final.frames_dropped) == 0,
-        "all_frames_published_and_received": published[0] == cfg.frames
+        "all_frames_published_and_received": published == cfg.frames
         and int(final.frames_received) == cfg.frames,
         "trajectory_complete": traj_lines == expected,
         "map_saved_within_cap": 0 < map_points <= cfg.max_points,
@@ -222,7 +253,7 @@ def run_soak(cfg: SoakConfig) -> dict:
         "config": asdict(cfg),
         "backend": final.backend,
         "wall_s": round(rows[-1]["wall_s"], 1),
-        "frames_published": published[0],
+        "frames_published": published,
         "frames_received": int(final.frames_received),
         "frames_processed": int(final.frames_processed),
         "frames_dropped": int(final.frames_dropped),
@@ -231,8 +262,8 @@ def run_soak(cfg: SoakConfig) -> dict:
         "rss_after_warmup_mb": round(rss_base, 1),
         "rss_peak_after_warmup_mb": round(rss_peak, 1),
         "rss_growth_after_warmup": round(growth, 4),
-        "latency_ms_median": float(np.median([r["latency_ms"] for r in rows])),
-        "latency_ms_max": float(max(r["latency_ms"] for r in rows)),
+        "latency_ms_median": float(np.median(lat)) if lat else float("nan"),
+        "latency_ms_max": float(max(lat)) if lat else float("nan"),
         "queue_max": int(max(r["queue_length"] for r in rows)),
         "trajectory_lines": traj_lines,
         "frames_placed_expected": expected,
@@ -247,19 +278,40 @@ def run_soak(cfg: SoakConfig) -> dict:
     return summary
 
 
-def _row(st, published: int, pid: int, t0: float) -> dict:
+def _frame_index(stamp) -> int:
+    """Drive frame index of a synthetic stamp (the drive's clock: ``fps``, ``start``)."""
+    c = SyntheticConfig()
+    ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return int(round((ns - c.start_stamp_ns) * c.fps / 1e9)) if ns >= c.start_stamp_ns else -1
+
+
+def estimate_latency(rows: list[dict], rate: float) -> None:
+    """Pose latency [ms] per sample, in wall time: sample time minus the time the camera
+    published the newest placed frame. The camera publishes frame i at ``t0 + i / rate``;
+    ``t0`` is bounded from the samples (a frame counted as received was published before
+    the sample). Resolution: the node's status period and the sampling period."""
+    got = [r["wall_s"] - (r["frames_received"] - 1) / rate for r in rows if r["frames_received"]]
+    if not got:
+        return
+    t0 = min(got)
+    for r in rows:
+        if r["newest_placed_frame"] >= 0:
+            r["latency_ms"] = round(1e3 * (r["wall_s"] - t0 - r["newest_placed_frame"] / rate), 1)
+
+
+def _row(st, pid: int, t0: float) -> dict:
     try:
         rss = rss_bytes(pid) / 2**20
     except (OSError, ValueError):  # the node is exiting
         rss = float("nan")
     return {
         "wall_s": round(time.monotonic() - t0, 2),
-        "frames_published": published,
         "frames_received": int(st.frames_received),
         "frames_processed": int(st.frames_processed),
         "queue_length": int(st.queue_length),
         "frames_dropped": int(st.frames_dropped),
-        "latency_ms": round(float(st.latency_ms), 1),
+        "newest_placed_frame": _frame_index(st.header.stamp),
+        "latency_ms": float("nan"),  # filled in by estimate_latency
         "node_rss_mb": round(rss, 1),
         "map_points": int(st.map_points),
         "chunks": int(st.chunks_processed),
@@ -281,17 +333,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="fraction of frames before RSS growth is measured")  # fmt: skip
     p.add_argument("--timeout", type=float, default=d.timeout, help="0: 3 x frames/rate + 300")
     p.add_argument("--domain-id", type=int, default=None,
-                   help="ROS_DOMAIN_ID for node, camera and watcher (default: inherited)")  # fmt: skip
+                   help="ROS_DOMAIN_ID of node, camera, watcher (default: inherited)")  # fmt: skip
+    p.add_argument("--stall", type=float, default=d.stall_s,
+                   help="fail when no frame is processed for this long [s]")  # fmt: skip
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra node parameter (repeatable)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = SoakConfig(frames=a.frames, rate=a.rate, max_points=a.max_points, out=a.out,
                      tiny=a.tiny, chunk=a.chunk, overlap=a.overlap, period=a.period,
                      warmup=a.warmup, timeout=a.timeout,
-                     domain_id=a.domain_id)  # fmt: skip
+                     domain_id=a.domain_id, stall_s=a.stall, params=tuple(a.param))  # fmt: skip
     try:
         s = run_soak(cfg)
     except (RuntimeError, TimeoutError) as exc:
         print(f"[soak] failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("[soak] interrupted", file=sys.stderr)
+        return 130
     print(f"[soak] {s['frames_processed']}/{cfg.frames} frames processed in {s['wall_s']} s, "
           f"{s['frames_dropped']} dropped, queue max {s['queue_max']}, latency median "
           f"{s['latency_ms_median']:.0f} ms")  # fmt: skip

@@ -12,6 +12,7 @@ import sys
 import time
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rclpy.init(args=ros_args)
     node = rclpy.create_node("scal3r_synthetic_camera")
-    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if args.reliable
+    # reliable: a deep history, so a busy subscriber gets every frame rather than the newest
+    qos = QoSProfile(depth=200 if args.reliable else 10,
+                     reliability=ReliabilityPolicy.RELIABLE if args.reliable
                      else ReliabilityPolicy.BEST_EFFORT)  # fmt: skip
     pub = node.create_publisher(Image, args.topic, qos)
     info_topic = args.topic.rsplit("/", 1)[0] + "/camera_info"
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             pub.publish(rgb_to_image(rgb, stamp, args.frame_id))
             t_next += period
             time.sleep(max(0.0, t_next - time.monotonic()))
+        if args.reliable:  # do not exit before the last frames are delivered
+            pub.wait_for_all_acked(Duration(seconds=30))
         print(f"[scal3r_synthetic_camera] published {drive.n_frames} frames", flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

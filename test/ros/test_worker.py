@@ -153,3 +153,25 @@ def test_window_failures_reported_by_the_engine_are_counted(make_worker):
     wait_until(lambda: w.stats.processed == 1 and events)
     assert w.stats.errors == 1 and "out of memory" in w.stats.last_error
     assert "will retry" in errors[0]
+
+
+def test_a_failing_sink_is_reported_and_the_worker_keeps_going():
+    eng = FakeEngine()
+    calls = []
+
+    def sink(events):
+        calls.append(events)
+        if len(calls) == 1:
+            raise KeyError(17)
+
+    errors = []
+    w = MappingWorker(lambda: eng, sink, on_error=errors.append)
+    w.start()
+    try:
+        for i in range(4):
+            w.submit(frame(i))
+        wait_until(lambda: len(calls) == 2)
+        assert w.stats.errors == 1 and "KeyError" in w.stats.last_error
+        assert "publishing failed" in errors[0] and eng.seen == [0, 1, 2, 3]
+    finally:
+        w.stop()

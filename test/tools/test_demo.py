@@ -16,6 +16,7 @@ def test_demo_writes_map_trajectory_plot_and_ate(tmp_path, capsys, monkeypatch):
     assert "running the ORACLE backend" in out and "ATE (Sim(3)-aligned)" in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["backend"] == "oracle" and summary["frames_dropped"] == 0
+    assert summary["frames_received"] == 120  # every published frame arrived
     assert summary["matched_poses"] == summary["frames_processed"] >= 112
     # a drifting oracle (0.15 deg/frame bends) stays within a few % of the path
     assert summary["ate_rmse_m"] < 0.05 * summary["path_length_m"]
