@@ -127,7 +127,7 @@ class LoopDetectorConfig:
     nms_radius: int = 25
     nms_delay: int | None = None  # frames to wait before finalising; None = nms_radius
     center: bool = False  # subtract the running mean descriptor (pooled backbone tokens)
-    capacity: int = 5000  # descriptors kept; older ones are thinned when full
+    capacity: int = 2000  # descriptors kept (thumbnails: 16 KB each); older ones thinned
     db_stride: int = 1  # store every n-th frame (queries still run on every frame)
 
     @staticmethod
@@ -191,7 +191,8 @@ class LoopDetector:
             self._desc[:m] = self._desc[keep]
             self._ids[:m] = self._ids[keep]
             self._n = m
-        self._desc[self._n] = d
+        # without centring the normalisation never changes: store normalised once
+        self._desc[self._n] = d if c.center else self._normalise(d)
         self._ids[self._n] = frame
         self._n += 1
 
@@ -207,17 +208,18 @@ class LoopDetector:
         c = self.config
         if self._n == 0 or self._desc is None:
             return []
-        eligible = np.nonzero(self._ids[: self._n] < frame - c.min_gap)[0]
-        if eligible.size == 0:
+        # ids increase, so the eligible (old enough) frames are a prefix: no copy
+        k_end = int(np.searchsorted(self._ids[: self._n], frame - c.min_gap))
+        if k_end == 0:
             return []
         q = self._normalise(np.asarray(descriptor, np.float32).reshape(-1))
-        db = self._normalise(self._desc[eligible])
+        db = self._normalise(self._desc[:k_end]) if c.center else self._desc[:k_end]
         sims = db @ q
         k = min(c.top_k, sims.size)
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top])]
         return [
-            LoopCandidate(int(frame), int(self._ids[eligible[t]]), float(sims[t]))
+            LoopCandidate(int(frame), int(self._ids[t]), float(sims[t]))
             for t in top
             if sims[t] > c.similarity_threshold
         ]
