@@ -9,5 +9,5 @@ if ! { [ -x .venv/bin/python ] && .venv/bin/python -c 'import scal3r_ros_msgs.ms
   scripts/setup.sh
 fi
 # shellcheck disable=SC1091
-source scripts/env.sh
+source scripts/env.sh "${SCAL3R_VENV:-$ROOT/.venv}"
 exec python -m scal3r_ros.tools.demo "$@"

@@ -5,7 +5,9 @@
 # With a real ROS 2 install (apt + colcon), source that install's setup.bash instead.
 
 _scal3r_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
-_scal3r_venv="${1:-${SCAL3R_VENV:-$_scal3r_root/.venv}}"
+# (a script that sources this passes its own arguments along: take $1 only if it is a dir)
+_scal3r_venv="${SCAL3R_VENV:-$_scal3r_root/.venv}"
+if [ -n "${1:-}" ] && [ -d "$1" ]; then _scal3r_venv="$1"; fi
 if [ ! -x "$_scal3r_venv/bin/python" ]; then
   echo "env.sh: no venv at $_scal3r_venv (run scripts/setup.sh first)" >&2
   unset _scal3r_root _scal3r_venv

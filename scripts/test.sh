@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck disable=SC1091
-source scripts/env.sh
+source scripts/env.sh "${SCAL3R_VENV:-$ROOT/.venv}"
 ruff check .
 ruff format --check .
 python -m pytest "$@"
