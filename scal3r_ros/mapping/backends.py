@@ -87,7 +87,12 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
     if spec.dtype not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"dtype must be auto, float32 or bfloat16, got {spec.dtype!r}")
     bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and dev.type == "cuda")
-    cfg = Scal3RBackendConfig(device=str(dev), autocast_bf16=bf16)
+    # on a GPU, preprocess there too (bit-exact with the official CPU path)
+    cfg = Scal3RBackendConfig(
+        device=str(dev),
+        autocast_bf16=bf16,
+        preprocess="batch" if dev.type == "cuda" else "reference",
+    )
     if spec.kind == "tiny":
         backend = Scal3RBackend.from_config("tiny", cfg, seed=spec.seed)
         return BuiltBackend(backend, loops, "tiny", _device_name(dev))

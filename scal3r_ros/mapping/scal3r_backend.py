@@ -32,8 +32,10 @@ from scal3r_ros.model.config import Scal3RConfig
 from scal3r_ros.model.gcm import GCMGrads
 from scal3r_ros.model.gcs import GCSState
 from scal3r_ros.model.preprocess import (
+    PreprocessConfig,
     compute_target_size,
     plan_resize_crop,
+    preprocess_batch,
     preprocess_image_reference,
 )
 from scal3r_ros.model.scal3r import Scal3R, Scal3ROutput
@@ -64,6 +66,9 @@ class Scal3RBackendConfig:
     autocast_bf16: bool = False  # official default: fp32 (AMP off)
     point_head: bool = False  # also run the point head (engine use_point_head)
     descriptors: bool = True  # thumbnail descriptors for loop retrieval
+    # "reference": the official CPU path (PIL, frame by frame); "batch": preprocess_batch on
+    # the backend's device (bit-exact on CUDA, within 1/255 with the CPU kernels)
+    preprocess: str = "reference"
 
 
 class Scal3RBackend:
@@ -89,8 +94,15 @@ class Scal3RBackend:
         if self.target_hw is None:
             h, w = frame_image.shape[:2]
             self.target_hw = compute_target_size(h, w, c.max_size, c.align)
-        rgb, plan = preprocess_image_reference(frame_image, self.target_hw, c.align)
-        img = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)  # exact: 8-bit values
+        if c.preprocess == "batch":
+            x, plan = preprocess_batch(
+                frame_image, self.target_hw, PreprocessConfig(c.max_size, c.align), device=c.device
+            )
+            img = (x[0].permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+            img = img.cpu().numpy()
+        else:
+            rgb, plan = preprocess_image_reference(frame_image, self.target_hw, c.align)
+            img = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)  # exact 8-bit values
         K = None if intrinsics is None else np.asarray(plan.intrinsics_to_network(intrinsics))
         return img, K
 

@@ -51,7 +51,7 @@ from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
-from scal3r_ros.model.preprocess import PreprocessConfig, compute_target_size, preprocess_batch
+from scal3r_ros.model.preprocess import compute_target_size
 from scal3r_ros.model.scal3r import Scal3R
 
 # engine stages (seconds per window in StatsUpdate.timings) -> table rows
@@ -100,25 +100,6 @@ class RunResult:
 
 
 # ================================================================== backends
-class BatchPrepareBackend(Scal3RBackend):
-    """``Scal3RBackend`` whose per-frame preprocessing is ``preprocess_batch`` (same geometry;
-    on CUDA bit-exact and on the GPU, on CPU torch's uint8 antialias kernel)."""
-
-    def prepare(
-        self, frame_image: np.ndarray, intrinsics: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        c = self.config
-        if self.target_hw is None:
-            h, w = frame_image.shape[:2]
-            self.target_hw = compute_target_size(h, w, c.max_size, c.align)
-        x, plan = preprocess_batch(
-            frame_image, self.target_hw, PreprocessConfig(c.max_size, c.align), device=c.device
-        )
-        img = (x[0].permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-        K = None if intrinsics is None else np.asarray(plan.intrinsics_to_network(intrinsics))
-        return img.cpu().numpy(), K
-
-
 def build_model(cfg: BenchConfig) -> Scal3R:
     if cfg.checkpoint:
         from scal3r_ros.model.checkpoint import load_scal3r
@@ -414,7 +395,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                            n_frames=cfg.frames, seed=cfg.seed))  # fmt: skip
     frames = [drive.frame(i) for i in tqdm(range(cfg.frames), desc="render", leave=False)]
     model = build_model(cfg)
-    fast = BatchPrepareBackend(model, Scal3RBackendConfig(device=device, autocast_bf16=bf16))
+    fast = Scal3RBackend(
+        model, Scal3RBackendConfig(device=device, autocast_bf16=bf16, preprocess="batch")
+    )
     messages = MessageBuilder()
     ref = Scal3RBackend(model, Scal3RBackendConfig(device=device, autocast_bf16=False,
                                                    point_head=True))  # fmt: skip

@@ -82,3 +82,17 @@ def test_exact_mode_reproduces_the_official_synchronous_schedule(drive):
     # first GCM layer ... the engine-level difference is measured in the report
     causal = [backend.infer(c, backend.new_gcs_state("causal")) for c in inputs[:1]]
     assert not np.allclose(causal[0].depth, ours[0].depth, rtol=1e-4)
+
+
+def test_batch_preprocessing_matches_the_official_path_within_one_level():
+    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+
+    rgb = SyntheticDrive(SyntheticConfig(n_frames=2, width=621, height=188)).render(1)[0]
+    out = {}
+    for mode in ("reference", "batch"):
+        b = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", preprocess=mode))
+        out[mode], _ = b.prepare(rgb, None)
+    assert out["batch"].shape == out["reference"].shape == (154, 518, 3)
+    diff = np.abs(out["batch"].astype(int) - out["reference"].astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,26 +15,17 @@ from scal3r_ros_msgs.msg import MappingStatus
 from sensor_msgs.msg import PointCloud2
 from tf2_msgs.msg import TFMessage
 
+from scal3r_ros.tools.processes import spawn_module, stop_process
+
 NODE = "/scal3r_mapping"
 
 
 def start(args: list[str], log_path) -> subprocess.Popen:
-    """Start a console script (by module) in its own process, output to ``log_path``."""
-    log = open(log_path, "w")  # the child keeps the descriptor; closed when it exits
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+    return spawn_module(args, log_path)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
-    return proc.returncode
+    return stop_process(proc, timeout)
 
 
 def node_args(output_dir, **params) -> list[str]:
