@@ -117,7 +117,8 @@ class LoopClosureHook(Protocol):
     def reset(self) -> None: ...
 
 
-def _rss_bytes() -> int:
+def host_rss_bytes() -> int:
+    """This process's resident set size (Linux statm; peak RSS elsewhere)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -528,7 +529,7 @@ class MappingEngine:
         timings["engine_total"] = sum(v for k, v in timings.items() if k not in ("infer",))
         gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
         memory = {
-            "rss_bytes": float(_rss_bytes()),
+            "rss_bytes": float(host_rss_bytes()),
             "map_points": float(len(self.map)),
             "map_bytes": float(self.map.nbytes()),
             "frames_ram_bytes": float(self.frames.ram_nbytes()),

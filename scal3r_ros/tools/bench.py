@@ -45,7 +45,13 @@ from tqdm import tqdm
 
 from scal3r_ros.mapping.backend import ChunkInput
 from scal3r_ros.mapping.backends import resolve_device
-from scal3r_ros.mapping.engine import EngineConfig, LoopClosure, LoopClosureConfig, MappingEngine
+from scal3r_ros.mapping.engine import (
+    EngineConfig,
+    LoopClosure,
+    LoopClosureConfig,
+    MappingEngine,
+    host_rss_bytes,
+)
 from scal3r_ros.mapping.frame import Frame, PointsUpdate, PosesUpdate, StatsUpdate
 from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
@@ -203,11 +209,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss_bytes() -> float:
-    with open("/proc/self/statm") as f:
-        return float(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
-
-
 def _peak_rss_bytes() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
@@ -346,7 +347,7 @@ def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: 
         stages_ms={"preprocess": 1e3 * t_prep / len(specs), "infer": 1e3 * t_net / len(specs)},
         preprocess_ms_per_frame=1e3 * t_prep / n, network_ms_per_window=1e3 * t_net / len(specs),
         network_fps=n / t_net, latency_s={}, peak_gpu_bytes=peak,
-        host_peak_rss_bytes=_peak_rss_bytes(), rss_at_windows_max_bytes=_rss_bytes(),
+        host_peak_rss_bytes=_peak_rss_bytes(), rss_at_windows_max_bytes=float(host_rss_bytes()),
         map_points=0, gcs_state_bytes=0.0,
         extra={"note": "network and preprocessing only (no alignment/map/messages)"},
     )  # fmt: skip
@@ -502,8 +503,45 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def engine_memory(
+    frames: int, width: int, height: int, chunk: int, overlap: int, checkpoints: list[int]
+) -> str:
+    """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
+    host RSS at the checkpoints and the per-window engine overhead by stage."""
+    from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.windowing import WindowConfig
+
+    built = make_backend(BackendSpec(kind="oracle", oracle_frames=frames, oracle_width=width,
+                                     oracle_height=height))  # fmt: skip
+    engine = MappingEngine(EngineConfig(window=WindowConfig(chunk, overlap)), built.backend,
+                           built.loop_closure)  # fmt: skip
+    drive = built.backend.drive
+    stages: dict[str, list[float]] = {}
+    rss: dict[int, float] = {}
+    for i in tqdm(range(frames), desc="engine memory", unit="frame"):
+        for ev in engine.push(drive.frame(i)):
+            if isinstance(ev, StatsUpdate):
+                for k, v in ev.timings.items():
+                    stages.setdefault(k, []).append(v * 1e3)
+        if i + 1 in checkpoints:
+            rss[i + 1] = float(host_rss_bytes())
+    lines = [f"oracle engine, {width}x{height}, windows {chunk}/{overlap}, {frames} frames",
+             "", "| frames | host RSS [MiB] | growth vs first |", "|---|---|---|"]  # fmt: skip
+    first = rss[min(rss)] if rss else 1.0
+    for n, r in sorted(rss.items()):
+        lines.append(f"| {n} | {r / 2**20:.0f} | {100 * (r / first - 1):+.1f} % |")
+    lines += ["", "| stage (per window) | median ms | p95 ms |", "|---|---|---|"]
+    for k, v in stages.items():
+        if k not in ("infer", "prepare"):  # the oracle stands in for the network
+            lines.append(f"| {k} | {np.median(v):.1f} | {np.percentile(v, 95):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine-memory", default=None, metavar="N1,N2,...",
+                   help="instead: oracle engine only (no network), host RSS after these "
+                        "frame counts and per-window engine overhead")  # fmt: skip
     p.add_argument("--model", default="scal3r-1b", choices=("scal3r-1b", "tiny"))
     p.add_argument("--checkpoint", default=None, help="scal3r.pt (default: random weights)")
     p.add_argument("--frames", type=int, default=6)
@@ -520,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.engine_memory:
+        marks = sorted(int(x) for x in a.engine_memory.split(","))
+        print(engine_memory(marks[-1], a.width, a.height, a.chunk, a.overlap, marks))
+        return 0
     cfg = BenchConfig(
         model=a.model, checkpoint=a.checkpoint, frames=a.frames, chunk=a.chunk,
         overlap=a.overlap, width=a.width, height=a.height, device=a.device, dtype=a.dtype,
