@@ -504,20 +504,29 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def engine_memory(
-    frames: int, width: int, height: int, chunk: int, overlap: int, checkpoints: list[int]
+    frames: int,
+    width: int,
+    height: int,
+    chunk: int,
+    overlap: int,
+    checkpoints: list[int],
+    max_points: int = 2_000_000,
 ) -> str:
     """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
     host RSS at the checkpoints and the per-window engine overhead by stage."""
     from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.map_store import MapConfig
     from scal3r_ros.mapping.windowing import WindowConfig
 
     built = make_backend(BackendSpec(kind="oracle", oracle_frames=frames, oracle_width=width,
                                      oracle_height=height))  # fmt: skip
-    engine = MappingEngine(EngineConfig(window=WindowConfig(chunk, overlap)), built.backend,
-                           built.loop_closure)  # fmt: skip
+    config = EngineConfig(window=WindowConfig(chunk, overlap),
+                          map=MapConfig(max_points=max_points))  # fmt: skip
+    engine = MappingEngine(config, built.backend, built.loop_closure)
     drive = built.backend.drive
     stages: dict[str, list[float]] = {}
     rss: dict[int, float] = {}
+    points: dict[int, int] = {}
     for i in tqdm(range(frames), desc="engine memory", unit="frame"):
         for ev in engine.push(drive.frame(i)):
             if isinstance(ev, StatsUpdate):
@@ -525,11 +534,14 @@ def engine_memory(
                     stages.setdefault(k, []).append(v * 1e3)
         if i + 1 in checkpoints:
             rss[i + 1] = float(host_rss_bytes())
-    lines = [f"oracle engine, {width}x{height}, windows {chunk}/{overlap}, {frames} frames",
-             "", "| frames | host RSS [MiB] | growth vs first |", "|---|---|---|"]  # fmt: skip
+            points[i + 1] = len(engine.map)
+    lines = [f"oracle engine, {width}x{height}, windows {chunk}/{overlap}, {frames} frames, "
+             f"map cap {max_points} points", "",
+             "| frames | host RSS [MiB] | growth vs first | map points |",
+             "|---|---|---|---|"]  # fmt: skip
     first = rss[min(rss)] if rss else 1.0
     for n, r in sorted(rss.items()):
-        lines.append(f"| {n} | {r / 2**20:.0f} | {100 * (r / first - 1):+.1f} % |")
+        lines.append(f"| {n} | {r / 2**20:.0f} | {100 * (r / first - 1):+.1f} % | {points[n]} |")
     lines += ["", "| stage (per window) | median ms | p95 ms |", "|---|---|---|"]
     for k, v in stages.items():
         if k not in ("infer", "prepare"):  # the oracle stands in for the network
@@ -537,8 +549,58 @@ def engine_memory(
     return "\n".join(lines)
 
 
+def conversions(repeats: int = 50) -> str:
+    """Issue 6's adapter costs: what the image callback and a cloud publication cost."""
+    from sensor_msgs.msg import CompressedImage
+
+    from scal3r_ros.ros.conversions import (
+        cloud_to_array,
+        compressed_to_rgb,
+        image_to_rgb,
+        points_to_cloud,
+        rgb_to_image,
+    )
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (375, 1242, 3), np.uint8)
+    msg = rgb_to_image(rgb)
+    bgr = rgb_to_image(np.ascontiguousarray(rgb[:, :, ::-1]))
+    bgr.encoding = "bgr8"
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    jpeg = CompressedImage(format="jpeg", data=buf.getvalue())
+    xyz = rng.normal(size=(200_000, 3)).astype(np.float32)
+    col = rng.integers(0, 256, (200_000, 3), np.uint8)
+    conf = rng.random(200_000).astype(np.float32)
+    cloud = points_to_cloud(xyz, col, conf)
+    cases = {
+        "image_to_rgb 1242x375 rgb8": lambda: image_to_rgb(msg),
+        "image_to_rgb 1242x375 bgr8": lambda: image_to_rgb(bgr),
+        "compressed_to_rgb 1242x375 jpeg": lambda: compressed_to_rgb(jpeg),
+        "points_to_cloud 200k (x,y,z,rgb,conf)": lambda: points_to_cloud(xyz, col, conf),
+        "cloud_to_array 200k": lambda: cloud_to_array(cloud),
+    }
+    lines = ["| operation | median ms | p95 ms |", "|---|---|---|"]
+    for name, fn in cases.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        lines.append(f"| {name} | {np.median(times):.2f} | {np.percentile(times, 95):.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conversions", action="store_true",
+                   help="instead: time the node's message conversions (image callback, "
+                        "PointCloud2 build)")  # fmt: skip
     p.add_argument("--engine-memory", default=None, metavar="N1,N2,...",
                    help="instead: oracle engine only (no network), host RSS after these "
                         "frame counts and per-window engine overhead")  # fmt: skip
@@ -557,10 +619,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="skip the official-like run")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-points", type=int, default=2_000_000,
+                   help="--engine-memory: the map store's cap")  # fmt: skip
     a = p.parse_args(argv)
+    if a.conversions:
+        print(conversions())
+        return 0
     if a.engine_memory:
         marks = sorted(int(x) for x in a.engine_memory.split(","))
-        print(engine_memory(marks[-1], a.width, a.height, a.chunk, a.overlap, marks))
+        print(engine_memory(marks[-1], a.width, a.height, a.chunk, a.overlap, marks,
+                            a.max_points))  # fmt: skip
         return 0
     cfg = BenchConfig(
         model=a.model, checkpoint=a.checkpoint, frames=a.frames, chunk=a.chunk,

@@ -38,3 +38,33 @@ def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "FPS end to end" in printed and "pose latency" in printed
     assert result["table_markdown"] in printed
+
+
+@pytest.mark.ros
+def test_conversion_and_engine_memory_modes_print_their_tables(capsys):
+    from scal3r_ros.tools import bench
+
+    assert bench.main(["--conversions"]) == 0
+    out = capsys.readouterr().out
+    assert "points_to_cloud 200k" in out and "image_to_rgb 1242x375 bgr8" in out
+    assert (
+        bench.main(
+            [
+                "--engine-memory",
+                "20,40",
+                "--width",
+                "96",
+                "--height",
+                "32",
+                "--chunk",
+                "8",
+                "--overlap",
+                "4",
+                "--max-points",
+                "5000",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| 20 |" in out and "| 40 |" in out and "| align |" in out
