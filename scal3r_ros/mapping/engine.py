@@ -26,6 +26,7 @@ is subsampled and spilled, the map has a hard cap, and the GCS state has constan
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import shutil
@@ -115,6 +116,24 @@ class LoopClosureHook(Protocol):
         ...
 
     def reset(self) -> None: ...
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS. A window allocates and frees hundreds of MB
+    of temporaries; without this glibc keeps them and RSS creeps up over a long drive
+    (measured: +12 % vs +1 % from 2000 to 4000 frames with the map at its cap)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def host_rss_bytes() -> int:
@@ -350,6 +369,8 @@ class MappingEngine:
             self._waiting.pop(0)
             self._attempts.pop(spec.chunk_id, None)
             out += self._integrate(spec, pred, time.perf_counter() - t0)
+            del pred
+            release_freed_memory()
         return out
 
     def _integrate(

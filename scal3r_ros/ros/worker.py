@@ -9,7 +9,6 @@ so the queueing, drop and recovery rules are tested without DDS.
 from __future__ import annotations
 
 import collections
-import ctypes
 import threading
 import time
 import traceback
@@ -20,24 +19,6 @@ from scal3r_ros.mapping.engine import MappingEngine
 from scal3r_ros.mapping.frame import ChunkFailed, Frame, MapUpdate, StatsUpdate
 
 DROP_POLICIES = ("drop_oldest", "drop_newest")
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def _return_freed_memory() -> None:
-    """After a window: hand freed heap pages back to the OS. Each window allocates and
-    frees hundreds of MB of temporaries from two threads; without this, glibc keeps them
-    in per-thread arenas and the node's RSS creeps up over an hour-long drive."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 @dataclass
@@ -206,7 +187,6 @@ class MappingWorker:
             self._on_error(msg + "\n" + traceback.format_exc(limit=4))
             return
         if events:
-            _return_freed_memory()
             failures = [e for e in events if isinstance(e, ChunkFailed)]
             with self._cond:
                 self.stats.chunks += sum(1 for e in events if isinstance(e, StatsUpdate))
