@@ -199,6 +199,8 @@ class MappingNode(Node):
 
     # ================================================================ input callbacks
     def _reset_node_state(self) -> None:
+        self._path_poses: dict[int, PoseStamped] = {}  # frame id -> its entry of ~/path
+        self._path_order: list[int] = []
         self._odom_pose: dict[int, np.ndarray] = {}  # frame id -> T_odom_base as published
         self._map_pose: dict[int, np.ndarray] = {}  # frame id -> corrected T_map_base
         self._frame_stamp: dict[int, int] = {}
@@ -409,15 +411,28 @@ class MappingNode(Node):
         if not ev.corrected:
             clock_now = self.get_clock().now().nanoseconds
             self._latency_s = max(0.0, (clock_now - self._frame_stamp[last]) / 1e9)
-        path = PathMsg()
-        path.header.frame_id = cfg.map_frame
-        path.header.stamp = stamp
-        for fid in sorted(self._map_pose):
+        for fid, T in zip(ev.frame_ids.tolist(), T_map_base, strict=True):
+            self._set_path_pose(fid, T)
+        self._publish_path(stamp)
+
+    def _set_path_pose(self, fid: int, T: np.ndarray) -> None:
+        """Keep one PoseStamped per frame, so a path update only touches changed poses."""
+        ps = self._path_poses.get(fid)
+        if ps is None:
             ps = PoseStamped()
-            ps.header.frame_id = cfg.map_frame
+            ps.header.frame_id = self.cfg.map_frame
             ps.header.stamp = _stamp_msg(self._frame_stamp[fid])
-            _pose_fields(ps.pose, self._map_pose[fid])
-            path.poses.append(ps)
+            self._path_poses[fid] = ps
+            self._path_order.append(fid)
+            if len(self._path_order) > 1 and fid < self._path_order[-2]:
+                self._path_order.sort()
+        _pose_fields(ps.pose, T)
+
+    def _publish_path(self, stamp) -> None:
+        path = PathMsg()
+        path.header.frame_id = self.cfg.map_frame
+        path.header.stamp = stamp
+        path.poses = [self._path_poses[f] for f in self._path_order]
         self.pub_path.publish(path)
 
     def _rescale(self, engine: MappingEngine) -> None:
@@ -427,6 +442,7 @@ class MappingNode(Node):
                                  strict=True):  # fmt: skip
             self._map_pose[fid] = T
             self._frame_stamp[fid] = stamp
+            self._set_path_pose(fid, T)
         self._map_dirty = True
         self._last_map_pub = 0.0
 
