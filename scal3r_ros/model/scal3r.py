@@ -197,23 +197,4 @@ class Scal3R(nn.Module):
             out.gcm_grads, out.gcm_fast_weights, out.gcm_grad_sums = own, fast, used
         return out
 
-    def forward(
-        self,
-        images: Tensor,
-        sync: SyncFn | None = None,
-        *,
-        grad_sums: dict[int, GCMGrads] | None = None,
-        heads: Sequence[str] | None = None,
-        return_gcm: bool = False,
-        autocast_dtype: torch.dtype | None = None,
-    ) -> Scal3ROutput:
-        """Same as :meth:`forward_chunk` (inference only, no autograd; ``torch.inference_mode()``
-        around it is slightly faster)."""
-        return self.forward_chunk(
-            images,
-            sync,
-            grad_sums=grad_sums,
-            heads=heads,
-            return_gcm=return_gcm,
-            autocast_dtype=autocast_dtype,
-        )
+    forward = forward_chunk  # a model call is one chunk (inference only, no autograd)
