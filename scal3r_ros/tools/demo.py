@@ -25,10 +25,7 @@ from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import camera_mount, rigid_inverse
 from scal3r_ros.tools.evaluate import EvalConfig, evaluate_files, format_table
-from scal3r_ros.tools.processes import spawn_module as _spawn
-from scal3r_ros.tools.processes import stop_process as _stop
-
-NODE = "/scal3r_mapping"
+from scal3r_ros.tools.processes import SyntheticSession
 
 
 def _checkpoint_present(path: str | None) -> Path | None:
@@ -40,12 +37,6 @@ def _checkpoint_present(path: str | None) -> Path | None:
 
 def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str | None,
              timeout: float) -> dict:  # fmt: skip
-    import rclpy
-    from nav_msgs.msg import Path as PathMsg
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from scal3r_ros_msgs.msg import MappingStatus
-    from scal3r_ros_msgs.srv import SaveMap
-
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "demo", ignore_errors=True)  # no stale files from an earlier run
     drive = SyntheticDrive(SyntheticConfig(n_frames=frames))
@@ -54,79 +45,31 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
     gt_base = drive.gt_poses() @ rigid_inverse(camera_mount())
     stamps = np.array([drive.stamp_ns(i) for i in range(frames)], dtype=np.int64)
     write_poses(out / "ground_truth_tum.txt", stamps, gt_base, "tum")
-    node_args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                 "-p", f"backend:={backend}", "-p", f"oracle_frames:={frames}",
-                 "-p", f"output_dir:={out}", "-p", "save_on_shutdown:=false"]  # fmt: skip
-    if checkpoint:
-        node_args += ["-p", f"checkpoint:={checkpoint}"]
-    node = _spawn(node_args, out / "node.log")
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    watcher = rclpy.create_node("scal3r_demo", context=context)
-    status: list[MappingStatus] = []
-    path: list[PathMsg] = []
-    watcher.create_subscription(MappingStatus, f"{NODE}/status", status.append, 10)
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
-    watcher.create_subscription(PathMsg, f"{NODE}/path", path.append, latched)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(watcher)
-    camera = None
+    params = {"backend": backend, **({"checkpoint": checkpoint} if checkpoint else {})}
+    session = SyntheticSession(out, frames, params, "scal3r_demo")
     t0 = time.monotonic()
+    last_print = 0.0
 
-    def spin_until(cond, limit: float, what: str) -> None:
-        deadline = time.monotonic() + limit
-        while not cond():
-            executor.spin_once(timeout_sec=0.1)
-            if node.poll() is not None:
-                raise RuntimeError(f"the node exited while {what}; see {out / 'node.log'}:\n"
-                                   + (out / "node.log").read_text()[-2000:])  # fmt: skip
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out {what}; see {out / 'node.log'}")
+    def report() -> None:
+        nonlocal last_print
+        if session.status and time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            st = session.status[-1]
+            print(f"[demo] frames {st.frames_processed}/{frames}, chunks "
+                  f"{st.chunks_processed}, map points {st.map_points}, loops "
+                  f"{st.loop_closures}", flush=True)  # fmt: skip
 
     try:
-        spin_until(lambda: status, 120, "waiting for the node to start")
-        print(f"[demo] node up: backend {status[-1].backend} on {status[-1].device}", flush=True)
-        camera = _spawn(["scal3r_ros.tools.synthetic_camera", "--frames", str(frames),
-                         "--rate", str(rate), "--reliable"], out / "camera.log")  # fmt: skip
-        last_print = 0.0
-
-        progress = {"n": -1, "since": time.monotonic()}
-
-        def mapped() -> bool:
-            nonlocal last_print
-            st = status[-1]
-            if time.monotonic() - last_print > 5:
-                last_print = time.monotonic()
-                print(f"[demo] frames {st.frames_processed}/{frames}, chunks "
-                      f"{st.chunks_processed}, map points {st.map_points}, loops "
-                      f"{st.loop_closures}", flush=True)  # fmt: skip
-            n = st.frames_processed + st.frames_dropped
-            if n != progress["n"]:
-                progress.update(n=n, since=time.monotonic())
-            if camera.poll() is None or st.queue_length:
-                return False
-            # everything accounted for, or nothing more arriving (frames lost on the way)
-            return n >= frames or time.monotonic() - progress["since"] > 10.0
-
-        spin_until(mapped, timeout, "mapping the drive")
-        client = watcher.create_client(SaveMap, f"{NODE}/save_map")
-        client.wait_for_service(timeout_sec=30)
-        future = client.call_async(SaveMap.Request(name="demo", save_map=True,
-                                                   save_trajectory=True))  # fmt: skip
-        spin_until(future.done, 120, "saving the map")
-        saved = future.result()
+        session.start(rate)
+        st = session.status[-1]
+        print(f"[demo] node up: backend {st.backend} on {st.device}", flush=True)
+        session.spin_until(session.streamed, timeout, "mapping the drive", report)
+        saved = session.save("demo", 120)
         if not saved.success:
             raise RuntimeError(f"save failed: {saved.message}")
-        spin_until(lambda: bool(path), 10, "waiting for the path")
-        final = status[-1]
+        final = session.status[-1]
     finally:
-        if camera is not None:
-            _stop(camera)
-        code = _stop(node)
-        executor.shutdown()
-        watcher.destroy_node()
-        rclpy.shutdown(context=context)
+        code = session.close()
     wall = time.monotonic() - t0
     result_dir = out / "demo"
     evaluation = evaluate_files(

@@ -36,9 +36,8 @@ from tqdm import tqdm
 
 from scal3r_ros.mapping.synthetic import SyntheticConfig
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
-from scal3r_ros.tools.processes import rss_bytes, spawn_module, stop_process
+from scal3r_ros.tools.processes import SyntheticSession, rss_bytes
 
-NODE = "/scal3r_mapping"
 COLUMNS = ("wall_s", "frames_received", "frames_processed", "queue_length", "frames_dropped",
            "newest_placed_frame", "latency_ms", "node_rss_mb", "map_points", "chunks")  # fmt: skip
 
@@ -124,104 +123,52 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def run_soak(cfg: SoakConfig) -> dict:
-    import rclpy
-    from scal3r_ros_msgs.msg import MappingStatus
-    from scal3r_ros_msgs.srv import SaveMap
-
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.domain_id is not None:  # keep other ROS graphs on this machine out
         os.environ["ROS_DOMAIN_ID"] = str(cfg.domain_id)
     backend = "tiny" if cfg.tiny else "oracle"
-    node_args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                 "-p", f"backend:={backend}", "-p", f"oracle_frames:={cfg.frames}",
-                 "-p", f"max_points:={cfg.max_points}", "-p", f"chunk_size:={cfg.chunk}",
-                 "-p", f"overlap:={cfg.overlap}", "-p", f"output_dir:={out}",
-                 "-p", "save_on_shutdown:=false"]  # fmt: skip
-    for param in cfg.params:
-        node_args += ["-p", param]
-    node = spawn_module(node_args, out / "node.log")
-    context = rclpy.Context()
-    rclpy.init(args=[], context=context)
-    watcher = rclpy.create_node("scal3r_soak", context=context)
-    status: list[MappingStatus] = []
-
-    def on_status(msg: MappingStatus) -> None:
-        status[:] = [msg]
-
-    watcher.create_subscription(MappingStatus, f"{NODE}/status", on_status, 10)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(watcher)
-    camera = None
+    params = {"backend": backend, "max_points": str(cfg.max_points),
+              "chunk_size": str(cfg.chunk), "overlap": str(cfg.overlap)}  # fmt: skip
+    params.update(p.split(":=", 1) for p in cfg.params)
+    session = SyntheticSession(out, cfg.frames, params, "scal3r_soak")
+    node = session.node
     rows: list[dict] = []
     timeout = cfg.timeout or 3 * cfg.frames / cfg.rate + 300
-
-    def spin_until(cond, limit: float, what: str, sample: bool = False) -> None:
-        deadline = time.monotonic() + limit
-        next_sample = time.monotonic()
-        progress = (-1, time.monotonic())  # (frames processed, when it last changed)
-        while not cond():
-            executor.spin_once(timeout_sec=0.05)
-            if not context.ok():  # rclpy took the SIGINT: stop the children, then leave
-                raise KeyboardInterrupt
-            if node.poll() is not None:
-                log = (out / "node.log").read_text()[-2000:]
-                raise RuntimeError(f"the node exited while {what}:\n{log}")
-            if sample and status and time.monotonic() >= next_sample:
-                next_sample += cfg.period
-                rows.append(_row(status[-1], node.pid, t0))
-                bar.update(rows[-1]["frames_processed"] - bar.n)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out {what}; see {out / 'node.log'}")
-            if sample and status:
-                st = status[-1]
-                if st.frames_processed != progress[0]:
-                    progress = (st.frames_processed, time.monotonic())
-                elif (st.frames_received > st.frames_processed + st.frames_dropped
-                      and time.monotonic() - progress[1] > cfg.stall_s):  # fmt: skip
-                    log = (out / "node.log").read_text()[-2000:]
-                    raise RuntimeError(f"the node stopped processing ({st.frames_processed} "
-                                       f"frames) while {what}:\n{log}")  # fmt: skip
-
     t0 = time.monotonic()
+    next_sample = time.monotonic()
+    progress = (-1, time.monotonic())  # (frames processed, when it last changed)
     bar = tqdm(total=cfg.frames, desc="soak", unit="frame")
+
+    def sample() -> None:
+        """Record a CSV row each period; fail when the node stops processing."""
+        nonlocal next_sample, progress
+        if not session.status:
+            return
+        st = session.status[-1]
+        if time.monotonic() >= next_sample:
+            next_sample += cfg.period
+            rows.append(_row(st, node.pid, t0))
+            bar.update(rows[-1]["frames_processed"] - bar.n)
+        if st.frames_processed != progress[0]:
+            progress = (st.frames_processed, time.monotonic())
+        elif (st.frames_received > st.frames_processed + st.frames_dropped
+              and time.monotonic() - progress[1] > cfg.stall_s):  # fmt: skip
+            log = (out / "node.log").read_text()[-2000:]
+            raise RuntimeError(f"the node stopped processing ({st.frames_processed} "
+                               f"frames) while streaming:\n{log}")  # fmt: skip
+
     try:
-        spin_until(lambda: bool(status), 120, "waiting for the node to start")
-        cam_args = ["scal3r_ros.tools.synthetic_camera", "--frames", str(cfg.frames),
-                    "--rate", str(cfg.rate), "--reliable"]  # fmt: skip
-        camera = spawn_module(cam_args, out / "camera.log")
-        t0 = time.monotonic()
-
-        last_rx = [-1, time.monotonic()]  # frames received, when it last changed
-
-        def done() -> bool:
-            st = status[-1]
-            if st.frames_received != last_rx[0]:
-                last_rx[:] = [st.frames_received, time.monotonic()]
-            if camera.poll() is None or st.queue_length:
-                return False
-            handled = st.frames_processed + st.frames_dropped
-            # frames lost in transport never arrive: settle once nothing came for a while
-            settled = time.monotonic() - last_rx[1] > cfg.settle_s
-            return handled >= cfg.frames or (settled and handled >= st.frames_received)
-
-        spin_until(done, timeout, "streaming", sample=True)
-        rows.append(_row(status[-1], node.pid, t0))
-        client = watcher.create_client(SaveMap, f"{NODE}/save_map")
-        client.wait_for_service(timeout_sec=30)
-        future = client.call_async(SaveMap.Request(name="soak", save_map=True,
-                                                   save_trajectory=True))  # fmt: skip
-        spin_until(future.done, 300, "saving the map")
-        saved = future.result()
-        final = status[-1]
+        session.start(cfg.rate)
+        t0 = next_sample = time.monotonic()
+        session.spin_until(lambda: session.streamed(cfg.settle_s), timeout, "streaming",
+                           sample)  # fmt: skip
+        rows.append(_row(session.status[-1], node.pid, t0))
+        saved = session.save("soak", 300)
+        final = session.status[-1]
     finally:
         bar.close()
-        if camera is not None:
-            stop_process(camera)
-        code = stop_process(node)
-        executor.shutdown()
-        watcher.destroy_node()
-        rclpy.try_shutdown(context=context)
+        code = session.close()
 
     estimate_latency(rows, cfg.rate)
     with open(out / "soak.csv", "w", newline="") as f:
