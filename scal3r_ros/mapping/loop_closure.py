@@ -127,7 +127,7 @@ class LoopDetectorConfig:
     nms_radius: int = 25
     nms_delay: int | None = None  # frames to wait before finalising; None = nms_radius
     center: bool = False  # subtract the running mean descriptor (pooled backbone tokens)
-    capacity: int = 2000  # descriptors kept (thumbnails: 16 KB each); older ones thinned
+    capacity: int = 2000  # descriptors kept (thumbnails: 8 KB each); older ones thinned
     db_stride: int = 1  # store every n-th frame (queries still run on every frame)
 
     @staticmethod
@@ -181,7 +181,8 @@ class LoopDetector:
     def _insert(self, frame: int, d: np.ndarray) -> None:
         c = self.config
         if self._desc is None:
-            self._desc = np.zeros((c.capacity, d.size), np.float32)
+            # float16: half the memory of a full store; similarities are summed in float32
+            self._desc = np.zeros((c.capacity, d.size), np.float16)
             self._ids = np.zeros(c.capacity, np.int64)
         if self._n == c.capacity:
             # thin the older half (keep every second), so the whole past stays covered
@@ -213,8 +214,13 @@ class LoopDetector:
         if k_end == 0:
             return []
         q = self._normalise(np.asarray(descriptor, np.float32).reshape(-1))
-        db = self._normalise(self._desc[:k_end]) if c.center else self._desc[:k_end]
-        sims = db @ q
+        sims = np.concatenate(
+            [
+                (self._normalise(blk.astype(np.float32)) if c.center else blk.astype(np.float32))
+                @ q
+                for blk in np.array_split(self._desc[:k_end], max(1, k_end // 256))
+            ]
+        )  # blocks: no full-size float32 copy of the store per query
         k = min(c.top_k, sims.size)
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top])]

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from scal3r_ros.mapping.engine import MappingEngine
+from scal3r_ros.mapping.engine import MappingEngine, release_freed_memory
 from scal3r_ros.mapping.frame import ChunkFailed, Frame, MapUpdate, StatsUpdate
 
 DROP_POLICIES = ("drop_oldest", "drop_newest")
@@ -201,6 +201,7 @@ class MappingWorker:
                 )
             try:
                 self._sink(events)
+                release_freed_memory()  # the messages' temporaries, as after each window
             except Exception as exc:  # publishing failed: report it, keep mapping
                 msg = f"publishing failed: {type(exc).__name__}: {exc}"
                 with self._cond:

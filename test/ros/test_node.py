@@ -38,7 +38,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("node")
     rec = Recorder()
     node = start(node_args(out / "maps", backend="oracle", chunk_size=CHUNK, overlap=OVERLAP,
-                           input_qos="reliable", map_publish_period=0.2, status_period=0.2,
+                           input_qos="reliable",
+                           input_qos_depth=200, map_publish_period=0.2, status_period=0.2,
                            oracle_frames=N_FRAMES), out / "node.log")  # fmt: skip
     camera = None
     try:

@@ -25,7 +25,8 @@ def run(tmp_path_factory):
     rec.subscribe(f"{NODE}/sensor_cloud", PointCloud2)
     rec.subscribe(f"{NODE}/grid", OccupancyGrid, Recorder.LATCHED)
     node = start(node_args(out / "maps", backend="oracle", chunk_size=16, overlap=8,
-                           input_qos="reliable", status_period=0.2, map_publish_period=0.2,
+                           input_qos="reliable",
+                           input_qos_depth=200, status_period=0.2, map_publish_period=0.2,
                            oracle_frames=N, oracle_depth_noise=0.02,
                            scale_source="camera_height", camera_height_m=1.65,
                            sensor_cloud_enabled=True, sensor_cloud_frames="every_n",

@@ -30,7 +30,8 @@ def _diag_values(rec: Recorder) -> dict[str, str]:
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
     node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", status_period=0.2, oracle_frames=40,
+                           input_qos="reliable",
+                           input_qos_depth=200, status_period=0.2, oracle_frames=40,
                            compressed_topics=["/camera/compressed"],
                            camera_info_topics=["/camera/camera_info"]),
                  tmp_path / "node.log")  # fmt: skip
@@ -132,7 +133,8 @@ def test_tiny_network_node_with_queue_overflow(tmp_path):
     """The real network path (tiny random weights) in the node; a burst overflows the queue."""
     rec = Recorder("tiny_tester")
     node = start(node_args(tmp_path / "maps", backend="tiny", chunk_size=4, overlap=2,
-                           queue_size=4, input_qos="reliable", status_period=0.2,
+                           queue_size=4, input_qos="reliable",
+                           input_qos_depth=200, status_period=0.2,
                            loop_closure=False), tmp_path / "node.log")  # fmt: skip
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
