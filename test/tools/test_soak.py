@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from scal3r_ros.tools import soak
@@ -17,12 +18,21 @@ def test_placed_frames_are_the_complete_windows():
     assert soak.placed_frames(16, 16, 8) == 16
 
 
-def test_rss_growth_after_warmup():
-    samples = ((0, 100.0), (10, 150.0), (20, 200.0), (50, 210.0), (90, 205.0))
+def test_rss_growth_compares_levels_not_the_swing_within_a_window():
+    # warm-up ramp, then a flat level of ~200 MiB with window spikes to 300 MiB
+    samples = [(0, 100.0), (10, 150.0)] + [
+        (f, 300.0 if f % 10 == 5 else 200.0) for f in range(20, 100)
+    ]
     rows = [{"frames_processed": f, "node_rss_mb": r} for f, r in samples]
     growth, base, peak = soak.rss_growth(rows, n_frames=100, warmup=0.2)
-    assert (base, peak) == (200.0, 210.0)
-    assert growth == pytest.approx(0.05)
+    assert (base, peak) == (200.0, 300.0) and growth == pytest.approx(0.0)
+    # a real leak: the level itself rises by 25 %
+    leak = [{"frames_processed": f, "node_rss_mb": 200.0 + (f - 20) * 0.75} for f in range(20, 100)]
+    growth, base, _ = soak.rss_growth(leak, n_frames=100, warmup=0.2)
+    assert growth == pytest.approx(np.median([200 + (f - 20) * 0.75 for f in range(80, 100)])
+                                    / np.median([200 + (f - 20) * 0.75 for f in range(20, 40)])
+                                    - 1)  # fmt: skip
+    assert growth > 0.2
 
 
 @pytest.mark.ros
