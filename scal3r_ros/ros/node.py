@@ -149,6 +149,7 @@ class MappingNode(Node):
         )
         self.converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
         self._mount_decided = False
+        self._camera_frame: str | None = None  # optical frame of the first images
         self.planner = PlannerOutputs(self, cfg, self.converter)
 
         # --- outputs
@@ -281,7 +282,8 @@ class MappingNode(Node):
                 "the worker is slower than the camera",
                 throttle_duration_sec=5.0,
             )
-        self._ensure_camera_tf(cam, header.stamp)
+        if self._camera_frame is None:
+            self._camera_frame = self.cfg.camera_frame or cam
 
     def _on_tf_static(self, msg: TFMessage) -> None:
         for t in msg.transforms:
@@ -305,13 +307,13 @@ class MappingNode(Node):
             frame = parent
         return None
 
-    def _ensure_camera_tf(self, cam: str, stamp) -> None:
-        """Decide the camera mount at the first frame: /tf_static if it has the chain
-        base_frame -> camera frame, else the parameters (published on /tf_static)."""
-        if self._mount_decided:
-            return
+    def _decide_mount(self, stamp) -> None:
+        """Decide the camera mount when the first poses go out (not at the first image,
+        so a /tf_static published at about the same time as the images still counts):
+        /tf_static if it has the chain base_frame -> camera frame, else the parameters
+        (then published on /tf_static)."""
         self._mount_decided = True
-        cam_frame = self.cfg.camera_frame or cam
+        cam_frame = self._camera_frame or self.cfg.camera_frame or "camera"
         T = self._static_chain(cam_frame) if self.cfg.use_tf_static else None
         if T is not None:
             self.converter.set_mount(T)
@@ -337,6 +339,10 @@ class MappingNode(Node):
         """Called on the worker thread after each chunk."""
         cfg = self.cfg
         engine = self.worker.engine
+        if not self._mount_decided:
+            self._decide_mount(_stamp_msg(min(
+                (int(s) for ev in events if isinstance(ev, PosesUpdate) for s in ev.stamps_ns),
+                default=0)))  # fmt: skip
         if self.converter.anchor is None:  # the map frame is fixed by the first pose
             for ev in events:
                 if isinstance(ev, PosesUpdate) and len(ev.frame_ids):
