@@ -191,7 +191,9 @@ def run_soak(cfg: SoakConfig) -> dict:
 
     published = camera_published(out / "camera.log")
     lat = [r["latency_ms"] for r in rows if np.isfinite(r["latency_ms"])]
-    growth, rss_base, rss_peak = rss_growth(rows, cfg.frames, cfg.warmup)
+    growth, rss_base, rss_peak = rss_growth(
+        rows, int(max(r["frames_processed"] for r in rows)), cfg.warmup
+    )
     expected = placed_frames(int(final.frames_processed), cfg.chunk, cfg.overlap)
     traj = out / "soak" / "trajectory_tum.txt"
     traj_lines = len(np.loadtxt(traj, ndmin=2)) if saved.success and traj.exists() else 0
