@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
 # encoding -> (channels, numpy dtype)
@@ -25,6 +26,15 @@ _ENCODINGS: dict[str, tuple[int, str]] = {
     "16uc1": (1, "u2"),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Nanoseconds -> builtin_interfaces/Time (the engine keeps stamps as int ns)."""
+    return Time(sec=int(ns) // 1_000_000_000, nanosec=int(ns) % 1_000_000_000)
 
 
 class ConversionError(ValueError):

@@ -24,7 +24,6 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.time import Time
 from scal3r_ros_msgs.msg import MappingStatus
 from scal3r_ros_msgs.srv import SaveMap
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -51,7 +50,9 @@ from scal3r_ros.ros.conversions import (
     ConversionError,
     compressed_to_rgb,
     image_to_rgb,
+    ns_to_stamp,
     points_to_cloud,
+    stamp_to_ns,
 )
 from scal3r_ros.ros.frames import (
     FrameConverter,
@@ -64,14 +65,6 @@ from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.planner_outputs import PlannerOutputs
 from scal3r_ros.ros.worker import MappingWorker
 from scal3r_ros.share import config_file
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def _stamp_msg(ns: int):
-    return Time(nanoseconds=int(ns)).to_msg()
 
 
 def _transform(T: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
@@ -250,7 +243,7 @@ class MappingNode(Node):
     def _accept(self, header, rgb: np.ndarray) -> None:
         """Checks that need the stream's history (time jumps, size changes), then enqueue."""
         cam = header.frame_id or "camera"
-        stamp = _stamp_ns(header.stamp)
+        stamp = stamp_to_ns(header.stamp)
         last = self._last_stamp.get(cam)
         if last is not None and stamp <= last:
             if stamp == last:
@@ -340,7 +333,7 @@ class MappingNode(Node):
         cfg = self.cfg
         engine = self.worker.engine
         if not self._mount_decided:
-            self._decide_mount(_stamp_msg(min(
+            self._decide_mount(ns_to_stamp(min(
                 (int(s) for ev in events if isinstance(ev, PosesUpdate) for s in ev.stamps_ns),
                 default=0)))  # fmt: skip
         if self.converter.anchor is None:  # the map frame is fixed by the first pose
@@ -352,13 +345,13 @@ class MappingNode(Node):
             (int(s) for ev in events if isinstance(ev, PosesUpdate) for s in ev.stamps_ns),
             default=self._frame_stamp.get(self._last_fid, 0),
         )
-        if self.planner.on_events(events, engine, _stamp_msg(newest)):
+        if self.planner.on_events(events, engine, ns_to_stamp(newest)):
             self._rescale(engine)  # scale changed: re-express everything published so far
         for ev in events:
             if isinstance(ev, PosesUpdate):
                 self._on_poses(ev)
             elif isinstance(ev, PointsUpdate) and len(ev.xyz):
-                stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+                stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
                 self.pub_cloud.publish(points_to_cloud(
                     self.converter.points(ev.xyz), ev.rgb, ev.confidence, stamp, cfg.map_frame
                 ))  # fmt: skip
@@ -388,7 +381,7 @@ class MappingNode(Node):
             # worker thread; the saved map is voxelised globally
             xyz, rgb, conf = engine.map_points(voxelize=False)
             self._map_points = len(xyz)
-            stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+            stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
             self.pub_map.publish(points_to_cloud(
                 self.converter.points(xyz), rgb, conf, stamp, cfg.map_frame))  # fmt: skip
             self._map_dirty = False
@@ -406,12 +399,12 @@ class MappingNode(Node):
                 self._odom_pose[fid] = rigid_inverse(self._T_map_odom) @ T
                 self._publish_odometry(fid, stamp_ns)
                 transforms.append(_transform(self._odom_pose[fid], cfg.odom_frame,
-                                             cfg.base_frame, _stamp_msg(stamp_ns)))  # fmt: skip
+                                             cfg.base_frame, ns_to_stamp(stamp_ns)))  # fmt: skip
             self._last_fid = max(self._last_fid, fid)
         # map -> odom absorbs the difference between corrected and published poses
         last = self._last_fid
         self._T_map_odom = self._map_pose[last] @ rigid_inverse(self._odom_pose[last])
-        stamp = _stamp_msg(self._frame_stamp[last])
+        stamp = ns_to_stamp(self._frame_stamp[last])
         transforms.append(_transform(self._T_map_odom, cfg.map_frame, cfg.odom_frame, stamp))
         self.pub_tf.publish(TFMessage(transforms=transforms))
         if not ev.corrected:
@@ -427,7 +420,7 @@ class MappingNode(Node):
         if ps is None:
             ps = PoseStamped()
             ps.header.frame_id = self.cfg.map_frame
-            ps.header.stamp = _stamp_msg(self._frame_stamp[fid])
+            ps.header.stamp = ns_to_stamp(self._frame_stamp[fid])
             self._path_poses[fid] = ps
             self._path_order.append(fid)
             if len(self._path_order) > 1 and fid < self._path_order[-2]:
@@ -455,7 +448,7 @@ class MappingNode(Node):
     def _publish_odometry(self, fid: int, stamp_ns: int) -> None:
         T = self._odom_pose[fid]
         msg = Odometry()
-        msg.header.stamp = _stamp_msg(stamp_ns)
+        msg.header.stamp = ns_to_stamp(stamp_ns)
         msg.header.frame_id = self.cfg.odom_frame
         msg.child_frame_id = self.cfg.base_frame
         _pose_fields(msg.pose.pose, T)
@@ -484,7 +477,7 @@ class MappingNode(Node):
             msg.last_error = s.last_error
             busy, errors = s.busy, s.errors
             timings, memory = dict(self._timings), dict(self._memory)
-        msg.header.stamp = _stamp_msg(self._frame_stamp.get(self._last_fid, 0))
+        msg.header.stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
         msg.header.frame_id = self.cfg.map_frame
         msg.loop_closures = self._loops
         msg.queue_length = self.worker.queue_length()

@@ -36,17 +36,11 @@ from scal3r_ros.mapping.scale import (
 )
 from scal3r_ros.mapping.sensor_cloud import SensorCloudBuilder, SensorCloudConfig
 from scal3r_ros.ros import qos
-from scal3r_ros.ros.conversions import points_to_cloud
+from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.params import NodeConfig
 
 RESCALE_TOLERANCE = 1e-3  # relative scale change that re-publishes path, map and grid
-
-
-def _ns_to_msg(ns: int):
-    from rclpy.time import Time
-
-    return Time(nanoseconds=int(ns)).to_msg()
 
 
 class PlannerOutputs:
@@ -132,7 +126,7 @@ class PlannerOutputs:
         for c in self.clouds.build(ev, self.converter.scale):
             frame = self.cfg.camera_frame or c.camera_id
             self.pub_sensor.publish(points_to_cloud(c.xyz, None, c.confidence,
-                                                    _ns_to_msg(c.stamp_ns), frame))  # fmt: skip
+                                                    ns_to_stamp(c.stamp_ns), frame))  # fmt: skip
 
     def _ground(self, engine: MappingEngine):
         plane = self.estimate.plane

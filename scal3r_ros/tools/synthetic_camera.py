@@ -19,13 +19,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
-from scal3r_ros.ros.conversions import rgb_to_image
-
-
-def _stamp(ns: int):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+from scal3r_ros.ros.conversions import ns_to_stamp, rgb_to_image
 
 
 def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     t_next = time.monotonic()
     try:
         for i in range(drive.n_frames):
-            stamp = _stamp(drive.stamp_ns(i))
+            stamp = ns_to_stamp(drive.stamp_ns(i))
             rgb, _ = drive.render(i)
             if pub_clock is not None:
                 pub_clock.publish(Clock(clock=stamp))
