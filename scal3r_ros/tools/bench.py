@@ -130,13 +130,14 @@ class MessageBuilder:
         from tf2_msgs.msg import TFMessage
 
         from scal3r_ros.ros import node as ros_node
-        from scal3r_ros.ros.conversions import points_to_cloud
+        from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
         from scal3r_ros.ros.frames import FrameConverter, camera_mount, rigid_inverse
 
         self._rclpy = rclpy
         self._n = ros_node
         self._msgs = (PoseStamped, Odometry, PathMsg, TFMessage)
         self._points_to_cloud = points_to_cloud
+        self._ns_to_stamp = ns_to_stamp
         self._inv = rigid_inverse
         self.converter = FrameConverter(camera_mount())
         self.context = rclpy.Context()
@@ -165,7 +166,7 @@ class MessageBuilder:
             if isinstance(ev, PosesUpdate):
                 self._poses(ev)
             elif isinstance(ev, PointsUpdate) and len(ev.xyz):
-                stamp = self._n._stamp_msg(self._stamp.get(self._last, 0))
+                stamp = self._ns_to_stamp(self._stamp.get(self._last, 0))
                 xyz = self.converter.points(ev.xyz)
                 cloud = self._points_to_cloud(xyz, ev.rgb, ev.confidence, stamp, "map")
                 self.pub_cloud.publish(cloud)
@@ -182,22 +183,22 @@ class MessageBuilder:
             if fid not in self._odom_pose:
                 self._odom_pose[fid] = self._inv(self._T_map_odom) @ T
                 odom = Odometry()
-                odom.header.stamp = n._stamp_msg(ns)
+                odom.header.stamp = self._ns_to_stamp(ns)
                 odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
                 n._pose_fields(odom.pose.pose, self._odom_pose[fid])
                 self.pub_odom.publish(odom)
                 transforms.append(n._transform(self._odom_pose[fid], "odom", "base_link",
-                                               n._stamp_msg(ns)))  # fmt: skip
+                                               self._ns_to_stamp(ns)))  # fmt: skip
             self._last = max(self._last, fid)
         self._T_map_odom = self._map_pose[self._last] @ self._inv(self._odom_pose[self._last])
-        stamp = n._stamp_msg(self._stamp[self._last])
+        stamp = self._ns_to_stamp(self._stamp[self._last])
         transforms.append(n._transform(self._T_map_odom, "map", "odom", stamp))
         self.pub_tf.publish(TFMessage(transforms=transforms))
         path = PathMsg()
         path.header.frame_id, path.header.stamp = "map", stamp
         for fid in sorted(self._map_pose):
             ps = PoseStamped()
-            ps.header.frame_id, ps.header.stamp = "map", n._stamp_msg(self._stamp[fid])
+            ps.header.frame_id, ps.header.stamp = "map", self._ns_to_stamp(self._stamp[fid])
             n._pose_fields(ps.pose, self._map_pose[fid])
             path.poses.append(ps)
         self.pub_path.publish(path)
