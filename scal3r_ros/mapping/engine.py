@@ -300,10 +300,7 @@ class MappingEngine:
         for cid, g in poses.items():
             self.trajectory.set_chunk_pose(cid, g)
             self.map.set_chunk_pose(cid, g)
-        ids = np.array(
-            [f for cid in poses for f in self.trajectory.frames_of_chunk(cid)], dtype=np.int64
-        )
-        ids.sort()
+        ids = self.trajectory.frames_of_chunks(poses)
         stamps, c2w = self.trajectory.poses(ids)
         return [
             MapCorrected(-1, {c: g.matrix() for c, g in poses.items()}),
@@ -625,20 +622,22 @@ class LoopClosure:
 
     def on_chunk(self, engine: MappingEngine, chunk_id: int) -> list[LoopClosureUpdate]:
         geo = engine.chunk_geometry(chunk_id)
-        cands = []
+        new, descs = [], []
         for k, f in enumerate(geo.frame_ids):
             f = int(f)
             if f <= self._last_frame:
                 continue
             if self.config.descriptor_fn is not None:
-                d = self.config.descriptor_fn(f)
+                descs.append(self.config.descriptor_fn(f))
             elif geo.descriptors is not None:
-                d = geo.descriptors[k]
+                descs.append(geo.descriptors[k])
             else:
-                d = self._lc.thumbnail_descriptor(engine.frames.get(f).image)
-            cands += self.detector.add(f, d)
+                descs.append(self._lc.thumbnail_descriptor(engine.frames.get(f).image))
+            new.append(f)
             self._last_frame = f
-        return self._process(engine, cands)
+        if not new:
+            return []
+        return self._process(engine, self.detector.add_many(new, np.stack(descs)))
 
     def finish(self, engine: MappingEngine) -> list[LoopClosureUpdate]:
         return self._process(engine, self.detector.flush())

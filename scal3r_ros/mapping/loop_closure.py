@@ -127,7 +127,7 @@ class LoopDetectorConfig:
     nms_radius: int = 25
     nms_delay: int | None = None  # frames to wait before finalising; None = nms_radius
     center: bool = False  # subtract the running mean descriptor (pooled backbone tokens)
-    capacity: int = 2000  # descriptors kept (thumbnails: 8 KB each); older ones thinned
+    capacity: int = 2000  # descriptors kept (thumbnails: 16 KB each); older ones thinned
     db_stride: int = 1  # store every n-th frame (queries still run on every frame)
 
     @staticmethod
@@ -169,6 +169,7 @@ class LoopDetector:
         self._last = -1
         self.pending: list[LoopCandidate] = []
         self.accepted: list[LoopCandidate] = []
+        self._acc_ends = np.zeros((0, 2), np.int64)  # (earlier, later) of ``accepted``
 
     def __len__(self) -> int:
         return self._n
@@ -178,12 +179,14 @@ class LoopDetector:
         return self._ids[: self._n].copy()
 
     # -- database
-    def _insert(self, frame: int, d: np.ndarray) -> None:
+    def _insert(self, frame: int, d: np.ndarray) -> np.ndarray | None:
+        """Store a descriptor; returns the kept slot indices when the store was thinned."""
         c = self.config
         if self._desc is None:
-            # float16: half the memory of a full store; similarities are summed in float32
-            self._desc = np.zeros((c.capacity, d.size), np.float16)
+            # float32: queries read the store in place (no conversion per query)
+            self._desc = np.zeros((c.capacity, d.size), np.float32)
             self._ids = np.zeros(c.capacity, np.int64)
+        keep = None
         if self._n == c.capacity:
             # thin the older half (keep every second), so the whole past stays covered
             half = self._n // 2
@@ -196,6 +199,7 @@ class LoopDetector:
         self._desc[self._n] = d if c.center else self._normalise(d)
         self._ids[self._n] = frame
         self._n += 1
+        return keep
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
         if self.config.center and self._sum is not None and self._count > 1:
@@ -206,21 +210,30 @@ class LoopDetector:
     def query(self, frame: int, descriptor: np.ndarray) -> list[LoopCandidate]:
         """Candidates for ``frame`` among stored frames older than ``min_gap``, unfiltered
         by NMS: top-k by inner product, similarity above the threshold."""
-        c = self.config
+        return self._candidates(frame, self._eligible(frame), descriptor, None)
+
+    def _eligible(self, frame: int) -> int:
+        """Stored slots ``[0, k)`` are old enough for ``frame`` (ids increase)."""
         if self._n == 0 or self._desc is None:
-            return []
-        # ids increase, so the eligible (old enough) frames are a prefix: no copy
-        k_end = int(np.searchsorted(self._ids[: self._n], frame - c.min_gap))
+            return 0
+        return int(np.searchsorted(self._ids[: self._n], frame - self.config.min_gap))
+
+    def _candidates(
+        self, frame: int, k_end: int, descriptor: np.ndarray, sims: np.ndarray | None
+    ) -> list[LoopCandidate]:
+        """Top-k over slots ``[0, k_end)``; ``sims``: their similarities when known."""
+        c = self.config
         if k_end == 0:
             return []
-        q = self._normalise(np.asarray(descriptor, np.float32).reshape(-1))
-        sims = np.concatenate(
-            [
-                (self._normalise(blk.astype(np.float32)) if c.center else blk.astype(np.float32))
-                @ q
-                for blk in np.array_split(self._desc[:k_end], max(1, k_end // 256))
-            ]
-        )  # blocks: no full-size float32 copy of the store per query
+        if sims is None:
+            q = self._normalise(np.asarray(descriptor, np.float32).reshape(-1))
+            db = self._desc[:k_end]
+            if c.center:  # centred per block: no full-size copy of the store per query
+                blocks = np.array_split(db, max(1, k_end // 256))
+                sims = np.concatenate([self._normalise(b) @ q for b in blocks])
+            else:
+                sims = db @ q
+        sims = sims[:k_end]
         k = min(c.top_k, sims.size)
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top])]
@@ -232,19 +245,45 @@ class LoopDetector:
 
     def add(self, frame: int, descriptor: np.ndarray) -> list[LoopCandidate]:
         """Insert a frame's descriptor, propose its candidates, return finalised loops."""
-        frame = int(frame)
-        if frame <= self._last:
-            raise ValueError(f"frame indices must increase ({frame} after {self._last})")
-        self._last = frame
-        d = np.asarray(descriptor, np.float32).reshape(-1)
-        if self._desc is not None and d.size != self._desc.shape[1]:
-            raise ValueError(f"descriptor size {d.size} != {self._desc.shape[1]}")
-        self.pending.extend(self.query(frame, d))
-        self._sum = d.astype(np.float64) if self._sum is None else self._sum + d
-        self._count += 1
-        if frame % max(1, self.config.db_stride) == 0:
-            self._insert(frame, d)
-        return self._finalise(frame)
+        return self.add_many([frame], np.asarray(descriptor, np.float32).reshape(1, -1))
+
+    def add_many(self, frames: Sequence[int], descriptors: np.ndarray) -> list[LoopCandidate]:
+        """`add` for each frame in turn (same candidates), with one matrix product for the
+        batch: a window's new frames cost one pass over the store, not one each.
+
+        Without centring the stored descriptors never change, so every batch frame's
+        similarity to every slot is computed up front (store x batch, plus batch x batch
+        for slots the batch itself fills) and the sequential rules (eligibility by
+        ``min_gap``, thinning, NMS after each frame) run on those numbers.
+        """
+        c = self.config
+        Q = np.asarray(descriptors, np.float32).reshape(len(frames), -1)
+        if self._desc is not None and Q.shape[1] != self._desc.shape[1]:
+            raise ValueError(f"descriptor size {Q.shape[1]} != {self._desc.shape[1]}")
+        S = None  # (capacity, B): similarity of slot i to batch frame j
+        if not c.center and len(Q):
+            Qn = self._normalise(Q)
+            S = np.zeros((c.capacity, len(Q)), np.float32)
+            if self._n:
+                S[: self._n] = self._desc[: self._n] @ Qn.T
+        out: list[LoopCandidate] = []
+        for j, frame in enumerate(int(f) for f in frames):
+            if frame <= self._last:
+                raise ValueError(f"frame indices must increase ({frame} after {self._last})")
+            self._last = frame
+            d = Q[j]
+            sims = None if S is None else S[:, j]
+            self.pending.extend(self._candidates(frame, self._eligible(frame), d, sims))
+            self._sum = d.astype(np.float64) if self._sum is None else self._sum + d
+            self._count += 1
+            if frame % max(1, c.db_stride) == 0:
+                keep = self._insert(frame, d)
+                if S is not None:
+                    if keep is not None:
+                        S[: len(keep)] = S[keep]
+                    S[self._n - 1] = Qn @ Qn[j]
+            out += self._finalise(frame)
+        return out
 
     def inject(self, later: int, earlier: int, similarity: float = 1.0) -> None:
         """Propose a candidate from outside (tests, oracle); it goes through NMS."""
@@ -263,7 +302,8 @@ class LoopDetector:
         cands = sorted(set(self.pending), key=lambda x: -x.similarity)
         if not c.use_nms or c.nms_radius <= 0:
             self.pending = []
-            self.accepted.extend(cands)
+            for cand in cands:
+                self._accept(cand)
             return cands
         delay = c.nms_radius if c.nms_delay is None else c.nms_delay
         r = c.nms_radius
@@ -275,19 +315,34 @@ class LoopDetector:
             return any(_suppresses(a, x.later, r) or _suppresses(a, x.earlier, r) for a in group)
 
         for cand in cands:
-            if hit(self.accepted, cand):
+            if self._suppressed_by_accepted(cand, r):
                 continue  # dropped for good
             if hit(tentative, cand):
                 keep.append(cand)  # a better, not yet final, candidate may suppress it
                 continue
             if current is None or cand.later <= current - delay:
-                self.accepted.append(cand)
+                self._accept(cand)
                 out.append(cand)
             else:
                 tentative.append(cand)
                 keep.append(cand)
         self.pending = keep
         return out
+
+    def _accept(self, cand: LoopCandidate) -> None:
+        self.accepted.append(cand)
+        self._acc_ends = np.vstack([self._acc_ends, [[cand.earlier, cand.later]]])
+
+    def _suppressed_by_accepted(self, x: LoopCandidate, r: int) -> bool:
+        """`_suppresses` against every accepted pair at once (their number grows with
+        the drive; this runs for each pending candidate after every frame)."""
+        i, j = self._acc_ends[:, 0], self._acc_ends[:, 1]
+        for v in (x.later, x.earlier):
+            near_i = (i - r <= v) & (v < np.minimum(i + r + 1, j))
+            near_j = (np.maximum(i + 1, j - r) <= v) & (v <= j + r)
+            if (near_i | near_j).any():
+                return True
+        return False
 
 
 # --------------------------------------------------------------------------- loop windows

@@ -9,7 +9,6 @@ the second half goes to the later one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +17,27 @@ from scipy.spatial.transform import Rotation
 from scal3r_ros.mapping.sim3 import Sim3
 
 
-@dataclass
-class _Entry:
-    stamp_ns: int
-    chunk_id: int
-    c2w_local: np.ndarray  # 4x4 rigid, in the chunk's coordinates
-
-
 class Trajectory:
-    """Frame index -> (stamp, owner chunk, local pose); chunk id -> Sim(3) to the map."""
+    """Frame index -> (stamp, owner chunk, local pose); chunk id -> Sim(3) to the map.
+
+    Per-frame data live in numpy arrays indexed by frame id (grown by doubling): a long
+    drive costs 144 bytes per frame, and a loop closure that moves every chunk re-poses
+    all frames in a few vectorised operations instead of a Python loop per frame.
+    """
 
     def __init__(self) -> None:
-        self._frames: dict[int, _Entry] = {}
         self._chunks: dict[int, Sim3] = {}
+        self.reset()
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return self._count
 
     def reset(self) -> None:
-        self._frames.clear()
         self._chunks.clear()
+        self._stamp = np.zeros(0, np.int64)
+        self._owner = np.zeros(0, np.int64)  # -1: no such frame
+        self._local = np.zeros((0, 4, 4))  # c2w, rigid, in the owner chunk's coordinates
+        self._count = 0
 
     def set_chunk_pose(self, chunk_id: int, g: Sim3) -> None:
         self._chunks[chunk_id] = g
@@ -46,29 +46,63 @@ class Trajectory:
         return self._chunks[chunk_id]
 
     def set_frame(self, frame_id: int, stamp_ns: int, chunk_id: int, c2w_local: np.ndarray) -> None:
-        self._frames[frame_id] = _Entry(int(stamp_ns), chunk_id, np.asarray(c2w_local, float))
+        if frame_id < 0:
+            raise ValueError(f"frame ids are non-negative, got {frame_id}")
+        if frame_id >= len(self._owner):
+            self._grow(frame_id + 1)
+        self._count += int(self._owner[frame_id] < 0)
+        self._stamp[frame_id] = int(stamp_ns)
+        self._owner[frame_id] = chunk_id
+        self._local[frame_id] = np.asarray(c2w_local, float)
+
+    def _grow(self, needed: int) -> None:
+        n = max(needed, 2 * len(self._owner), 256)
+        old = len(self._owner)
+        self._stamp = np.concatenate([self._stamp, np.zeros(n - old, np.int64)])
+        self._owner = np.concatenate([self._owner, np.full(n - old, -1, np.int64)])
+        self._local = np.concatenate([self._local, np.zeros((n - old, 4, 4))])
+
+    def _check(self, ids: np.ndarray) -> None:
+        bad = (ids < 0) | (ids >= len(self._owner))
+        if bad.any() or (self._owner[ids[~bad]] < 0).any():
+            raise KeyError(f"unknown frame ids in {ids.tolist()[:10]}...")
 
     def owner(self, frame_id: int) -> int:
-        return self._frames[frame_id].chunk_id
+        self._check(np.array([frame_id]))
+        return int(self._owner[frame_id])
 
     def frame_ids(self) -> np.ndarray:
-        return np.array(sorted(self._frames), dtype=np.int64)
+        return np.flatnonzero(self._owner >= 0).astype(np.int64)
 
     def frames_of_chunk(self, chunk_id: int) -> np.ndarray:
-        return np.array(
-            sorted(f for f, e in self._frames.items() if e.chunk_id == chunk_id), dtype=np.int64
+        return self.frames_of_chunks([chunk_id])
+
+    def frames_of_chunks(self, chunk_ids) -> np.ndarray:
+        """Sorted ids of the frames owned by any of ``chunk_ids``."""
+        return np.flatnonzero(np.isin(self._owner, np.fromiter(chunk_ids, np.int64))).astype(
+            np.int64
         )
 
     def pose(self, frame_id: int) -> np.ndarray:
-        e = self._frames[frame_id]
-        return self._chunks[e.chunk_id].apply_pose(e.c2w_local)
+        return self.poses(np.array([frame_id]))[1][0]
 
     def poses(self, frame_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(stamps_ns (N,), c2w (N, 4, 4)) in the map frame, sorted by frame index."""
+        """(stamps_ns (N,), c2w (N, 4, 4)) in the map frame, in the order of ``frame_ids``
+        (default: every frame, sorted by index)."""
         ids = self.frame_ids() if frame_ids is None else np.asarray(frame_ids, np.int64)
-        stamps = np.array([self._frames[int(i)].stamp_ns for i in ids], dtype=np.int64)
-        c2w = np.stack([self.pose(int(i)) for i in ids]) if len(ids) else np.zeros((0, 4, 4))
-        return stamps, c2w
+        self._check(ids)
+        owners = self._owner[ids]
+        used, which = np.unique(owners, return_inverse=True)
+        s = np.array([self._chunks[int(c)].s for c in used])[which]
+        R = np.stack([self._chunks[int(c)].R for c in used])[which] if len(used) else None
+        t = np.stack([self._chunks[int(c)].t for c in used])[which] if len(used) else None
+        local = self._local[ids]
+        c2w = np.zeros((len(ids), 4, 4))
+        c2w[:, 3, 3] = 1.0
+        if len(ids):  # as Sim3.apply_pose: the centre moves with s, the orientation rotates
+            c2w[:, :3, :3] = R @ local[:, :3, :3]
+            c2w[:, :3, 3] = s[:, None] * (R @ local[:, :3, 3:])[..., 0] + t
+        return self._stamp[ids].copy(), c2w
 
     def save(self, path: str | Path, fmt: str = "tum") -> None:
         stamps, c2w = self.poses()

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
@@ -54,35 +53,12 @@ from scal3r_ros.ros.conversions import (
     points_to_cloud,
     stamp_to_ns,
 )
-from scal3r_ros.ros.frames import (
-    FrameConverter,
-    camera_mount,
-    matrix_from_quaternion,
-    quaternion_from_matrix,
-    rigid_inverse,
-)
+from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
 from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.planner_outputs import PlannerOutputs
+from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs, transform_msg
 from scal3r_ros.ros.worker import MappingWorker
 from scal3r_ros.share import config_file
-
-
-def _transform(T: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
-    msg = TransformStamped()
-    msg.header.stamp = stamp
-    msg.header.frame_id = parent
-    msg.child_frame_id = child
-    t = msg.transform.translation
-    t.x, t.y, t.z = (float(v) for v in T[:3, 3])
-    q = msg.transform.rotation
-    q.x, q.y, q.z, q.w = (float(v) for v in quaternion_from_matrix(T[:3, :3]))
-    return msg
-
-
-def _pose_fields(pose, T: np.ndarray) -> None:
-    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
-    q = quaternion_from_matrix(T[:3, :3])
-    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = map(float, q)
 
 
 def safe_output_path(root: Path, name: str) -> Path:
@@ -153,6 +129,11 @@ class MappingNode(Node):
         self.pub_odom = self.create_publisher(Odometry, "~/odometry", qos.RELIABLE_OUTPUT)
         self.pub_path = self.create_publisher(PathMsg, "~/path", qos.LATCHED)
         self.pub_status = self.create_publisher(MappingStatus, "~/status", qos.RELIABLE_OUTPUT)
+        self.poses = PoseOutputs(
+            self.converter, PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
+            self.pub_tf.publish, self.pub_odom.publish, self.pub_path.publish,
+            path_period=cfg.path_publish_period, path_max_poses=cfg.path_max_poses,
+        )  # fmt: skip
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.RELIABLE_OUTPUT)
 
         # --- inputs
@@ -189,17 +170,15 @@ class MappingNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.cfg = trial
+        if hasattr(self, "poses"):
+            self.poses.path_period = trial.path_publish_period
+            self.poses.path_max_poses = trial.path_max_poses
         return SetParametersResult(successful=True)
 
     # ================================================================ input callbacks
     def _reset_node_state(self) -> None:
-        self._path_poses: dict[int, PoseStamped] = {}  # frame id -> its entry of ~/path
-        self._path_order: list[int] = []
-        self._odom_pose: dict[int, np.ndarray] = {}  # frame id -> T_odom_base as published
-        self._map_pose: dict[int, np.ndarray] = {}  # frame id -> corrected T_map_base
-        self._frame_stamp: dict[int, int] = {}
-        self._T_map_odom = np.eye(4)
-        self._last_fid = -1
+        if hasattr(self, "poses"):
+            self.poses.reset()
         self._latency_s = 0.0
         self._timings: dict[str, float] = {}
         self._memory: dict[str, float] = {}
@@ -315,7 +294,7 @@ class MappingNode(Node):
             )
         elif self.cfg.publish_camera_tf:
             self.pub_tf_static.publish(TFMessage(transforms=[
-                _transform(self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp)
+                transform_msg(self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp)
             ]))  # fmt: skip
 
     # ================================================================ worker events
@@ -343,7 +322,7 @@ class MappingNode(Node):
                     break
         newest = max(
             (int(s) for ev in events if isinstance(ev, PosesUpdate) for s in ev.stamps_ns),
-            default=self._frame_stamp.get(self._last_fid, 0),
+            default=self.poses.newest_stamp_ns,
         )
         if self.planner.on_events(events, engine, ns_to_stamp(newest)):
             self._rescale(engine)  # scale changed: re-express everything published so far
@@ -351,7 +330,7 @@ class MappingNode(Node):
             if isinstance(ev, PosesUpdate):
                 self._on_poses(ev)
             elif isinstance(ev, PointsUpdate) and len(ev.xyz):
-                stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
+                stamp = ns_to_stamp(self.poses.newest_stamp_ns)
                 self.pub_cloud.publish(points_to_cloud(
                     self.converter.points(ev.xyz), ev.rgb, ev.confidence, stamp, cfg.map_frame
                 ))  # fmt: skip
@@ -381,86 +360,24 @@ class MappingNode(Node):
             # worker thread; the saved map is voxelised globally
             xyz, rgb, conf = engine.map_points(voxelize=False)
             self._map_points = len(xyz)
-            stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
+            stamp = ns_to_stamp(self.poses.newest_stamp_ns)
             self.pub_map.publish(points_to_cloud(
                 self.converter.points(xyz), rgb, conf, stamp, cfg.map_frame))  # fmt: skip
             self._map_dirty = False
             self._last_map_pub = now
+        self.poses.publish_path(now)
 
     def _on_poses(self, ev: PosesUpdate) -> None:
-        cfg = self.cfg
-        T_map_base = self.converter.base_poses(ev.c2w)
-        transforms = []
-        for fid, stamp_ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(), T_map_base,
-                                    strict=True):  # fmt: skip
-            self._map_pose[fid] = T
-            self._frame_stamp[fid] = stamp_ns
-            if fid not in self._odom_pose:  # first estimate: the odometry keeps it for good
-                self._odom_pose[fid] = rigid_inverse(self._T_map_odom) @ T
-                self._publish_odometry(fid, stamp_ns)
-                transforms.append(_transform(self._odom_pose[fid], cfg.odom_frame,
-                                             cfg.base_frame, ns_to_stamp(stamp_ns)))  # fmt: skip
-            self._last_fid = max(self._last_fid, fid)
-        # map -> odom absorbs the difference between corrected and published poses
-        last = self._last_fid
-        self._T_map_odom = self._map_pose[last] @ rigid_inverse(self._odom_pose[last])
-        stamp = ns_to_stamp(self._frame_stamp[last])
-        transforms.append(_transform(self._T_map_odom, cfg.map_frame, cfg.odom_frame, stamp))
-        self.pub_tf.publish(TFMessage(transforms=transforms))
-        if not ev.corrected:
+        self.poses.on_poses(ev)
+        if not ev.corrected and self.poses.newest >= 0:
             clock_now = self.get_clock().now().nanoseconds
-            self._latency_s = max(0.0, (clock_now - self._frame_stamp[last]) / 1e9)
-        for fid, T in zip(ev.frame_ids.tolist(), T_map_base, strict=True):
-            self._set_path_pose(fid, T)
-        self._publish_path(stamp)
-
-    def _set_path_pose(self, fid: int, T: np.ndarray) -> None:
-        """Keep one PoseStamped per frame, so a path update only touches changed poses."""
-        ps = self._path_poses.get(fid)
-        if ps is None:
-            ps = PoseStamped()
-            ps.header.frame_id = self.cfg.map_frame
-            ps.header.stamp = ns_to_stamp(self._frame_stamp[fid])
-            self._path_poses[fid] = ps
-            self._path_order.append(fid)
-            if len(self._path_order) > 1 and fid < self._path_order[-2]:
-                self._path_order.sort()
-        _pose_fields(ps.pose, T)
-
-    def _publish_path(self, stamp) -> None:
-        path = PathMsg()
-        path.header.frame_id = self.cfg.map_frame
-        path.header.stamp = stamp
-        path.poses = [self._path_poses[f] for f in self._path_order]
-        self.pub_path.publish(path)
+            self._latency_s = max(0.0, (clock_now - self.poses.newest_stamp_ns) / 1e9)
 
     def _rescale(self, engine: MappingEngine) -> None:
         """Re-express the path in the new scale; the map is re-published next."""
-        ids, stamps, c2w = engine.poses()
-        for fid, stamp, T in zip(ids.tolist(), stamps.tolist(), self.converter.base_poses(c2w),
-                                 strict=True):  # fmt: skip
-            self._map_pose[fid] = T
-            self._frame_stamp[fid] = stamp
-            self._set_path_pose(fid, T)
+        self.poses.set_all(*engine.poses())
         self._map_dirty = True
         self._last_map_pub = 0.0
-
-    def _publish_odometry(self, fid: int, stamp_ns: int) -> None:
-        T = self._odom_pose[fid]
-        msg = Odometry()
-        msg.header.stamp = ns_to_stamp(stamp_ns)
-        msg.header.frame_id = self.cfg.odom_frame
-        msg.child_frame_id = self.cfg.base_frame
-        _pose_fields(msg.pose.pose, T)
-        prev = self._odom_pose.get(fid - 1)
-        dt = (stamp_ns - self._frame_stamp.get(fid - 1, stamp_ns)) / 1e9
-        if prev is not None and dt > 0:  # twist in the child frame, by finite difference
-            delta = rigid_inverse(prev) @ T
-            v = delta[:3, 3] / dt
-            msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.linear.z = v
-            rv = _rotvec(delta[:3, :3]) / dt
-            msg.twist.twist.angular.x, msg.twist.twist.angular.y, msg.twist.twist.angular.z = rv
-        self.pub_odom.publish(msg)
 
     # ================================================================ status
     def status_snapshot(self) -> MappingStatus:
@@ -477,7 +394,7 @@ class MappingNode(Node):
             msg.last_error = s.last_error
             busy, errors = s.busy, s.errors
             timings, memory = dict(self._timings), dict(self._memory)
-        msg.header.stamp = ns_to_stamp(self._frame_stamp.get(self._last_fid, 0))
+        msg.header.stamp = ns_to_stamp(self.poses.newest_stamp_ns)
         msg.header.frame_id = self.cfg.map_frame
         msg.loop_closures = self._loops
         msg.queue_length = self.worker.queue_length()
@@ -509,6 +426,7 @@ class MappingNode(Node):
         return msg
 
     def _publish_status(self) -> None:
+        self.poses.publish_path(time.monotonic())  # the last poses of a stream, too
         msg = self.status_snapshot()
         self.pub_status.publish(msg)
         diag = DiagnosticStatus(name="scal3r_mapping: mapping", hardware_id=msg.device)
@@ -597,14 +515,6 @@ class MappingNode(Node):
             target = safe_output_path(self.output_dir, "")
             files = self.save(engine, target)
             print(f"[scal3r_mapping] saved {len(files)} files to {target}", flush=True)
-
-
-def _rotvec(R: np.ndarray) -> np.ndarray:
-    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
-    if angle < 1e-9:
-        return np.zeros(3)
-    w = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return w * angle / (2 * np.sin(angle))
 
 
 def main(argv: list[str] | None = None) -> int:

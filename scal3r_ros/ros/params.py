@@ -66,6 +66,8 @@ class NodeConfig:
     publish_camera_tf: bool = True
     # --- output
     map_publish_period: float = 2.0
+    path_publish_period: float = 1.0
+    path_max_poses: int = 5000
     status_period: float = 0.5
     output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
     save_on_shutdown: bool = True
@@ -229,6 +231,15 @@ _DOC: dict[str, tuple[str, dict]] = {
     "map_publish_period": (
         "seconds between ~/map publications (0: only on request)",
         {"float_range": (0.0, 3600.0)},
+    ),
+    "path_publish_period": (
+        "seconds between ~/path publications (0: after every window)",
+        {"float_range": (0.0, 3600.0)},
+    ),
+    "path_max_poses": (
+        "most poses in one ~/path message, evenly thinned (0: all); saved trajectories "
+        "are always complete",
+        {"int_range": (0, 10_000_000)},
     ),
     "status_period": (
         "seconds between ~/status and /diagnostics messages",

@@ -118,44 +118,42 @@ def build_model(cfg: BenchConfig) -> Scal3R:
 
 # ================================================================== messages
 class MessageBuilder:
-    """Builds and publishes what the node publishes per window (same helpers, same shapes):
-    /tf (odom->base per new frame, map->odom), odometry, the full path, the window cloud."""
+    """Builds and publishes what the node publishes per window, with the node's own pieces
+    and defaults: /tf, odometry and ~/path (`PoseOutputs`), the window's PointCloud2."""
 
     def __init__(self) -> None:
         import rclpy
-        from geometry_msgs.msg import PoseStamped
         from nav_msgs.msg import Odometry
         from nav_msgs.msg import Path as PathMsg
         from sensor_msgs.msg import PointCloud2
         from tf2_msgs.msg import TFMessage
 
-        from scal3r_ros.ros import node as ros_node
         from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
-        from scal3r_ros.ros.frames import FrameConverter, camera_mount, rigid_inverse
+        from scal3r_ros.ros.frames import FrameConverter, camera_mount
+        from scal3r_ros.ros.params import NodeConfig
+        from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs
 
         self._rclpy = rclpy
-        self._n = ros_node
-        self._msgs = (PoseStamped, Odometry, PathMsg, TFMessage)
         self._points_to_cloud = points_to_cloud
         self._ns_to_stamp = ns_to_stamp
-        self._inv = rigid_inverse
         self.converter = FrameConverter(camera_mount())
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("scal3r_bench", context=self.context)
-        self.pub_tf = self.node.create_publisher(TFMessage, "/scal3r_bench/tf", 10)
-        self.pub_odom = self.node.create_publisher(Odometry, "/scal3r_bench/odometry", 10)
-        self.pub_path = self.node.create_publisher(PathMsg, "/scal3r_bench/path", 1)
+        pub_tf = self.node.create_publisher(TFMessage, "/scal3r_bench/tf", 10)
+        pub_odom = self.node.create_publisher(Odometry, "/scal3r_bench/odometry", 10)
+        pub_path = self.node.create_publisher(PathMsg, "/scal3r_bench/path", 1)
         self.pub_cloud = self.node.create_publisher(PointCloud2, "/scal3r_bench/cloud", 10)
+        defaults = NodeConfig()
+        self.poses = PoseOutputs(
+            self.converter, PoseFrames(), pub_tf.publish, pub_odom.publish, pub_path.publish,
+            path_period=defaults.path_publish_period, path_max_poses=defaults.path_max_poses,
+        )  # fmt: skip
         self.reset()
 
     def reset(self) -> None:
         self.converter.anchor = None
-        self._map_pose: dict[int, np.ndarray] = {}
-        self._odom_pose: dict[int, np.ndarray] = {}
-        self._stamp: dict[int, int] = {}
-        self._T_map_odom = np.eye(4)
-        self._last = -1
+        self.poses.reset()
 
     def close(self) -> None:
         self.node.destroy_node()
@@ -164,44 +162,15 @@ class MessageBuilder:
     def on_events(self, events: list) -> None:
         for ev in events:
             if isinstance(ev, PosesUpdate):
-                self._poses(ev)
+                if self.converter.anchor is None:
+                    self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+                self.poses.on_poses(ev)
             elif isinstance(ev, PointsUpdate) and len(ev.xyz):
-                stamp = self._ns_to_stamp(self._stamp.get(self._last, 0))
+                stamp = self._ns_to_stamp(self.poses.newest_stamp_ns)
                 xyz = self.converter.points(ev.xyz)
                 cloud = self._points_to_cloud(xyz, ev.rgb, ev.confidence, stamp, "map")
                 self.pub_cloud.publish(cloud)
-
-    def _poses(self, ev: PosesUpdate) -> None:
-        PoseStamped, Odometry, PathMsg, TFMessage = self._msgs
-        n = self._n
-        if self.converter.anchor is None:
-            self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
-        transforms = []
-        for fid, ns, T in zip(ev.frame_ids.tolist(), ev.stamps_ns.tolist(),
-                              self.converter.base_poses(ev.c2w), strict=True):  # fmt: skip
-            self._map_pose[fid], self._stamp[fid] = T, ns
-            if fid not in self._odom_pose:
-                self._odom_pose[fid] = self._inv(self._T_map_odom) @ T
-                odom = Odometry()
-                odom.header.stamp = self._ns_to_stamp(ns)
-                odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
-                n._pose_fields(odom.pose.pose, self._odom_pose[fid])
-                self.pub_odom.publish(odom)
-                transforms.append(n._transform(self._odom_pose[fid], "odom", "base_link",
-                                               self._ns_to_stamp(ns)))  # fmt: skip
-            self._last = max(self._last, fid)
-        self._T_map_odom = self._map_pose[self._last] @ self._inv(self._odom_pose[self._last])
-        stamp = self._ns_to_stamp(self._stamp[self._last])
-        transforms.append(n._transform(self._T_map_odom, "map", "odom", stamp))
-        self.pub_tf.publish(TFMessage(transforms=transforms))
-        path = PathMsg()
-        path.header.frame_id, path.header.stamp = "map", stamp
-        for fid in sorted(self._map_pose):
-            ps = PoseStamped()
-            ps.header.frame_id, ps.header.stamp = "map", self._ns_to_stamp(self._stamp[fid])
-            n._pose_fields(ps.pose, self._map_pose[fid])
-            path.poses.append(ps)
-        self.pub_path.publish(path)
+        self.poses.publish_path(time.monotonic())
 
 
 # ================================================================== runs

@@ -127,6 +127,29 @@ def test_detector_only_matches_frames_older_than_gap_and_stays_bounded():
     assert ids.min() < 10 and ids.max() == 59  # thinned, still spanning the whole past
 
 
+@pytest.mark.parametrize("batch", [8, 30])
+def test_add_many_equals_frame_by_frame(batch):
+    """A window's frames in one call give the same loops as one call per frame, with the
+    store thinned (small capacity) and every second frame stored."""
+    places = circle_places(400, laps=2.3)
+    od = OracleDescriptor(3, length_scale=2.0, dim=256)
+    descs = np.stack([od(p) for p in places])
+    cfg = LoopDetectorConfig(capacity=64, db_stride=2, nms_radius=10)
+    one, many = LoopDetector(cfg), LoopDetector(cfg)
+    ref = [c for i, d in enumerate(descs) for c in one.add(i, d)] + one.flush()
+    got = []
+    for s in range(0, len(descs), batch):
+        got += many.add_many(range(s, min(s + batch, len(descs))), descs[s : s + batch])
+    got += many.flush()
+    assert len(ref) >= 3  # two extra laps: several revisits survive NMS
+    assert [(c.later, c.earlier) for c in got] == [(c.later, c.earlier) for c in ref]
+    np.testing.assert_allclose([c.similarity for c in got], [c.similarity for c in ref],
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_array_equal(many.frame_ids, one.frame_ids)
+    with pytest.raises(ValueError):
+        many.add_many([5, 6], descs[:2])  # frame indices must increase
+
+
 def test_thumbnail_detector_on_synthetic_drive_finds_the_true_loop():
     from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 

@@ -99,6 +99,44 @@ def test_map_store_moves_points_with_the_chunk_and_exports(tmp_path):
     assert sorted(r.tolist()) == sorted(ply["r"].tolist())
 
 
+def _random_sim3(rng) -> Sim3:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return Sim3(float(rng.uniform(0.5, 2)), q * np.sign(np.linalg.det(q)), rng.normal(size=3))
+
+
+def test_trajectory_poses_follow_their_chunks():
+    """Vectorised poses equal Sim3.apply_pose per frame; re-owned frames move with their
+    new chunk; moving chunks moves exactly their frames."""
+    rng = np.random.default_rng(3)
+    traj = Trajectory()
+    chunks = {c: _random_sim3(rng) for c in range(40)}
+    for c, g in chunks.items():
+        traj.set_chunk_pose(c, g)
+    local = {}
+    for f in range(700):  # grows past the initial capacity several times
+        local[f] = _random_sim3(rng).matrix()
+        local[f][:3, :3] /= np.cbrt(np.linalg.det(local[f][:3, :3]))  # rigid
+        traj.set_frame(f, 1000 + f, f // 20, local[f])
+    for f in range(15, 25):  # overlap handed over to the next chunk
+        traj.set_frame(f, 1000 + f, 1, local[f])
+    assert len(traj) == 700
+    owner = {f: (1 if 15 <= f < 25 else f // 20) for f in range(700)}
+    chunks[1] = chunks[5] = _random_sim3(rng)  # a correction moves two chunks
+    traj.set_chunk_pose(1, chunks[1])
+    traj.set_chunk_pose(5, chunks[5])
+    moved = traj.frames_of_chunks([1, 5])
+    np.testing.assert_array_equal(moved, [f for f in range(700) if owner[f] in (1, 5)])
+    ids = np.array([699, 3, 17, 100, 250])
+    stamps, c2w = traj.poses(ids)
+    np.testing.assert_array_equal(stamps, 1000 + ids)
+    for f, T in zip(ids, c2w, strict=True):
+        np.testing.assert_allclose(T, chunks[owner[f]].apply_pose(local[f]), atol=1e-12)
+        assert traj.owner(int(f)) == owner[f]
+    np.testing.assert_array_equal(traj.frame_ids(), np.arange(700))
+    with pytest.raises(KeyError):
+        traj.poses(np.array([700]))
+
+
 def test_trajectory_exports_are_read_by_evo(tmp_path):
     from evo.core import metrics, sync
     from evo.tools import file_interface
