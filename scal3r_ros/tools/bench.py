@@ -14,10 +14,21 @@ ratio is measured, not quoted:
 - ``official_like``: fp32, the official CPU preprocessing path (PIL, frame by frame), all
   heads including the point head.
 
+With ``--ablation`` the step from ``official_like`` to ``optimised`` is measured one
+choice at a time, each column adding one choice to the previous one: ``official_like`` ->
+``+batch_preprocess`` -> ``+depth_heads_only`` -> ``optimised`` (+ bf16 autocast; skipped
+where bf16 is off, e.g. on CPU without ``--dtype bfloat16``, since it would repeat the
+previous column). The ratios then compare each column with the previous one.
+
 With ``--official /path/to/Scal3R`` the official code's forward
 (``scal3r.pipelines.backend.forward``, layer-synchronous GCS over all windows, fp32) also
 runs on the same preprocessed windows. It needs the official dependencies (einops, rich,
-pypose, ...); without ``--official`` nothing of it is imported.
+pypose, ...); without ``--official`` nothing of it is imported. OpenCV, which the official
+package imports at module level for its image I/O only, is replaced by a stand-in that
+raises on use where it is not installed (the result's notes say so).
+
+Without rclpy (or with ``--no-ros``) the message stage is not measured: its row reads
+``n/a (no rclpy)`` and the window total and pose latency exclude it.
 
 Pose latency is *computed from measurements*: for a camera at ``--rate`` Hz the oldest
 new frame of a window waits ``stride / rate`` seconds for the window to fill, then the
@@ -29,13 +40,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib
 import json
 import os
 import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import types
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +77,17 @@ from scal3r_ros.model.scal3r import Scal3R
 # engine stages (seconds per window in StatsUpdate.timings) -> table rows
 ENGINE_STAGES = ("infer", "unproject", "align", "map", "store", "loop", "graph")
 STAGES = ("preprocess", *ENGINE_STAGES, "publish", "window_total")
+# what MessageBuilder needs from ROS: without any of them the message stage is not measured
+ROS_MODULES = (
+    "rclpy",
+    "builtin_interfaces.msg",
+    "geometry_msgs.msg",
+    "nav_msgs.msg",
+    "rcl_interfaces.msg",
+    "sensor_msgs.msg",
+    "tf2_msgs.msg",
+)
+NO_ROS_CELL = "n/a (no rclpy)"
 
 
 @dataclass
@@ -80,6 +105,8 @@ class BenchConfig:
     official: str | None = None  # official Scal3R checkout
     baseline: bool = True  # run the official-like configuration of our network
     seed: int = 0
+    ablation: bool = False  # official_like -> optimised one choice per column
+    ros: bool = True  # False: do not build/publish ROS messages (as without rclpy)
 
 
 @dataclass
@@ -92,7 +119,8 @@ class RunResult:
     windows: int
     wall_s: float
     fps: float
-    stages_ms: dict[str, float]  # mean per window (preprocess: per window's new frames)
+    stages_ms: dict[str, float | None]  # mean per window (preprocess: per window's new
+    # frames); publish None: not measured (no ROS)
     preprocess_ms_per_frame: float
     network_ms_per_window: float
     network_fps: float  # frames / network time
@@ -117,6 +145,18 @@ def build_model(cfg: BenchConfig) -> Scal3R:
 
 
 # ================================================================== messages
+def ros_missing() -> str | None:
+    """Why the message stage cannot run here: the first of ``ROS_MODULES`` that does not
+    import (None: all do). Only these are probed, so an import error anywhere else (our
+    own ``scal3r_ros.ros`` modules included) still raises."""
+    for name in ROS_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"{name} cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
 class MessageBuilder:
     """Builds and publishes what the node publishes per window, with the node's own pieces
     and defaults: /tf, odometry and ~/path (`PoseOutputs`), the window's PointCloud2."""
@@ -184,8 +224,10 @@ def _peak_rss_bytes() -> float:
 
 
 def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: list[Frame],
-                 cfg: BenchConfig, messages: MessageBuilder) -> RunResult:  # fmt: skip
-    """Stream ``frames`` through a fresh engine with ``backend``; time every stage."""
+                 cfg: BenchConfig, messages: MessageBuilder | None) -> RunResult:  # fmt: skip
+    """Stream ``frames`` through a fresh engine with ``backend``; time every stage.
+    ``messages`` None: no ROS, the message stage is not measured (``publish`` is None)
+    and the window total and latency exclude it."""
     device = backend.config.device
     engine = MappingEngine(
         EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"),
@@ -193,7 +235,8 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
         LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail())),
     )
     backend.reset_resolution()
-    messages.reset()
+    if messages is not None:
+        messages.reset()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -201,15 +244,18 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
     memory: list[dict[str, float]] = []
 
     def handle(events: list) -> None:
-        _sync(device)
-        t0 = time.perf_counter()
-        messages.on_events(events)
-        t_pub = time.perf_counter() - t0
+        t_pub = None
+        if messages is not None:
+            _sync(device)
+            t0 = time.perf_counter()
+            messages.on_events(events)
+            t_pub = time.perf_counter() - t0
         for ev in events:
             if isinstance(ev, StatsUpdate):
                 t = dict(ev.timings)
                 t["preprocess"] = t.pop("prepare", 0.0)
-                t["publish"] = t_pub
+                if t_pub is not None:
+                    t["publish"] = t_pub
                 windows.append(t)
                 memory.append(dict(ev.memory))
 
@@ -223,7 +269,10 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
         raise RuntimeError("no window was processed: use --frames >= --chunk")
 
     n = len(frames)
+    stages: dict[str, float | None]
     stages = {s: 1e3 * float(np.mean([w.get(s, 0.0) for w in windows])) for s in STAGES[:-1]}
+    if messages is None:
+        stages["publish"] = None  # not measured (and 0 in the window total below)
     per_window = [sum(w.get(s, 0.0) for s in ENGINE_STAGES + ("publish",)) for w in windows]
     stages["window_total"] = 1e3 * float(np.mean(per_window))
     infer_total = sum(w["infer"] for w in windows)
@@ -258,10 +307,39 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
     )
 
 
+class _StandIn(types.ModuleType):
+    """Stands in for a module that the official package imports at module level but its
+    forward never uses: every attribute is a function that raises, so no use goes unseen."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+            raise ImportError(
+                f"{self.__name__}.{attr}: {self.__name__} is not installed "
+                "(scal3r_bench registered a stand-in for the official imports)"
+            )
+
+        return unavailable
+
+
+# the official package imports OpenCV at module level for image I/O (not in the forward);
+# its wheel is too large to carry to a GPU machine that lacks it
+OFFICIAL_STAND_INS = ("cv2",)
+
+
 def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: str) -> RunResult:
     """The official forward (release preprocessing, layer-synchronous GCS, all heads, fp32)
     over the same windows our engine forms from the same frames."""
     sys.path.insert(0, str(checkout.resolve()))
+    stand_ins = []
+    for name in OFFICIAL_STAND_INS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = _StandIn(name)
+            stand_ins.append(name)
     import yaml
     from scal3r.models.scal3r import Scal3R as OfficialScal3R
     from scal3r.pipelines import backend as official_backend
@@ -319,19 +397,70 @@ def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: 
         network_fps=n / t_net, latency_s={}, peak_gpu_bytes=peak,
         host_peak_rss_bytes=_peak_rss_bytes(), rss_at_windows_max_bytes=float(host_rss_bytes()),
         map_points=0, gcs_state_bytes=0.0,
-        extra={"note": "network and preprocessing only (no alignment/map/messages)"},
+        extra={"note": "network and preprocessing only (no alignment/map/messages)",
+               "stand_ins": stand_ins},
     )  # fmt: skip
 
 
-def warm_up(fast: Scal3RBackend, ref: Scal3RBackend, frames: list[Frame], n: int) -> None:
+def warm_up(backends: list[Scal3RBackend], frames: list[Frame], n: int) -> None:
     """One small window through each configuration (lazy initialisation, CUDA context and
-    kernels are not steady state) so neither timed run pays for it."""
-    for backend in (fast, ref):
+    kernels are not steady state) so no timed run pays for it."""
+    for backend in backends:
         img = backend.prepare(frames[0].image, None)[0]
         chunk = ChunkInput(-1, np.arange(n), np.arange(n), np.stack([img] * n))
         backend.infer(chunk, backend.new_gcs_state("causal"))
         backend.reset_resolution()
-    _sync(fast.config.device)
+        _sync(backend.config.device)
+
+
+def describe(c: Scal3RBackendConfig) -> str:
+    """A configuration's column description, from the choices it makes."""
+    prep = ("batched preprocessing (preprocess_batch)" if c.preprocess == "batch"
+            else "official CPU preprocessing (PIL, per frame)")  # fmt: skip
+    heads = "all heads incl. points" if c.point_head else "heads camera+depth"
+    return f"{prep}, {heads}, {'bf16 autocast' if c.autocast_bf16 else 'fp32'}"
+
+
+def variants(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict, list[str]]:
+    """The configurations of our network to run, in column order ({name: backend config}),
+    and notes on those left out. Default: ``optimised`` (the node's) and ``official_like``
+    (the release's choices). ``--ablation``: from ``official_like`` to ``optimised``, each
+    column adding one choice to the previous one."""
+    official_like = Scal3RBackendConfig(device=device, autocast_bf16=False, point_head=True,
+                                        preprocess="reference")  # fmt: skip
+    optimised = Scal3RBackendConfig(device=device, autocast_bf16=bf16, point_head=False,
+                                    preprocess="batch")  # fmt: skip
+    if not cfg.ablation:
+        out = {"optimised": optimised}
+        if cfg.baseline:
+            out["official_like"] = official_like
+        return out, []
+    if not cfg.baseline:
+        raise ValueError("--ablation starts from official_like: drop --no-baseline")
+    out = {"official_like": official_like}
+    out["+batch_preprocess"] = replace(out["official_like"], preprocess="batch")
+    out["+depth_heads_only"] = replace(out["+batch_preprocess"], point_head=False)
+    if not bf16:
+        why = "--dtype float32" if cfg.dtype == "float32" else f"dtype auto on {device}"
+        return out, [
+            f"optimised (+ bf16 autocast) skipped: bf16 is off here ({why}), so it would "
+            "repeat +depth_heads_only, which is then the optimised configuration "
+            "(--dtype bfloat16 measures the bf16 step)"
+        ]
+    out["optimised"] = optimised  # = +depth_heads_only with bf16 autocast
+    return out, []
+
+
+def render_frames(drive: SyntheticDrive, n: int) -> list[Frame]:
+    """The synthetic stream, rendered before any timing. Frame i is a pure function of i
+    and numpy releases the GIL in the ray casting, so on a many-core machine (a GPU host)
+    threads render the same frames sooner."""
+    workers = min(8, (os.cpu_count() or 1) // 2)
+    bar = dict(total=n, desc="render", unit="frame", leave=False)
+    if workers < 2:
+        return [drive.frame(i) for i in tqdm(range(n), **bar)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(drive.frame, range(n)), **bar))
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -357,64 +486,75 @@ def machine_info(device: str) -> dict[str, Any]:
     }
 
 
+def speedup(base: RunResult, new: RunResult) -> dict[str, float]:
+    """How many times faster ``new`` is than ``base`` (> 1: ``new`` is faster)."""
+    return {
+        "fps_end_to_end": new.fps / base.fps,
+        "network_time": base.network_ms_per_window / new.network_ms_per_window,
+        "preprocess_time": base.preprocess_ms_per_frame / max(new.preprocess_ms_per_frame, 1e-9),
+    }
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     device = str(resolve_device(cfg.device))
     if cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
+    configs, notes = variants(cfg, device, bf16)
     drive = SyntheticDrive(SyntheticConfig(width=cfg.width, height=cfg.height,
                                            n_frames=cfg.frames, seed=cfg.seed))  # fmt: skip
-    frames = [drive.frame(i) for i in tqdm(range(cfg.frames), desc="render", leave=False)]
+    frames = render_frames(drive, cfg.frames)
     model = build_model(cfg)
-    fast = Scal3RBackend(
-        model, Scal3RBackendConfig(device=device, autocast_bf16=bf16, preprocess="batch")
-    )
-    messages = MessageBuilder()
-    ref = Scal3RBackend(model, Scal3RBackendConfig(device=device, autocast_bf16=False,
-                                                   point_head=True))  # fmt: skip
-    warm_up(fast, ref, frames, min(cfg.chunk, 2))
+    backends = {k: Scal3RBackend(model, c) for k, c in configs.items()}
+    no_ros = "--no-ros given" if not cfg.ros else ros_missing()
+    messages = None if no_ros else MessageBuilder()
+    if no_ros:
+        notes.append(f"ROS messages: not measured ({no_ros}), shown as '{NO_ROS_CELL}'; "
+                     "the window total and the pose latency exclude the message stage")  # fmt: skip
+    warm_up(list(backends.values()), frames, min(cfg.chunk, 2))
     runs: dict[str, RunResult] = {}
     try:
-        runs["optimised"] = run_pipeline(
-            "optimised",
-            f"batched preprocessing (preprocess_batch), heads camera+depth, "
-            f"{'bf16 autocast' if bf16 else 'fp32'}",
-            fast, frames, cfg, messages,
-        )  # fmt: skip
-        if cfg.baseline:
-            runs["official_like"] = run_pipeline(
-                "official_like",
-                "official CPU preprocessing (PIL, per frame), all heads incl. points, fp32",
-                ref, frames, cfg, messages,
-            )  # fmt: skip
+        for name, backend in backends.items():
+            runs[name] = run_pipeline(name, describe(backend.config), backend, frames, cfg,
+                                      messages)  # fmt: skip
     finally:
-        messages.close()
+        if messages is not None:
+            messages.close()
+    ours = list(runs)
     if cfg.official:
-        del fast, ref, model  # room for the official model
+        del backends, model  # room for the official model
         gc.collect()
         runs["official"] = run_official(Path(cfg.official), cfg, frames, device)
-    opt = runs["optimised"]
-    ratios = {
-        f"{k}_vs_optimised": {
-            "fps_end_to_end": opt.fps / r.fps,
-            "network_time": r.network_ms_per_window / opt.network_ms_per_window,
-            "preprocess_time": r.preprocess_ms_per_frame / max(opt.preprocess_ms_per_frame, 1e-9),
-        }
-        for k, r in runs.items()
-        if k != "optimised"
-    }
+        notes += [f"official: {m} is not installed; a stand-in that raises on use was "
+                  "registered (the official package imports it for image I/O only)"
+                  for m in runs["official"].extra["stand_ins"]]  # fmt: skip
+    # "A_vs_B": how many times faster B is than A. Default: every run vs optimised;
+    # ablation: each column vs the previous one, then the first vs the last
+    if cfg.ablation:
+        best = ours[-1]
+        pairs = [*zip(ours[:-1], ours[1:], strict=True), (ours[0], best)]
+    else:
+        best = "optimised"
+        pairs = [(k, best) for k in ours if k != best]
+    pairs += [(k, best) for k in runs if k not in ours]
+    ratios = {f"{a}_vs_{b}": speedup(runs[a], runs[b]) for a, b in pairs}
     return {
         "machine": machine_info(device),
         "config": asdict(cfg),
         "window_stride": cfg.chunk - cfg.overlap,
         "runs": {k: asdict(r) for k, r in runs.items()},
         "ratios": ratios,
+        "notes": notes,
     }
 
 
 # ================================================================== table
 def _mb(x: float | None) -> str:
     return "n/a (CPU)" if x is None else f"{x / 2**20:.0f} MiB"
+
+
+def _stage_ms(x: float | None) -> str:
+    return NO_ROS_CELL if x is None else f"{x:.1f}"  # None: the message stage, without ROS
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -449,7 +589,7 @@ def format_table(result: dict[str, Any]) -> str:
                      ("store", "store (overlap/loop geometry)"), ("loop", "loop detection"),
                      ("graph", "pose graph"), ("publish", "ROS messages (build+publish)"),
                      ("window_total", "window total (network..messages)")):  # fmt: skip
-        row(f"{label} [ms/window]", lambda r, s=s: f"{r['stages_ms'][s]:.1f}")
+        row(f"{label} [ms/window]", lambda r, s=s: _stage_ms(r["stages_ms"][s]))
     row("pose latency mean [s] (computed)", lambda r: f"{r['latency_s']['mean_s']:.2f}")
     row("pose latency max [s] (computed)", lambda r: f"{r['latency_s']['max_s']:.2f}")
     row("peak GPU memory", lambda r: _mb(r["peak_gpu_bytes"]))
@@ -463,13 +603,14 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"- ratio {k}: end-to-end FPS x{v['fps_end_to_end']:.2f}, network time "
             f"x{v['network_time']:.2f}, preprocessing time x{v['preprocess_time']:.2f} "
-            "(> 1: optimised is faster)"
+            f"(> 1: {k.split('_vs_', 1)[1]} is faster)"
         )
     lines.append(
         f"- pose latency = stride/rate ({result['window_stride']}/{c['rate']:g} Hz = "
         f"{result['window_stride'] / c['rate']:.2f} s) + measured window time (windows after "
         "the first); computed from measurements, not timed on /tf"
     )
+    lines += [f"- {note}" for note in result.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -587,6 +728,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=10.0, help="camera rate for the latency [Hz]")
     p.add_argument("--official", default=None, help="official Scal3R checkout: also run it")
     p.add_argument("--no-baseline", action="store_true", help="skip the official-like run")
+    p.add_argument("--ablation", action="store_true",
+                   help="official_like -> +batch_preprocess -> +depth_heads_only -> optimised, "
+                        "one choice per column, each ratio vs the previous column")  # fmt: skip
+    p.add_argument("--no-ros", action="store_true",
+                   help="do not build/publish ROS messages (as without rclpy): that stage "
+                        "is not measured")  # fmt: skip
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-points", type=int, default=2_000_000,
@@ -604,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         model=a.model, checkpoint=a.checkpoint, frames=a.frames, chunk=a.chunk,
         overlap=a.overlap, width=a.width, height=a.height, device=a.device, dtype=a.dtype,
         rate=a.rate, official=a.official, baseline=not a.no_baseline, seed=a.seed,
+        ablation=a.ablation, ros=not a.no_ros,
     )  # fmt: skip
     try:
         result = run_bench(cfg)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
+import torch
 
 from scal3r_ros.tools import bench
 
@@ -68,3 +75,123 @@ def test_conversion_and_engine_memory_modes_print_their_tables(capsys):
     )
     out = capsys.readouterr().out
     assert "| 20 |" in out and "| 40 |" in out and "| align |" in out
+
+
+TINY = ["--model", "tiny", "--width", "160", "--height", "48", "--device", "cpu"]
+ABLATION = ["official_like", "+batch_preprocess", "+depth_heads_only", "optimised"]
+REPO = Path(__file__).resolve().parents[2]
+DEVICE_CHECK = REPO / "scripts" / "device_check.sh"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny network is fast on one thread; two OpenMP threads on a shared 2-core
+    machine can be ten times slower (the timings are not asserted, only the structure)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_ablation_columns_each_add_one_choice():
+    cfg = bench.BenchConfig(ablation=True)
+    configs, notes = bench.variants(cfg, "cpu", bf16=True)
+    assert list(configs) == ABLATION and notes == []
+    for prev, new in zip(ABLATION[:-1], ABLATION[1:], strict=True):
+        a, b = asdict(configs[prev]), asdict(configs[new])
+        assert len([k for k in a if a[k] != b[k]]) == 1, (prev, new)
+    default, _ = bench.variants(bench.BenchConfig(), "cpu", bf16=True)
+    assert list(default) == ["optimised", "official_like"]
+    assert configs["optimised"] == default["optimised"]
+    assert configs["official_like"] == default["official_like"]
+    # without bf16 the last step would repeat the previous column: skipped, with a note
+    configs, notes = bench.variants(cfg, "cpu", bf16=False)
+    assert list(configs) == ABLATION[:-1]
+    assert len(notes) == 1 and "optimised (+ bf16 autocast) skipped" in notes[0]
+    with pytest.raises(ValueError, match="no-baseline"):
+        bench.variants(bench.BenchConfig(ablation=True, baseline=False), "cpu", bf16=True)
+
+
+def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "ablation.json"
+    argv = [*TINY, "--frames", "6", "--chunk", "4", "--overlap", "2", "--ablation", "--no-ros",
+            "--dtype", "bfloat16", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ABLATION
+    steps = [f"{a}_vs_{b}" for a, b in zip(ABLATION[:-1], ABLATION[1:], strict=True)]
+    assert list(result["ratios"]) == [*steps, "official_like_vs_optimised"]
+    for key, ratio in result["ratios"].items():
+        base, new = (result["runs"][k] for k in key.split("_vs_"))
+        assert ratio["fps_end_to_end"] == pytest.approx(new["fps"] / base["fps"])
+        assert ratio["network_time"] == pytest.approx(
+            base["network_ms_per_window"] / new["network_ms_per_window"]
+        )
+        assert ratio["preprocess_time"] > 0
+    for run in result["runs"].values():
+        assert run["windows"] == 2 and run["map_points"] > 0
+    printed = capsys.readouterr().out
+    assert "| | official_like | +batch_preprocess | +depth_heads_only | optimised |" in printed
+    assert "(> 1: +batch_preprocess is faster)" in printed
+    assert "(> 1: optimised is faster)" in printed
+    assert "bf16 autocast" in result["runs"]["optimised"]["description"]
+    assert "fp32" in result["runs"]["+depth_heads_only"]["description"]
+
+
+def test_bench_without_ros_marks_the_message_stage(tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "noros.json"
+    argv = [*TINY, "--frames", "4", "--chunk", "2", "--overlap", "1", "--no-baseline",
+            "--no-ros", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ["optimised"] and result["ratios"] == {}
+    stages = result["runs"]["optimised"]["stages_ms"]
+    assert stages["publish"] is None
+    # the window total is the engine stages alone
+    engine = sum(stages[s] for s in bench.ENGINE_STAGES)
+    assert stages["window_total"] == pytest.approx(engine, rel=1e-6)
+    assert any("ROS messages: not measured (--no-ros given)" in n for n in result["notes"])
+    printed = capsys.readouterr().out
+    assert "| ROS messages (build+publish) [ms/window] | n/a (no rclpy) |" in printed
+    assert "exclude the message stage" in printed
+
+
+def test_missing_rclpy_is_reported_not_raised(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rclpy", None)  # import rclpy -> ImportError
+    reason = bench.ros_missing()
+    assert reason is not None and reason.startswith("rclpy cannot be imported")
+
+
+def test_device_check_script_parses_and_its_bench_flags_exist():
+    assert subprocess.run(["bash", "-n", str(DEVICE_CHECK)], check=False).returncode == 0
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "device_prepare.sh")],
+                          check=False).returncode == 0  # fmt: skip
+    text = DEVICE_CHECK.read_text()
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text.split("bench() {", 1)[1]))
+    parser_flags = {"--no-ros", "--device", "--model", "--width", "--height", "--json",
+                    "--frames", "--chunk", "--overlap", "--ablation", "--official",
+                    "--no-baseline"}  # fmt: skip
+    assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_on_cpu(tmp_path):
+    """The GPU script end to end with the tiny model on CPU: every output, at most 8 files."""
+    out = tmp_path / "out"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this python
+    env = dict(os.environ, OUT=str(out), DEVICE="cpu", MODEL="tiny", WIDTH="160", HEIGHT="48",
+               FRAMES="6", CHUNK="4", OVERLAP="2", FRAMES_LOW="6", LOW_CHUNK="4",
+               LOW_OVERLAP="2", TESTS="test/model/test_gcm.py",
+               OMP_NUM_THREADS="1", PATH=path)  # fmt: skip
+    proc = subprocess.run(["bash", str(DEVICE_CHECK)], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(["machine.txt", "tests.log", "log.txt", "summary.md",
+                            "bench_main.json", "bench_lowlatency.json"])  # fmt: skip
+    assert len(files) <= 8
+    main = json.loads((out / "bench_main.json").read_text())
+    assert list(main["runs"]) == ABLATION[:-1]  # CPU: no bf16 step
+    summary = (out / "summary.md").read_text()
+    assert "| official | skipped |" in summary and "n/a (no rclpy)" in summary
+    assert main["table_markdown"] in summary

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Every GPU number of issue 8 in one go, on a lent GPU machine (docs/benchmarks.md,
+# "GPU runs (device_check.sh)"). Run from the repository root, after
+# scripts/device_prepare.sh filled .device/ on a normal machine (carry ".device"):
+#
+#   bash scripts/device_check.sh
+#
+# Needs only python3 with torch, numpy, scipy, tqdm, pillow, pyyaml and pytest (no ROS:
+# the benchmarks run with --no-ros). gtsam (and pypose for the official code) come as
+# wheels from .device/wheels when missing; the package is used from the tree (PYTHONPATH).
+# Steps, each under its own time limit so one slow step cannot eat the lease:
+#   1. wheels: install .device/wheels into a temporary folder if gtsam is missing
+#   2. machine.txt: nvidia-smi, python/torch/CUDA versions, what is importable
+#   3. tests.log: python3 -m pytest -q -m gpu test/model (a failure does not stop the script)
+#   4. bench_main.json: scal3r-1b, 1242x375, windows 60/30, --ablation (FRAMES frames)
+#   5. bench_lowlatency.json: windows 16/8 (FRAMES_LOW frames)
+#   6. bench_official.json: with --official .device/Scal3R, 60/30 (only if that folder exists)
+#   7. summary.md: step status, machine info, the test result line and every table
+# Everything goes to $OUT (at most 8 files: the device returns no more). The exit status is
+# 0 when every step that ran passed.
+#
+# Settings (environment variables; defaults for the GPU run):
+#   OUT=output/device_check  DEVICE=cuda  MODEL=scal3r-1b  WIDTH=1242  HEIGHT=375
+#   FRAMES=180 CHUNK=60 OVERLAP=30    FRAMES_LOW=96 LOW_CHUNK=16 LOW_OVERLAP=8
+#   FRAMES_OFFICIAL=120    WHEELS=.device/wheels  OFFICIAL=.device/Scal3R  TESTS=test/model
+#   time limits [s]: T_PIP=30 T_TESTS=45 T_MAIN=210 T_LOW=90 T_OFFICIAL=100 (sum 475 s)
+# CPU smoke test (tiny model, a few frames):
+#   DEVICE=cpu MODEL=tiny WIDTH=160 HEIGHT=48 FRAMES=8 CHUNK=4 OVERLAP=2 FRAMES_LOW=8 \
+#     LOW_CHUNK=4 LOW_OVERLAP=2 bash scripts/device_check.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+OUT=${OUT:-output/device_check}
+DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-scal3r-1b}
+WIDTH=${WIDTH:-1242}
+HEIGHT=${HEIGHT:-375}
+FRAMES=${FRAMES:-180}
+CHUNK=${CHUNK:-60}
+OVERLAP=${OVERLAP:-30}
+FRAMES_LOW=${FRAMES_LOW:-96}
+LOW_CHUNK=${LOW_CHUNK:-16}
+LOW_OVERLAP=${LOW_OVERLAP:-8}
+FRAMES_OFFICIAL=${FRAMES_OFFICIAL:-120}
+WHEELS=${WHEELS:-.device/wheels}
+OFFICIAL=${OFFICIAL:-.device/Scal3R}
+TESTS=${TESTS:-test/model}
+T_PIP=${T_PIP:-30}
+T_TESTS=${T_TESTS:-45}
+T_MAIN=${T_MAIN:-210}
+T_LOW=${T_LOW:-90}
+T_OFFICIAL=${T_OFFICIAL:-100}
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+# only this script's own files (never the whole folder: OUT may be anything)
+rm -f "$OUT"/{machine.txt,tests.log,log.txt,summary.md} "$OUT"/bench_{main,lowlatency,official}.json
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+SITE=$TMP/site  # where the carried wheels are installed (outside $OUT and the tree)
+export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export TQDM_DISABLE=1  # no progress bars in the logs
+LOG=$OUT/log.txt
+SUMMARY=$OUT/summary.md
+STATUS=$TMP/status.md
+WORST=0
+START=$SECONDS
+
+say() { echo "[device_check $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
+status() {  # status STEP RC SECONDS NOTE
+  echo "| $1 | $2 | $3 | $4 |" >>"$STATUS"
+  if [ "$2" != 0 ] && [ "$2" != skipped ]; then WORST=1; fi
+}
+
+# ---------------------------------------------------------------- 1. wheels
+t0=$SECONDS
+missing=()
+python3 -c "import gtsam" 2>/dev/null || missing+=(gtsam)
+if [ -d "$OFFICIAL" ]; then python3 -c "import pypose" 2>/dev/null || missing+=(pypose); fi
+if [ ${#missing[@]} -eq 0 ]; then
+  status wheels skipped 0 "nothing missing (gtsam, and pypose if $OFFICIAL exists)"
+elif ! compgen -G "$WHEELS/*.whl" >/dev/null; then
+  say "MISSING: ${missing[*]} not importable and no wheels in $WHEELS (run" \
+    "scripts/device_prepare.sh before the session and carry .device); the benchmarks need gtsam"
+  status wheels 1 0 "${missing[*]} missing, no wheels in $WHEELS"
+else
+  say "installing $(cd "$WHEELS" && echo *.whl) into $SITE"
+  rc=0
+  timeout -k 5 "$T_PIP" python3 -m pip install --no-index --no-deps --no-compile \
+    --disable-pip-version-check --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 || rc=$?
+  if [ "$rc" != 0 ]; then  # no pip, or pip refused: a wheel is a zip, unpacking does it
+    say "pip install failed (exit $rc): unpacking the wheels instead"
+    rc=0
+    for w in "$WHEELS"/*.whl; do python3 -m zipfile -e "$w" "$SITE" >>"$LOG" 2>&1 || rc=$?; done
+  fi
+  still=()
+  for m in "${missing[@]}"; do python3 -c "import $m" >>"$LOG" 2>&1 || still+=("$m"); done
+  if [ ${#still[@]} -eq 0 ]; then
+    status wheels 0 $((SECONDS - t0)) "installed ${missing[*]} from $WHEELS"
+  else
+    say "still not importable after installing $WHEELS: ${still[*]} (see log.txt)"
+    status wheels 1 $((SECONDS - t0)) "still missing: ${still[*]}"
+  fi
+fi
+
+# ---------------------------------------------------------------- 2. machine.txt
+t0=$SECONDS
+{
+  echo "date: $(date -Is)"
+  echo "host: $(uname -srm); $(getconf _NPROCESSORS_ONLN) CPU cores"
+  free -g 2>/dev/null | head -2 || true
+  echo
+  timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi: not available here"
+  echo
+  timeout 60 python3 - <<'PY' 2>&1 || echo "python3 version check failed"
+import importlib
+import platform
+
+import torch
+
+print("python", platform.python_version(), platform.platform())
+print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN",
+      torch.backends.cudnn.version(), "| cuda available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU 0: {p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor},"
+          f" bf16 {torch.cuda.is_bf16_supported()}, {torch.cuda.device_count()} device(s)")
+for name in ("numpy", "scipy", "PIL", "tqdm", "yaml", "pytest", "gtsam", "pypose", "einops",
+             "rich", "cv2", "rclpy"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name}: {getattr(m, '__version__', 'present')} ({m.__file__})")
+    except Exception as exc:  # report, whatever it is
+        print(f"{name}: not importable ({type(exc).__name__}: {exc})")
+PY
+  echo
+  echo "settings: DEVICE=$DEVICE MODEL=$MODEL ${WIDTH}x$HEIGHT FRAMES=$FRAMES $CHUNK/$OVERLAP" \
+    "FRAMES_LOW=$FRAMES_LOW $LOW_CHUNK/$LOW_OVERLAP FRAMES_OFFICIAL=$FRAMES_OFFICIAL" \
+    "OFFICIAL=$OFFICIAL WHEELS=$WHEELS TESTS=$TESTS"
+  echo "time limits [s]: pip $T_PIP, tests $T_TESTS, main $T_MAIN, low-latency $T_LOW," \
+    "official $T_OFFICIAL"
+} >"$OUT/machine.txt"
+status machine 0 $((SECONDS - t0)) "machine.txt"
+{
+  echo "# device_check"
+  echo
+  echo "## machine"
+  echo
+  echo '```'
+  cat "$OUT/machine.txt"
+  echo '```'
+  echo
+} >"$SUMMARY"
+
+# ---------------------------------------------------------------- 3. GPU tests
+t0=$SECONDS
+read -ra tests <<<"$TESTS"
+rc=0
+say "pytest -m gpu ${tests[*]} (limit ${T_TESTS}s)"
+timeout -k 10 "$T_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu "${tests[@]}" \
+  >"$OUT/tests.log" 2>&1 || rc=$?
+echo "exit code: $rc (124: timed out after ${T_TESTS}s)" >>"$OUT/tests.log"
+line=$(grep -E '[0-9]+ (passed|failed|skipped|deselected|errors?)|no tests ran' "$OUT/tests.log" |
+  tail -n 1 || true)
+status tests "$rc" $((SECONDS - t0)) "${line:-no pytest summary line}"
+{
+  echo "## GPU tests"
+  echo
+  echo "\`python3 -m pytest -q -m gpu ${tests[*]}\`: exit code $rc; ${line:-no pytest summary line}"
+  echo
+} >>"$SUMMARY"
+
+# ---------------------------------------------------------------- 4-6. benchmarks
+bench() {  # bench NAME LIMIT BENCH_ARGS...
+  local name=$1 limit=$2 rc=0 t=$SECONDS
+  shift 2
+  local cmd=(python3 -m scal3r_ros.tools.bench --no-ros --device "$DEVICE" --model "$MODEL"
+    --width "$WIDTH" --height "$HEIGHT" --json "$OUT/bench_$name.json" "$@")
+  say "$name: ${cmd[*]} (limit ${limit}s)"
+  timeout -k 15 "$limit" "${cmd[@]}" >"$TMP/$name.out" 2>"$TMP/$name.err" || rc=$?
+  {
+    echo "==== $name (exit code $rc)"
+    cat "$TMP/$name.err"
+  } >>"$LOG"
+  {
+    echo "## $name"
+    echo
+    echo "\`${cmd[*]}\`: exit code $rc after $((SECONDS - t)) s (limit $limit s; 124: timed out)"
+    echo
+    cat "$TMP/$name.out"
+    if [ "$rc" != 0 ]; then
+      echo
+      echo '```'
+      tail -n 25 "$TMP/$name.err"
+      echo '```'
+    fi
+    echo
+  } >>"$SUMMARY"
+  status "$name" "$rc" $((SECONDS - t)) \
+    "$([ -f "$OUT/bench_$name.json" ] && echo "bench_$name.json" || echo "no JSON written")"
+}
+
+bench main "$T_MAIN" --frames "$FRAMES" --chunk "$CHUNK" --overlap "$OVERLAP" --ablation
+bench lowlatency "$T_LOW" --frames "$FRAMES_LOW" --chunk "$LOW_CHUNK" --overlap "$LOW_OVERLAP"
+if [ "$MODEL" != scal3r-1b ]; then
+  status official skipped 0 "--official needs MODEL=scal3r-1b"
+elif [ ! -d "$OFFICIAL" ]; then
+  status official skipped 0 "no official checkout at $OFFICIAL (scripts/device_prepare.sh --official PATH)"
+  say "official: skipped, no $OFFICIAL (scripts/device_prepare.sh --official PATH, carry .device)"
+else
+  # official_like is in the main run already: here only optimised and the official forward
+  bench official "$T_OFFICIAL" --frames "$FRAMES_OFFICIAL" --chunk "$CHUNK" \
+    --overlap "$OVERLAP" --official "$OFFICIAL" --no-baseline
+fi
+
+# ---------------------------------------------------------------- 7. summary.md
+{
+  echo "# device_check: $(date -Is), $((SECONDS - START)) s in all"
+  echo
+  echo "| step | exit code | s | note |"
+  echo "|---|---|---|---|"
+  cat "$STATUS"
+  echo
+  tail -n +3 "$SUMMARY"
+} >"$TMP/summary.md"
+mv "$TMP/summary.md" "$SUMMARY"
+cat "$SUMMARY"
+n=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+say "done in $((SECONDS - START)) s; $n files in $OUT: $(cd "$OUT" && echo *)"
+exit "$WORST"
