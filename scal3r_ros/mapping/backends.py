@@ -26,6 +26,7 @@ class BackendSpec:
     # oracle: the synthetic drive it knows the ground truth of
     oracle_seed: int = 0
     oracle_frames: int = 200
+    oracle_laps: float = 1.15
     oracle_width: int = 160
     oracle_height: int = 48
     oracle_drift_deg: float = 0.0  # in-window yaw drift per frame (gives loops work)
@@ -76,7 +77,8 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
         drive = SyntheticDrive(SyntheticConfig(n_frames=spec.oracle_frames,
                                                width=spec.oracle_width,
                                                height=spec.oracle_height,
-                                               seed=spec.oracle_seed))  # fmt: skip
+                                               seed=spec.oracle_seed,
+                                               extra_laps=spec.oracle_laps - 1.0))  # fmt: skip
         oracle = OracleConfig(seed=spec.oracle_seed, depth_noise=spec.oracle_depth_noise,
                               drift_yaw_deg_per_frame=spec.oracle_drift_deg)  # fmt: skip
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")

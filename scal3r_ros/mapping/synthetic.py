@@ -42,6 +42,7 @@ class SyntheticConfig:
     loop_width_m: float = 30.0  # short side
     corner_radius_m: float = 8.0
     extra_laps: float = 0.15  # drive this fraction of the loop again -> revisits the start
+    # (a long drive at road speed: many laps, e.g. the soak's 20,000 frames = ~77 laps)
     camera_height_m: float = 1.65
     road_half_width_m: float = 4.0
     building_spacing_m: float = 7.0

@@ -95,6 +95,7 @@ class MappingNode(Node):
                         allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
                         loop_closure=cfg.loop_closure,
                         oracle_seed=cfg.oracle_seed, oracle_frames=cfg.oracle_frames,
+                        oracle_laps=cfg.oracle_laps,
                         oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height,
                         oracle_drift_deg=cfg.oracle_drift_deg,
                         oracle_depth_noise=cfg.oracle_depth_noise)

@@ -91,6 +91,7 @@ class NodeConfig:
     # --- oracle backend (synthetic drive known to the node; tests and the demo)
     oracle_seed: int = 0
     oracle_frames: int = 200
+    oracle_laps: float = 1.15
     oracle_width: int = 160
     oracle_height: int = 48
     oracle_drift_deg: float = 0.0
@@ -319,6 +320,10 @@ _DOC: dict[str, tuple[str, dict]] = {
     ),
     "oracle_seed": ("oracle backend: seed of the synthetic drive", {"read_only": True}),
     "oracle_frames": ("oracle backend: frames in the synthetic drive", {"read_only": True}),
+    "oracle_laps": (
+        "oracle backend: laps of the synthetic loop over all frames (as the camera's --laps)",
+        {"read_only": True, "float_range": (1.0, 10000.0)},
+    ),
     "oracle_width": ("oracle backend: image width", {"read_only": True}),
     "oracle_height": ("oracle backend: image height", {"read_only": True}),
     "oracle_drift_deg": (

@@ -47,13 +47,15 @@ class SyntheticSession:
     (or nothing more arrives), save through the node's service, stop everything.
     """
 
-    def __init__(self, out: Path, frames: int, params: dict[str, str], name: str) -> None:
+    def __init__(self, out: Path, frames: int, params: dict[str, str], name: str,
+                 laps: float = 1.15) -> None:  # fmt: skip
         import rclpy
         from scal3r_ros_msgs.msg import MappingStatus
 
-        self.out, self.frames = out, frames
+        self.out, self.frames, self.laps = out, frames, laps
         args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                "-p", f"oracle_frames:={frames}", "-p", f"output_dir:={out}",
+                "-p", f"oracle_frames:={frames}", "-p", f"oracle_laps:={laps}",
+                "-p", f"output_dir:={out}",
                 "-p", "save_on_shutdown:=false"]  # fmt: skip
         for key, value in params.items():
             args += ["-p", f"{key}:={value}"]
@@ -90,7 +92,8 @@ class SyntheticSession:
         """Wait for the node, then start the camera."""
         self.spin_until(lambda: bool(self.status), 120, "waiting for the node to start")
         self.camera = spawn_module(["scal3r_ros.tools.synthetic_camera", "--frames",
-                                    str(self.frames), "--rate", str(rate), "--reliable"],
+                                    str(self.frames), "--rate", str(rate), "--reliable",
+                                    "--laps", str(self.laps)],
                                    self.out / "camera.log")  # fmt: skip
 
     def streamed(self, settle_s: float = 10.0) -> bool:

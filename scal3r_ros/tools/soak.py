@@ -60,6 +60,11 @@ class SoakConfig:
     stall_s: float = 120.0  # fail when frames wait but none is processed for this long
     params: tuple[str, ...] = ()  # extra node parameters, NAME:=VALUE
     settle_s: float = 10.0  # after the camera exits: wait this long for late frames
+    laps: float = 0.0  # laps of the synthetic loop; 0: road speed (the demo's 1.15 per 300)
+
+    @property
+    def drive_laps(self) -> float:
+        return self.laps or max(1.15, 1.15 * self.frames / 300)
 
 
 def placed_frames(n_frames: int, chunk: int, overlap: int) -> int:
@@ -141,7 +146,7 @@ def run_soak(cfg: SoakConfig) -> dict:
     params = {"backend": backend, "max_points": str(cfg.max_points),
               "chunk_size": str(cfg.chunk), "overlap": str(cfg.overlap)}  # fmt: skip
     params.update(p.split(":=", 1) for p in cfg.params)
-    session = SyntheticSession(out, cfg.frames, params, "scal3r_soak")
+    session = SyntheticSession(out, cfg.frames, params, "scal3r_soak", laps=cfg.drive_laps)
     node = session.node
     rows: list[dict] = []
     timeout = cfg.timeout or 3 * cfg.frames / cfg.rate + 300
@@ -210,6 +215,7 @@ def run_soak(cfg: SoakConfig) -> dict:
     }
     summary = {
         "config": asdict(cfg),
+        "laps": round(cfg.drive_laps, 2),
         "backend": final.backend,
         "wall_s": round(rows[-1]["wall_s"], 1),
         "frames_published": published,
@@ -295,13 +301,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="ROS_DOMAIN_ID of node, camera, watcher (default: inherited)")  # fmt: skip
     p.add_argument("--stall", type=float, default=d.stall_s,
                    help="fail when no frame is processed for this long [s]")  # fmt: skip
+    p.add_argument("--laps", type=float, default=d.laps,
+                   help="laps of the synthetic ~170 m loop over all frames; 0: road speed, "
+                        "~0.65 m a frame (the demo's)")  # fmt: skip
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra node parameter (repeatable)")  # fmt: skip
     a = p.parse_args(argv)
     cfg = SoakConfig(frames=a.frames, rate=a.rate, max_points=a.max_points, out=a.out,
                      tiny=a.tiny, chunk=a.chunk, overlap=a.overlap, period=a.period,
                      warmup=a.warmup, timeout=a.timeout,
-                     domain_id=a.domain_id, stall_s=a.stall, params=tuple(a.param))  # fmt: skip
+                     domain_id=a.domain_id, stall_s=a.stall, params=tuple(a.param),
+                     laps=a.laps)  # fmt: skip
     try:
         s = run_soak(cfg)
     except (RuntimeError, TimeoutError) as exc:
@@ -312,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"[soak] {s['frames_processed']}/{cfg.frames} frames processed in {s['wall_s']} s, "
           f"{s['frames_dropped']} dropped, queue max {s['queue_max']}, latency median "
-          f"{s['latency_ms_median']:.0f} ms")  # fmt: skip
+          f"{s['latency_ms_median']:.0f} ms; {s['laps']} laps, {s['loop_closures']} loop "
+          f"closures")  # fmt: skip
     print(f"[soak] node RSS level {s['rss_after_warmup_mb']} MiB after warm-up, growth to the "
           f"last 20 % {100 * s['rss_growth_after_warmup']:.1f}% (peak within a window "
           f"{s['rss_peak_after_warmup_mb']} MiB); trajectory {s['trajectory_lines']}/"

@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--laps",
+        type=float,
+        default=1.15,
+        help="laps of the ~170 m loop driven over all frames (> 1: revisits)",
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (wall)")
     parser.add_argument("--topic", default="/camera/image_raw")
     parser.add_argument("--frame-id", default="camera_optical")
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     pub_info = node.create_publisher(CameraInfo, info_topic, qos)
     pub_clock = node.create_publisher(Clock, "/clock", 10) if args.clock else None
     drive = SyntheticDrive(SyntheticConfig(n_frames=args.frames, width=args.width,
-                                           height=args.height, seed=args.seed))  # fmt: skip
+                                           height=args.height, seed=args.seed,
+                                           extra_laps=args.laps - 1.0))  # fmt: skip
     deadline = time.monotonic() + args.wait_subscribers
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
