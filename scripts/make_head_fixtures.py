@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scal3r_ros.mapping.synthetic import textured_image
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny head configuration (dims far below the release so the weights fit in the fixture).
@@ -125,23 +127,6 @@ def make_head_fixture(official: Path, out: Path, seed: int) -> None:
     )
 
 
-def synthetic_image(height: int, width: int, seed: int, dtype=np.uint8) -> np.ndarray:
-    """Deterministic textured RGB test image (gradients, sinusoids, checkerboard, noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    img = np.stack(
-        [
-            0.5 + 0.25 * np.sin(xx / 3.1) * np.cos(yy / 4.3) + 0.15 * np.sin(xx / 1.3),
-            xx / max(width - 1, 1),
-            (((xx // 7) + (yy // 7)) % 2) * 0.8 + 0.1,
-        ],
-        axis=-1,
-    )
-    img = np.clip(img + rng.normal(0.0, 0.05, img.shape), 0.0, 1.0)
-    top = np.iinfo(dtype).max
-    return np.round(img * top).astype(dtype)
-
-
 # (height, width, seed, dtype, max_size): upsample+crop, portrait crop, 16-bit downsample,
 # a size that needs no resize, and a 2-image sequence whose 2nd image has another aspect.
 PREPROCESS_CASES = [
@@ -171,7 +156,7 @@ def make_preprocess_fixture(out: Path) -> None:
             )
             inputs, paths = [], []
             for k, (h, w, seed, dtype) in enumerate(images_spec):
-                img = synthetic_image(h, w, seed, np.dtype(dtype).type)
+                img = textured_image(h, w, seed, np.dtype(dtype).type)
                 path = str(Path(tmp) / f"case{len(cases)}_{k:02d}.png")
                 cv2.imwrite(path, img[..., ::-1])  # written as BGR, decoded back to RGB
                 inputs.append(torch.from_numpy(img))  # uint8 or uint16

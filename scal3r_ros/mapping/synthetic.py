@@ -54,6 +54,24 @@ class SyntheticConfig:
     seed: int = 0
 
 
+def textured_image(height: int, width: int, seed: int, dtype=np.uint8) -> np.ndarray:
+    """Deterministic test image: smooth shading, fine sinusoids, sharp checkerboard, noise
+    (resampling tests and their fixtures, scripts/make_head_fixtures.py, regenerate the
+    same pixels from the seed)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.stack(
+        [
+            0.5 + 0.25 * np.sin(xx / 3.1) * np.cos(yy / 4.3) + 0.15 * np.sin(xx / 1.3),
+            xx / max(width - 1, 1),
+            (((xx // 7) + (yy // 7)) % 2) * 0.8 + 0.1,
+        ],
+        axis=-1,
+    )
+    img = np.clip(img + rng.normal(0.0, 0.05, img.shape), 0.0, 1.0)
+    return np.round(img * np.iinfo(dtype).max).astype(dtype)
+
+
 def _hash3(ix: np.ndarray, iy: np.ndarray, iz: np.ndarray, seed: int) -> np.ndarray:
     """Cheap deterministic value noise in [0, 1) from integer cells."""
     h = (

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from scal3r_ros.mapping.synthetic import textured_image
 from scal3r_ros.model.preprocess import (
     PreprocessConfig,
     ResizeCrop,
@@ -26,22 +27,6 @@ from scal3r_ros.model.preprocess import (
 OFFICIAL = torch.load(
     Path(__file__).resolve().parents[1] / "data" / "preprocess_official.pt", weights_only=True
 )
-
-
-def textured(height: int, width: int, seed: int, dtype=np.uint8) -> np.ndarray:
-    """Realistic-ish test image: smooth shading, fine sinusoids, sharp checkerboard, noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    img = np.stack(
-        [
-            0.5 + 0.25 * np.sin(xx / 3.1) * np.cos(yy / 4.3) + 0.15 * np.sin(xx / 1.3),
-            xx / max(width - 1, 1),
-            (((xx // 7) + (yy // 7)) % 2) * 0.8 + 0.1,
-        ],
-        axis=-1,
-    )
-    img = np.clip(img + rng.normal(0.0, 0.05, img.shape), 0.0, 1.0)
-    return np.round(img * np.iinfo(dtype).max).astype(dtype)
 
 
 def official_rule(image_u8: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
@@ -145,7 +130,7 @@ def test_exact_batch_path_equals_release_output(case_idx: int) -> None:
     ],
 )
 def test_paths_against_restated_rule(hw) -> None:
-    img = textured(*hw, seed=sum(hw))
+    img = textured_image(*hw, seed=sum(hw))
     target = compute_target_size(*hw)
     expected = official_rule(img, target)
     ref, _ = preprocess_image_reference(img, target)
@@ -159,7 +144,7 @@ def test_paths_against_restated_rule(hw) -> None:
 
 def test_measured_difference_on_kitti_sized_frames() -> None:
     """(a) vs (b) on 4 textured 1242x375 frames (the numbers reported in the docstring)."""
-    frames = np.stack([textured(375, 1242, seed=s) for s in range(4)])
+    frames = np.stack([textured_image(375, 1242, seed=s) for s in range(4)])
     ref, _ = preprocess_sequence_reference(list(frames))
     ref = ref.permute(0, 2, 3, 1).numpy()
     stats = {}
@@ -174,7 +159,7 @@ def test_measured_difference_on_kitti_sized_frames() -> None:
 
 
 def test_batch_of_many_frames_is_processed_in_passes() -> None:
-    frames = np.stack([textured(61, 97, seed=s) for s in range(5)])
+    frames = np.stack([textured_image(61, 97, seed=s) for s in range(5)])
     whole, _ = batch_hwc(frames, method="exact", frames_per_pass=8)
     split, _ = batch_hwc(list(frames), method="exact", frames_per_pass=2)
     assert np.array_equal(whole, split)
@@ -183,7 +168,7 @@ def test_batch_of_many_frames_is_processed_in_passes() -> None:
 
 
 def test_no_resize_keeps_values() -> None:
-    img = textured(154, 518, seed=3)
+    img = textured_image(154, 518, seed=3)
     out, plan = batch_hwc(img)
     assert not plan.needs_resize
     assert np.array_equal(out[0], img.astype(np.float32) / np.float32(255))
@@ -193,7 +178,7 @@ def test_no_resize_keeps_values() -> None:
 
 
 def test_greyscale_is_replicated() -> None:
-    grey = textured(61, 97, seed=7)[..., 0]
+    grey = textured_image(61, 97, seed=7)[..., 0]
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     expected, _ = preprocess_image_reference(rgb, (84, 140))
     for variant in (grey, grey[..., None]):
@@ -205,7 +190,7 @@ def test_greyscale_is_replicated() -> None:
 
 
 def test_rgba_drops_alpha() -> None:
-    rgb = textured(61, 97, seed=8)
+    rgb = textured_image(61, 97, seed=8)
     alpha = np.random.default_rng(0).integers(0, 256, rgb.shape[:2] + (1,), dtype=np.uint8)
     rgba = np.concatenate([rgb, alpha], axis=-1)
     expected, _ = preprocess_image_reference(rgb, (84, 140))
@@ -216,7 +201,7 @@ def test_rgba_drops_alpha() -> None:
 
 
 def test_sixteen_bit_input() -> None:
-    img16 = textured(130, 300, seed=9, dtype=np.uint16)
+    img16 = textured_image(130, 300, seed=9, dtype=np.uint16)
     # resized: 16-bit values are truncated to 8 bits first, as the release does
     out, _ = preprocess_image_reference(img16, (98, 196))
     trunc8 = (img16.astype(np.float32) / np.float32(65535) * np.float32(255)).astype(np.uint8)
@@ -227,14 +212,14 @@ def test_sixteen_bit_input() -> None:
         assert np.abs(fast[0] - out).max() <= 2 / 255 + 1e-7
     assert np.array_equal(batch_hwc(img16, target_hw=(98, 196), method="exact")[0][0], out)
     # not resized: full 16-bit precision is kept
-    img16 = textured(98, 196, seed=10, dtype=np.uint16)
+    img16 = textured_image(98, 196, seed=10, dtype=np.uint16)
     out, _ = preprocess_image_reference(img16, (98, 196))
     assert np.array_equal(out, img16.astype(np.float32) / np.float32(65535))
     assert np.array_equal(batch_hwc(img16, target_hw=(98, 196))[0][0], out)
 
 
 def test_float_input_reference_path() -> None:
-    img = textured(61, 97, seed=11)
+    img = textured_image(61, 97, seed=11)
     as_float = img.astype(np.float32) / np.float32(255)
     out_f, _ = preprocess_image_reference(as_float, (84, 140))
     out_u8, _ = preprocess_image_reference(img, (84, 140))
@@ -289,7 +274,7 @@ def test_intrinsics_and_pixels_map_back_to_source() -> None:
 
 
 def test_sample_source_colours() -> None:
-    img = textured(150, 518, seed=12)  # resized to 154x518, cropped to 140x518 at row 7
+    img = textured_image(150, 518, seed=12)  # resized to 154x518, cropped to 140x518 at row 7
     plan = plan_resize_crop(img.shape[:2], compute_target_size(*img.shape[:2]))
     colours = plan.sample_source(img)
     assert colours.shape == (140, 518, 3) and colours.dtype == np.uint8
