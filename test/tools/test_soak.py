@@ -40,7 +40,7 @@ def test_rss_growth_compares_levels_not_the_swing_within_a_window():
 def test_soak_small_run(tmp_path):
     out = tmp_path / "soak"
     argv = ["--frames", "150", "--rate", "20", "--max-points", "50000", "--out", str(out),
-            "--period", "0.5", "--stall", "60", "--timeout", "240"]  # fmt: skip
+            "--period", "0.5", "--stall", "60", "--timeout", "240", "--laps", "2"]  # fmt: skip
     code = soak.main(argv)
     summary = json.loads((out / "soak_summary.json").read_text())
     checks = summary["checks"]
@@ -51,6 +51,7 @@ def test_soak_small_run(tmp_path):
         assert checks[name], (name, summary)
     assert code == (0 if all(checks.values()) else 1)
     assert summary["trajectory_lines"] == soak.placed_frames(150, 16, 8)
+    assert summary["laps"] == 2.0  # node and camera drive the same two laps
     assert 0 < summary["map_points_saved"] <= 50000
     rows = list(csv.DictReader(open(out / "soak.csv")))
     assert rows and set(soak.COLUMNS) == set(rows[0])
