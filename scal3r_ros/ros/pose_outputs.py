@@ -90,7 +90,8 @@ class PoseOutputs:
         self.converter, self.frames = converter, frames
         self._pub_tf, self._pub_odom, self._pub_path = publish_tf, publish_odometry, publish_path
         self.path_period, self.path_max_poses = path_period, path_max_poses
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # pose arrays
+        self._path_lock = threading.Lock()  # one ~/path publication at a time, in order
         self.reset()
 
     def reset(self) -> None:
@@ -179,16 +180,19 @@ class PoseOutputs:
 
     # ------------------------------------------------------------ path
     def publish_path(self, now: float, force: bool = False) -> bool:
-        """Publish ~/path if poses changed and ``path_period`` has passed (or ``force``)."""
-        with self._lock:
-            if not self._path_dirty or (not force and now - self._last_path_pub < self.path_period):
-                return False
-            ids = np.flatnonzero(self._have)
-            ids = ids[thin_indices(len(ids), self.path_max_poses)]
-            T, stamps = self._T[ids], self._stamp[ids]
-            self._path_dirty = False
-            self._last_path_pub = now
-        self._pub_path(self.path_message(T, stamps))
+        """Publish ~/path if poses changed and ``path_period`` has passed (or ``force``).
+        Worker and timer may both call it; the message is built outside the pose lock."""
+        with self._path_lock:
+            with self._lock:
+                due = force or now - self._last_path_pub >= self.path_period
+                if not self._path_dirty or not due:
+                    return False
+                ids = np.flatnonzero(self._have)
+                ids = ids[thin_indices(len(ids), self.path_max_poses)]
+                T, stamps = self._T[ids], self._stamp[ids]
+                self._path_dirty = False
+                self._last_path_pub = now
+            self._pub_path(self.path_message(T, stamps))
         return True
 
     def path_message(self, T: np.ndarray, stamps_ns: np.ndarray) -> PathMsg:
