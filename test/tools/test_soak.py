@@ -42,6 +42,10 @@ def test_soak_small_run(tmp_path):
     argv = ["--frames", "150", "--rate", "20", "--max-points", "50000", "--out", str(out),
             "--period", "0.5", "--stall", "60", "--timeout", "240", "--laps", "2"]  # fmt: skip
     code = soak.main(argv)
+    log = out / "node.log"
+    assert (out / "soak_summary.json").exists(), f"soak failed (exit {code}); node log tail:\n" + (
+        log.read_text()[-3000:] if log.exists() else "(none)"
+    )
     summary = json.loads((out / "soak_summary.json").read_text())
     checks = summary["checks"]
     # a 150-frame run is mostly warm-up (the map fills up to its cap): RSS growth is only
