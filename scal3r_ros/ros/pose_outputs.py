@@ -102,12 +102,13 @@ class PoseOutputs:
             self._odom_last: tuple[int, np.ndarray, int] | None = None  # (id, T_odom_base, ns)
             self.T_map_odom = np.eye(4)
             self.newest = -1  # newest frame id placed
+            self._newest_stamp = 0  # its stamp; read by other threads (one attribute)
             self._path_dirty = False
             self._last_path_pub = -np.inf
 
     @property
     def newest_stamp_ns(self) -> int:
-        return int(self._stamp[self.newest]) if self.newest >= 0 else 0
+        return self._newest_stamp
 
     def __len__(self) -> int:
         return int(self._have.sum())
@@ -133,7 +134,8 @@ class PoseOutputs:
             self._publish_odometry(fid, T_odom, ns)
             transforms.append(transform_msg(T_odom, f.odom, f.base, ns_to_stamp(ns)))
             self._odom_last = (fid, T_odom, ns)
-            self.newest = max(self.newest, fid)
+            if fid > self.newest:
+                self.newest, self._newest_stamp = fid, ns
         if self.newest < 0 or self._odom_last is None:
             return
         # map -> odom absorbs the difference between corrected and published poses

@@ -69,7 +69,7 @@ from scal3r_ros.mapping.engine import (
 from scal3r_ros.mapping.frame import Frame, PointsUpdate, PosesUpdate, StatsUpdate
 from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.model.preprocess import compute_target_size
 from scal3r_ros.model.scal3r import Scal3R
@@ -630,7 +630,8 @@ def engine_memory(
     from scal3r_ros.mapping.windowing import WindowConfig
 
     built = make_backend(BackendSpec(kind="oracle", oracle_frames=frames, oracle_width=width,
-                                     oracle_height=height))  # fmt: skip
+                                     oracle_height=height,
+                                     oracle_laps=road_speed_laps(frames)))  # fmt: skip
     config = EngineConfig(window=WindowConfig(chunk, overlap),
                           map=MapConfig(max_points=max_points))  # fmt: skip
     engine = MappingEngine(config, built.backend, built.loop_closure)

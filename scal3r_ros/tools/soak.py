@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig
+from scal3r_ros.mapping.synthetic import SyntheticConfig, road_speed_laps
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.tools.processes import SyntheticSession, rss_bytes
 
@@ -64,7 +64,7 @@ class SoakConfig:
 
     @property
     def drive_laps(self) -> float:
-        return self.laps or max(1.15, 1.15 * self.frames / 300)
+        return self.laps or road_speed_laps(self.frames)
 
 
 def placed_frames(n_frames: int, chunk: int, overlap: int) -> int:
