@@ -63,3 +63,10 @@ def test_soak_small_run(tmp_path):
     assert all(float(r["node_rss_mb"]) > 0 for r in rows)
     png = (out / "soak.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_long_drives_go_round_at_road_speed():
+    # the demo's speed (300 frames for 1.15 laps); short drives still revisit their start
+    assert soak.SoakConfig(frames=20000).drive_laps == pytest.approx(20000 * 1.15 / 300)
+    assert soak.SoakConfig(frames=100).drive_laps == 1.15
+    assert soak.SoakConfig(frames=20000, laps=3.0).drive_laps == 3.0
