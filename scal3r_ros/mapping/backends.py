@@ -50,6 +50,13 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def use_bf16(dtype: str, device: torch.device) -> bool:
+    """bf16 autocast for ``dtype`` (auto: on CUDA only, where it pays; fp32 elsewhere)."""
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    return dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+
+
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{dev} ({torch.cuda.get_device_name(dev)})"
@@ -86,9 +93,7 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 
     dev = resolve_device(spec.device)
-    if spec.dtype not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {spec.dtype!r}")
-    bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and dev.type == "cuda")
+    bf16 = use_bf16(spec.dtype, dev)
     # on a GPU, preprocess there too (bit-exact with the official CPU path)
     cfg = Scal3RBackendConfig(
         device=str(dev),

@@ -74,9 +74,6 @@ class Trajectory:
     def frame_ids(self) -> np.ndarray:
         return np.flatnonzero(self._owner >= 0).astype(np.int64)
 
-    def frames_of_chunk(self, chunk_id: int) -> np.ndarray:
-        return self.frames_of_chunks([chunk_id])
-
     def frames_of_chunks(self, chunk_ids) -> np.ndarray:
         """Sorted ids of the frames owned by any of ``chunk_ids``."""
         return np.flatnonzero(np.isin(self._owner, np.fromiter(chunk_ids, np.int64))).astype(
@@ -91,17 +88,18 @@ class Trajectory:
         (default: every frame, sorted by index)."""
         ids = self.frame_ids() if frame_ids is None else np.asarray(frame_ids, np.int64)
         self._check(ids)
-        owners = self._owner[ids]
-        used, which = np.unique(owners, return_inverse=True)
-        s = np.array([self._chunks[int(c)].s for c in used])[which]
-        R = np.stack([self._chunks[int(c)].R for c in used])[which] if len(used) else None
-        t = np.stack([self._chunks[int(c)].t for c in used])[which] if len(used) else None
+        if not len(ids):
+            return np.zeros(0, np.int64), np.zeros((0, 4, 4))
+        used, which = np.unique(self._owner[ids], return_inverse=True)
+        g = [self._chunks[int(c)] for c in used]
+        s = np.array([x.s for x in g])[which]
+        R = np.stack([x.R for x in g])[which]
+        t = np.stack([x.t for x in g])[which]
         local = self._local[ids]
-        c2w = np.zeros((len(ids), 4, 4))
-        c2w[:, 3, 3] = 1.0
-        if len(ids):  # as Sim3.apply_pose: the centre moves with s, the orientation rotates
-            c2w[:, :3, :3] = R @ local[:, :3, :3]
-            c2w[:, :3, 3] = s[:, None] * (R @ local[:, :3, 3:])[..., 0] + t
+        # as Sim3.apply_pose: the centre moves with the similarity, the orientation rotates
+        c2w = np.tile(np.eye(4), (len(ids), 1, 1))
+        c2w[:, :3, :3] = R @ local[:, :3, :3]
+        c2w[:, :3, 3] = s[:, None] * (R @ local[:, :3, 3:])[..., 0] + t
         return self._stamp[ids].copy(), c2w
 
     def save(self, path: str | Path, fmt: str = "tum") -> None:

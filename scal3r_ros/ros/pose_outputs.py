@@ -6,7 +6,7 @@ map -> odom, computed from the newest frame.
 
 Why a class of its own: the node and `scal3r_bench` (which times what the node
 publishes) must publish the same way, and the state must stay bounded over hour-long
-drives. Kept per frame: only its map pose and stamp, in numpy arrays (136 bytes a
+drives. Kept per frame: only its map pose and stamp, in numpy arrays (137 bytes a
 frame, no message object per frame). ~/path is built from those arrays when it is due,
 at most every ``path_period`` seconds, with at most ``path_max_poses`` poses (evenly
 thinned, the first and newest always kept): its cost per publication is bounded while
@@ -48,14 +48,6 @@ def set_pose(pose, T: np.ndarray) -> None:
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
     q = quaternion_from_matrix(T[:3, :3])
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = map(float, q)
-
-
-def rotvec(R: np.ndarray) -> np.ndarray:
-    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
-    if angle < 1e-9:
-        return np.zeros(3)
-    w = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return w * angle / (2 * np.sin(angle))
 
 
 def thin_indices(n: int, max_count: int) -> np.ndarray:
@@ -176,7 +168,7 @@ class PoseOutputs:
             delta = rigid_inverse(prev[1]) @ T
             v = delta[:3, 3] / dt
             msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.linear.z = v
-            w = rotvec(delta[:3, :3]) / dt
+            w = Rotation.from_matrix(delta[:3, :3]).as_rotvec() / dt
             msg.twist.twist.angular.x, msg.twist.twist.angular.y, msg.twist.twist.angular.z = w
         self._pub_odom(msg)
 
@@ -210,7 +202,7 @@ class PoseOutputs:
         ):
             ps = PoseStamped()
             ps.header.frame_id = self.frames.map
-            ps.header.stamp.sec, ps.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+            ps.header.stamp = ns_to_stamp(ns)
             p, o = ps.pose.position, ps.pose.orientation
             p.x, p.y, p.z = x, y, z
             o.x, o.y, o.z, o.w = qx, qy, qz, qw

@@ -58,7 +58,7 @@ import torch
 from tqdm import tqdm
 
 from scal3r_ros.mapping.backend import ChunkInput
-from scal3r_ros.mapping.backends import resolve_device
+from scal3r_ros.mapping.backends import resolve_device, use_bf16
 from scal3r_ros.mapping.engine import (
     EngineConfig,
     LoopClosure,
@@ -496,10 +496,9 @@ def speedup(base: RunResult, new: RunResult) -> dict[str, float]:
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    device = str(resolve_device(cfg.device))
-    if cfg.dtype not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
+    dev = resolve_device(cfg.device)
+    device = str(dev)
+    bf16 = use_bf16(cfg.dtype, dev)
     configs, notes = variants(cfg, device, bf16)
     drive = SyntheticDrive(SyntheticConfig(width=cfg.width, height=cfg.height,
                                            n_frames=cfg.frames, seed=cfg.seed))  # fmt: skip
