@@ -19,7 +19,7 @@ setup(
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
-        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE, ["package.xml", "LICENSE"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.py")),
         ("share/" + PACKAGE + "/config", glob("config/*")),
     ],
