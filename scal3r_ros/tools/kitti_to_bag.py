@@ -271,6 +271,7 @@ def convert(
     gt = ground_truth_base(seq, frames, mounts["image_2"]) if seq.poses is not None else None
 
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+    created = _make_parents(output.parent)
     writer = Writer(output, version=9, storage_plugin=plugin)
     counts: dict[str, int] = {}
     try:
@@ -344,15 +345,31 @@ def convert(
         except Exception:
             pass
         shutil.rmtree(output, ignore_errors=True)
+        for folder in reversed(created):  # the parents this run made, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return counts
 
 
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents (``--output bags/kitti_00`` with no
+    ``bags/`` yet); returns the folders created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionFailed(f"cannot create the output folder {folder}: {exc}") from exc
+    return missing
+
+
 def _prepare_output(output: Path, overwrite: bool) -> None:
     if not output.exists():
-        if not output.parent.is_dir():
-            raise KittiError(f"output folder's parent {output.parent} does not exist")
-        return
+        if output.parent.exists() and not output.parent.is_dir():
+            raise KittiError(f"output folder's parent {output.parent} is not a folder")
+        return  # missing parents are created by convert(), once the input has been checked
     is_bag = output.is_dir() and ((output / "metadata.yaml").is_file() or not any(output.iterdir()))
     if not overwrite:
         raise KittiError(f"output {output} exists (use --overwrite to replace a bag)")

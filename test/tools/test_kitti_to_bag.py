@@ -406,3 +406,27 @@ def test_console_script_exit_code_and_progress_bar(dataset, tmp_path):
     bad = subprocess.run([*run, str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "sequence folder not found" in bad.stderr
+
+
+def test_output_parents_are_created(dataset, tmp_path):
+    """`--output bags/kitti_00` with no `bags/` yet: the folders are made, as mkdir -p."""
+    bag = tmp_path / "bags" / "deeper" / "kitti_00"
+    assert main([str(dataset), "-o", str(bag), "-q", "--max-frames", "2"]) == 0
+    with Reader(bag) as reader:
+        assert {c.topic for c in reader.connections} >= {f"{LEFT}/image_raw"}
+
+
+@pytest.mark.parametrize("case", ["unreadable_image", "truncated_image"])
+def test_created_parents_are_removed_when_conversion_fails(case, tmp_path, capsys):
+    seq = make_kitti_dataset(tmp_path / "ds", n_frames=N, width=W, height=H)
+    extra, expected = _break(case, seq, tmp_path / "ds")
+    assert main([str(seq), "-o", str(tmp_path / "new" / "kitti_00"), "-q", *extra]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # nothing half-made is left behind
+
+
+def test_output_under_a_file_is_a_clear_error(dataset, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main([str(dataset), "-o", str(tmp_path / "afile" / "kitti_00"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "afile" in err and "not a folder" in err, err
