@@ -23,7 +23,8 @@ Both may be wrapped in a dict (``{"state_dict": ...}``, ``{"model": ...}``, ``{"
 safetensors when it is installed.
 
 Safety: ``torch.load(weights_only=True, mmap=True)`` (falls back to ``mmap=False`` for legacy
-non-zip files); no arbitrary unpickling.
+non-zip files); no arbitrary unpickling, and a refused file's message says what it holds
+(torch's advice to retry with ``weights_only=False`` is never passed on).
 
 Errors: every failure — missing file, unreadable/truncated/corrupt file, not a state dict,
 missing/unexpected keys, shape mismatches, non-floating dtypes (or any dtype difference with
@@ -41,6 +42,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shlex
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,10 +130,16 @@ def _offline() -> bool:
 
 
 def _where_to_put(target: Path, repo_id: str, filename: str) -> str:
+    """How to get the checkpoint to exactly ``target``: ``hf download --local-dir D``
+    writes ``D/<filename>``, so another name needs a rename after it."""
+    q = shlex.quote
+    get = f"hf download {repo_id} {filename} --repo-type model --local-dir {q(str(target.parent))}"
+    if target.name != filename:
+        get += f" && mv {q(str(target.parent / filename))} {q(str(target))}"
+    url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
     return (
         f"Put the file at {target} (or pass its path, or set SCAL3R_CHECKPOINT). To get it: "
-        f"`hf download {repo_id} {filename} --repo-type model --local-dir {target.parent}` or "
-        f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+        f"`{get}` or `curl -L -o {q(str(target))} {url}`"
     )
 
 
@@ -279,13 +288,45 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         TypeError,
         ImportError,
     ) as e:
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint (truncated, corrupt or unsafe pickle?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+        raise CheckpointError(f"{path}: {_read_failure(e)}") from None
     except Exception as e:  # e.g. safetensors' SafetensorError
-        raise CheckpointError(f"{path}: cannot read checkpoint: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"{path}: {_read_failure(e)}") from None
     return _strip_prefixes(_unwrap(obj, path))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_PICKLE_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", re.S)
+
+
+def _read_failure(e: BaseException) -> str:
+    """Why a checkpoint could not be read, in our words.
+
+    torch's own message for a file its safe loader refuses advises re-running with
+    ``weights_only=False`` or allow-listing the offending class; both would execute code
+    from an unknown file, so that advice is never passed on: only what the file holds.
+    """
+    text = _ANSI.sub("", str(e)).strip()
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        unsafe = _UNSAFE_GLOBAL.search(text)
+        if unsafe:
+            return (
+                f"cannot read checkpoint: it holds pickled Python objects ({unsafe.group(1)}), "
+                "not only tensors, and is refused because loading those could run code from "
+                "the file. A Scal3R checkpoint is a plain state dict of tensors: download "
+                f"{DEFAULT_FILENAME} again from {DEFAULT_REPO_ID}"
+            )
+        detail = _PICKLE_DETAIL.search(text)
+        why = detail.group(1).splitlines()[0] if detail and detail.group(1) else ""
+        why = why.split(" Please ")[0].strip()  # drop any allow-listing advice
+        return (
+            "cannot read checkpoint: not a PyTorch checkpoint, or truncated or corrupt "
+            f"(unpickling stopped{': ' + why if why else ''})"
+        )
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 160:  # e.g. miniz's paragraph: its first sentence says it
+        first = first.split(". ")[0] + "."
+    return f"cannot read checkpoint (truncated or corrupt?): {type(e).__name__}: {first}"
 
 
 def detect_format(sd: Mapping[str, Tensor]) -> str:

@@ -403,6 +403,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scal3r_ros.model.checkpoint import CheckpointError
     from scal3r_ros.tools import evaluate as ev
 
     args = _parser().parse_args(argv)
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(source, cfg)
         ecfg = ev.eval_config(args, label=f"scal3r_ros ({summary['backend']})")
         evaluation = evaluate_run(summary, source, args.gt, args.gt_format, ecfg, cfg.out)
-    except (OfflineError, ev.EvaluationError) as exc:
+    except (OfflineError, ev.EvaluationError, CheckpointError) as exc:
         print(f"scal3r_offline: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # bad settings / KITTI folder (KittiError) / backend

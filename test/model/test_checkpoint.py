@@ -206,6 +206,71 @@ def test_unsafe_pickle_is_rejected(tmp_path):
         load_checkpoint(_fresh(), path)
 
 
+class _Opaque:  # a pickled non-tensor object (module-level, so torch.save can pickle it)
+    pass
+
+
+def _write_bad(kind: str, path: Path) -> None:
+    if kind == "garbage":
+        path.write_bytes(b"definitely not a checkpoint" * 100)
+    elif kind == "zip_header":
+        path.write_bytes(b"PK\x03\x04trunc")
+    elif kind == "object":
+        torch.save({"agg_regator.camera_token": _Opaque()}, path)
+    elif kind == "numpy":
+        import numpy as np
+
+        torch.save({"agg_regator.camera_token": np.zeros(3)}, path)
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "zip_header", "object", "numpy"])
+def test_read_errors_never_advise_unsafe_loading(tmp_path, kind):
+    """torch's refusal suggests weights_only=False or allow-listing the class: both would
+    run code from an unknown file, so the message says what the file holds instead."""
+    path = tmp_path / f"{kind}.pt"
+    _write_bad(kind, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_fresh(), path)
+    msg = str(e.value)
+    assert str(path) in msg
+    for advice in ("weights_only", "safe_globals", "trust", "\x1b["):
+        assert advice not in msg, msg
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # not in tracebacks
+    if kind in ("object", "numpy"):
+        assert "pickled Python objects" in msg and "download scal3r.pt again" in msg
+    else:
+        assert "corrupt" in msg
+
+
+@pytest.mark.parametrize("name", ["scal3r.pt", "path.pt", "with space/my model.pt"])
+def test_download_hint_makes_exactly_the_requested_file(tmp_path, monkeypatch, name):
+    """Run the hint's command with a stand-in `hf` that does what `hf download --local-dir D`
+    does (writes D/<filename>): the file must end up where the checkpoint was asked for."""
+    import re
+    import subprocess
+
+    target = tmp_path / "ckpt" / name
+    with pytest.raises(CheckpointError) as e:
+        resolve_checkpoint(target)
+    command = re.search(r"`(hf download [^`]*)`", str(e.value)).group(1)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "hf"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = download ] || exit 3\n'
+        'file="$3"; dir=.\n'
+        'while [ $# -gt 0 ]; do [ "$1" = --local-dir ] && dir="$2"; shift; done\n'
+        'mkdir -p "$dir" && echo weights > "$dir/$file"\n'
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", command], check=True, env=env, cwd=tmp_path)
+    assert target.is_file() and resolve_checkpoint(target) == target
+
+
 def test_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], path)

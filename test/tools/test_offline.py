@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,3 +186,27 @@ def test_kitti_sequence_folder_uses_its_times_and_ground_truth(tmp_path):
     assert ev["n_poses"] == 12 and ev["matched_by"].startswith("index")
     assert ev["ground_truth"].endswith("00.txt")
     assert ev["path_length_m"] > 5  # the fixture's ground truth, not a stand-in
+
+
+@pytest.mark.parametrize("content", [None, b"definitely not a checkpoint"])
+def test_scal3r_backend_without_a_usable_checkpoint_exits_2(tmp_path, monkeypatch, content):
+    """No traceback: a missing (or corrupt) checkpoint is a user mistake, exit 2."""
+    monkeypatch.setenv("SCAL3R_ROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SCAL3R_CHECKPOINT", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--synthetic", "5", "--backend", "scal3r", "--out", str(tmp_path / "o"),
+            "--no-progress"]  # fmt: skip
+    ckpt = tmp_path / "cache" / "scal3r.pt"
+    if content is not None:
+        ckpt = tmp_path / "mine.pt"
+        ckpt.write_bytes(content)
+        args += ["--checkpoint", str(ckpt)]
+    proc = subprocess.run([sys.executable, "-m", "scal3r_ros.tools.offline", *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "scal3r_offline: error:" in proc.stderr
+    assert str(ckpt) in proc.stderr
+    if content is None:
+        assert "hf download xbillowy/Scal3R" in proc.stderr
+    else:
+        assert "weights_only" not in proc.stderr
