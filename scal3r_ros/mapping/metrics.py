@@ -8,8 +8,10 @@ be compared with published ones:
   with Umeyama (Sim(3) by default, SE(3) or none on request), as ``evo_ape -as``.
 - RPE: error of the relative motion between pose pairs ``(i, j)``,
   ``E = (Q_i^-1 Q_j)^-1 (P_i^-1 P_j)``; pairs every ``delta`` frames or every ``delta``
-  metres of travelled path (consecutive, non-overlapping pairs unless ``all_pairs``),
-  as ``evo_rpe``. Computed on the aligned estimate so its scale matches.
+  metres of travelled path (consecutive, non-overlapping pairs from the first pose unless
+  ``all_pairs``), as ``evo_rpe``: metres are measured on the estimate's path by default
+  (evo's default), on the ground truth's with ``pairs_from_reference``. Computed on the
+  aligned estimate so its scale matches (as ``evo_rpe -as`` for the default Sim(3)).
 - KITTI: for every 10th first frame and each segment length L (100..800 m of ground
   truth path), the relative-pose error over the segment divided by L, averaged over all
   segments (``evaluate_odometry.cpp``); translation in %, rotation in deg/100 m.
@@ -163,15 +165,17 @@ def pairs_by_distance(
 ) -> np.ndarray:
     """(M, 2) index pairs about ``delta_m`` metres of travelled path apart.
 
-    Consecutive: walk the path and start a new pair each time at least ``delta_m`` was
-    travelled since the last pair start. All pairs: for each i the j > i whose path
-    distance is closest to ``delta_m``, kept when within ``tol_m`` (default 10 %).
+    Consecutive: walk the path from the first pose and start a new pair each time at least
+    ``delta_m`` was travelled since the last pair start (step lengths summed one by one, as
+    evo, so ties break the same way). All pairs: for each i the j > i whose path distance
+    is closest to ``delta_m``, kept when within ``tol_m`` (default 10 %).
     """
     if not delta_m > 0:
         raise ValueError(f"delta in metres must be > 0, got {delta_m}")
     tol = 0.1 * delta_m if tol_m is None else tol_m
-    d = path_distances(poses)
+    P = as_poses(poses)
     if all_pairs:
+        d = path_distances(P)
         out = []
         for i in range(len(d) - 1):
             rest = d[i + 1 :] - d[i]
@@ -181,8 +185,8 @@ def pairs_by_distance(
         return np.array(out, np.int64).reshape(-1, 2)
     ids = [0]
     acc = 0.0
-    step = np.diff(d)
-    for i, s in enumerate(step, start=1):
+    steps = np.linalg.norm(np.diff(P[:, :3, 3], axis=0), axis=1)
+    for i, s in enumerate(steps.tolist(), start=1):
         acc += s
         if acc >= delta_m:
             ids.append(i)
@@ -198,11 +202,13 @@ class RpeResult:
     rot_errors_deg: np.ndarray  # (M,)
     delta: float
     unit: str  # "frames" | "m"
+    pairs_from: str = "estimate"  # path the pairs were chosen on: "estimate" | "reference"
 
     def summary(self) -> dict:
         return dict(
             delta=self.delta,
             unit=self.unit,
+            pairs_from=self.pairs_from,
             n_pairs=len(self.pairs),
             translation_m=stats(self.trans_errors),
             rotation_deg=stats(self.rot_errors_deg),
@@ -216,11 +222,14 @@ def rpe(
     unit: str = "frames",
     all_pairs: bool = False,
     rel_tol: float = 0.1,
+    pairs_from_reference: bool = False,
 ) -> RpeResult:
     """Relative pose error of associated (and already aligned) poses.
 
-    Pairs in metres are taken on the ground-truth path (``evo_rpe --pairs_from_reference``);
-    with ``all_pairs`` a pair's path length must be within ``rel_tol * delta`` of delta.
+    Pairs in metres are taken on the estimate's path, as ``evo_rpe`` does by default, or
+    on the ground truth's with ``pairs_from_reference`` (``evo_rpe --pairs_from_reference``);
+    frame pairs are the same either way. With ``all_pairs`` a pair's path length must be
+    within ``rel_tol * delta`` of delta.
     """
     E, G = as_poses(est), as_poses(gt)
     if len(E) != len(G):
@@ -230,14 +239,16 @@ def rpe(
             raise ValueError(f"delta in frames must be an integer, got {delta}")
         pairs = pairs_by_frames(len(G), int(delta), all_pairs)
     elif unit == "m":
-        pairs = pairs_by_distance(G, float(delta), all_pairs, rel_tol * float(delta))
+        path = G if pairs_from_reference else E
+        pairs = pairs_by_distance(path, float(delta), all_pairs, rel_tol * float(delta))
     else:
         raise ValueError(f"RPE unit must be 'frames' or 'm', got {unit!r}")
     i, j = pairs[:, 0], pairs[:, 1]
     err = _relative(_relative(G[i], G[j]), _relative(E[i], E[j]))
     t = np.linalg.norm(err[:, :3, 3], axis=1)
     r = np.degrees(rotation_angle(err[:, :3, :3]))
-    return RpeResult(pairs, t, r, float(delta), unit)
+    source = "reference" if pairs_from_reference else "estimate"
+    return RpeResult(pairs, t, r, float(delta), unit, source)
 
 
 # ---------------------------------------------------------------- KITTI devkit

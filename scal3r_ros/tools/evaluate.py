@@ -1,13 +1,20 @@
 """`scal3r_evaluate`: score a trajectory against ground truth (ATE, RPE, KITTI errors).
 
 Reads TUM (``t x y z qx qy qz qw``) or KITTI (12 numbers, a 3x4 pose per line) files,
-auto-detected by column count. Two TUM files are associated by time stamps (nearest,
-within ``--max-diff`` seconds); otherwise poses are matched by index (a KITTI GT can be
-given stamps with ``--gt-times times.txt``). The estimate is aligned to the ground
-truth (Sim(3) Umeyama by default: monocular scale is arbitrary), then:
+auto-detected by column count. Two trajectories with stamps are associated by time
+(nearest, within ``--max-diff`` seconds); a KITTI file gets stamps from a times.txt
+(``--gt-times``, ``--est-times``). Without stamps on both sides poses are matched by
+index, which needs equal counts (a run whose last frames have no pose cannot be matched
+so: the message says which stamps to give). The estimate is aligned to the ground truth
+(Sim(3) Umeyama by default: monocular scale is arbitrary), then:
 
 - ATE RMSE (m) and orientation error, as ``evo_ape -as``;
-- RPE (translation m, rotation deg) per ``--rpe-delta`` frames or metres, as ``evo_rpe``;
+- RPE (translation m, rotation deg) per ``--rpe-delta`` frames or metres, as
+  ``evo_rpe -as``: consecutive pairs from the first pose, metres measured on the
+  (aligned) estimate's path as evo's default, or on the ground truth's with
+  ``--rpe-pairs-from-reference`` (evo's ``--pairs_from_reference``). evo_rpe does not
+  align by default; RPE ignores a rigid alignment, so ``--align se3`` equals plain
+  ``evo_rpe``, while the default Sim(3) also corrects the estimate's scale (``-as``);
 - KITTI devkit translation error (%) and rotation error (deg/100 m) over 100..800 m
   segments (``--kitti-lengths`` for short runs; NaN, with a note, when none fits).
 
@@ -29,6 +36,25 @@ from scipy.spatial.transform import Rotation
 
 from scal3r_ros.mapping import metrics
 from scal3r_ros.tools.kitti import read_kitti_poses, read_times
+from scal3r_ros.tools.kitti_to_bag import KITTI_DAY
+
+# Which file the mapping node saves is which (shown by --help; see ros/node.py save()).
+NODE_FILES = """\
+files the mapping node saves (output_dir/map_*/):
+  trajectory_camera_kitti.txt, trajectory_camera_tum.txt
+      the camera's optical frame (x right, y down, z forward) relative to the first
+      saved camera pose (identity), as KITTI's poses/NN.txt: score these against
+      camera ground truth (KITTI, TUM RGB-D, the synthetic drive)
+  trajectory_kitti.txt, trajectory_tum.txt
+      base_link in the map frame (x forward, z up): for robot-frame ground truth
+      only; against camera poses the rotation error is ~120 deg (the axes differ)
+
+KITTI (bag from scal3r_kitti_to_bag, stamps = its --start-time + times.txt):
+  scal3r_evaluate runs/kitti00/map_*/trajectory_camera_tum.txt dataset/poses/00.txt \\
+      --gt-times dataset/sequences/00/times.txt --out runs/kitti00/eval
+  (KITTI's poses are the left grey camera's, the bag's images the left colour one's,
+  0.06 m to its side: a few centimetres of ATE; rotations are the same)
+"""
 
 
 class EvaluationError(ValueError):
@@ -43,6 +69,8 @@ class TrajectoryFile:
     stamps: np.ndarray | None
     fmt: str  # "tum" | "kitti"
     path: str = ""
+    times_file: str = ""  # a times.txt gave the stamps (seconds from the sequence start)
+    times_start: float = 0.0  # stamp of that file's zero
 
 
 @dataclass
@@ -55,6 +83,10 @@ class EvalConfig:
     rpe_delta: float = 1.0
     rpe_unit: str = "frames"  # frames | m
     rpe_all_pairs: bool = False
+    rpe_pairs_from_reference: bool = False  # metres on the ground truth's path (not evo's default)
+    # added to times.txt stamps; None: 0, or scal3r_kitti_to_bag's default start time when
+    # the other trajectory's stamps are epoch times and the times file's are not
+    gt_start_time: float | None = None
     kitti_lengths: tuple[float, ...] = metrics.KITTI_LENGTHS
     kitti_step: int = 10
     plots: bool = True
@@ -146,25 +178,79 @@ def associate_stamps(
 
 
 def match(est: TrajectoryFile, gt: TrajectoryFile, cfg: EvalConfig) -> tuple[np.ndarray, ...]:
-    """Associated (est poses, gt poses, gt stamps or None, how) for two trajectories."""
+    """Associated (est poses, gt poses, gt stamps or None, how) for two trajectories.
+
+    By stamps when both have them, else by index when the counts agree; otherwise an
+    error that says which stamps are missing and how to give them.
+    """
     if est.stamps is not None and gt.stamps is not None:
         ie, ig = associate_stamps(est.stamps, gt.stamps, cfg.max_diff, cfg.time_offset)
         if len(ie) < 3:
+            hint = "check --max-diff / --time-offset"
+            if gt.times_file:
+                hint += (" (and --gt-start-time: the time stamp of the first line of "
+                         f"{gt.times_file})")  # fmt: skip
             raise EvaluationError(
                 f"only {len(ie)} stamps of {est.path or 'the estimate'} match "
                 f"{gt.path or 'the ground truth'} within {cfg.max_diff} s "
                 f"(stamps {est.stamps[0]:.3f}..{est.stamps[-1]:.3f} vs "
-                f"{gt.stamps[0]:.3f}..{gt.stamps[-1]:.3f}); check --max-diff / --time-offset"
+                f"{gt.stamps[0]:.3f}..{gt.stamps[-1]:.3f}); {hint}"
             )
         how = f"stamps (max diff {cfg.max_diff} s): {len(ie)} of {len(est.poses)} est poses"
         return est.poses[ie], gt.poses[ig], gt.stamps[ig], how
     if len(est.poses) != len(gt.poses):
-        raise EvaluationError(
-            f"cannot match by index: {len(est.poses)} estimated vs {len(gt.poses)} "
-            "ground-truth poses (KITTI files have no stamps; give TUM files, or "
-            "--gt-times for a KITTI ground truth)"
-        )
+        raise EvaluationError(_unmatched_message(est, gt))
     return est.poses, gt.poses, gt.stamps, f"index ({len(est.poses)} poses)"
+
+
+def _unmatched_message(est: TrajectoryFile, gt: TrajectoryFile) -> str:
+    """Why index matching failed and which stamps would match the two by time."""
+    msg = (f"cannot match by index: {len(est.poses)} estimated vs {len(gt.poses)} "
+           "ground-truth poses, and ")  # fmt: skip
+    missing = [name for name, t in (("estimate", est), ("ground truth", gt)) if t.stamps is None]
+    msg += f"the {' and the '.join(missing)} {'have' if len(missing) > 1 else 'has'} no stamps"
+    fixes = []
+    if est.stamps is None:
+        fix = "give the estimate's stamps: its TUM file"
+        sibling = _tum_sibling(est.path)
+        fix += f" ({sibling})" if sibling else ""
+        fixes.append(fix + ", or --est-times with a times file of as many lines")
+    if gt.stamps is None:
+        fixes.append("give the ground truth's stamps: --gt-times (KITTI: "
+                     "sequences/NN/times.txt) or a TUM file")  # fmt: skip
+    return msg + "; to match by time, " + "; ".join(fixes)
+
+
+def _tum_sibling(path: str) -> str:
+    """The TUM file the node or the offline tool wrote beside a KITTI one, if it exists."""
+    p = Path(path) if path else None
+    if p is None or "kitti" not in p.name:
+        return ""
+    q = p.with_name(p.name.replace("kitti", "tum"))
+    return str(q) if q.is_file() else ""
+
+
+def _times_start(cfg: EvalConfig, times: np.ndarray, other: TrajectoryFile) -> float:
+    """Stamp of a times file's zero: ``gt_start_time``, or (auto) scal3r_kitti_to_bag's
+    default when the other trajectory has epoch stamps and the times file has not."""
+    if cfg.gt_start_time is not None:
+        return float(cfg.gt_start_time)
+    if other.stamps is not None and not other.times_file and len(other.stamps):
+        epoch = 1e8  # s (1973): anything later is a wall-clock stamp, not a times.txt offset
+        if np.min(other.stamps) + cfg.time_offset > epoch and np.max(times) < epoch:
+            return KITTI_DAY
+    return 0.0
+
+
+def _apply_times(traj: TrajectoryFile, times_path: str | Path, start: float = 0.0) -> None:
+    t = read_times(times_path)
+    if len(t) != len(traj.poses):
+        raise EvaluationError(
+            f"{times_path} has {len(t)} times for the {len(traj.poses)} poses of "
+            f"{traj.path}: a times file gives one stamp per pose line"
+        )
+    traj.stamps = t + start
+    traj.times_file, traj.times_start = str(times_path), float(start)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -182,7 +268,8 @@ def _evaluate(est: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> dict:
         a = metrics.ate(est, gt, cfg.align)
     except ValueError as exc:
         raise EvaluationError(f"alignment failed: {exc}") from exc
-    r = metrics.rpe(a.aligned, gt, cfg.rpe_delta, cfg.rpe_unit, cfg.rpe_all_pairs)
+    r = metrics.rpe(a.aligned, gt, cfg.rpe_delta, cfg.rpe_unit, cfg.rpe_all_pairs,
+                    pairs_from_reference=cfg.rpe_pairs_from_reference)  # fmt: skip
     k = metrics.kitti_errors(a.aligned, gt, cfg.kitti_lengths, cfg.kitti_step)
     summary = dict(
         n_poses=len(est),
@@ -216,17 +303,23 @@ def evaluate_files(
     est_fmt: str = "auto",
     gt_fmt: str = "auto",
     gt_times: str | Path | None = None,
+    est_times: str | Path | None = None,
 ) -> dict:
-    """Read, match, score; write ``evaluation.json`` and plots into ``out_dir``."""
+    """Read, match, score; write ``evaluation.json`` and plots into ``out_dir``.
+
+    ``gt_times`` / ``est_times``: times.txt files giving a KITTI file its stamps (seconds;
+    ``cfg.gt_start_time`` is added to the ground truth's).
+    """
     cfg = cfg or EvalConfig()
     est = read_trajectory(est_path, est_fmt)
     gt = read_trajectory(gt_path, gt_fmt)
+    if est_times is not None:
+        _apply_times(est, est_times)
     if gt_times is not None:
-        t = read_times(gt_times)
-        if len(t) != len(gt.poses):
-            raise EvaluationError(f"{gt_times} has {len(t)} times for {len(gt.poses)} poses")
-        gt.stamps = t
+        _apply_times(gt, gt_times, _times_start(cfg, read_times(gt_times), est))
     e, g, _stamps, how = match(est, gt, cfg)
+    if gt.times_file and est.stamps is not None:
+        how += f"; ground-truth stamps: {gt.times_file} + {gt.times_start:.1f} s"
     res = _evaluate(e, g, cfg)
     summary = dict(estimate=str(est_path), ground_truth=str(gt_path), matched_by=how,
                    formats=[est.fmt, gt.fmt], **res["summary"])  # fmt: skip
@@ -317,7 +410,7 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 def format_table(s: dict) -> str:
     """A short human-readable table of a summary."""
     a, r, k = s["ate"], s["rpe"], s["kitti"]
-    unit = "frames" if r["unit"] == "frames" else "m"
+    unit = "frames" if r["unit"] == "frames" else f"m on the {r['pairs_from']}'s path"
     scale = a["sim3"]["scale"]
     lines = [
         f"poses {s['n_poses']}, path {_fmt(s['path_length_m'], '.1f')} m, "
@@ -354,12 +447,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="alignment of the estimate before scoring (default sim3: monocular "
                    "scale is arbitrary; none = as the KITTI devkit)")  # fmt: skip
     g.add_argument("--max-diff", type=float, default=0.01,
-                   help="max stamp difference (s) when associating TUM files")  # fmt: skip
+                   help="max stamp difference (s) when associating by time")  # fmt: skip
     g.add_argument("--time-offset", type=float, default=0.0,
                    help="seconds added to the estimate's stamps")  # fmt: skip
     g.add_argument("--rpe-delta", type=float, default=1.0)
     g.add_argument("--rpe-unit", choices=("frames", "m"), default="frames")
     g.add_argument("--rpe-all-pairs", action="store_true")
+    g.add_argument("--rpe-pairs-from-reference", "--pairs-from-reference",
+                   dest="rpe_pairs_from_reference", action="store_true",
+                   help="measure --rpe-unit m on the ground truth's path (evo_rpe "
+                   "--pairs_from_reference); default: on the aligned estimate's path, "
+                   "consecutive from the first pose, as evo_rpe")  # fmt: skip
     g.add_argument("--kitti-lengths", type=_lengths, default=metrics.KITTI_LENGTHS,
                    help="segment lengths in m (default 100,...,800 as the devkit)")  # fmt: skip
     g.add_argument("--kitti-step", type=int, default=10, help="first-frame step (frames)")
@@ -370,14 +468,20 @@ def eval_config(args: argparse.Namespace, label: str = "estimate") -> EvalConfig
     return EvalConfig(align=args.align, max_diff=args.max_diff, time_offset=args.time_offset,
                       rpe_delta=args.rpe_delta, rpe_unit=args.rpe_unit,
                       rpe_all_pairs=args.rpe_all_pairs,
+                      rpe_pairs_from_reference=args.rpe_pairs_from_reference,
+                      gt_start_time=getattr(args, "gt_start_time", None),
                       kitti_lengths=tuple(args.kitti_lengths), kitti_step=args.kitti_step,
                       plots=not args.no_plots, label=label)  # fmt: skip
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help; the epilog's layout kept."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="scal3r_evaluate", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        prog="scal3r_evaluate", description=__doc__.splitlines()[0], epilog=NODE_FILES,
+        formatter_class=_HelpFormatter)  # fmt: skip
     parser.add_argument("estimate", help="estimated trajectory (TUM or KITTI format)")
     parser.add_argument("ground_truth", help="ground-truth trajectory (TUM or KITTI format)")
     parser.add_argument("--out", default=None, help="folder for evaluation.json and plots "
@@ -386,13 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
     parser.add_argument("--gt-times", default=None,
                         help="KITTI times.txt giving the ground truth stamps")  # fmt: skip
+    parser.add_argument("--gt-start-time", type=float, default=None,
+                        help="stamp (s) of --gt-times' zero (scal3r_kitti_to_bag's "
+                        "--start-time); default: 0, or that tool's default "
+                        f"{KITTI_DAY:.0f} when the estimate has epoch stamps")  # fmt: skip
+    parser.add_argument("--est-times", default=None,
+                        help="times.txt giving a KITTI-format estimate its stamps")  # fmt: skip
     add_eval_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.estimate).with_name(
         Path(args.estimate).stem + "_eval")  # fmt: skip
     try:
         summary = evaluate_files(args.estimate, args.ground_truth, out, eval_config(args),
-                                 args.est_format, args.gt_format, args.gt_times)  # fmt: skip
+                                 args.est_format, args.gt_format, args.gt_times,
+                                 args.est_times)  # fmt: skip
     except (EvaluationError, ValueError) as exc:
         print(f"scal3r_evaluate: error: {exc}", file=sys.stderr)
         return 2
