@@ -202,7 +202,17 @@ class MappingEngine:
         return self._run_waiting()
 
     def flush(self) -> list[MapUpdate]:
-        """End of stream: run the partial last chunk (and, in ``exact`` mode, all)."""
+        """End of stream, shutdown or a save: map the frames that arrived after the last
+        full window as a final, shorter window (the previous window's last ``overlap``
+        frames as context plus the new ones, however few), so every frame pushed so far
+        has a pose and its points are in the map; finalise pending loop candidates. In
+        ``exact`` mode this runs every window. Nothing happens when all frames are placed.
+
+        Streaming may go on afterwards: the next full window starts at the same frame as
+        the flushed one, is aligned to it like any window and takes over its newest
+        frames (`PosesUpdate` with ``reason="overlap"``); the flushed window stays in the
+        chain (and, in ``causal`` mode, in the GCS sums, like a loop window).
+        """
         spec = self.scheduler.flush()
         out: list[MapUpdate] = []
         if self.config.gcs_mode == "exact":
@@ -219,7 +229,8 @@ class MappingEngine:
         else:
             if spec is not None:
                 self._waiting.append(spec)
-            out += self._run_waiting()
+            while self._waiting:  # no later window will retry: use the attempts up now
+                out += self._run_waiting()
         finish = getattr(self.loop_closure, "finish", None)
         if finish is not None and self.n_chunks:
             loops = finish(self)
@@ -449,11 +460,13 @@ class MappingEngine:
         self._chunk_frames[cid] = tuple(int(f) for f in fids)
         timings["align"] = time.perf_counter() - t0
 
-        # ---- ownership: first half of the overlap stays with prev, rest is ours
+        # ---- ownership: first half of the overlap stays with prev, rest is ours; frames
+        # before prev's tail (a full window after a flushed one) stay with their owners
         t0 = time.perf_counter()
         keep_prev = set(shared[: min(cfg.window.overlap // 2, len(shared))])
         handed = [f for f in shared if f not in keep_prev]
-        owned = [k for k, f in enumerate(fids) if int(f) not in keep_prev]
+        first = min(self._prev[1], default=0) if self._prev is not None else 0
+        owned = [k for k, f in enumerate(fids) if int(f) not in keep_prev and f >= first]
         new_ids, corr_ids = [], []
         for k in owned:
             f = int(fids[k])

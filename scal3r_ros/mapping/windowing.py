@@ -9,6 +9,12 @@ arrived (every ``step`` frames after the first ``chunk_size``); at end of stream
 single short chunk of a sequence shorter than one chunk). Hence the streamed chunk
 list equals the official list for any N.
 
+The partial chunk starts where the next regular chunk would: it holds the previous
+chunk's last ``overlap`` frames (the context the alignment needs) plus the frames that
+arrived after it, however few. A flush does not end the schedule: if frames keep
+coming (a save in the middle of a stream), the next regular chunk starts at the same
+frame as the flushed one and so covers all of its frames again.
+
 Inside a chunk the network sees the frames reordered so that the middle one
 (``ceil(n/2) - 1``) comes first: it is the chunk's reference camera.
 """
@@ -92,29 +98,28 @@ class ChunkScheduler:
         self.n_frames = 0
         self.next_chunk_id = 0
         self._next_start = 0  # start index of the next regular chunk
+        self._covered_to = 0  # frames [0, covered_to) are in an emitted chunk
 
     def push(self) -> ChunkSpec | None:
         """Register one more frame; return the chunk that became ready, if any."""
         self.n_frames += 1
         end = self._next_start + self.config.chunk_size
         if self.n_frames == end:
-            return self._emit(self._next_start, end)
+            spec = self._emit(self._next_start, end)
+            self._next_start += self.config.stride
+            return spec
         return None
 
     def flush(self) -> ChunkSpec | None:
-        """End of stream: the partial last chunk, when frames are not yet covered."""
-        n, c = self.n_frames, self.config
-        if n == 0:
+        """End of stream: the partial chunk ``[next regular start, n)`` over the frames no
+        chunk covers yet (all frames when no chunk was emitted); None when all are
+        covered. The regular schedule is left as it was (see the module docstring)."""
+        if self.n_frames <= self._covered_to:
             return None
-        if self.next_chunk_id == 0:
-            return self._emit(0, n)  # sequence shorter than a chunk: one chunk of all
-        covered_to = self._next_start - c.stride + c.chunk_size
-        if n > covered_to and self._next_start < n - c.overlap:
-            return self._emit(self._next_start, n)
-        return None
+        return self._emit(self._next_start, self.n_frames)
 
     def _emit(self, start: int, end: int) -> ChunkSpec:
         spec = ChunkSpec(self.next_chunk_id, tuple(range(start, end)))
         self.next_chunk_id += 1
-        self._next_start = start + self.config.stride
+        self._covered_to = end
         return spec
