@@ -481,7 +481,13 @@ class MappingNode(Node):
         return response
 
     def save(self, engine: MappingEngine, target: Path, save_map=True, save_traj=True) -> list:
-        """Write map (PLY, PCD) and trajectory (TUM, KITTI) in the ROS map frame, atomically."""
+        """Write map (PLY, PCD) and trajectories (TUM, KITTI), atomically.
+
+        ``trajectory_{tum,kitti}.txt``: base_link in the map frame (what /tf carries).
+        ``trajectory_camera_{tum,kitti}.txt``: the camera's optical frame relative to the
+        first saved camera pose (identity), the convention of KITTI's poses/NN.txt and of
+        camera ground truth in general: score these (scal3r_evaluate --help).
+        """
         target.mkdir(parents=True, exist_ok=True)
         written = []
 
@@ -501,6 +507,10 @@ class MappingNode(Node):
             T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
             atomic("trajectory_tum.txt", lambda p: write_poses(p, stamps, T, "tum"))
             atomic("trajectory_kitti.txt", lambda p: write_poses(p, stamps, T, "kitti"))
+            C = T @ self.converter.T_base_cam  # T_map_camera (optical axes)
+            C = np.linalg.inv(C[0]) @ C if len(C) else C  # first camera = identity
+            atomic("trajectory_camera_tum.txt", lambda p: write_poses(p, stamps, C, "tum"))
+            atomic("trajectory_camera_kitti.txt", lambda p: write_poses(p, stamps, C, "kitti"))
         if save_map:
             written += self.planner.save(target)
         return written

@@ -164,7 +164,9 @@ def test_save_service_writes_files_and_refuses_escapes(run):
     )
     assert res.success, res.message
     names = sorted(p.split("/")[-1] for p in res.files)
-    assert names == ["map.pcd", "map.ply", "trajectory_kitti.txt", "trajectory_tum.txt"]
+    assert names == ["map.pcd", "map.ply", "trajectory_camera_kitti.txt",
+                     "trajectory_camera_tum.txt", "trajectory_kitti.txt",
+                     "trajectory_tum.txt"]  # fmt: skip
     tum = np.loadtxt(out / "maps" / "run1" / "trajectory_tum.txt")
     assert tum.shape == (N_FRAMES, 8)
     assert (out / "maps" / "run1" / "map.ply").read_bytes().startswith(b"ply")
