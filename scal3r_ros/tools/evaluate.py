@@ -450,9 +450,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="max stamp difference (s) when associating by time")  # fmt: skip
     g.add_argument("--time-offset", type=float, default=0.0,
                    help="seconds added to the estimate's stamps")  # fmt: skip
-    g.add_argument("--rpe-delta", type=float, default=1.0)
+    g.add_argument("--rpe-delta", type=float, default=1.0,
+                   help="RPE pair spacing, in --rpe-unit; RPE is computed after --align "
+                   "(default sim3 = evo_rpe -as; se3 or none = plain evo_rpe)")  # fmt: skip
     g.add_argument("--rpe-unit", choices=("frames", "m"), default="frames")
-    g.add_argument("--rpe-all-pairs", action="store_true")
+    g.add_argument("--rpe-all-pairs", action="store_true",
+                   help="every pose starts a pair (default: consecutive pairs from the "
+                   "first pose, as evo_rpe)")  # fmt: skip
     g.add_argument("--rpe-pairs-from-reference", "--pairs-from-reference",
                    dest="rpe_pairs_from_reference", action="store_true",
                    help="measure --rpe-unit m on the ground truth's path (evo_rpe "
