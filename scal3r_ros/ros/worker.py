@@ -101,12 +101,17 @@ class MappingWorker:
             self._queue.append((command, callback))
             self._cond.notify()
 
-    def call(self, fn: Callable[[MappingEngine], object], timeout: float = 60.0) -> object:
-        """Run ``fn(engine)`` on the worker thread and wait for its result (for saving)."""
+    def call(self, fn: Callable[[MappingEngine], object], timeout: float = 60.0,
+             flush: bool = False) -> object:  # fmt: skip
+        """Run ``fn(engine)`` on the worker thread and wait for its result (for saving).
+        ``flush``: first map the frames processed after the last full window
+        (``engine.flush``, events to the sink), so a save holds every processed frame."""
         done = threading.Event()
         box: dict[str, object] = {}
 
         def run(engine: MappingEngine) -> None:
+            if flush:
+                self._handle("flush", None)
             try:
                 box["result"] = fn(engine)
             except Exception as exc:  # handed to the caller
@@ -126,8 +131,15 @@ class MappingWorker:
         with self._cond:
             return self._frames_queued()
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Finish the chunk in progress, abandon queued frames, join. True if joined."""
+    def stop(self, timeout: float = 30.0, flush: bool = False,
+             sink: Callable[[list[MapUpdate]], None] | None = None) -> bool:  # fmt: skip
+        """Finish the chunk in progress, abandon queued frames, join. True if joined.
+
+        ``flush``: then map the frames processed after the last full window as a final
+        shorter one (``engine.flush``, on this thread: the worker's has ended), so every
+        processed frame has a pose before the node saves; its events go to ``sink``
+        (default: the worker's sink), failures to ``on_error`` as usual.
+        """
         with self._cond:
             self._stop = True
             abandoned = self._frames_queued()
@@ -137,7 +149,12 @@ class MappingWorker:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        joined = not self._thread.is_alive()
+        if joined and flush and self.engine is not None:
+            if sink is not None:
+                self._sink = sink
+            self._handle("flush", None)
+        return joined
 
     def _frames_queued(self) -> int:
         return sum(1 for kind, _ in self._queue if kind == "frame")

@@ -175,3 +175,46 @@ def test_a_failing_sink_is_reported_and_the_worker_keeps_going():
         assert "publishing failed" in errors[0] and eng.seen == [0, 1, 2, 3]
     finally:
         w.stop()
+
+
+def test_stop_with_flush_flushes_after_the_window_in_progress_into_the_given_sink(make_worker):
+    eng = FakeEngine()
+    w, events, _ = make_worker(eng)
+    w.submit(frame(0))
+    wait_until(lambda: w.stats.processed == 1)
+    final = []
+    assert w.stop(flush=True, sink=final.extend)
+    assert [e.chunk_id for e in final] == [-1] and w.stats.chunks == 1  # FakeEngine.flush
+    assert all(e.chunk_id != -1 for e in events)  # not in the worker's own sink
+    w2, events2, _ = make_worker(FakeEngine())
+    assert w2.stop() and events2 == []  # no flush unless asked
+
+
+def _oracle_engine(n_frames: int):
+    from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+    from scal3r_ros.mapping.oracle_backend import OracleBackend
+    from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+
+    drive = SyntheticDrive(SyntheticConfig(n_frames=n_frames))
+    return drive, MappingEngine(EngineConfig.low_latency(), OracleBackend(drive))
+
+
+def test_every_processed_frame_has_a_pose_after_a_save_and_after_stop(make_worker):
+    """Issue 13: "300 frames processed, 296 poses saved". 16/8 windows end at 16, 24, 32:
+    the save after 37 frames and the stop after 45 must hold all of them."""
+    from scal3r_ros.mapping.frame import PosesUpdate
+
+    drive, eng = _oracle_engine(45)
+    w, events, errors = make_worker(eng)
+    for i in range(37):
+        w.submit(drive.frame(i))
+    wait_until(lambda: w.stats.processed == 37, timeout=300)
+    saved = w.call(lambda e: e.poses()[0].tolist(), flush=True)
+    assert saved == list(range(37))
+    for i in range(37, 45):
+        w.submit(drive.frame(i))
+    wait_until(lambda: w.stats.processed == 45, timeout=300)
+    assert w.stop(flush=True)
+    assert eng.poses()[0].tolist() == list(range(45)) and not errors
+    published = {f for e in events if isinstance(e, PosesUpdate) for f in e.frame_ids.tolist()}
+    assert published == set(range(45))  # the tail's poses reached the sink too
