@@ -7,6 +7,7 @@ messages. Frames and units: see `frames.py`; parameters: `params.py`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -471,9 +472,10 @@ class MappingNode(Node):
     def _srv_save(self, request, response):
         try:
             target = safe_output_path(self.output_dir, request.name)
+            # flush: every frame processed so far gets a pose (and its points) first
             files = self.worker.call(
                 lambda engine: self.save(engine, target, request.save_map,
-                                         request.save_trajectory))  # fmt: skip
+                                         request.save_trajectory), flush=True)  # fmt: skip
             response.success, response.files = True, [str(f) for f in files]
             response.message = f"saved {len(files)} files to {target}"
         except Exception as exc:
@@ -516,8 +518,10 @@ class MappingNode(Node):
         return written
 
     def shutdown(self) -> None:
-        """Stop the worker (finishing the chunk in progress) and save if configured."""
-        joined = self.worker.stop()
+        """Stop the worker (finishing the window in progress), map the frames processed
+        after the last full window as a final shorter one (so every processed frame has
+        a pose), and save if configured."""
+        joined = self.worker.stop(flush=True, sink=self._on_final_events)
         engine = self.worker.engine
         if not joined:
             self.get_logger().error("worker did not stop in time; not saving")
@@ -526,6 +530,23 @@ class MappingNode(Node):
             target = safe_output_path(self.output_dir, "")
             files = self.save(engine, target)
             print(f"[scal3r_mapping] saved {len(files)} files to {target}", flush=True)
+
+    def _on_final_events(self, events: list[MapUpdate]) -> None:
+        """The final window's events. After Ctrl-C rclpy has shut its context down and
+        nothing can be published: keep what the saved files depend on -- the mount and
+        the map anchor, when no window ran before (a stream shorter than one window); the
+        scale estimate stays the one in use, the occupancy grid without this window."""
+        if self.context.ok():
+            self._on_events(events)
+            return
+        if not self._mount_decided:
+            with contextlib.suppress(Exception):  # the fallback mount's /tf_static publish
+                self._decide_mount(ns_to_stamp(0))
+        if self.converter.anchor is None:
+            for ev in events:
+                if isinstance(ev, PosesUpdate) and len(ev.frame_ids):
+                    self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+                    break
 
 
 def main(argv: list[str] | None = None) -> int:
