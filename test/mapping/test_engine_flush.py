@@ -114,3 +114,25 @@ def test_tail_window_through_the_tiny_network(n):
     ids, _, c2w = eng.poses()
     assert ids.tolist() == list(range(n)) and np.isfinite(c2w).all()
     assert eng.n_chunks == max(0, (n - 4) // 4) + 1
+
+
+def test_flush_retries_a_failing_tail_window(drive):
+    """No later window will retry the tail: a transient failure (CUDA out of memory) is
+    retried within the flush, up to the attempts allowed."""
+    from scal3r_ros.mapping.frame import ChunkFailed
+
+    failures = []
+
+    def fail_once(chunk, pred):
+        if chunk.chunk_id == 7 and not failures:  # 16/8 on 70 frames: the tail is chunk 7
+            failures.append(chunk.chunk_id)
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return pred
+
+    eng = MappingEngine(EngineConfig.low_latency(loop_closure=False),
+                        OracleBackend(drive, OracleConfig(seed=3, corrupt=fail_once)))  # fmt: skip
+    push(eng, drive, range(N))
+    events = eng.flush()
+    failed = [e for e in events if isinstance(e, ChunkFailed)]
+    assert [(e.chunk_id, e.will_retry) for e in failed] == [(7, True)]
+    assert_consistent(eng, drive, N)
