@@ -7,6 +7,7 @@ messages. Frames and units: see `frames.py`; parameters: `params.py`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import os
@@ -55,7 +56,18 @@ from scal3r_ros.ros.conversions import (
     stamp_to_ns,
 )
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
-from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
+from scal3r_ros.ros.params import (
+    DYNAMIC,
+    NodeConfig,
+    ParameterInputError,
+    RosArguments,
+    check_settings,
+    declare_and_read,
+    parameter_help,
+    parse_override,
+    read_parameter_file,
+    split_ros_args,
+)
 from scal3r_ros.ros.planner_outputs import PlannerOutputs
 from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs, transform_msg
 from scal3r_ros.ros.worker import MappingWorker
@@ -73,6 +85,17 @@ def safe_output_path(root: Path, name: str) -> Path:
     if root.resolve() not in (target, *target.parents):
         raise ValueError(f"refused: '{name}' resolves outside {root}")
     return target
+
+
+def progress_line(msg: MappingStatus) -> str:
+    """The periodic one-line summary of a MappingStatus (the node's log)."""
+    loops = f", {msg.loop_closures} loop closure{'s' * (msg.loop_closures != 1)}"
+    return (
+        f"{msg.state_text}: frames {msg.frames_received} in, {msg.frames_processed} processed, "
+        f"{msg.frames_dropped} dropped (queue {msg.queue_length}/{msg.queue_capacity}); "
+        f"{msg.chunks_processed} windows; {msg.map_points} map points; {msg.fps:.1f} fps; "
+        f"latency {msg.latency_ms / 1e3:.2f} s" + (loops if msg.loop_closures else "")
+    )
 
 
 class MappingNode(Node):
@@ -154,6 +177,8 @@ class MappingNode(Node):
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=group)
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=group)
         self.create_timer(cfg.status_period, self._publish_status, callback_group=group)
+        self._progress_at = time.monotonic()  # the status timer logs progress from here on
+        self._progress_counts: tuple[int, ...] | None = None
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.worker.start()
@@ -459,6 +484,25 @@ class MappingNode(Node):
         arr = DiagnosticArray(status=[diag])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
+        self._log_progress(msg)
+
+    def _log_progress(self, msg: MappingStatus) -> None:
+        """Every progress_log_period seconds one line of the status numbers while frames
+        come in (silent once the stream stops), or, before the first frame, which topics
+        the node is waiting on (the usual reason a newcomer sees nothing happen)."""
+        period = self.cfg.progress_log_period
+        now = time.monotonic()
+        if period <= 0 or now - self._progress_at < period:
+            return
+        self._progress_at = now
+        counts = (msg.frames_received, msg.frames_processed, msg.frames_dropped,
+                  msg.chunks_processed)  # fmt: skip
+        if msg.frames_received == 0:
+            topics = ", ".join(self.cfg.image_topics + self.cfg.compressed_topics)
+            self.get_logger().info(f"waiting for images on {topics} (none received yet)")
+        elif counts != self._progress_counts:
+            self.get_logger().info(progress_line(msg))
+        self._progress_counts = counts
 
     # ================================================================ services
     def _srv_reset(self, request, response):
@@ -549,24 +593,95 @@ class MappingNode(Node):
                     break
 
 
+_ROS_ARGS_HELP = """\
+ROS arguments (after --ros-args, as for any ROS 2 node; `--` ends them):
+  -p NAME:=VALUE        set one parameter (over the value of --config's file)
+  --params-file FILE    a YAML parameter file (`/**: ros__parameters: NAME: VALUE`)
+  -r FROM:=TO           remap a topic, or the node name (__node:=NAME)
+  --log-level LEVEL     debug, info, warn, error or fatal
+
+Parameter files and overrides are checked before the node starts: a value of the wrong
+type is an error (exit 2), an unknown name a warning. A float needs its decimal point
+(voxel_size:=1.0), a list of strings its quotes (image_topics:="['/cam/image_raw']").
+
+examples:
+  scal3r_mapping --config synthetic
+  scal3r_mapping --config kitti --ros-args -p checkpoint:=/data/scal3r.pt
+  scal3r_mapping --ros-args -p image_topics:="['/cam/image_raw']" -p chunk_size:=40
+
+parameters (NAME = default: description; `ros2 param describe /scal3r_mapping NAME`):
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scal3r_mapping",
+        usage="scal3r_mapping [-h] [--config NAME|PATH] [--ros-args ...]",
+        description="The Scal3R online mapping node: images in; /tf, map clouds, odometry, "
+        "path and status out.",
+        epilog=_ROS_ARGS_HELP + parameter_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="NAME|PATH",
+                   help="parameter file: a bundled one (default, low_latency, kitti, synthetic) "
+                        "or a path, like the launch file's config argument")  # fmt: skip
+    return p
+
+
+def _read_parameter_sources(config: Path | None, ros: RosArguments) -> list[str]:
+    """Check --config, --params-file and -p before rclpy reads them; returns warnings.
+
+    Raises ParameterInputError naming the file or override (rclpy would give a traceback,
+    or silently keep an earlier value of another type)."""
+    settings, warnings = [], []
+    for path in ([str(config)] if config else []) + ros.param_files:
+        got, sections = read_parameter_file(path, ros.node_fqn)
+        if sections and not got:
+            warnings.append(f"{path}: no section applies to {ros.node_fqn} (sections: "
+                            f"{', '.join(sections)}); none of its parameters is used")  # fmt: skip
+        settings += got
+    for rule in ros.overrides:
+        setting = parse_override(rule, ros.node_fqn)
+        if setting is not None:
+            settings.append(setting)
+    errors, unknown = check_settings(settings)
+    if errors:
+        raise ParameterInputError("\n  ".join(["invalid parameter values:", *errors]))
+    return warnings + unknown
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console script `scal3r_mapping [--config NAME|PATH] [--ros-args ...]`.
+    """Console script `scal3r_mapping [-h] [--config NAME|PATH] [--ros-args ...]`.
 
     Runs the node without the launch system; ``--config`` takes a bundled parameter file
     (default, low_latency, kitti, synthetic) or a path, like the launch file's argument.
+    Usage mistakes (a bad option, a malformed parameter file, a value of the wrong type)
+    exit 2 with one message; ``-h``/``--help`` (also after ``--ros-args``) exit 0.
     """
     argv = list(sys.argv if argv is None else argv)
-    args = argv[:1]
+    parser = _parser()
     try:
-        if "--config" in argv[1:]:
-            i = argv.index("--config")
-            params = config_file(argv[i + 1])
-            argv = argv[:i] + argv[i + 2 :]
-            args += ["--ros-args", "--params-file", str(params)]
-    except (IndexError, FileNotFoundError) as exc:
-        print(f"[scal3r_mapping] --config: {exc or 'needs a value'}", file=sys.stderr)
+        own, ros = split_ros_args(argv[1:])
+        if ros.help:
+            parser.print_help()
+            return 0
+        opts = parser.parse_args(own)
+        config = config_file(opts.config) if opts.config is not None else None
+        warnings = _read_parameter_sources(config, ros)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    except (ParameterInputError, FileNotFoundError) as exc:
+        print(f"[scal3r_mapping] {exc}", file=sys.stderr, flush=True)
         return 2
-    rclpy.init(args=args + argv[1:])
+    args = argv[:1] + (["--ros-args", "--params-file", str(config)] if config else [])
+    try:
+        rclpy.init(args=args + ros.tokens)
+    except Exception as exc:  # rcl refuses an argument (e.g. an unknown --ros-args flag)
+        print(f"[scal3r_mapping] bad ROS arguments ({type(exc).__name__}: {exc}); see "
+              "scal3r_mapping --help", file=sys.stderr, flush=True)  # fmt: skip
+        return 2
+    for warning in warnings:
+        rclpy.logging.get_logger(ros.node_name).warning(warning)
     try:
         node = MappingNode()
     except Exception as exc:  # bad parameters, missing/corrupt checkpoint: say why, exit 2

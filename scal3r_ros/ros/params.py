@@ -8,9 +8,14 @@ The YAML files in config/ set the same names.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import textwrap
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
+import yaml
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -69,6 +74,7 @@ class NodeConfig:
     path_publish_period: float = 1.0
     path_max_poses: int = 5000
     status_period: float = 0.5
+    progress_log_period: float = 5.0
     output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
     save_on_shutdown: bool = True
     # --- planner outputs: metric scale, sensor-frame clouds, occupancy grid
@@ -246,6 +252,11 @@ _DOC: dict[str, tuple[str, dict]] = {
         "seconds between ~/status and /diagnostics messages",
         {"read_only": True, "float_range": (0.05, 60.0)},
     ),
+    "progress_log_period": (
+        "seconds between one-line progress summaries in the log (frames, windows, map "
+        "points, fps, latency); 0: off",
+        {"float_range": (0.0, 3600.0)},
+    ),
     "output_dir": (
         "directory for saved maps and trajectories (nothing is written outside)",
         {"read_only": True},
@@ -368,3 +379,335 @@ def declare_and_read(node: Node, overrides: dict | None = None) -> NodeConfig:
     config = NodeConfig(**values)
     config.validate()
     return config
+
+
+# ============================================================ parameter files and -p overrides
+# rcl keeps a parameter set twice with different types (a file's `chunk_size: 16`, then
+# `-p chunk_size:=abc`) as two values of one variant, and rclpy takes the integer: the
+# override vanishes without a word. Parameters nobody declares (`chunk_sise`) vanish too.
+# So the console script reads every parameter source itself first, the way rcl types it,
+# rejects values of the wrong type with a message naming where they came from, and warns
+# about names the node does not know.
+
+ROS_OWN_PARAMETERS = {
+    "use_sim_time": Parameter.Type.BOOL,
+    "start_type_description_service": Parameter.Type.BOOL,
+}
+"""Parameters rclpy declares on every node."""
+_ROS_OWN_PREFIXES = ("qos_overrides.",)  # rclpy's QoS-override family (not a typo)
+
+_TYPE_WORDS = {
+    Parameter.Type.BOOL: "true or false",
+    Parameter.Type.INTEGER: "an integer",
+    Parameter.Type.DOUBLE: "a float (with a decimal point: 1.0, not 1)",
+    Parameter.Type.STRING: "a string",
+    Parameter.Type.BOOL_ARRAY: "a list of true/false",
+    Parameter.Type.INTEGER_ARRAY: "a list of integers",
+    Parameter.Type.DOUBLE_ARRAY: "a list of floats (with decimal points: [0.0, 1.0])",
+    Parameter.Type.STRING_ARRAY: "a list of strings",
+}
+_ARRAY_OF = {
+    Parameter.Type.BOOL: Parameter.Type.BOOL_ARRAY,
+    Parameter.Type.INTEGER: Parameter.Type.INTEGER_ARRAY,
+    Parameter.Type.DOUBLE: Parameter.Type.DOUBLE_ARRAY,
+    Parameter.Type.STRING: Parameter.Type.STRING_ARRAY,
+}
+# rcl's scalar typing (rcl_yaml_param_parser get_value): YAML 1.1 words for booleans,
+# strtol(base 0) integers, strtod doubles plus .inf/.nan; everything else is a string
+_TRUE = {"Y", "y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"}
+_FALSE = {"N", "n", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"}
+_INT = re.compile(r"\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_FLOAT = re.compile(
+    r"\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|0[xX]([0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)"
+    r"([pP][+-]?\d+)?|inf(inity)?|nan(\([0-9A-Za-z_]*\))?)",
+    re.IGNORECASE,
+)
+_YAML_FLOAT_WORDS = {f"{sign}.{word}" for sign in ("", "+", "-") for word in ("inf", "Inf", "INF")}
+_YAML_FLOAT_WORDS |= {".nan", ".NaN", ".NAN"}
+
+
+class ParameterInputError(ValueError):
+    """A parameter file or override that rclpy would reject or silently misread."""
+
+
+@dataclass(frozen=True)
+class ParameterSetting:
+    """One parameter value from a parameter file or a ``-p name:=value`` override."""
+
+    name: str
+    value: object
+    type: Parameter.Type | None  # None: an empty list (fits any list parameter)
+    source: str  # where it was set, for messages
+
+
+@dataclass
+class RosArguments:
+    """What the console script needs to know of its ``--ros-args`` sections."""
+
+    tokens: list[str] = field(default_factory=list)  # every ROS token, markers included
+    param_files: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the NAME:=VALUE rules of -p
+    node_name: str = "scal3r_mapping"
+    namespace: str = "/"
+    help: bool = False
+
+    @property
+    def node_fqn(self) -> str:
+        return self.namespace.rstrip("/") + "/" + self.node_name
+
+
+_ROS_FLAGS_WITH_VALUE = {"-p", "--param", "--params-file", "-r", "--remap", "-e", "--enclave",
+                         "--log-level", "--log-config-file", "--log-file-name"}  # fmt: skip
+
+
+def split_ros_args(argv: list[str]) -> tuple[list[str], RosArguments]:
+    """Split ``argv`` (without the program name) into the script's own arguments and its
+    ``--ros-args ... [--]`` sections, noting parameter files, overrides and node remaps."""
+    own: list[str] = []
+    ros = RosArguments()
+    in_ros = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros = True
+            ros.tokens.append(arg)
+        elif not in_ros:
+            own.append(arg)
+        elif arg == "--":
+            in_ros = False
+            ros.tokens.append(arg)
+        elif arg in ("-h", "--help"):
+            ros.help = True  # rcl knows no help: answered by the script
+        elif arg in _ROS_FLAGS_WITH_VALUE:
+            if i + 1 >= len(argv):
+                raise ParameterInputError(f"--ros-args {arg} needs a value")
+            value = argv[i + 1]
+            ros.tokens += [arg, value]
+            i += 1
+            if arg in ("-p", "--param"):
+                ros.overrides.append(value)
+            elif arg == "--params-file":
+                ros.param_files.append(value)
+            elif arg in ("-r", "--remap"):
+                lhs, _, rhs = value.partition(":=")
+                target = lhs.rpartition(":")[2]  # [node:]__node:=name
+                if target in ("__node", "__name"):
+                    ros.node_name = rhs
+                elif target == "__ns":
+                    ros.namespace = rhs
+        else:
+            ros.tokens.append(arg)
+        i += 1
+    return own, ros
+
+
+def parameter_types() -> dict[str, Parameter.Type]:
+    """The declared type of every node parameter (as ``declare_and_read`` declares it)."""
+    types = {}
+    for f in fields(NodeConfig):
+        default = getattr(NodeConfig(), f.name)
+        if isinstance(default, list):
+            types[f.name] = _ARRAY_TYPES.get(f.name, Parameter.Type.STRING_ARRAY)
+        else:
+            types[f.name] = Parameter.Type.from_parameter_value(default)
+    return types
+
+
+def _rcl_scalar(text: str, quoted: bool) -> tuple[Parameter.Type, object]:
+    """Type a YAML scalar as rcl does (not as PyYAML: `1e-3` is a double, `y` a bool)."""
+    if not quoted:
+        if text in _TRUE or text in _FALSE:
+            return Parameter.Type.BOOL, text in _TRUE
+        if _INT.fullmatch(text):
+            body = text.strip()
+            digits = body.lstrip("+-")
+            base = 16 if digits[:2].lower() == "0x" else 8 if digits[:1] == "0" else 10
+            value = int(digits, base) * (-1 if body.startswith("-") else 1)
+            if -(2**63) <= value < 2**63:
+                return Parameter.Type.INTEGER, value
+        if text in _YAML_FLOAT_WORDS:
+            return Parameter.Type.DOUBLE, float(text.replace(".", "", 1))
+        if _FLOAT.fullmatch(text):
+            body = text.strip()
+            if "x" in body.lower():
+                return Parameter.Type.DOUBLE, float.fromhex(body)
+            return Parameter.Type.DOUBLE, float(body.split("(")[0])
+    return Parameter.Type.STRING, text
+
+
+def _typed(node: yaml.Node, where: str) -> tuple[Parameter.Type | None, object]:
+    if isinstance(node, yaml.ScalarNode):
+        quoted = node.style in ("'", '"')
+        if not quoted and node.value == "":
+            raise ParameterInputError(f'{where}: no value (write "" for an empty string)')
+        return _rcl_scalar(node.value, quoted)
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for item in node.value:
+            if not isinstance(item, yaml.ScalarNode):
+                raise ParameterInputError(f"{where}: lists may hold only plain values")
+            items.append(_typed(item, where))
+        kinds = {t for t, _ in items}
+        if len(kinds) > 1:
+            raise ParameterInputError(
+                f"{where}: a list holds values of one type only ("
+                "write 1.0, not 1, in a list of floats)"
+            )
+        kind = _ARRAY_OF[kinds.pop()] if kinds else None
+        return kind, [v for _, v in items]
+    raise ParameterInputError(f"{where}: a value must be a plain value or a list")
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError, file: bool = True) -> ParameterInputError:
+    """One line naming the file (line:column) or the override, and YAML's complaint."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(x for x in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                    if x) or str(exc)  # fmt: skip
+    if mark is None:
+        return ParameterInputError(f"{source}: not valid YAML: {what}")
+    if file:
+        return ParameterInputError(
+            f"parameter file {source}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}"
+        )
+    return ParameterInputError(f"{source}: not valid YAML at column {mark.column + 1}: {what}")
+
+
+def _node_pattern(key: str) -> re.Pattern:
+    """A parameter-file section name (`/**`, `/*/node`, `ns/node`) as a regex on the node's
+    fully qualified name, with the wildcards rclcpp and rclpy give it."""
+    key = key if key.startswith("/") else "/" + key
+    rx = re.escape(key).replace(r"/\*\*", r"(/[^/]+)*").replace(r"/\*", r"/[^/]+")
+    return re.compile(rx)
+
+
+def read_parameter_file(path: str | Path, node_fqn: str = "/scal3r_mapping"):
+    """The settings a parameter file gives ``node_fqn``, typed as rcl types them.
+
+    Returns ``(settings, sections)`` where ``sections`` names every node section in the
+    file. Raises ParameterInputError for a missing file, invalid YAML or a layout rcl
+    cannot read (e.g. a parameter not under ``ros__parameters``).
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            root = yaml.compose(stream)
+    except OSError as exc:
+        raise ParameterInputError(f"cannot read parameter file {source}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    if root is None:
+        return [], []
+    if not isinstance(root, yaml.MappingNode):
+        raise ParameterInputError(
+            f"{source}: expected `<node name>: ros__parameters: <name>: <value>` at the top"
+        )
+    settings: list[ParameterSetting] = []
+    sections: list[str] = []
+
+    def params(node: yaml.MappingNode, prefix: str, matches: bool) -> None:
+        for key, value in node.value:
+            name = prefix + str(key.value)
+            if isinstance(value, yaml.MappingNode):
+                params(value, name + ".", matches)
+            elif matches:
+                where = f"{source}:{key.start_mark.line + 1}: {name}"
+                ptype, typed = _typed(value, where)
+                settings.append(ParameterSetting(name, typed, ptype, source))
+
+    def walk(node: yaml.MappingNode, path_: list[str]) -> None:
+        for key, value in node.value:
+            k = str(key.value)
+            if k == "ros__parameters":
+                section = "/".join(path_)
+                if not isinstance(value, yaml.MappingNode):
+                    raise ParameterInputError(
+                        f"{source}:{key.start_mark.line + 1}: ros__parameters of {section} "
+                        "must map parameter names to values"
+                    )
+                sections.append("/" + section)
+                params(value, "", bool(_node_pattern(section).fullmatch(node_fqn)))
+            elif isinstance(value, yaml.MappingNode):
+                walk(value, [*path_, k.strip("/")] if k != "/**" else [*path_, "**"])
+            else:
+                raise ParameterInputError(
+                    f"{source}:{key.start_mark.line + 1}: '{k}' is not under ros__parameters "
+                    "(the layout is `<node name>: ros__parameters: <name>: <value>`, e.g. "
+                    "`/**: ros__parameters: chunk_size: 60`)"
+                )
+
+    walk(root, [])
+    return settings, sections
+
+
+def parse_override(rule: str, node_fqn: str = "/scal3r_mapping") -> ParameterSetting | None:
+    """A ``-p [node:]name:=value`` rule, typed as rcl types it; None if it is for another
+    node."""
+    source = f"-p {rule}"
+    if ":=" not in rule:
+        raise ParameterInputError(f"{source}: expected name:=value")
+    lhs, text = rule.split(":=", 1)
+    node, _, name = lhs.rpartition(":")
+    if not name:
+        raise ParameterInputError(f"{source}: no parameter name before :=")
+    if node and not _node_pattern(node).fullmatch(node_fqn) and node != node_fqn.rsplit("/")[-1]:
+        return None
+    try:
+        value = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc, file=False) from None
+    if value is None:
+        raise ParameterInputError(f"{source}: no value after := (write '\"\"' for an empty string)")
+    ptype, typed = _typed(value, source)
+    return ParameterSetting(name, typed, ptype, source)
+
+
+def check_settings(settings: list[ParameterSetting]) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)``: values of the wrong type for a node parameter (rclpy would
+    refuse them, or rcl silently keep an earlier value of the other type), and names the
+    node does not declare, each with the closest known name."""
+    declared = parameter_types()
+    known = {**declared, **ROS_OWN_PARAMETERS}
+    errors, warnings = [], []
+    for s in settings:
+        expected = known.get(s.name)
+        if expected is None:
+            if s.name.startswith(_ROS_OWN_PREFIXES):
+                continue
+            close = difflib.get_close_matches(s.name, list(declared), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            warnings.append(
+                f"unknown parameter '{s.name}' ({s.source}) is ignored: scal3r_mapping has no "
+                f"such parameter{hint}"
+            )
+        elif s.type is not None and s.type != expected:
+            shown = f"'{s.value}'" if isinstance(s.value, str) else str(s.value).lower()
+            errors.append(
+                f"{s.name} must be {_TYPE_WORDS[expected]}; {s.source} gives "
+                f"{_TYPE_WORDS[s.type].split(' (')[0]} ({shown})"
+            )
+    return errors, warnings
+
+
+def _literal(value) -> str:
+    """A value as written after -p NAME:= (true, 0.5, 'text', ['a', 'b'])."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def parameter_help(width: int = 88) -> str:
+    """Every parameter as `NAME = default: description`, for the console script's --help."""
+    defaults = NodeConfig()
+    lines = []
+    for f in fields(NodeConfig):
+        doc, extra = _DOC[f.name]
+        dynamic = "" if extra.get("read_only") else " (settable while running)"
+        lines += textwrap.wrap(
+            f"{f.name} = {_literal(getattr(defaults, f.name))}: {doc}{dynamic}",
+            width=width, initial_indent="  ", subsequent_indent="      ",
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
