@@ -90,11 +90,14 @@ def safe_output_path(root: Path, name: str) -> Path:
 def progress_line(msg: MappingStatus) -> str:
     """The periodic one-line summary of a MappingStatus (the node's log)."""
     loops = f", {msg.loop_closures} loop closure{'s' * (msg.loop_closures != 1)}"
+    latency = f"latency {msg.latency_ms / 1e3:.2f} s"
+    if msg.latency_ms > 86_400e3:  # stamps of another clock: a bag or a recorded drive
+        latency = "latency unknown (image stamps are not on this node's clock: use_sim_time?)"
     return (
         f"{msg.state_text}: frames {msg.frames_received} in, {msg.frames_processed} processed, "
         f"{msg.frames_dropped} dropped (queue {msg.queue_length}/{msg.queue_capacity}); "
         f"{msg.chunks_processed} windows; {msg.map_points} map points; {msg.fps:.1f} fps; "
-        f"latency {msg.latency_ms / 1e3:.2f} s" + (loops if msg.loop_closures else "")
+        f"{latency}{loops if msg.loop_closures else ''}"
     )
 
 
