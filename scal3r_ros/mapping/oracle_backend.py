@@ -6,6 +6,11 @@ own gauge. Optional corruptions: multiplicative depth noise, per-frame pose nois
 *drift* -- an in-chunk bend (yaw growing with the distance in frames from the
 reference, plus a scale creep) that no rigid fit can undo, so chained alignment
 accumulates error the way real predictions do and loop closure has work to do.
+
+The oracle only makes sense on images of its own drive: every frame is compared with the
+drive's rendering of the same index (the first time it is rendered), so a camera that
+publishes another drive (other frames, laps, seed or size) is reported as
+``DriveMismatch`` instead of being mapped with the wrong ground truth.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from scal3r_ros.mapping.alignment import unproject_depth
 from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive, drive_summary
 
 
 @dataclass
@@ -41,6 +46,9 @@ class OracleConfig:
     # way a network fails on a false loop: the second window is overlaid on the first.
     loop_overlay_dist_m: float = 8.0
     seed: int = 0
+    # mean absolute difference [grey levels] above which an image is not the drive's own
+    # (JPEG transport: ~3; the same place on another drive: 13 and more, see the tests)
+    mismatch_threshold: float = 8.0
     # test hook: (chunk input, prediction; both in network order) -> corrupted prediction
     corrupt: Callable[[ChunkInput, ChunkPrediction], ChunkPrediction] | None = None
 
@@ -56,6 +64,10 @@ def _random_rotation(rng: np.random.Generator, max_angle: float | None = None) -
     ang = rng.uniform(-np.pi, np.pi) if max_angle is None else rng.normal() * max_angle
     K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
+
+
+class DriveMismatch(ValueError):
+    """The images are not the oracle's synthetic drive (the camera publishes another)."""
 
 
 class OracleBackend:
@@ -87,8 +99,17 @@ class OracleBackend:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, chunk.chunk_id, int(chunk.is_loop)])
         idx = [self.drive.index_of_stamp(int(s)) for s in chunk.stamps_ns]
+        n = self.drive.n_frames
+        for i, s in zip(idx, chunk.stamps_ns, strict=True):
+            if not 0 <= i < n:
+                raise DriveMismatch(
+                    f"image stamp {int(s)} ns is frame {i} of the oracle's drive, which has "
+                    f"frames 0..{n - 1} ({drive_summary(self.drive.config)}): the camera "
+                    f"publishes another drive. {_FIX}"
+                )
+        pairs = zip(idx, chunk.images, strict=True)
+        depth = np.stack([self._depth(i, img) for i, img in pairs]).astype(np.float64)
         gt = np.stack([self.drive.gt_pose(i) for i in idx])
-        depth = np.stack([self._depth(i) for i in idx]).astype(np.float64)
         sky = ~np.isfinite(depth)
         depth[sky] = cfg.sky_depth_m
         conf = np.where(sky, 1.0, 1.0 + np.exp(2.5 - depth / 30.0))
@@ -160,11 +181,36 @@ class OracleBackend:
                 out[run] = fix @ gt[run]
         return out
 
-    def _depth(self, i: int) -> np.ndarray:
+    def _depth(self, i: int, image: np.ndarray) -> np.ndarray:
+        """Depth of drive frame ``i``; checks ``image`` against the drive's rendering of
+        ``i`` whenever that is rendered (once per frame, unless evicted)."""
         d = self._depth_cache.get(i)
         if d is None:
-            d = self.drive.render(i)[1]
+            rgb, d = self.drive.render(i)
+            self._check_image(i, rgb, image)
             self._depth_cache[i] = d
             if len(self._depth_cache) > 256:
                 self._depth_cache.popitem(last=False)
         return d
+
+    def _check_image(self, i: int, expected: np.ndarray, image: np.ndarray) -> None:
+        summary = drive_summary(self.drive.config)
+        if image.shape != expected.shape:
+            raise DriveMismatch(
+                f"images are {image.shape[1]}x{image.shape[0]}, the oracle's drive renders "
+                f"{expected.shape[1]}x{expected.shape[0]} ({summary}). {_FIX}"
+            )
+        diff = float(np.abs(image.astype(np.int16) - expected.astype(np.int16)).mean())
+        if diff > self.config.mismatch_threshold:
+            raise DriveMismatch(
+                f"frame {i} is not the oracle's drive ({summary}): it differs from the "
+                f"drive's own image by {diff:.1f} grey levels on average. {_FIX}"
+            )
+
+
+_FIX = (
+    "Run the camera and the node on the same drive: scal3r_synthetic_camera takes its "
+    "defaults from config/synthetic.yaml, as `scal3r_mapping --config synthetic` does; "
+    "--frames/--laps/--seed/--width/--height must equal the node's oracle_frames/"
+    "oracle_laps/oracle_seed/oracle_width/oracle_height."
+)

@@ -54,6 +54,13 @@ class SyntheticConfig:
     seed: int = 0
 
 
+def drive_summary(config: SyntheticConfig) -> str:
+    """The parameters that define a drive, as the camera's options and the node's oracle_*
+    parameters name them (frames, laps, seed, size): for messages about which drive."""
+    return (f"{config.n_frames} frames, {1.0 + config.extra_laps:g} laps, seed {config.seed}, "
+            f"{config.width}x{config.height}")  # fmt: skip
+
+
 def road_speed_laps(n_frames: int) -> float:
     """Laps of the default loop that ``n_frames`` cover at the demo's speed (300 frames for
     1.15 laps, ~0.65 m a frame, 6.5 m/s at 10 Hz); never less than the default 1.15, so

@@ -3,6 +3,13 @@
 Images carry the drive's own stamps (so an oracle-backend node can look up ground
 truth), optionally with a matching /clock for `use_sim_time`. Used by the demo and the
 node tests; also handy to try the node without a camera or a bag.
+
+The drive (frames, laps, seed, image size) is defined once, by the node's ``oracle_*``
+parameters in a parameter file (``--config``, default the bundled ``synthetic`` that
+``scal3r_mapping --config synthetic`` reads; NodeConfig's defaults for what the file does
+not set): the camera takes its defaults from there, so the two agree unless an option
+overrides one side. A node whose oracle is given another drive reports the mismatch
+(``oracle_backend.DriveMismatch``) instead of mapping it.
 """
 
 from __future__ import annotations
@@ -10,16 +17,44 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import rclpy
+import yaml
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, drive_summary
 from scal3r_ros.ros.conversions import ns_to_stamp, rgb_to_image
+from scal3r_ros.ros.params import NodeConfig
+from scal3r_ros.share import config_file
+
+# camera option -> the node parameter that defines the same property of the drive
+DRIVE_PARAMETERS = {"frames": "oracle_frames", "laps": "oracle_laps", "seed": "oracle_seed",
+                    "width": "oracle_width", "height": "oracle_height"}  # fmt: skip
+
+
+def drive_parameters(config: str = "synthetic") -> dict[str, Any]:
+    """The drive a node started with ``--config <config>`` expects, keyed by camera option:
+    the file's ``oracle_*`` parameters (any node section), NodeConfig's defaults for the
+    rest. Raises FileNotFoundError / ValueError for a missing or unreadable file."""
+    defaults = NodeConfig()
+    values = {opt: getattr(defaults, name) for opt, name in DRIVE_PARAMETERS.items()}
+    path = config_file(config)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    by_name = {name: opt for opt, name in DRIVE_PARAMETERS.items()}
+    for section in doc.values() if isinstance(doc, dict) else ():
+        params = section.get("ros__parameters", {}) if isinstance(section, dict) else {}
+        for name, value in params.items():
+            if name in by_name:
+                values[by_name[name]] = type(values[by_name[name]])(value)
+    return values
 
 
 def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
@@ -37,16 +72,16 @@ def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--laps",
-        type=float,
-        default=1.15,
-        help="laps of the ~170 m loop driven over all frames (> 1: revisits)",
-    )
+    parser.add_argument("--config", default="synthetic", metavar="NAME|PATH",
+                        help="the node's parameter file whose oracle_* parameters define the "
+                        "drive (default: synthetic, as `scal3r_mapping --config synthetic`); "
+                        "the options below override it")  # fmt: skip
+    parser.add_argument("--frames", type=int, help="frames of the drive (oracle_frames)")
+    parser.add_argument("--width", type=int, help="image width (oracle_width)")
+    parser.add_argument("--height", type=int, help="image height (oracle_height)")
+    parser.add_argument("--seed", type=int, help="scene seed (oracle_seed)")
+    parser.add_argument("--laps", type=float, help="laps of the ~170 m loop driven over all "
+                        "frames, > 1: revisits (oracle_laps)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (wall)")
     parser.add_argument("--topic", default="/camera/image_raw")
     parser.add_argument("--frame-id", default="camera_optical")
@@ -56,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-subscribers", type=float, default=10.0,
                         help="seconds to wait for a subscriber before streaming")  # fmt: skip
     args, ros_args = parser.parse_known_args(argv)
+    try:
+        drive_args = drive_parameters(args.config)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"[scal3r_synthetic_camera] --config: {exc}", file=sys.stderr)
+        return 2
+    drive_args.update({k: v for k, v in vars(args).items() if k in drive_args and v is not None})
+    drive = SyntheticDrive(SyntheticConfig(n_frames=drive_args["frames"],
+                                           width=drive_args["width"],
+                                           height=drive_args["height"], seed=drive_args["seed"],
+                                           extra_laps=drive_args["laps"] - 1.0))  # fmt: skip
+    print(f"[scal3r_synthetic_camera] the drive of --config {args.config}: "
+          f"{drive_summary(drive.config)}", flush=True)  # fmt: skip
 
     rclpy.init(args=ros_args)
     node = rclpy.create_node("scal3r_synthetic_camera")
@@ -67,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     info_topic = args.topic.rsplit("/", 1)[0] + "/camera_info"
     pub_info = node.create_publisher(CameraInfo, info_topic, qos)
     pub_clock = node.create_publisher(Clock, "/clock", 10) if args.clock else None
-    drive = SyntheticDrive(SyntheticConfig(n_frames=args.frames, width=args.width,
-                                           height=args.height, seed=args.seed,
-                                           extra_laps=args.laps - 1.0))  # fmt: skip
     deadline = time.monotonic() + args.wait_subscribers
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
