@@ -26,7 +26,7 @@ from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import camera_mount, rigid_inverse
 from scal3r_ros.tools.evaluate import EvalConfig, evaluate_files, format_table
 from scal3r_ros.tools.processes import SyntheticSession
-from scal3r_ros.tools.soak import ply_vertices
+from scal3r_ros.tools.soak import fresh_status, ply_vertices
 
 
 def _checkpoint_present(path: str | None) -> Path | None:
@@ -68,7 +68,7 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
         saved = session.save("demo", 120)
         if not saved.success:
             raise RuntimeError(f"save failed: {saved.message}")
-        final = session.status[-1]
+        final = fresh_status(session)
     finally:
         code = session.close()
     wall = time.monotonic() - t0

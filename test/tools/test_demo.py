@@ -19,6 +19,7 @@ def test_demo_writes_map_trajectory_plot_and_ate(tmp_path, capsys, monkeypatch):
     assert summary["backend"] == "oracle" and summary["frames_dropped"] == 0
     assert summary["frames_received"] == 125  # every published frame arrived
     assert summary["matched_poses"] == summary["frames_processed"] == 125
+    assert summary["chunks"] == 15  # 14 full windows and the tail: the status after the save
     # the two map sizes, named: the node's per-window clouds vs map.ply's merged grid
     live, saved = summary["map_points_live"], summary["map_points_saved"]
     assert saved == soak.ply_vertices(tmp_path / "demo" / "map.ply")
