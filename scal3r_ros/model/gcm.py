@@ -37,6 +37,7 @@ __all__ = [
     "GCMGrads",
     "GCMLayer",
     "inv_softplus",
+    "newton_schulz5_step",
     "silu_backprop",
     "zeropower_via_newtonschulz5",
 ]
@@ -80,19 +81,26 @@ def silu_backprop(dy: Tensor, x: Tensor) -> Tensor:
     return dy * sigma * (1 + x * (1 - sigma))
 
 
+def newton_schulz5_step(X: Tensor) -> Tensor:
+    """One quintic Newton-Schulz step ``X <- a X + (b A + c A A) X`` with ``A = X X^T``, on wide
+    matrices ``(B, m, n)``, ``m <= n``, in the dtype of ``X`` (separate so tests can check each
+    step alone)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    A = X @ X.transpose(1, 2)
+    B = b * A + c * A @ A
+    return a * X + B @ X
+
+
 def zeropower_via_newtonschulz5(G: Tensor, steps: int) -> Tensor:
     """Muon orthogonalisation of a batch of matrices ``(B, m, n)``, in bfloat16 (official)."""
     assert G.ndim == 3
-    a, b, c = (3.4445, -4.7750, 2.0315)
     X = G.bfloat16()
     transpose = G.size(1) > G.size(2)
     if transpose:
         X = X.transpose(1, 2)
     X = X / (X.norm(dim=(1, 2), keepdim=True) + 1e-7)
     for _ in range(steps):
-        A = X @ X.transpose(1, 2)
-        B = b * A + c * A @ A
-        X = a * X + B @ X
+        X = newton_schulz5_step(X)
     if transpose:
         X = X.transpose(1, 2)
     return X
