@@ -9,6 +9,12 @@ import pytest
 # see each other's topics. Set before any test imports rclpy.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
 
+# One axis of the CPU kernel matrix (test/model/test_kernel_matrix.py): torch with oneDNN off.
+if os.environ.get("SCAL3R_TEST_MKLDNN") == "0":
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+
 
 def _cuda_available() -> bool:
     try:
