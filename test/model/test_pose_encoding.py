@@ -22,11 +22,22 @@ FIXTURE = torch.load(
 )
 
 
-def test_decode_is_bit_identical_to_official() -> None:
+# The focal lengths go through torch.tan, whose result may differ by an ulp between CPU kernel
+# sets and libm versions (SLEEF's vectorised tan and glibc's are within 1 ulp); one more rounding
+# for the division: K agrees to a few fp32 ulps on any machine. w2c has no transcendental (only
+# +, *, / and a 4-term sum) and is bit-identical under every kernel set of test_kernel_matrix.py.
+K_RTOL = 4 * torch.finfo(torch.float32).eps
+
+
+def _assert_intrinsics_close(K: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(K, expected, rtol=K_RTOL, atol=0.0)
+
+
+def test_decode_matches_official() -> None:
     dec = FIXTURE["decode"]
     w2c, K = pose_encoding_to_extri_intri(dec["encoding"], dec["image_hw"])
     assert torch.equal(w2c, dec["w2c"])
-    assert torch.equal(K, dec["K"])
+    _assert_intrinsics_close(K, dec["K"])
 
 
 def test_c2w_matches_official_inverse() -> None:
@@ -41,7 +52,8 @@ def test_c2w_matches_official_inverse() -> None:
 def test_decode_of_head_output_matches_official(case_idx: int) -> None:
     case = FIXTURE["cases"][case_idx]
     w2c, K = pose_encoding_to_extri_intri(case["camera"][-1], case["image_hw"])
-    assert torch.equal(w2c, case["w2c"]) and torch.equal(K, case["K"])
+    assert torch.equal(w2c, case["w2c"])
+    _assert_intrinsics_close(K, case["K"])
 
 
 def test_intrinsics_layout() -> None:
