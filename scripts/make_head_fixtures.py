@@ -2,9 +2,17 @@
 """Run the official Scal3R heads, pose decoding and preprocessing; save what they produce.
 
 The tests in test/model/ compare our re-implementation against these tensors without needing
-the official code. Usage (official checkout extracted to a folder):
+the official code. Usage (official checkout, zju3dv/Scal3R dc557e7, extracted to a folder; a venv
+with the official deps as for scripts/make_parity_fixtures.py; this repo on PYTHONPATH for the
+synthetic test images):
 
-    python scripts/make_head_fixtures.py --official /tmp/scal3r_official
+    PYTHONPATH=. /tmp/offvenv/bin/python scripts/make_head_fixtures.py \
+        --official /tmp/scal3r_official [--seed 1234]
+
+The committed files were made with seed 1234. Re-running this on another x86-64 machine (AVX-512,
+torch 2.13.0) gave bit-identical weights, tokens and preprocessing outputs, and head outputs and
+decoded poses within a few fp32 ulps of the committed ones (the tests' tolerances are derived in
+their docstrings).
 
 Writes test/data/heads_tiny.pt (heads + pose decoding) and test/data/preprocess_official.pt
 (official image loading + resize/crop on small synthetic PNGs). Everything is float32 on CPU,
