@@ -1,6 +1,14 @@
 """Preprocessing: the official rule (re-stated here with PIL), official outputs (fixture made by
 scripts/make_head_fixtures.py from the release code), the batched torch path, odd inputs and the
-mapping back to the source image."""
+mapping back to the source image.
+
+Why exact equality holds on any CPU: the release output, the reference path and the "exact" path
+are PIL's 8-bit bicubic resampling, i.e. integer fixed-point sums (int32 accumulators, no
+rounding) with taps computed elementwise in float64 (correctly rounded) and summed in a fixed
+order, then ``k / 255`` in float32. No kernel set can change that, so these compare bit for bit
+(also under every kernel set of test/model/test_kernel_matrix.py). The fast paths use torch's
+float interpolation and are bounded in units of one 8-bit step instead.
+"""
 
 from __future__ import annotations
 
