@@ -24,7 +24,14 @@ safetensors when it is installed.
 
 Safety: ``torch.load(weights_only=True, mmap=True)`` (falls back to ``mmap=False`` for legacy
 non-zip files); no arbitrary unpickling, and a refused file's message says what it holds
-(torch's advice to retry with ``weights_only=False`` is never passed on).
+(torch's advice to retry with ``weights_only=False`` is never passed on). Before a file is
+memory-mapped, every tensor's storage record is checked against the size the pickle gives it
+(torch's mmap loader does not: a shortened record would read other records' bytes as weights).
+
+Checksum: with ``sha256=`` (node parameter ``checkpoint_sha256``) or a ``<checkpoint>.sha256``
+file beside it (``sha256sum`` format), the file's SHA-256 must match before it is read; a
+verified file version (path, size, mtime, inode) is remembered in
+``<cache>/verified_sha256.json`` so a 5 GB file is hashed once, not at every start.
 
 Errors: every failure — missing file, unreadable/truncated/corrupt file, not a state dict,
 missing/unexpected keys, shape mismatches, non-floating dtypes (or any dtype difference with
@@ -40,10 +47,15 @@ absent and downloading is allowed (``huggingface_hub`` importable, ``download`` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
 import shlex
+import struct
+import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,15 +69,19 @@ __all__ = [
     "DEFAULT_FILENAME",
     "DEFAULT_REPO_ID",
     "LoadReport",
+    "VERIFIED_CACHE_FILE",
     "VGGT_KEY_MAP",
+    "checksum_sidecar",
     "convert_vggt_state_dict",
     "default_cache_dir",
     "default_checkpoint_path",
     "detect_format",
+    "expected_sha256",
     "load_checkpoint",
     "load_scal3r",
     "read_state_dict",
     "resolve_checkpoint",
+    "verify_checksum",
 ]
 
 DEFAULT_REPO_ID = "xbillowy/Scal3R"
@@ -106,6 +122,7 @@ class LoadReport:
     left_at_init: list[str] = field(default_factory=list)  # model keys not in the file (VGGT)
     dropped: list[str] = field(default_factory=list)  # file keys not used (VGGT track head)
     cast: list[str] = field(default_factory=list)  # keys converted to the model dtype
+    sha256: str | None = None  # the verified digest (None: no checksum was given)
 
 
 # ---------------------------------------------------------------------------- locating the file
@@ -201,6 +218,146 @@ def resolve_checkpoint(
     )
 
 
+# ---------------------------------------------------------------------------- checksum
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+VERIFIED_CACHE_FILE = "verified_sha256.json"
+_VERIFIED_MAX = 32  # entries kept in the cache file (one per checkpoint file version)
+_verified_here: dict[tuple, str] = {}  # this process: file version -> verified digest
+
+
+def checksum_sidecar(path: str | Path) -> Path:
+    """``<checkpoint>.sha256`` beside the checkpoint (``sha256sum`` format)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def expected_sha256(path: str | Path, sha256: str | None = None) -> tuple[str, str] | None:
+    """The SHA-256 the checkpoint must have and where it was given: ``sha256`` when set,
+    else the ``<checkpoint>.sha256`` file beside it; None when neither exists.
+
+    The side file is what ``sha256sum scal3r.pt > scal3r.pt.sha256`` writes: one line
+    ``<64 hex digits>  <name>``; with several lines the one naming the checkpoint is used.
+    """
+    path = Path(path)
+    if sha256 is not None and sha256.strip():
+        digest = sha256.strip().lower()
+        if not _SHA256.fullmatch(digest):
+            raise CheckpointError(
+                f"{path}: checkpoint SHA-256 {sha256!r} is not a SHA-256 digest (64 hex digits)"
+            )
+        return digest, "the given checksum"
+    side = checksum_sidecar(path)
+    if not side.is_file():
+        return None
+    try:
+        text = side.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{side}: cannot read the checksum file: {e}") from None
+    lines = []
+    for line in text.splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if not _SHA256.fullmatch(parts[0]):
+            raise CheckpointError(
+                f"{side}: not in sha256sum format (expected '<64 hex digits>  {path.name}', "
+                f"got {line.strip()[:80]!r})"
+            )
+        name = parts[1].strip().lstrip("*") if len(parts) > 1 else ""
+        lines.append((parts[0].lower(), name))
+    if len(lines) == 1:  # the side file belongs to its checkpoint by its own name
+        return lines[0][0], str(side)
+    named = {d for d, n in lines if Path(n).name == path.name}
+    if len(named) != 1:
+        raise CheckpointError(
+            f"{side}: {'no line' if not named else 'several different lines'} for "
+            f"{path.name} (sha256sum format: '<64 hex digits>  {path.name}')"
+        )
+    return named.pop(), str(side)
+
+
+def _file_version(path: Path) -> tuple[str, dict[str, int]]:
+    st = path.stat()
+    version = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+    return str(path.resolve()), version
+
+
+def _read_verified(cache: Path) -> dict:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_verified(cache: Path, entries: dict) -> None:
+    """Best effort, atomic (temp file + rename): a read-only cache only costs a rehash."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(entries, f, indent=1)
+            os.replace(tmp, cache)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def verify_checksum(
+    path: str | Path, sha256: str | None = None, *, cache_dir: str | Path | None = None
+) -> str | None:
+    """Check the checkpoint's SHA-256 (see :func:`expected_sha256`); returns the verified
+    digest, or None when no checksum is given. Raises :class:`CheckpointError` on a
+    mismatch.
+
+    Hashing 5 GB takes tens of seconds, so a file is hashed once per version: a verified
+    (resolved path, size, mtime_ns, inode, device) is remembered in
+    ``<cache>/verified_sha256.json`` (``<cache>``: ``cache_dir``, ``$SCAL3R_ROS_CACHE`` or
+    ``~/.cache/scal3r_ros``) and in memory; rewriting or touching the file rehashes it.
+    This guards against truncated or swapped downloads, not against someone who can
+    write both the checkpoint and the user's cache.
+    """
+    path = Path(path)
+    expected = expected_sha256(path, sha256)
+    if expected is None:
+        return None
+    digest, source = expected
+    real, version = _file_version(path)
+    here = (real, *version.values())
+    if _verified_here.get(here) == digest:
+        return digest
+    cache = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / (
+        VERIFIED_CACHE_FILE
+    )
+    entries = _read_verified(cache)
+    if entries.get(real) == {**version, "sha256": digest}:
+        _verified_here[here] = digest
+        return digest
+    try:
+        with open(path, "rb") as f:
+            got = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint to check its SHA-256: {e}"
+        ) from None
+    if got != digest:
+        raise CheckpointError(
+            f"{path}: SHA-256 mismatch: the file's is {got}, {source} says {digest}. The file "
+            f"is incomplete, corrupt or another checkpoint: download it again (or fix the "
+            f"checksum)"
+        )
+    _verified_here[here] = digest
+    entries.pop(real, None)
+    entries[real] = {**version, "sha256": digest}
+    while len(entries) > _VERIFIED_MAX:  # oldest first (insertion order)
+        entries.pop(next(iter(entries)))
+    _write_verified(cache, entries)
+    return digest
+
+
 # ---------------------------------------------------------------------------- reading
 def _first(items, n: int = _MAX_LISTED) -> str:
     items = list(items)
@@ -209,13 +366,193 @@ def _first(items, n: int = _MAX_LISTED) -> str:
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        # legacy (non-zip) files cannot be memory-mapped
-        if "mmap" not in str(e) and "zipfile" not in str(e).lower():
-            raise
+    if _records_checked(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e) and "zipfile" not in str(e).lower():
+                raise
+    # torch's copying reader checks every record's size itself
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    key: str
+    nbytes: int
+    itemsize: int
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    storage: _StorageRef
+    offset: int
+    size: tuple
+    stride: tuple
+
+    def nbytes_needed(self) -> int:
+        """Bytes of the storage up to this tensor's last element (0 when empty)."""
+        if not all(d > 0 for d in self.size):
+            return 0
+        last = self.offset + sum((d - 1) * st for d, st in zip(self.size, self.stride, strict=True))
+        return (last + 1) * self.storage.itemsize
+
+
+class _Opaque:
+    """Stands for every object of the pickle other than tensors and dicts; runs no code."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs) -> _Opaque:
+        return _Opaque()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def append(self, value) -> None:
+        pass
+
+    def extend(self, values) -> None:
+        pass
+
+
+class _Dict(dict):
+    """``collections.OrderedDict`` of the pickle (a state dict carries ``_metadata``)."""
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _tensor_ref(storage, offset, size, stride, *rest) -> _TensorRef | _Opaque:
+    try:
+        t = _TensorRef(storage, int(offset), tuple(map(int, size)), tuple(map(int, stride)))
+    except (TypeError, ValueError):
+        return _Opaque()  # torch's loader refuses it with its own message
+    ok = isinstance(storage, _StorageRef) and len(t.size) == len(t.stride)
+    return t if ok else _Opaque()
+
+
+class _StorageScan(pickle.Unpickler):
+    """Reads a checkpoint's ``data.pkl`` for its storages only: which record each tensor
+    uses and how many bytes the pickle says that record holds. ``find_class`` hands out
+    nothing but inert stand-ins, so no code from the file can run."""
+
+    def __init__(self, file) -> None:
+        super().__init__(file)
+        self.storages: dict[str, _StorageRef] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return _Dict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _tensor_ref
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return lambda data, *rest: data
+        if module == "torch" and name.endswith("Storage") and name.isidentifier():
+            return ("storage_type", name)
+        return _Opaque
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        _, stype, key, _location, numel = pid
+        if not (isinstance(stype, tuple) and stype[0] == "storage_type"):
+            raise pickle.UnpicklingError(f"unexpected storage type {stype!r:.80}")
+        if stype[1] == "UntypedStorage":
+            itemsize = 1
+        else:
+            with warnings.catch_warnings():  # TypedStorage deprecation
+                warnings.simplefilter("ignore")
+                itemsize = getattr(torch, stype[1]).dtype.itemsize
+        ref = _StorageRef(str(key), int(numel) * itemsize, itemsize)
+        self.storages[ref.key] = ref
+        return ref
+
+
+def _named_refs(obj, prefix: str = ""):
+    """``(dotted name, _TensorRef)`` for every tensor in the scanned pickle."""
+    if isinstance(obj, _TensorRef):
+        yield prefix or "<top level>", obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _named_refs(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _named_refs(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _records_checked(path: Path) -> bool:
+    """Check every tensor's storage record before the file is memory-mapped.
+
+    Why: ``torch.load(mmap=True)`` slices each storage out of the mapped file at its
+    record's offset with the size the pickle asks for, without looking at the record's
+    size; a shortened record then reads the next records' bytes as weights (a file with
+    253 of 343 tensors garbage "loaded"). Here the pickle is scanned for its storages
+    (:class:`_StorageScan`: no data, no code) and compared with the zip's entries: each
+    storage's record must exist, be stored uncompressed, lie inside the file and hold
+    exactly the bytes the pickle gives it, and each tensor must fit in its storage.
+    Raises :class:`CheckpointError` naming the first bad tensors.
+
+    Returns False when the records cannot be checked this way (not a zip file, a
+    compressed record, a pickle the scan does not understand): the caller then reads
+    the file with torch's copying loader, which checks the sizes itself.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            return False
+        prefix = pkl[0][: -len("data.pkl")]
+        try:
+            scan = _StorageScan(zf.open(pkl[0]))
+            obj = scan.load()
+        except Exception:  # torch's own loader reports a bad pickle in its words
+            return False
+        bad: list[str] = []
+        users: dict[str, list[str]] = {}
+        for name, t in _named_refs(obj):
+            users.setdefault(t.storage.key, []).append(name)
+            if t.nbytes_needed() > t.storage.nbytes:
+                bad.append(f"{name}: extends past its storage ({t.storage.nbytes} bytes)")
+        for key, ref in scan.storages.items():
+            who = ", ".join(users.get(key, [])[:2]) or f"storage {key}"
+            info = infos.get(f"{prefix}data/{key}")
+            if info is None:
+                bad.append(f"{who}: record data/{key} is missing")
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                return False
+            if info.file_size != ref.nbytes:
+                bad.append(
+                    f"{who}: record data/{key} holds {info.file_size} bytes, "
+                    f"the tensor needs {ref.nbytes}"
+                )
+                continue
+            f.seek(info.header_offset)
+            head = f.read(_LOCAL_HEADER.size)
+            sig, n_name, n_extra = (
+                _LOCAL_HEADER.unpack(head) if len(head) == _LOCAL_HEADER.size else (b"", 0, 0)
+            )
+            start = info.header_offset + _LOCAL_HEADER.size + n_name + n_extra
+            if sig != b"PK\x03\x04" or start + info.file_size > size:
+                bad.append(f"{who}: record data/{key} lies past the file's end (truncated)")
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) do not match their records (shortened or corrupt "
+            f"file; download it again): {_first(bad)}"
+        )
+    return True
 
 
 def _unwrap(obj, path: Path) -> dict[str, Tensor]:
@@ -414,6 +751,7 @@ def load_checkpoint(
     strict_dtype: bool = False,
     assign: bool = False,
     zero_gcm: bool = False,
+    sha256: str | None = None,
 ) -> LoadReport:
     """Load a Scal3R or VGGT-1B checkpoint into ``model`` (a :class:`Scal3R`).
 
@@ -421,9 +759,11 @@ def load_checkpoint(
     match exactly; VGGT ones may only lack the GCM tensors. ``assign=True`` adopts the file's
     tensors (cast to the model dtype) instead of copying (use with a meta-device model).
     ``zero_gcm=True`` (VGGT only) zeroes the GCM output projections of the layers left at init,
-    making them no-ops.
+    making them no-ops. ``sha256`` (or a ``<checkpoint>.sha256`` beside the file) is
+    checked first, see :func:`verify_checksum`.
     """
     path = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
+    digest = verify_checksum(path, sha256, cache_dir=cache_dir)
     sd = read_state_dict(path)
     fmt = detect_format(sd) if format == "auto" else format
     if fmt not in ("scal3r", "vggt"):
@@ -454,8 +794,9 @@ def load_checkpoint(
                 if ".ttt.proj." in k:
                     params[k].zero_()
     return LoadReport(
-        path=path, format=fmt, loaded=len(sd), left_at_init=left_at_init, dropped=dropped, cast=cast
-    )
+        path=path, format=fmt, loaded=len(sd), left_at_init=left_at_init, dropped=dropped,
+        cast=cast, sha256=digest,
+    )  # fmt: skip
 
 
 def load_scal3r(
@@ -468,6 +809,7 @@ def load_scal3r(
     cache_dir: str | Path | None = None,
     format: str = "auto",
     zero_gcm: bool = False,
+    sha256: str | None = None,
 ):
     """Build :class:`Scal3R` for ``cfg`` and load a checkpoint into it; returns ``(model,
     report)`` with the model in eval mode on ``device``.
@@ -479,6 +821,7 @@ def load_scal3r(
     from .scal3r import Scal3R
 
     path = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
+    verify_checksum(path, sha256, cache_dir=cache_dir)  # before reading anything of it
     if format == "auto":
         fmt = detect_format(read_state_dict(path))
     else:
@@ -486,10 +829,14 @@ def load_scal3r(
     if fmt == "scal3r":
         with torch.device("meta"):
             model = Scal3R(cfg)
-        report = load_checkpoint(model, path, format="scal3r", assign=True)
+        report = load_checkpoint(
+            model, path, format="scal3r", assign=True, sha256=sha256, cache_dir=cache_dir
+        )
         model.agg_regator.reset_buffers()
     else:
         model = Scal3R(cfg)
-        report = load_checkpoint(model, path, format=fmt, zero_gcm=zero_gcm)
+        report = load_checkpoint(
+            model, path, format=fmt, zero_gcm=zero_gcm, sha256=sha256, cache_dir=cache_dir
+        )
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval(), report

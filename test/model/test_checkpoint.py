@@ -1,20 +1,28 @@
 """Checkpoint loading: strict Scal3R files, wrappers/prefixes, VGGT renaming, every failure mode
 raising CheckpointError, and the download path (mocked; never the network or the real file)."""
 
+import hashlib
+import json
+import os
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from scal3r_ros.model import CheckpointError, Scal3R, load_checkpoint, load_scal3r
+from scal3r_ros.model import CheckpointError, Scal3R, checkpoint, load_checkpoint, load_scal3r
 from scal3r_ros.model.checkpoint import (
     DEFAULT_FILENAME,
     DEFAULT_REPO_ID,
+    VERIFIED_CACHE_FILE,
     VGGT_KEY_MAP,
+    _records_checked,
+    checksum_sidecar,
     read_state_dict,
     resolve_checkpoint,
+    verify_checksum,
 )
 
 
@@ -387,3 +395,188 @@ def test_explicit_missing_path_never_downloads(tmp_path):
         read_state_dict(tmp_path / "x.pt")
     with pytest.raises(CheckpointError):
         resolve_checkpoint(tmp_path / "x.pt", download=True)
+
+
+# ----------------------------------------------------------------------------- record sizes
+def _rewrite_zip(src: Path, dst: Path, *, shorten: str | None = None, drop: str | None = None,
+                 compression: int = zipfile.ZIP_STORED) -> None:  # fmt: skip
+    """Copy a torch zip checkpoint entry by entry (a consistent central directory), with
+    one storage record (``data/<key>``) cut to half its bytes or left out."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith(f"/data/{drop}"):
+                continue
+            if info.filename.endswith(f"/data/{shorten}"):
+                data = data[: len(data) // 2]
+            info.compress_type = compression
+            zout.writestr(info, data)
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_shortened_record_is_refused_naming_the_tensor(tmp_path, ckpt, reference, which):
+    """torch.load(mmap=True) slices storages out of the mapped file with the pickle's sizes
+    and does not look at the records' sizes: a shortened record loaded as other records'
+    bytes (343 tensors "loaded", most garbage). The loader must refuse it."""
+    names = list(reference)
+    name = {"first": names[0], "middle": names[len(names) // 2], "last": names[-1]}[which]
+    key = str(names.index(name))  # torch.save numbers storages in first-use order
+    bad = tmp_path / "short.pt"
+    _rewrite_zip(ckpt, bad, shorten=key)
+    with zipfile.ZipFile(bad) as zf:  # the fixture is what we mean it to be
+        sizes = {i.filename.rsplit("/", 1)[1]: i.file_size for i in zf.infolist()}
+    assert sizes[key] == reference[name].untyped_storage().nbytes() // 2
+    for load in (lambda: load_checkpoint(_fresh(), bad), lambda: load_scal3r(bad, "tiny")):
+        with pytest.raises(CheckpointError) as e:
+            load()
+        msg = str(e.value)
+        assert str(bad) in msg and name in msg and f"record data/{key} holds" in msg, msg
+
+
+def test_missing_record_is_refused(tmp_path, ckpt, reference):
+    bad = tmp_path / "missing.pt"
+    _rewrite_zip(ckpt, bad, drop="5")
+    with pytest.raises(CheckpointError, match=f"{list(reference)[5]}: record data/5 is missing"):
+        load_checkpoint(_fresh(), bad)
+
+
+def test_good_files_load_memory_mapped_and_copied(tmp_path, ckpt, reference):
+    """A good file passes the record check and is memory-mapped; files the check cannot
+    read (compressed records, the legacy format) go through torch's copying reader,
+    which checks record sizes itself."""
+    assert _records_checked(ckpt)
+    m = _fresh()
+    load_checkpoint(m, ckpt)
+    _assert_loaded(m, reference)
+
+    rezipped = tmp_path / "rezipped.pt"  # same content, consistent zip, unaligned records
+    _rewrite_zip(ckpt, rezipped)
+    assert _records_checked(rezipped)
+    m = _fresh()
+    load_checkpoint(m, rezipped)
+    _assert_loaded(m, reference)
+
+    deflated = tmp_path / "deflated.pt"
+    _rewrite_zip(ckpt, deflated, compression=zipfile.ZIP_DEFLATED)
+    assert not _records_checked(deflated)  # cannot be memory-mapped
+    m = _fresh()
+    load_checkpoint(m, deflated)
+    _assert_loaded(m, reference)
+    short = tmp_path / "deflated_short.pt"
+    _rewrite_zip(ckpt, short, shorten="3", compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="deflated_short.pt"):
+        load_checkpoint(_fresh(), short)
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(reference, legacy, _use_new_zipfile_serialization=False)
+    assert not _records_checked(legacy)
+    m = _fresh()
+    load_checkpoint(m, legacy)
+    _assert_loaded(m, reference)
+
+
+def test_views_sharing_a_storage_are_checked(tmp_path):
+    """Tensors that are views of one storage (offset, strides) must fit inside it."""
+    base = torch.arange(100, dtype=torch.float32)
+    sd = {"a": base[10:30], "b": base.view(10, 10)[:, 2], "c": torch.ones(3)}
+    path = tmp_path / "views.pt"
+    torch.save(sd, path)
+    assert _records_checked(path)
+    out = read_state_dict(path)
+    assert torch.equal(out["a"], base[10:30]) and torch.equal(out["b"], base.view(10, 10)[:, 2])
+    bad = tmp_path / "views_short.pt"
+    _rewrite_zip(path, bad, shorten="0")
+    with pytest.raises(CheckpointError, match=r"a, b: record data/0 holds 200 bytes"):
+        read_state_dict(bad)
+
+
+# ----------------------------------------------------------------------------- checksum
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def hashing(monkeypatch):
+    """Counts full-file hashes; forgets what this process verified (as a new start)."""
+    calls = []
+    real = hashlib.file_digest
+
+    def counting(f, name):
+        calls.append(name)
+        return real(f, name)
+
+    monkeypatch.setattr(hashlib, "file_digest", counting)
+    monkeypatch.setattr(checkpoint, "_verified_here", {})
+    return calls
+
+
+def test_sidecar_checksum_verified_once_per_file_version(tmp_path, ckpt, reference, hashing):
+    digest = _sha256(ckpt)
+    checksum_sidecar(ckpt).write_text(f"{digest}  {ckpt.name}\n")
+    m = _fresh()
+    rep = load_checkpoint(m, ckpt)
+    assert rep.sha256 == digest and len(hashing) == 1
+    _assert_loaded(m, reference)
+    cache = tmp_path / "cache" / VERIFIED_CACHE_FILE
+    assert json.loads(cache.read_text())[str(ckpt.resolve())]["sha256"] == digest
+    # a new process (memory cleared): the cache file spares the rehash
+    checkpoint._verified_here.clear()
+    load_scal3r(ckpt, "tiny")
+    assert len(hashing) == 1
+    # another version of the file (new mtime) is hashed again
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    checkpoint._verified_here.clear()
+    assert verify_checksum(ckpt) == digest and len(hashing) == 2
+
+
+def test_checksum_mismatch_is_refused(tmp_path, ckpt, hashing):
+    wrong = "0" * 64
+    checksum_sidecar(ckpt).write_text(f"{wrong} *{ckpt.name}\n")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_fresh(), ckpt)
+    msg = str(e.value)
+    assert "SHA-256 mismatch" in msg and wrong in msg and _sha256(ckpt) in msg
+    assert str(checksum_sidecar(ckpt)) in msg and "download it again" in msg
+    assert not (tmp_path / "cache" / VERIFIED_CACHE_FILE).exists()  # mismatches not cached
+    # the explicit checksum is the authority over the side file
+    assert load_checkpoint(_fresh(), ckpt, sha256=_sha256(ckpt).upper()).sha256 == _sha256(ckpt)
+    checksum_sidecar(ckpt).unlink()
+    with pytest.raises(CheckpointError, match="the given checksum says 0000"):
+        load_scal3r(ckpt, "tiny", sha256=wrong)
+    with pytest.raises(CheckpointError, match="not a SHA-256 digest"):
+        load_checkpoint(_fresh(), ckpt, sha256="abc")
+
+
+def test_a_file_changed_after_verification_is_rehashed_and_refused(ckpt, hashing):
+    checksum_sidecar(ckpt).write_text(f"{_sha256(ckpt)}  {ckpt.name}\n")
+    assert verify_checksum(ckpt) is not None
+    data = bytearray(ckpt.read_bytes())
+    data[-200] ^= 0xFF
+    ckpt.write_bytes(bytes(data))  # same size, new mtime
+    checkpoint._verified_here.clear()
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
+        verify_checksum(ckpt)
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("{d}\n", True),  # bare digest
+        ("{z}  other.pt\n{d}  scal3r.pt\n", True),  # a sha256sum listing: our line
+        ("{d}  renamed.pt\n", True),  # one line: the side file is ours by its name
+        ("{z}  other.pt\n{z}  more.pt\n", "no line for scal3r.pt"),
+        ("not a digest  scal3r.pt\n", "sha256sum format"),
+    ],
+)
+def test_sidecar_formats(ckpt, text, ok, hashing):
+    checksum_sidecar(ckpt).write_text(text.format(d=_sha256(ckpt), z="0" * 64))
+    if ok is True:
+        assert verify_checksum(ckpt) == _sha256(ckpt)
+    else:
+        with pytest.raises(CheckpointError, match=ok):
+            verify_checksum(ckpt)
+
+
+def test_no_checksum_no_hashing(ckpt, hashing):
+    assert load_checkpoint(_fresh(), ckpt).sha256 is None and not hashing
