@@ -18,6 +18,7 @@ BACKEND_KINDS = ("scal3r", "tiny", "oracle")
 class BackendSpec:
     kind: str = "scal3r"  # scal3r (official checkpoint) | tiny (random test net) | oracle
     checkpoint: str | None = None  # None: default location (~/.cache/scal3r_ros/scal3r.pt)
+    checkpoint_sha256: str | None = None  # None: <checkpoint>.sha256 beside it, if any
     allow_download: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
@@ -106,5 +107,6 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
     from scal3r_ros.model.checkpoint import load_scal3r
 
     model, _report = load_scal3r(spec.checkpoint, "scal3r-1b", device="cpu",
-                                 download=spec.allow_download)  # fmt: skip
+                                 download=spec.allow_download,
+                                 sha256=spec.checkpoint_sha256)  # fmt: skip
     return BuiltBackend(Scal3RBackend(model, cfg), loops, "scal3r-1b", _device_name(dev))

@@ -119,6 +119,7 @@ class MappingNode(Node):
 
         backend = make_backend(
             BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
+                        checkpoint_sha256=cfg.checkpoint_sha256 or None,
                         allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
                         loop_closure=cfg.loop_closure,
                         oracle_seed=cfg.oracle_seed, oracle_frames=cfg.oracle_frames,

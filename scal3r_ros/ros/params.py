@@ -39,6 +39,7 @@ class NodeConfig:
     # --- network / backend
     backend: str = "scal3r"
     checkpoint: str = ""  # empty: ~/.cache/scal3r_ros/scal3r.pt (or $SCAL3R_CHECKPOINT)
+    checkpoint_sha256: str = ""  # empty: <checkpoint>.sha256 beside it, if there is one
     allow_download: bool = False
     device: str = "auto"
     dtype: str = "auto"
@@ -155,6 +156,11 @@ _DOC: dict[str, tuple[str, dict]] = {
     "checkpoint": (
         "path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
         "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
+        {"read_only": True},
+    ),
+    "checkpoint_sha256": (
+        "SHA-256 the checkpoint must have (64 hex digits), checked at start, hashed once per "
+        "file version; empty: the <checkpoint>.sha256 file beside it, if there is one",
         {"read_only": True},
     ),
     "allow_download": (

@@ -580,3 +580,15 @@ def test_sidecar_formats(ckpt, text, ok, hashing):
 
 def test_no_checksum_no_hashing(ckpt, hashing):
     assert load_checkpoint(_fresh(), ckpt).sha256 is None and not hashing
+
+
+def test_backend_spec_passes_the_checksum(ckpt, hashing):
+    """The node's `checkpoint_sha256` reaches the loader through BackendSpec: a wrong
+    digest stops the start before the file is read (the node exits 2 with this)."""
+    from scal3r_ros.mapping.backends import BackendSpec, make_backend
+
+    spec = BackendSpec(kind="scal3r", checkpoint=str(ckpt), checkpoint_sha256="f" * 64,
+                       device="cpu", loop_closure=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
+        make_backend(spec)
+    assert hashing == ["sha256"]
