@@ -22,7 +22,20 @@ topic is deserialized with rclpy once to check that it matches). Options follow
 - ``--wait-for [TOPIC ...]`` waits until these topics (bare flag: every image topic)
   have a subscriber before playing, so a node started alongside misses no frame.
 
-Ctrl-C stops cleanly; a summary of what was published is printed at the end.
+Checks, because a mapping node fed a bag it cannot use waits forever without a word:
+
+- a bag (or ``--topics`` selection) without a ``sensor_msgs/Image`` or
+  ``CompressedImage`` topic is played with a warning, or refused (exit 2) with
+  ``--require-images``; a bare ``--wait-for`` (which waits for image topics) is refused;
+- every message is deserialized as its recorded type (and must re-serialize to its
+  size) before it is published; failures are not published and are counted per topic;
+- a topic whose recorded messages cannot be read at all (the type in metadata.yaml and
+  in the storage differ: rosbags then yields none) is reported.
+
+Exit codes: 0 played; 2 refused before playing (bad options or bag, nothing to play,
+``--require-images`` without images); 1 played, but a topic played no message although
+it had some (all failed to deserialize, unreadable) or a ``--topics`` topic played none.
+Ctrl-C stops cleanly (exit 0); a summary of what was published is printed at the end.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from pathlib import Path
 
 NS = 1_000_000_000
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CDR_PADDING = 3  # a recorded CDR buffer may end with up to 3 bytes of alignment padding
 
 
 class PlayerError(Exception):
@@ -66,6 +80,29 @@ class Topic:
     connections: list
     latched: bool
     publisher: object = None
+    cls: type | None = None
+
+    @property
+    def recorded(self) -> int:
+        return sum(c.msgcount for c in self.connections)
+
+
+def check_message(raw: bytes, cls) -> str | None:
+    """Why ``raw`` is not a CDR message of type ``cls`` (None when it is).
+
+    Deserializing alone accepts a longer message of another type (rclpy reads what the
+    type needs and ignores the rest: an Odometry bag relabelled Imu "plays"), so the
+    message must also serialize back to the recorded size (give or take end padding).
+    """
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    try:
+        size = len(serialize_message(deserialize_message(raw, cls)))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not 0 <= len(raw) - size <= CDR_PADDING:
+        return f"{len(raw)} bytes recorded, {size} as {cls.__name__} (another type?)"
+    return None
 
 
 def _recorded_latched(connection) -> bool:
@@ -110,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for", nargs="*", default=None, metavar="TOPIC",
                    help="wait until these topics have a subscriber (bare flag: every image "
                         "topic) before playing")  # fmt: skip
+    p.add_argument("--require-images", action="store_true",
+                   help="refuse (exit 2) a bag or --topics selection without a "
+                        "sensor_msgs/Image or CompressedImage topic (default: warn)")  # fmt: skip
     p.add_argument("--wait-timeout", type=float, default=30.0,
                    help="seconds --wait-for waits at most (then plays anyway)")  # fmt: skip
     p.add_argument("-d", "--delay", type=float, default=0.0,
@@ -124,7 +164,10 @@ class Player:
         self.reader = reader
         self.stop = threading.Event()
         self.counts: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()  # messages that do not deserialize as recorded
+        self.first_failure: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
+        self.unreadable: dict[str, int] = {}  # topic -> recorded messages none of which read
         self.loops = 0
         self.clock_msgs = 0
         self.topics: dict[str, Topic] = {}
@@ -163,7 +206,6 @@ class Player:
 
     def create_publishers(self, node) -> None:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from rclpy.serialization import deserialize_message
 
         data_qos = QoSProfile(
             depth=self.args.qos_depth, history=HistoryPolicy.KEEP_LAST,
@@ -174,13 +216,20 @@ class Player:
         for name, topic in list(self.topics.items()):
             try:
                 cls = message_class(topic.msgtype)
-                first = next(self.reader.messages(connections=topic.connections), None)
-                if first is not None:
-                    deserialize_message(bytes(first[2]), cls)
-            except Exception as exc:
+            except Exception as exc:  # not installed here: say so, play the rest
                 self.skipped[name] = f"{topic.msgtype}: {type(exc).__name__}: {exc}"
                 del self.topics[name]
                 continue
+            if topic.recorded and next(self.reader.messages(connections=topic.connections),
+                                       None) is None:  # fmt: skip
+                self.unreadable[name] = topic.recorded
+                self.skipped[name] = (
+                    f"the bag records {topic.recorded} {topic.msgtype} message(s) but none can "
+                    "be read (its metadata and its storage disagree on the topic's type?)"
+                )
+                del self.topics[name]
+                continue
+            topic.cls = cls
             if topic.latched:
                 n = sum(c.msgcount for c in topic.connections)
                 qos = QoSProfile(depth=max(1, min(n, 1000)), history=HistoryPolicy.KEEP_LAST,
@@ -190,8 +239,35 @@ class Player:
                 qos = data_qos
             topic.publisher = node.create_publisher(cls, name, qos)
         if not self.topics:
-            raise PlayerError("no topic of the bag has an importable message type: " + "; ".join(
+            raise PlayerError("no topic of the bag can be played: " + "; ".join(
                 f"{t}: {why}" for t, why in self.skipped.items()))  # fmt: skip
+        self._check_images()
+
+    def _check_images(self) -> None:
+        """A mapping node needs images: say so before playing a bag without any."""
+        if any(t.msgtype in IMAGE_TYPES for t in self.topics.values()):
+            return
+        played = ", ".join(f"{t.name} [{t.msgtype}]" for t in self.topics.values())
+        what = "--topics selection" if self.args.topics else "bag"
+        msg = (f"no image topic (sensor_msgs/msg/Image or CompressedImage) in the {what}; "
+               f"playing: {played}: a mapping node gets no frame from it")  # fmt: skip
+        if self.args.require_images:
+            raise PlayerError(msg + " (--require-images)")
+        if self.args.wait_for is not None and not self.args.wait_for:
+            raise PlayerError(msg + "; a bare --wait-for waits for image topics: name the "
+                              "topics to wait for")  # fmt: skip
+        print(f"[scal3r_play_bag] warning: {msg}", file=sys.stderr, flush=True)
+
+    def _publish(self, topic: Topic, raw) -> None:
+        """Publish one recorded message if it is what its topic says it is (else count it)."""
+        raw = bytes(raw)
+        why = check_message(raw, topic.cls) if topic.cls is not None else None
+        if why is not None:
+            self.failed[topic.name] += 1
+            self.first_failure.setdefault(topic.name, why)
+            return
+        topic.publisher.publish(raw)
+        self.counts[topic.name] += 1
 
     # ------------------------------------------------------------ playback
     def wait_for_subscribers(self) -> None:
@@ -266,8 +342,7 @@ class Player:
         static = self.topics.get("/tf_static")
         if static is not None:  # latched, once, before anything else
             for _, _, raw in self.reader.messages(connections=static.connections):
-                static.publisher.publish(bytes(raw))
-                self.counts[static.name] += 1
+                self._publish(static, raw)
 
         self.wait_for_subscribers()
         if self.args.delay > 0:
@@ -294,9 +369,7 @@ class Player:
                 if t > self._last_clock:  # never backwards within one pass
                     self._publish_clock(t)
                     self._last_clock = t
-                topic = by_id[conn.id]
-                topic.publisher.publish(bytes(raw))
-                self.counts[topic.name] += 1
+                self._publish(by_id[conn.id], raw)
                 sent += 1
                 self.bag_span = max(self.bag_span, t - (t_first or t))
                 if not self.args.quiet and time.monotonic() >= progress_next:
@@ -337,11 +410,31 @@ class Player:
         ]
         for name in sorted(self.topics):
             t = self.topics[name]
+            failed = (f" ({self.failed[name]} not published: they do not deserialize as "
+                      f"{t.msgtype}; first: {self.first_failure[name]})"
+                      if self.failed[name] else "")  # fmt: skip
             lines.append(f"  {name} [{t.msgtype}{', latched' if t.latched else ''}]: "
-                         f"{self.counts.get(name, 0)}")  # fmt: skip
+                         f"{self.counts.get(name, 0)}{failed}")  # fmt: skip
         for name, why in sorted(self.skipped.items()):
             lines.append(f"  {name}: not played ({why})")
         return "\n".join(lines)
+
+    def problems(self) -> list[str]:
+        """Why the playback failed its purpose (exit 1): topics that had messages but
+        played none; after a complete pass, also a ``--topics`` topic that played none."""
+        out = [f"{t}: {n} recorded message(s), none readable"
+               for t, n in sorted(self.unreadable.items())]  # fmt: skip
+        out += [f"{t}: all {n} message(s) failed to deserialize as {self.topics[t].msgtype}"
+                for t, n in sorted(self.failed.items())
+                if n and not self.counts.get(t)]  # fmt: skip
+        if not self.stop.is_set():
+            bad = {t.split(":")[0] for t in out}
+            out += [
+                f"{t}: requested with --topics, played no message"
+                for t in self.args.topics or ()
+                if not self.counts.get(t) and t not in bad
+            ]
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if player is not None and code == 0:
             print(player.summary(), flush=True)
+            problems = player.problems()
+            if problems:
+                print("scal3r_play_bag: error: " + "; ".join(problems), file=sys.stderr)
+                code = 1
         reader.close()
         node.destroy_node()
         rclpy.try_shutdown()

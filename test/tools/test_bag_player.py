@@ -275,6 +275,188 @@ def test_message_class_by_name():
             message_class(bad)
 
 
+# ------------------------------------------------------------ bags a node cannot use
+def _raw(msg) -> bytes:
+    from rclpy.serialization import serialize_message
+
+    return bytes(serialize_message(msg))
+
+
+def _odometry(i: int) -> bytes:
+    from nav_msgs.msg import Odometry
+
+    m = Odometry()
+    m.header.stamp.sec, m.header.frame_id, m.child_frame_id = i, "odom", "base_link"
+    m.pose.pose.position.x = float(i)
+    return _raw(m)
+
+
+def _tf(i: int) -> bytes:
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    t = TransformStamped()
+    t.header.stamp.sec, t.header.frame_id, t.child_frame_id = i, "odom", "base_link"
+    return _raw(TFMessage(transforms=[t]))
+
+
+def _image(i: int) -> bytes:
+    from sensor_msgs.msg import Image
+
+    m = Image(height=2, width=3, encoding="rgb8", step=9, data=bytes(range(18)))
+    m.header.stamp.sec, m.header.frame_id = i, "cam"
+    return _raw(m)
+
+
+def _write_bag(path: Path, topics: dict[str, tuple[str, list[bytes]]],
+               storage: str = "sqlite3") -> Path:  # fmt: skip
+    """A rosbag2 folder: topic -> (type, raw CDR messages one second apart)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+    writer = Writer(path, version=9, storage_plugin=plugin)
+    writer.open()
+    for topic, (msgtype, msgs) in topics.items():
+        conn = writer.add_connection(topic, msgtype, typestore=store)
+        for i, raw in enumerate(msgs):
+            writer.write(conn, (i + 1) * 1_000_000_000, raw)
+    writer.close()
+    return path
+
+
+def _relabel(bag: Path, topic: str, new_type: str, *, metadata: bool, storage: bool) -> None:
+    """Change a topic's recorded type in metadata.yaml and/or the db3's topics table."""
+    import sqlite3
+
+    import yaml
+
+    if metadata:
+        meta_path = bag / "metadata.yaml"
+        meta = yaml.safe_load(meta_path.read_text())
+        for t in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
+            if t["topic_metadata"]["name"] == topic:
+                t["topic_metadata"]["type"] = new_type
+        meta_path.write_text(yaml.safe_dump(meta))
+    if storage:
+        (db,) = bag.glob("*.db3")
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE topics SET type = ? WHERE name = ?", (new_type, topic))
+
+
+def _run(bag: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scal3r_ros.tools.bag_player", str(bag), "-q",
+                           "--rate", "50", *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_bag_without_images_warns_or_fails(tmp_path):
+    """A Nav2-like bag (odometry and TF only): a node waiting for images would wait
+    forever, so the player says so; --require-images and a bare --wait-for refuse it."""
+    bag = _write_bag(tmp_path / "nav2", {
+        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(4)]),
+        "/tf": ("tf2_msgs/msg/TFMessage", [_tf(i) for i in range(4)]),
+    })  # fmt: skip
+    played = _run(bag)
+    assert played.returncode == 0, played.stderr
+    assert "warning: no image topic (sensor_msgs/msg/Image or CompressedImage) in the bag" in (
+        played.stderr
+    )
+    assert "/odom [nav_msgs/msg/Odometry]: 4" in played.stdout
+    refusals = {"--require-images": "(--require-images)",
+                "--wait-for": "a bare --wait-for waits for image topics"}  # fmt: skip
+    for flag, expected in refusals.items():
+        args = [flag]
+        refused = _run(bag, *args)
+        assert refused.returncode == 2, refused.stderr
+        assert "error: no image topic" in refused.stderr and expected in refused.stderr
+        assert "done" not in refused.stdout  # nothing was played
+    # a bag with an image topic is not warned about, with or without --require-images
+    with_images = _write_bag(tmp_path / "cam", {
+        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
+    }, storage="mcap")  # fmt: skip
+    ok = _run(with_images, "--require-images")
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    assert "/cam/image_raw [sensor_msgs/msg/Image]: 3" in ok.stdout
+    # ...unless --topics leaves the images out
+    odom_only = _run(with_images, "--topics", "/odom")
+    assert odom_only.returncode == 0 and "in the --topics selection" in odom_only.stderr
+
+
+@pytest.mark.parametrize("where", ["metadata", "storage"])
+def test_type_changed_in_one_place_is_reported(tmp_path, where):
+    """The type changed in metadata.yaml or in the db3 only: rosbags reads none of the
+    topic's messages (the player used to play 0 of them, exit 0, without a word)."""
+    bag = _write_bag(tmp_path / "bag", {
+        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
+    })  # fmt: skip
+    _relabel(bag, "/odom", "sensor_msgs/msg/Imu", metadata=where == "metadata",
+             storage=where == "storage")  # fmt: skip
+    run = _run(bag)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "/cam/image_raw [sensor_msgs/msg/Image]: 3" in run.stdout
+    assert "/odom: not played (the bag records 3" in run.stdout
+    assert "error: /odom: 3 recorded message(s), none readable" in run.stderr
+    # nothing left to play: refused before playing
+    images = _run(bag, "--topics", "/odom")
+    assert images.returncode == 2 and "no topic of the bag can be played" in images.stderr
+
+
+def test_type_changed_everywhere_counts_deserialisation_failures(tmp_path):
+    """Relabelled consistently (metadata and db3), the messages read but are not of the
+    type: each is checked, not published, and counted; exit 1 when none played."""
+    bag = _write_bag(tmp_path / "bag", {
+        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(5)]),
+    })  # fmt: skip
+    _relabel(bag, "/odom", "sensor_msgs/msg/Imu", metadata=True, storage=True)
+    run = _run(bag)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "/odom [sensor_msgs/msg/Imu]: 0 (5 not published" in run.stdout
+    assert "/cam/image_raw [sensor_msgs/msg/Image]: 3" in run.stdout
+    assert "error: /odom: all 5 message(s) failed to deserialize as sensor_msgs/msg/Imu" in (
+        run.stderr
+    )
+    # an image topic relabelled: --require-images still sees an image topic, but the
+    # requested topic plays nothing
+    _relabel(bag, "/cam/image_raw", "sensor_msgs/msg/CompressedImage", metadata=True,
+             storage=True)  # fmt: skip
+    run = _run(bag, "--topics", "/cam/image_raw", "--require-images")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "/cam/image_raw: all 3 message(s) failed" in run.stderr
+
+
+def test_some_bad_messages_are_counted_and_the_rest_played(tmp_path):
+    good = [_odometry(i) for i in range(6)]
+    msgs = list(good)
+    msgs[2] = good[2][: len(good[2]) // 2]  # cut short
+    msgs[4] = _image(4)  # another type
+    bag = _write_bag(tmp_path / "bag", {
+        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(2)]),
+        "/odom": ("nav_msgs/msg/Odometry", msgs),
+    }, storage="mcap")  # fmt: skip
+    run = _run(bag)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "/odom [nav_msgs/msg/Odometry]: 4 (2 not published" in run.stdout
+
+
+def test_check_message():
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image, Imu
+
+    from scal3r_ros.tools.bag_player import check_message
+
+    odom = _odometry(3)
+    assert check_message(odom, Odometry) is None
+    assert check_message(odom + b"\0\0", Odometry) is None  # end padding
+    assert "another type" in check_message(odom, Imu)  # reads, but is not an Imu
+    assert check_message(odom[:40], Odometry) is not None
+    assert check_message(odom, Image) is not None
+
+
 @pytest.mark.slow
 def test_kitti_bag_to_mapping_node_with_sim_time(bag, tmp_path):
     """KITTI folder -> bag -> player -> mapping node (tiny network, use_sim_time): the
