@@ -43,13 +43,14 @@ ten fp32 stages in a row, each within ``RTOL_FP32``; measured <= 4e-6).
 ``RTOL_NS5 = 2u = 2^-7`` for the bf16 stages: with the same input bits ours and the official
 differ only where a bf16 matmul (or the norm) sums its fp32 terms in another order and rounds to
 the other bf16 neighbour, i.e. by one bf16 ulp (<= ``2u`` of the value) in a few elements
-(measured: <= 0.6u).
+(measured: 0 on the fixture under every kernel set; <= 0.6u on random ill-conditioned inputs).
 ``RTOL_FREE = 16u = 2^-4`` for the free-running whole model (our NS5 on our sums, nothing
 injected): a few flipped bf16 roundings per GCM layer, amplified by NS5 as above and carried by
-the GCM residual into the heads, moved the outputs by <= 1.3e-2 (``~3.4u``, camera outputs;
-dense outputs <= 1e-3) across all kernel sets tried; 16u leaves 4x room. Leaving out the GCS
-synchronisation (``test_gcs_matters``) or one NS5 step moves them by 30u and more. ``W'`` itself is
-not compared in the free run (see above); it is checked by the stage tests.
+the GCM residual into the heads, moved the outputs by <= 1.4e-2 (3.6u; camera outputs, dense ones
+<= 1e-3) across the kernel sets, and by <= 4.3u against a fixture made on another machine; 16u
+leaves ~4x room. Leaving out the GCS synchronisation (``test_gcs_matters``) or one NS5 step moves
+them by 30u and more; subtler bf16 mistakes (NS5 in fp32: ~10u) are the stage tests' job. ``W'``
+itself is not compared in the free run (see above); the stage tests check it.
 
 Layouts: ``sync2`` (2 chunks of 3+2 frames, 28x42) and ``sync3`` (3 chunks of 2+1+2 frames, 42x28)
 keep every stage; ``single`` (one chunk of 3 frames == schedule (c)) and ``square`` (one 70x70
@@ -110,7 +111,6 @@ def _images(case) -> list[Tensor]:
 
 def _max_err(got: Tensor, exp: Tensor) -> tuple[float, float]:
     """(max abs error, that / max |expected|) over finite expectations."""
-    got = got.reshape(exp.shape) if got.numel() == exp.numel() else got
     assert got.shape == exp.shape, (got.shape, exp.shape)
     fin = torch.isfinite(exp)
     # non-finite expectations (e.g. inf focal length from a ReLU'd FoV of 0) must match exactly
@@ -229,7 +229,9 @@ def test_stage_trunk_layers(fixture, model, layout):
                 _set_tokens(state, _layer_input(stages, j, c))
                 model.agg_regator.forward_layer(state, j)
                 exp = stages["layers"][j]
-                errors.check(f"layer{j}.chunk{c}.tokens", state.tokens, exp["tokens"][c])
+                # the official layer output is (B, S*P, C), ours (B*S, P, C): same memory order
+                tokens = state.tokens.reshape(exp["tokens"][c].shape)
+                errors.check(f"layer{j}.chunk{c}.tokens", tokens, exp["tokens"][c])
                 frame = state.features[j][..., : state.C]
                 errors.check(f"layer{j}.chunk{c}.frame_half", frame, exp["frame_half"][c])
     errors.report()
@@ -314,7 +316,8 @@ def test_stage_gcm_apply(fixture, model, layout):
             _set_tokens(state, stages["layers"][j]["tokens"][c])
             state.features = {}  # the stored feature refresh is checked by the heads stage
             model.agg_regator.gcm_apply(state, j, FastWeights(*exp["fast_weights"]))
-            errors.check(f"gcm{j}.chunk{c}.tokens", state.tokens, exp["tokens"][c])
+            tokens = state.tokens.reshape(exp["tokens"][c].shape)  # (B, S*P, C) as official
+            errors.check(f"gcm{j}.chunk{c}.tokens", tokens, exp["tokens"][c])
     errors.report()
 
 
