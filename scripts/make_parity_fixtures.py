@@ -78,15 +78,15 @@ LAYOUTS = {
 # What is kept per layout beyond images, outputs and the prepare stage (file size: < 2 MB).
 # "stages": every stage of every chunk (the per-chunk raw gradients only as their in-order sum,
 # which is what the update consumes); "ns5": the NS5 iterates X_0..X_5 (bf16) of that GCM layer;
-# "pixels": the per-pixel outputs (depth, points, confidences). Layouts without "stages" keep the
-# shared fast weights only (for whole-model runs with the official fast weights).
+# "pixels": the per-pixel outputs (depth, points, confidences); "fast": without "stages", keep
+# the shared fast weights (for whole-model runs with the official fast weights).
 KEEP = {
-    "sync2": {"stages": True, "ns5": 1, "pixels": True},
-    "sync3": {"stages": True, "ns5": None, "pixels": True},
-    "single": {"stages": False, "ns5": None, "pixels": True},
+    "sync2": {"stages": True, "ns5": 1, "pixels": True, "fast": True},
+    "sync3": {"stages": True, "ns5": None, "pixels": True, "fast": True},
+    "single": {"stages": False, "ns5": None, "pixels": True, "fast": True},
     # square only differs from the others before the trunk (no pos-embed interpolation): the
     # prepare stage and the camera outputs cover it
-    "square": {"stages": False, "ns5": None, "pixels": False},
+    "square": {"stages": False, "ns5": None, "pixels": False, "fast": False},
 }
 PIXEL_KEYS = ("depth", "depth_conf", "world_points", "world_points_conf")
 
@@ -289,6 +289,8 @@ class Recorder:
 def select(stages: dict, keep: dict) -> dict:
     """The part of the recorded stages that goes into the fixture (see ``KEEP``)."""
     if not keep["stages"]:
+        if not keep["fast"]:
+            return {"prepare": stages["prepare"], "gcm": {}}
         return {
             "prepare": stages["prepare"],
             "gcm": {j: {"fast_weights": g["fast_weights"]} for j, g in stages["gcm"].items()},
@@ -428,10 +430,11 @@ def main() -> None:
         kept = select(stages, keep)
         if keep["ns5"] is not None:
             # the official iteration stopped after s steps is the s-th iterate (s = 0: the bf16
-            # input scaled to unit Frobenius norm), one tensor per fast weight w0, w1, w2
+            # input scaled to unit Frobenius norm); per fast weight w0, w1, w2 one stacked
+            # (steps + 1, h, m, n) bf16 tensor
             j = keep["ns5"]
             kept["gcm"][j]["ns5"] = [
-                [ns5(G, s) for s in range(steps + 1)] for G in stages["gcm"][j]["sums"]
+                torch.stack([ns5(G, s) for s in range(steps + 1)]) for G in stages["gcm"][j]["sums"]
             ]
         cases[name] = {"images": images, "outputs": outputs, "stages": kept, "H": H, "W": W}
 
