@@ -246,6 +246,9 @@ class MappingEngine:
         self.trajectory.reset()
         self.map.reset()
         self.pose_graph.reset()
+        reset_resolution = getattr(self.backend, "reset_resolution", None)
+        if reset_resolution is not None:  # the next frame fixes the network's input size
+            reset_resolution()
         if self.loop_closure is not None:
             self.loop_closure.reset()
         if self._geom_dir is not None:

@@ -8,6 +8,8 @@ message fit for a diagnostic, so the caller can count and report the drop.
 from __future__ import annotations
 
 import io
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -38,11 +40,72 @@ def ns_to_stamp(ns: int) -> Time:
 
 
 class ConversionError(ValueError):
-    """A message that cannot be turned into engine input (reported, never fatal)."""
+    """A message that cannot be turned into engine input (reported, never fatal).
+
+    ``reason`` is the drop reason the node counts it under (bad_image, image_size)."""
+
+    def __init__(self, message: str, reason: str = "bad_image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB (copy only where the layout requires it)."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """The image sizes a camera plausibly sends; others are refused before they cost.
+
+    Why: the first frame fixes the network's input size (a 1x60 frame gave 31080x518 and
+    3 GB), and a 17.5 kB 12000x12000 1-bit PNG decodes to 1.5 GB, so a size is checked
+    from the message header or the compressed file's header, before any decoding.
+    The node's parameters max_image_pixels, min_image_side and max_image_aspect."""
+
+    max_pixels: int = 50_000_000
+    min_side: int = 16
+    max_aspect: float = 8.0
+
+    def check(self, width: int, height: int) -> None:
+        """Raise ConversionError (reason ``image_size``) for an implausible size."""
+        w, h = int(width), int(height)
+        if w <= 0 or h <= 0:
+            raise ConversionError(f"empty image {w}x{h}")
+        if min(w, h) < self.min_side:
+            raise ConversionError(
+                f"image {w}x{h}: a side under {self.min_side} px (min_image_side)", "image_size"
+            )
+        if w * h > self.max_pixels:
+            raise ConversionError(
+                f"image {w}x{h}: {w * h} pixels, more than {self.max_pixels} (max_image_pixels)",
+                "image_size",
+            )
+        if max(w, h) > self.max_aspect * min(w, h):
+            raise ConversionError(
+                f"image {w}x{h}: aspect ratio {max(w, h) / min(w, h):.1f} over "
+                f"{self.max_aspect:g} (max_image_aspect)",
+                "image_size",
+            )
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+# Pillow modes of PNG and JPEG files that convert("RGB") handles (at most 4 bytes a pixel)
+_PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                        "YCbCr", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # fmt: skip
+_PIL_FORMATS = ("PNG", "JPEG")  # what image_transport's compressed plugin writes
+
+
+def set_pillow_limit(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb guard agree with ``max_pixels`` (it raises over
+    twice its limit) and silence its warning between one and two times the limit: every
+    image over ``max_pixels`` is refused from its header here anyway."""
+    from PIL import Image as PILImage
+
+    PILImage.MAX_IMAGE_PIXELS = int(max_pixels)
+    warnings.filterwarnings("ignore", category=PILImage.DecompressionBombWarning)
+
+
+def image_to_rgb(msg: Image, limits: ImageLimits | None = DEFAULT_LIMITS) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB (copy only where the layout requires it).
+
+    ``limits``: refuse implausible sizes first (None: any non-empty size)."""
     enc = msg.encoding.lower()
     if enc not in _ENCODINGS:
         raise ConversionError(
@@ -52,6 +115,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     h, w = int(msg.height), int(msg.width)
     if h <= 0 or w <= 0:
         raise ConversionError(f"empty image {w}x{h}")
+    if limits is not None:
+        limits.check(w, h)
     dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
     row_bytes = w * channels * dtype.itemsize
     step = int(msg.step)
@@ -71,15 +136,31 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return pixels[:, :, :3] if channels == 4 else pixels
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png) -> HxWx3 uint8 RGB."""
+def compressed_to_rgb(
+    msg: CompressedImage, limits: ImageLimits | None = DEFAULT_LIMITS
+) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png) -> HxWx3 uint8 RGB.
+
+    Pillow's ``open`` reads only the header: size and mode are checked against
+    ``limits`` before anything is decoded (None: Pillow's own limit only)."""
     from PIL import Image as PILImage
 
     try:
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
-            return np.asarray(img.convert("RGB"))
+        img = PILImage.open(io.BytesIO(bytes(msg.data)), formats=_PIL_FORMATS)
+    except PILImage.DecompressionBombError as exc:
+        raise ConversionError(f"compressed image ({msg.format}) refused: {exc}",
+                              "image_size") from None  # fmt: skip
     except Exception as exc:
         raise ConversionError(f"cannot decode compressed image ({msg.format}): {exc}") from exc
+    with img:
+        if limits is not None:
+            limits.check(img.width, img.height)
+        if img.mode not in _PIL_MODES:
+            raise ConversionError(f"compressed image ({msg.format}): unsupported mode {img.mode}")
+        try:
+            return np.asarray(img.convert("RGB"))
+        except Exception as exc:
+            raise ConversionError(f"cannot decode compressed image ({msg.format}): {exc}") from exc
 
 
 def rgb_to_image(rgb: np.ndarray, stamp=None, frame_id: str = "") -> Image:

@@ -23,6 +23,8 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from scal3r_ros_msgs.msg import MappingStatus
@@ -53,9 +55,10 @@ from scal3r_ros.ros.conversions import (
     image_to_rgb,
     ns_to_stamp,
     points_to_cloud,
-    stamp_to_ns,
+    set_pillow_limit,
 )
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
+from scal3r_ros.ros.input_checks import MAX_CAMERAS, InputGate, camera_matrix
 from scal3r_ros.ros.params import (
     DYNAMIC,
     NodeConfig,
@@ -111,11 +114,18 @@ class MappingNode(Node):
         self.output_dir = Path(os.path.expanduser(cfg.output_dir))
         self._lock = threading.Lock()  # node-side state shared by worker and timers
         self._drops: dict[str, int] = {}
-        self._last_stamp: dict[str, int] = {}
-        self._image_size: dict[str, tuple[int, int]] = {}
         self._camera_k: dict[str, np.ndarray] = {}
         self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
         self._reset_node_state()
+        self.limits = cfg.image_limits()
+        set_pillow_limit(cfg.max_image_pixels)
+        self.inputs = InputGate(cfg.stamp_policy(), self._submit, self._time_jump_reset,
+                                self._drop)  # fmt: skip
+        self._clock_jump = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0),
+                          on_clock_change=False),
+            post_callback=lambda _jump: self.inputs.clock_jumped_back(),
+        )  # fmt: skip
 
         backend = make_backend(
             BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
@@ -201,6 +211,8 @@ class MappingNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.cfg = trial
+        if hasattr(self, "inputs"):
+            self.inputs.policy = trial.stamp_policy()
         if hasattr(self, "poses"):
             self.poses.path_period = trial.path_publish_period
             self.poses.path_max_poses = trial.path_max_poses
@@ -227,54 +239,48 @@ class MappingNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         try:
-            rgb = image_to_rgb(msg)
+            rgb = image_to_rgb(msg, self.limits)
         except ConversionError as exc:
-            self._drop("bad_image", str(exc))
+            self._drop(exc.reason, str(exc))
             return
         self._accept(msg.header, rgb)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         try:
-            rgb = compressed_to_rgb(msg)
+            rgb = compressed_to_rgb(msg, self.limits)
         except ConversionError as exc:
-            self._drop("bad_image", str(exc))
+            self._drop(exc.reason, str(exc))
             return
         self._accept(msg.header, rgb)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            self.get_logger().warning(
-                "ignoring CameraInfo with invalid K", throttle_duration_sec=10
-            )
+        cam = msg.header.frame_id
+        try:
+            K = camera_matrix(msg.k, msg.width, msg.height)
+        except ValueError as exc:
+            self._drop("bad_camera_info", f"CameraInfo of {cam!r} ignored: {exc}")
             return
-        self._camera_k[msg.header.frame_id] = K
+        if cam not in self._camera_k and len(self._camera_k) >= MAX_CAMERAS:
+            self._drop("too_many_cameras", f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} "
+                       "cameras known already")  # fmt: skip
+            return
+        self._camera_k[cam] = K
 
     def _accept(self, header, rgb: np.ndarray) -> None:
-        """Checks that need the stream's history (time jumps, size changes), then enqueue."""
-        cam = header.frame_id or "camera"
-        stamp = stamp_to_ns(header.stamp)
-        last = self._last_stamp.get(cam)
-        if last is not None and stamp <= last:
-            if stamp == last:
-                self._drop("duplicate_stamp", f"{cam} stamp {stamp} repeated")
-                return
-            if self.cfg.on_time_jump == "drop":
-                self._drop("stamp_backwards", f"{cam}: {stamp} < {last}")
-                return
-            self.get_logger().warning(
-                f"time jumped back on {cam} ({(last - stamp) / 1e9:.3f} s; bag loop?): resetting"
-            )
-            with self._lock:
-                self._drops["time_jump_reset"] = self._drops.get("time_jump_reset", 0) + 1
-            self._request_reset()
+        """Stamp, size and time-jump rules (`InputGate`), which call `_submit`."""
+        self.inputs.offer(header.frame_id or "camera", int(header.stamp.sec),
+                          int(header.stamp.nanosec), rgb,
+                          self.get_clock().now().nanoseconds)  # fmt: skip
+
+    def _time_jump_reset(self, message: str) -> None:
+        self.get_logger().warning(message)
+        with self._lock:
+            self._drops["time_jump_reset"] = self._drops.get("time_jump_reset", 0) + 1
+        self._request_reset()
+
+    def _submit(self, cam: str, stamp: int, rgb: np.ndarray) -> None:
+        """Enqueue one frame the gate let through, with its camera's intrinsics."""
         size = (rgb.shape[1], rgb.shape[0])
-        expected = self._image_size.setdefault(cam, size)
-        if size != expected:
-            self._drop("size_changed", f"{cam} is {size[0]}x{size[1]}, stream started at "
-                       f"{expected[0]}x{expected[1]} (reset to accept the new size)")  # fmt: skip
-            return
-        self._last_stamp[cam] = stamp
         K = self._camera_k.get(cam)
         if K is not None and (K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5):
             K = None  # CameraInfo of another resolution
@@ -511,9 +517,7 @@ class MappingNode(Node):
     # ================================================================ services
     def _srv_reset(self, request, response):
         self._request_reset()
-        with self._lock:
-            self._last_stamp.clear()
-            self._image_size.clear()
+        self.inputs.reset()  # stamps and the stream's size start over
         response.success, response.message = True, "reset queued after the frames already received"
         return response
 

@@ -9,6 +9,7 @@ The YAML files in config/ set the same names.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import textwrap
@@ -25,6 +26,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from scal3r_ros.mapping.scale import SCALE_SOURCES
+from scal3r_ros.ros.conversions import ImageLimits
+from scal3r_ros.ros.input_checks import StampPolicy
 
 BACKENDS = ("scal3r", "tiny", "oracle")
 GCS_ONLINE_MODES = ("causal", "off")
@@ -61,6 +64,12 @@ class NodeConfig:
     queue_size: int = 64
     drop_policy: str = "drop_oldest"
     on_time_jump: str = "reset"
+    time_jump_min_frames: int = 3
+    max_stamp_gap_s: float = 10.0
+    max_future_stamp_s: float = 300.0
+    max_image_pixels: int = 50_000_000
+    min_image_side: int = 16
+    max_image_aspect: float = 8.0
     # --- frames
     map_frame: str = "map"
     odom_frame: str = "odom"
@@ -142,8 +151,41 @@ class NodeConfig:
             problems.append("sensor_cloud_frames must be all, every_n or newest")
         if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
             problems.append("need occupancy_obstacle_min < occupancy_obstacle_max")
+        for f in fields(self):
+            problem = value_problem(f.name, getattr(self, f.name))
+            if problem:
+                problems.append(problem)
+        if self.backend == "oracle" and not problems:
+            try:
+                self.image_limits().check(self.oracle_width, self.oracle_height)
+            except ValueError as exc:
+                problems.append(f"the oracle's images are refused by the input limits: {exc}")
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.min_image_side, self.max_image_aspect)
+
+    def stamp_policy(self) -> StampPolicy:
+        return StampPolicy(self.on_time_jump, self.time_jump_min_frames, self.max_stamp_gap_s,
+                           self.max_future_stamp_s)  # fmt: skip
+
+
+def value_problem(name: str, value: object) -> str | None:
+    """What is wrong with one parameter's value on its own: a float (or float in a list)
+    that is not finite, a number outside its descriptor's range. rclpy enforces ranges
+    only in some versions and never looks inside lists, and a NaN camera mount crashed
+    the node later, so NodeConfig checks every value itself."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        return f"{name} must be finite, got {value}"
+    extra = _DOC.get(name, ("", {}))[1]
+    bounds = extra.get("int_range") or extra.get("float_range")
+    if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            return f"{name} must be in [{lo}, {hi}], got {value}"
+    return None
 
 
 # name -> (description, extra descriptor fields)
@@ -219,7 +261,40 @@ _DOC: dict[str, tuple[str, dict]] = {
         {"read_only": True, "int_range": (1, 100000)},
     ),
     "drop_policy": ("when the queue is full: drop_oldest or drop_newest", {"read_only": True}),
-    "on_time_jump": ("stamps going backwards (bag loop): reset the map, or drop the frames", {}),
+    "on_time_jump": (
+        "stamps going backwards (bag loop): reset the map, or drop the frames; a reset "
+        "needs time_jump_min_frames older frames in a row or a backward jump of /clock",
+        {},
+    ),
+    "time_jump_min_frames": (
+        "frames in a row (increasing stamps) that confirm a time jump of a camera, "
+        "backward or beyond max_stamp_gap_s forward; until then they are held, and dropped "
+        "(stamp_outlier) if the stream goes on; 1: any single frame",
+        {"read_only": True, "int_range": (1, 100)},
+    ),
+    "max_stamp_gap_s": (
+        "the largest step between a camera's stamps taken without evidence [s]; a larger "
+        "jump forward needs time_jump_min_frames frames in a row",
+        {"read_only": True, "float_range": (0.001, 1e6)},
+    ),
+    "max_future_stamp_s": (
+        "drop frames stamped more than this ahead of the node's clock (future_stamp) [s]; "
+        "0: off; not checked before the clock runs (sim time before /clock)",
+        {"read_only": True, "float_range": (0.0, 1e9)},
+    ),
+    "max_image_pixels": (
+        "refuse larger images (image_size), raw or compressed, from the header before "
+        "decoding; also Pillow's MAX_IMAGE_PIXELS",
+        {"read_only": True, "int_range": (1024, 1_000_000_000)},
+    ),
+    "min_image_side": (
+        "refuse images with a side shorter than this [px] (image_size)",
+        {"read_only": True, "int_range": (1, 100_000)},
+    ),
+    "max_image_aspect": (
+        "refuse images whose long side exceeds this x the short side (image_size)",
+        {"read_only": True, "float_range": (1.0, 1000.0)},
+    ),
     "map_frame": ("fixed frame of the map, /tf root (REP-105)", {"read_only": True}),
     "odom_frame": ("odometry frame between map and base_link", {"read_only": True}),
     "base_frame": ("robot body frame", {"read_only": True}),
@@ -335,14 +410,26 @@ _DOC: dict[str, tuple[str, dict]] = {
         "highest obstacle height above ground [m] (higher: ignored, e.g. trees, bridges)",
         {"read_only": True, "float_range": (0.0, 100.0)},
     ),
-    "oracle_seed": ("oracle backend: seed of the synthetic drive", {"read_only": True}),
-    "oracle_frames": ("oracle backend: frames in the synthetic drive", {"read_only": True}),
+    "oracle_seed": (
+        "oracle backend: seed of the synthetic drive",
+        {"read_only": True, "int_range": (0, 2**31 - 1)},
+    ),
+    "oracle_frames": (
+        "oracle backend: frames in the synthetic drive",
+        {"read_only": True, "int_range": (1, 10_000_000)},
+    ),
     "oracle_laps": (
         "oracle backend: laps of the synthetic loop over all frames (as the camera's --laps)",
         {"read_only": True, "float_range": (1.0, 10000.0)},
     ),
-    "oracle_width": ("oracle backend: image width", {"read_only": True}),
-    "oracle_height": ("oracle backend: image height", {"read_only": True}),
+    "oracle_width": (
+        "oracle backend: image width",
+        {"read_only": True, "int_range": (1, 100_000)},
+    ),
+    "oracle_height": (
+        "oracle backend: image height",
+        {"read_only": True, "int_range": (1, 100_000)},
+    ),
     "oracle_drift_deg": (
         "oracle backend: in-window yaw drift per frame [deg], to give loop closure work",
         {"read_only": True, "float_range": (0.0, 5.0)},
@@ -693,6 +780,8 @@ def check_settings(settings: list[ParameterSetting]) -> tuple[list[str], list[st
                 f"{s.name} must be {_TYPE_WORDS[expected]}; {s.source} gives "
                 f"{_TYPE_WORDS[s.type].split(' (')[0]} ({shown})"
             )
+        elif (problem := value_problem(s.name, s.value)) is not None:
+            errors.append(f"{problem} ({s.source})")
     return errors, warnings
 
 

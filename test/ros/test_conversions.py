@@ -1,6 +1,8 @@
-"""Image and cloud conversions: every supported encoding, odd layouts, bad input."""
+"""Image and cloud conversions: every supported encoding, odd layouts, bad input, and the
+input limits checked from headers before decoding (issue 16, items 6 and 7)."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -8,11 +10,13 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from scal3r_ros.ros.conversions import (
     ConversionError,
+    ImageLimits,
     cloud_to_array,
     compressed_to_rgb,
     image_to_rgb,
     pack_rgb,
     points_to_cloud,
+    set_pillow_limit,
     unpack_rgb,
 )
 
@@ -43,7 +47,7 @@ def test_color_encodings(pad):
         "bgra8": np.concatenate([RGB[:, :, ::-1], alpha], 2),
     }
     for enc, pixels in cases.items():
-        out = image_to_rgb(make_image(np.ascontiguousarray(pixels), enc, pad))
+        out = image_to_rgb(make_image(np.ascontiguousarray(pixels), enc, pad), limits=None)
         assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
         np.testing.assert_array_equal(out, RGB, err_msg=enc)
 
@@ -51,12 +55,13 @@ def test_color_encodings(pad):
 def test_mono_encodings():
     grey = RGB[:, :, 0]
     np.testing.assert_array_equal(
-        image_to_rgb(make_image(grey[..., None], "mono8")), np.repeat(grey[..., None], 3, 2)
+        image_to_rgb(make_image(grey[..., None], "mono8"), limits=None),
+        np.repeat(grey[..., None], 3, 2),
     )
     wide = (grey.astype(np.uint16) * 257)[..., None]
     for big in (False, True):
         data = wide.astype(">u2" if big else "<u2")
-        out = image_to_rgb(make_image(data, "mono16", bigendian=big))
+        out = image_to_rgb(make_image(data, "mono16", bigendian=big), limits=None)
         np.testing.assert_array_equal(out[:, :, 1], grey)
 
 
@@ -73,7 +78,7 @@ def test_bad_images_raise_conversion_error(mutate, match):
     msg = make_image(RGB, "rgb8")
     mutate(msg)
     with pytest.raises(ConversionError, match=match):
-        image_to_rgb(msg)
+        image_to_rgb(msg, limits=None)
 
 
 def test_compressed_png_and_corrupt():
@@ -82,9 +87,123 @@ def test_compressed_png_and_corrupt():
     buf = io.BytesIO()
     PILImage.fromarray(RGB).save(buf, format="PNG")
     msg = CompressedImage(format="png", data=buf.getvalue())
-    np.testing.assert_array_equal(compressed_to_rgb(msg), RGB)
+    np.testing.assert_array_equal(compressed_to_rgb(msg, limits=None), RGB)
     with pytest.raises(ConversionError, match="cannot decode"):
         compressed_to_rgb(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
+
+
+# ------------------------------------------------------------------ input limits
+def encoded(pixels_or_image, fmt: str) -> CompressedImage:
+    from PIL import Image as PILImage
+
+    img = pixels_or_image
+    if isinstance(img, np.ndarray):
+        img = PILImage.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return CompressedImage(format=fmt.lower(), data=buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def png_bomb() -> CompressedImage:
+    """12000x12000 1-bit PNG: ~17.5 kB on the wire, 1.5 GB decoded (the issue's bomb)."""
+    from PIL import Image as PILImage
+
+    msg = encoded(PILImage.new("1", (12000, 12000)), "PNG")
+    assert len(msg.data) < 100_000
+    return msg
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if Pillow decodes pixels (``load``), so a refusal is from the header."""
+    from PIL import ImageFile
+
+    decoded = []
+
+    def load(self, *args, **kwargs):
+        decoded.append(self.size)
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return decoded
+
+
+@pytest.mark.parametrize(
+    "w, h, match",
+    [
+        (1, 1, "under 16 px"),  # the issue's 1x1 first frame
+        (60, 1, "under 16 px"),
+        (600, 20, "aspect ratio 30.0 over 8"),  # 1x60 scaled up: still implausible
+        (10000, 6000, "60000000 pixels, more than 50000000"),
+    ],
+)
+def test_implausible_sizes_are_refused(w, h, match):
+    with pytest.raises(ConversionError, match=match) as err:
+        ImageLimits().check(w, h)
+    assert err.value.reason == "image_size"
+
+
+def test_plausible_sizes_pass():
+    for w, h in [(160, 48), (1242, 375), (1920, 1080), (7680, 4320), (64, 20), (2048, 256)]:
+        ImageLimits().check(w, h)
+
+
+def test_raw_image_is_checked_before_conversion():
+    msg = make_image(np.zeros((1, 60, 3), np.uint8), "rgb8")
+    with pytest.raises(ConversionError, match="under 16 px") as err:
+        image_to_rgb(msg)
+    assert err.value.reason == "image_size"
+    # the header's size counts, not the data: a claimed 20000x20000 is refused unread
+    huge = Image(height=20000, width=20000, encoding="rgb8", step=60000, data=bytes(10))
+    with pytest.raises(ConversionError, match="max_image_pixels"):
+        image_to_rgb(huge)
+    assert image_to_rgb(make_image(np.zeros((48, 160, 3), np.uint8), "rgb8")).shape == (48, 160, 3)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_png_bomb_is_refused_from_its_header(png_bomb, no_decoding):
+    with pytest.raises(ConversionError, match="144000000 pixels") as err:
+        compressed_to_rgb(png_bomb)
+    assert err.value.reason == "image_size" and no_decoding == []
+
+
+def test_jpeg_over_the_limit_is_refused_from_its_header(no_decoding):
+    msg = encoded(np.zeros((64, 64, 3), np.uint8), "JPEG")
+    with pytest.raises(ConversionError, match="4096 pixels, more than 1024"):
+        compressed_to_rgb(msg, ImageLimits(max_pixels=1024))
+    assert no_decoding == []
+
+
+def test_compressed_within_the_limits_decodes():
+    rgb = np.random.default_rng(1).integers(0, 256, size=(48, 160, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(compressed_to_rgb(encoded(rgb, "PNG")), rgb)
+    assert compressed_to_rgb(encoded(rgb, "JPEG")).shape == (48, 160, 3)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF"])
+def test_only_png_and_jpeg_are_opened(fmt):
+    msg = encoded(np.zeros((48, 160, 3), np.uint8), fmt)
+    with pytest.raises(ConversionError, match="cannot decode"):
+        compressed_to_rgb(msg)
+
+
+def test_pillow_limit_follows_max_image_pixels(png_bomb, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)
+    with warnings.catch_warnings():  # set_pillow_limit adds a filter: keep it in here
+        set_pillow_limit(1_000_000)
+        assert PILImage.MAX_IMAGE_PIXELS == 1_000_000
+        with pytest.raises(ConversionError, match="refused") as err:  # Pillow's own guard
+            compressed_to_rgb(png_bomb, limits=None)
+        assert err.value.reason == "image_size"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # between 1x and 2x Pillow's limit: no warning
+            set_pillow_limit(1_000_000)
+            with pytest.raises(ConversionError, match="max_image_pixels"):
+                compressed_to_rgb(encoded(np.zeros((1000, 1500, 3), np.uint8), "PNG"),
+                                  ImageLimits(max_pixels=1_000_000))  # fmt: skip
 
 
 def test_cloud_fields_and_rgb_packing():

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from node_harness import NODE, Recorder, node_args, start, stop
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -56,7 +58,7 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
         info = CameraInfo(width=160, height=48)
         info.header.frame_id = "camera_optical"
         info.k = [float("nan")] * 9
-        pub_info.publish(info)  # NaN intrinsics: ignored with a warning
+        pub_info.publish(info)  # NaN intrinsics: ignored, counted
         bad = good(6)
         bad.encoding = "yuv422"
         send(bad)  # unsupported encoding
@@ -75,7 +77,7 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
         send(good(5))  # duplicate stamp
         for i in range(6, 20):
             send(good(i))
-        send(good(2))  # stamps jump back (bag loop): reset
+        send(good(2))  # stamps jump back (bag loop): reset after 3 frames in a row (2, 3, 4)
         for i in range(3, 14):
             send(good(i))
 
@@ -93,6 +95,7 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
         v = _diag_values(rec)
         assert v["dropped_bad_image"] == "4"  # encoding, step, truncated, corrupt jpeg
         assert v["dropped_size_changed"] == "1" and v["dropped_duplicate_stamp"] == "1"
+        assert v["dropped_bad_camera_info"] == "1"
         diag = rec.last("/diagnostics").status[0]
         assert diag.level == diag.WARN and "bad_image 4" in diag.message
         assert node.poll() is None
@@ -174,3 +177,115 @@ def test_config_option_loads_a_bundled_parameter_file(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "chunk_size=16, overlap=16" in proc.stderr, proc.stderr
+
+
+def _png_bomb() -> bytes:
+    """12000x12000 1-bit PNG: 17.5 kB, 1.5 GB once decoded (issue 16, item 7)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.new("1", (12000, 12000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
+    """Issue 16, items 5-10 across processes: implausible first frames, a PNG bomb, single
+    bad stamps, a second frame_id of another size on the topic, invalid CameraInfo and a
+    NaN run-time parameter are each refused and counted; the map is never reset, every
+    window succeeds (oracle backend) and every good frame is in the saved trajectory."""
+    rec = Recorder("hostile_input_tester")
+    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                           oracle_frames=40, on_time_jump="reset",
+                           compressed_topics=["/camera/compressed"],
+                           camera_info_topics=["/camera/camera_info"]),
+                 tmp_path / "node.log")  # fmt: skip
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
+    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
+    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
+    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    cam = "camera_optical"
+    try:
+        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
+                              and pub_c.get_subscription_count() > 0
+                              and pub_info.get_subscription_count() > 0, 60, [node])  # fmt: skip
+
+        def send(msg, publisher=pub) -> None:
+            publisher.publish(msg)
+            rec.spin_until(lambda: False, 0.03)
+
+        def good(i: int) -> Image:
+            return rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), cam)
+
+        def restamped(i: int, sec: int, nanosec: int) -> Image:
+            msg = good(i)
+            msg.header.stamp = Time(sec=sec, nanosec=nanosec)
+            return msg
+
+        # implausible first frames must not fix the stream's size (item 6)
+        send(rgb_to_image(np.zeros((1, 1, 3), np.uint8), _stamp(drive.stamp_ns(0)), cam))
+        send(rgb_to_image(np.zeros((60, 1, 3), np.uint8), _stamp(drive.stamp_ns(0)), cam))
+        bomb = CompressedImage(format="png", data=_png_bomb())  # item 7
+        bomb.header.stamp, bomb.header.frame_id = _stamp(drive.stamp_ns(0)), cam
+        send(bomb, pub_c)
+        for i in range(10):
+            send(good(i))
+        # single bad stamps (item 8): 0.05 s older, zero, negative, nanosec overflow, future
+        t9 = drive.stamp_ns(9) - 50_000_000
+        send(restamped(9, t9 // 1_000_000_000, t9 % 1_000_000_000))
+        send(restamped(9, 0, 0))
+        send(restamped(9, -1, 0))
+        send(restamped(9, 1, 2**32 - 1))
+        send(restamped(9, 2**31 - 1, 0))
+        for i in range(10, 20):
+            send(good(i))
+        # a second frame_id of another size on the same topic (item 9)
+        for i in range(20, 30):
+            send(good(i))
+            other = rgb_to_image(np.zeros((48, 64, 3), np.uint8), _stamp(drive.stamp_ns(i)),
+                                 "other_camera")  # fmt: skip
+            send(other)
+        # invalid CameraInfo (item 10)
+        for k in ([1e-300, 0.0, 80.0, 0.0, 1e-300, 24.0, 0.0, 0.0, 1.0],
+                  [100.0, 0.0, 80.0, 0.0, 100.0, 24.0, 0.0, 0.0, 0.0]):  # fmt: skip
+            info = CameraInfo(width=160, height=48, k=k)
+            info.header.frame_id = cam
+            send(info, pub_info)
+        # NaN at run time (item 5): refused, the old value stays
+        nan = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float("nan"))
+        req = SetParameters.Request(parameters=[Parameter(name="map_publish_period", value=nan)])
+        res = rec.call(SetParameters, f"{NODE}/set_parameters", req)
+        assert not res.results[0].successful
+        got = rec.call(GetParameters, f"{NODE}/get_parameters",
+                       GetParameters.Request(names=["map_publish_period"]))  # fmt: skip
+        assert got.values[0].double_value == 2.0
+
+        def settled() -> bool:
+            v, st = _diag_values(rec), rec.last(f"{NODE}/status")
+            return (st is not None and st.frames_processed == 30 and st.queue_length == 0
+                    and v.get("dropped_bad_camera_info") == "2"
+                    and v.get("dropped_size_changed") == "10")  # fmt: skip
+
+        assert rec.spin_until(settled, 90, [node]), (
+            _diag_values(rec),
+            (tmp_path / "node.log").read_text(),
+        )
+        v = _diag_values(rec)
+        assert v["dropped_image_size"] == "3"
+        assert v["dropped_invalid_stamp"] == "3" and v["dropped_future_stamp"] == "1"
+        assert v["dropped_stamp_outlier"] == "1" and "dropped_time_jump_reset" not in v
+        st = rec.last(f"{NODE}/status")
+        assert st.last_error == "" and st.chunks_processed >= 6
+        assert node.poll() is None
+        assert stop(node) == 0
+        saved = list((tmp_path / "maps").glob("map_*/trajectory_tum.txt"))
+        assert len(saved) == 1
+        stamps = np.loadtxt(saved[0])[:, 0]
+        expected = [drive.stamp_ns(i) / 1e9 for i in range(30)]
+        np.testing.assert_allclose(stamps, expected, atol=1e-6)  # never reset: all 30
+    finally:
+        stop(node)
+        rec.close()

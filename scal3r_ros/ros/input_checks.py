@@ -1,0 +1,270 @@
+"""What stands between the node's input callbacks and the worker queue.
+
+The callbacks decode (`conversions`, with `ImageLimits`) and hand every frame to
+`InputGate`, which decides with the stream's history whether it reaches the engine:
+
+* **Stamps.** Invalid ones (zero, negative seconds, nanoseconds >= 1e9) and ones far
+  ahead of the node's clock are dropped. A camera's time base -- its last accepted stamp
+  -- moves only with evidence: a frame up to ``max_gap_s`` after it is accepted; any other
+  frame (older, or a jump forward) is held, and only ``min_frames`` consecutive such
+  frames (increasing, each within ``max_gap_s`` of the previous one) confirm a real jump.
+  Forward (a pause, a skip): the held frames go on. Backward (a bag loop): with
+  ``on_time_jump`` reset the map is reset and the held frames start the new one; with
+  drop every older frame is dropped at once. A backward jump of the node's clock (a
+  bag's /clock looping) is evidence enough by itself. Frames that no run confirms are
+  dropped as ``stamp_outlier``: one bad stamp costs one frame, never the map, and never
+  becomes the time base that later good frames are judged by. A new camera starts the
+  same way, so a lone bad first stamp does not lock it either.
+* **Size.** One image size per stream, for every backend (the oracle cannot mix sizes,
+  and the network's input size is fixed by the first frame): the first frame that
+  reaches the engine fixes it, ``reset()`` (``~/reset``) forgets it; frames of another
+  size -- the same camera after a resolution change, or another frame_id on the same
+  topic -- are dropped as ``size_changed``.
+* **Cameras.** At most `MAX_CAMERAS` frame_ids (each holds a little state).
+
+Plain numbers in, callbacks out (no ROS node), so every rule is unit-tested; the
+callbacks run under the gate's lock, in arrival order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_CAMERAS = 16
+"""frame_ids one node keeps state for (stamps, intrinsics); frames of more are dropped."""
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class StampPolicy:
+    """The node's parameters on_time_jump, time_jump_min_frames, max_stamp_gap_s and
+    max_future_stamp_s."""
+
+    on_time_jump: str = "reset"  # reset | drop
+    min_frames: int = 3  # consecutive frames that confirm a jump (1: any frame does)
+    max_gap_s: float = 10.0  # the largest step of a stream's stamps that needs no evidence
+    max_future_s: float = 300.0  # drop stamps further ahead of the node's clock (0: off)
+
+
+@dataclass
+class _Held:
+    stamp_ns: int
+    image: np.ndarray
+
+
+@dataclass
+class _Camera:
+    last_ns: int | None = None  # time base: the last accepted stamp (None: not yet)
+    held: list[_Held] = field(default_factory=list)  # the run of a possible jump
+
+
+def _size(image: np.ndarray) -> tuple[int, int]:
+    return int(image.shape[1]), int(image.shape[0])
+
+
+class InputGate:
+    """``offer`` each decoded frame; it calls ``submit(camera, stamp_ns, image)`` for the
+    frames that go to the engine (in order), ``reset(message)`` before the frames of a
+    confirmed backward jump (with ``on_time_jump`` reset) and ``drop(reason, detail)``
+    for every frame that does not go on. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        policy: StampPolicy,
+        submit: Callable[[str, int, np.ndarray], None],
+        reset: Callable[[str], None],
+        drop: Callable[[str, str], None],
+    ) -> None:
+        self.policy = policy
+        self._submit, self._reset, self._drop = submit, reset, drop
+        self._lock = threading.Lock()
+        self._cameras: dict[str, _Camera] = {}
+        self._size: tuple[int, int] | None = None
+        self._size_from = ""
+        self._clock_back = False
+
+    # ------------------------------------------------------------------ public
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the stream, once its first frame went to the engine."""
+        return self._size
+
+    @property
+    def held(self) -> int:
+        """Frames held as evidence of a possible time jump."""
+        with self._lock:
+            return sum(len(c.held) for c in self._cameras.values())
+
+    def offer(self, camera: str, sec: int, nanosec: int, image: np.ndarray,
+              now_ns: int = 0) -> None:  # fmt: skip
+        """One decoded frame with its header stamp; ``now_ns`` is the node's clock
+        (0 when it does not run yet, e.g. sim time before the first /clock)."""
+        with self._lock:
+            if sec < 0 or nanosec >= _NS or (sec == 0 and nanosec == 0):
+                self._drop("invalid_stamp", f"{camera}: stamp sec={sec} nanosec={nanosec}")
+                return
+            stamp = int(sec) * _NS + int(nanosec)
+            ahead = self.policy.max_future_s
+            if ahead > 0 and now_ns > 0 and stamp > now_ns + ahead * 1e9:
+                self._drop("future_stamp", f"{camera}: stamp {stamp / 1e9:.3f} s is "
+                           f"{(stamp - now_ns) / 1e9:.0f} s ahead of the node's clock (over "
+                           "max_future_stamp_s: camera clock or use_sim_time?)")  # fmt: skip
+                return
+            if self._size is not None and _size(image) != self._size:
+                self._drop_size(camera, image)
+                return
+            cam = self._cameras.get(camera)
+            if cam is None:
+                if len(self._cameras) >= MAX_CAMERAS:
+                    self._drop("too_many_cameras", f"frame_id {camera!r}: this node already "
+                               f"keeps {MAX_CAMERAS} cameras apart")  # fmt: skip
+                    return
+                cam = self._cameras[camera] = _Camera()
+            self._stamp_rule(camera, cam, _Held(stamp, image))
+
+    def reset(self) -> None:
+        """``~/reset``: forget stamps, held frames and the stream's size."""
+        with self._lock:
+            for name, cam in self._cameras.items():
+                for h in cam.held:
+                    self._drop("cleared_by_reset", f"{name}: stamp {h.stamp_ns} held at ~/reset")
+            self._cameras.clear()
+            self._size = None
+            self._clock_back = False
+
+    def clock_jumped_back(self) -> None:
+        """The node's clock jumped back (a bag's /clock looped): the next older frame
+        is a real jump without waiting for more evidence."""
+        with self._lock:
+            self._clock_back = True
+
+    # ------------------------------------------------------------------ rules
+    def _stamp_rule(self, name: str, cam: _Camera, frame: _Held) -> None:
+        p = self.policy
+        gap = int(p.max_gap_s * 1e9)
+        last, stamp = cam.last_ns, frame.stamp_ns
+        if last is not None:
+            if stamp == last:
+                self._drop("duplicate_stamp", f"{name}: stamp {stamp} repeated")
+                return
+            if last < stamp <= last + gap:  # the stream goes on
+                self._drop_held(name, cam)
+                cam.last_ns = stamp
+                self._release(name, [frame])
+                return
+            if stamp < last:
+                if p.on_time_jump == "drop":
+                    self._drop("stamp_backwards", f"{name}: {stamp} < {last} (on_time_jump drop)")
+                    return
+                if self._clock_back:  # the clock jumped back too: no need to wait
+                    self._drop_held(name, cam)
+                    self._jump_back(name, cam, [frame])
+                    return
+        # a candidate for a new time base: first frames, a jump forward, a jump back
+        if cam.held:
+            prev = cam.held[-1]
+            if stamp == prev.stamp_ns:
+                self._drop("duplicate_stamp", f"{name}: stamp {stamp} repeated")
+                return
+            if _size(prev.image) != _size(frame.image):  # a run has one size: a lone
+                self._drop_held(name, cam, frame)  # odd first frame never fixes it
+            elif not prev.stamp_ns < stamp <= prev.stamp_ns + gap:
+                self._drop_held(name, cam)
+        cam.held.append(frame)
+        if len(cam.held) < p.min_frames:
+            return
+        run, cam.held = cam.held, []
+        if last is not None and run[0].stamp_ns < last:
+            self._jump_back(name, cam, run)
+        else:
+            cam.last_ns = run[-1].stamp_ns
+            self._release(name, run)
+
+    def _jump_back(self, name: str, cam: _Camera, run: list[_Held]) -> None:
+        """A confirmed backward jump: reset, then the run starts the new map. Every
+        camera starts a new time base (they jump together); the size stays."""
+        back = (cam.last_ns - run[-1].stamp_ns) / 1e9
+        why = "the clock jumped back too" if self._clock_back else f"{len(run)} frames in a row"
+        self._reset(f"time jumped back on {name} ({back:.3f} s; {why}; bag loop?): resetting")
+        self._clock_back = False
+        for other in self._cameras.values():
+            other.last_ns = None  # their held frames stay: a run of the new time base
+        cam.last_ns = run[-1].stamp_ns
+        self._release(name, run)
+
+    def _release(self, name: str, frames: list[_Held]) -> None:
+        for f in frames:
+            if self._size is None:
+                self._size, self._size_from = _size(f.image), name
+                for other_name, other in self._cameras.items():  # runs of other sizes
+                    if other.held and _size(other.held[0].image) != self._size:
+                        for h in other.held:
+                            self._drop_size(other_name, h.image)
+                        other.held.clear()
+            elif _size(f.image) != self._size:
+                self._drop_size(name, f.image)
+                continue
+            self._submit(name, f.stamp_ns, f.image)
+
+    def _drop_held(self, name: str, cam: _Camera, newer: _Held | None = None) -> None:
+        """Drop the held run: a newer frame does not continue it (``newer``: by its size)."""
+        n = self.policy.min_frames
+        for h in cam.held:
+            if newer is not None:
+                (w, ht), (nw, nh) = _size(h.image), _size(newer.image)
+                self._drop("size_changed", f"{name} is {w}x{ht}, the frames after it "
+                           f"{nw}x{nh} (a stream starts with {n} frames of one size)")  # fmt: skip
+            else:
+                base = "none yet" if cam.last_ns is None else f"{cam.last_ns / 1e9:.3f} s"
+                self._drop("stamp_outlier", f"{name}: stamp {h.stamp_ns / 1e9:.3f} s fits "
+                           f"neither the stream (last stamp: {base}) nor {n} frames in a "
+                           f"row, each within max_stamp_gap_s of the previous")  # fmt: skip
+        cam.held.clear()
+
+    def _drop_size(self, name: str, image: np.ndarray) -> None:
+        w, h = _size(image)
+        sw, sh = self._size or (0, 0)
+        if name == self._size_from:
+            why = "reset to accept the new size"
+        else:
+            why = f"set by frame_id {self._size_from!r}; one size per stream: give cameras of "
+            why += "other sizes their own topic and node, or reset to start over"
+        self._drop("size_changed", f"{name} is {w}x{h}, the stream is {sw}x{sh} ({why})")
+
+
+# ====================================================================== CameraInfo
+MIN_FOCAL_RATIO = 0.05
+"""Smallest focal length as a fraction of the image's longer side (~170 deg field of view)."""
+MAX_FOCAL_RATIO = 100.0
+"""Largest focal length as a multiple of the image's longer side (~0.6 deg)."""
+
+
+def camera_matrix(k: Sequence[float], width: int = 0, height: int = 0) -> np.ndarray:
+    """The 3x3 K of a CameraInfo, or ValueError saying what is implausible about it:
+    not finite, a last row other than [0, 0, 1], a non-zero K[1,0], focal lengths that are
+    not positive or absurd for the image size (``width``/``height``; 0: unknown, then
+    1 px .. 1e6 px) or a pixel aspect fx/fy outside [0.5, 2]."""
+    K = np.asarray(k, dtype=np.float64)
+    if K.size != 9:
+        raise ValueError(f"K has {K.size} numbers, not 9")
+    K = K.reshape(3, 3)
+    if not np.isfinite(K).all():
+        raise ValueError("K is not finite")
+    if not np.array_equal(K[2], (0.0, 0.0, 1.0)) or K[1, 0] != 0.0:
+        raise ValueError(f"K is not a camera matrix (rows [fx 0 cx] [0 fy cy] [0 0 1]): "
+                         f"{K.ravel().tolist()}")  # fmt: skip
+    fx, fy = float(K[0, 0]), float(K[1, 1])
+    side = max(int(width), int(height))
+    lo, hi = (MIN_FOCAL_RATIO * side, MAX_FOCAL_RATIO * side) if side > 0 else (1.0, 1e6)
+    for label, f in (("fx", fx), ("fy", fy)):
+        if not lo <= f <= hi:
+            raise ValueError(f"{label} = {f:g} px is implausible for a {width}x{height} image "
+                             f"(expected {lo:g} .. {hi:g})")  # fmt: skip
+    if not 0.5 <= fx / fy <= 2.0:
+        raise ValueError(f"fx/fy = {fx / fy:g}: pixels are not that far from square")
+    return K
