@@ -29,8 +29,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +61,7 @@ from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredF
 from scal3r_ros.mapping.map_store import MapConfig, MapStore
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
 from scal3r_ros.mapping.sim3 import Sim3, _as_rotation
+from scal3r_ros.mapping.spill import SpillStore
 from scal3r_ros.mapping.trajectory import Trajectory
 from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig
 
@@ -176,10 +175,13 @@ class MappingEngine:
         self.loop_closure = loop_closure if config.loop_closure else None
         self.scheduler = ChunkScheduler(config.window)
         self.frames = FrameStore(config.frames)
+        self.frames.protect_from = self._oldest_needed_frame
         self.trajectory = Trajectory()
         self.map = MapStore(config.map)
         self.pose_graph = Sim3PoseGraph(config.pose_graph)
-        self._geom_dir: Path | None = None
+        # spilled loop geometry: same per-process folder and disk cap as the frames
+        self._geom = SpillStore("geom", config.frames.spill_dir, self.frames.budget)
+        self._placing: ChunkSpec | None = None  # the window being placed (frames kept)
         self._init_state()
 
     # ================================================================ public API
@@ -218,14 +220,17 @@ class MappingEngine:
         if self.config.gcs_mode == "exact":
             if spec is not None:
                 self._pending.append(spec)
-            specs, self._pending = self._pending, []
+            specs = self._pending  # pending (their frames kept) until all are placed
             loaders: list[Callable[[], ChunkInput]] = [
                 (lambda s=s: self._chunk_input(s)) for s in specs
             ]
             t0 = time.perf_counter()
-            for s, pred in zip(specs, self.backend.infer_exact(loaders), strict=True):
-                out += self._integrate(s, pred, time.perf_counter() - t0)
-                t0 = time.perf_counter()
+            try:
+                for s, pred in zip(specs, self.backend.infer_exact(loaders), strict=True):
+                    out += self._integrate(s, pred, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+            finally:
+                self._pending = []
         else:
             if spec is not None:
                 self._waiting.append(spec)
@@ -251,9 +256,8 @@ class MappingEngine:
             reset_resolution()
         if self.loop_closure is not None:
             self.loop_closure.reset()
-        if self._geom_dir is not None:
-            shutil.rmtree(self._geom_dir, ignore_errors=True)
-            self._geom_dir = None
+        self._geom.clear()
+        self._placing = None
         self._init_state()
 
     @property
@@ -285,9 +289,9 @@ class MappingEngine:
         g = self._geom_ram.get(chunk_id)
         if g is not None:
             return g
-        path = self._geom_path(chunk_id)
-        if not path.exists():
-            raise KeyError(f"no geometry stored for chunk {chunk_id}")
+        path = self._geom.path(chunk_id)
+        if path is None:
+            raise KeyError(f"no geometry stored for chunk {chunk_id} (or deleted to bound disk)")
         z = np.load(path)
         return ChunkGeometry(
             chunk_id,
@@ -387,6 +391,7 @@ class MappingEngine:
     def _integrate(
         self, spec: ChunkSpec, pred_net: ChunkPrediction, t_infer: float
     ) -> list[MapUpdate]:
+        self._placing = spec  # its frames stay stored while it is placed
         cfg = self.config
         timings = {"prepare": self._prepare_s, "infer": t_infer}
         self._prepare_s = 0.0
@@ -550,14 +555,22 @@ class MappingEngine:
             }  # fmt: skip
             if old.descriptors is not None:
                 arrays["descriptors"] = old.descriptors
-            np.savez(self._geom_path(old_id), **arrays)
+            try:  # age: the chunk's first frame (evicted along with the frames' images)
+                self._geom.put(old_id, int(old.frame_ids[0]), ".npz",
+                               lambda p, a=arrays: _save_npz(p, a))  # fmt: skip
+            except OSError:  # disk full: loops to this chunk are then rejected
+                pass
 
-    def _geom_path(self, cid: int) -> Path:
-        if self._geom_dir is None:
-            self._geom_dir = Path(
-                tempfile.mkdtemp(prefix="scal3r_geom_", dir=self.config.frames.spill_dir)
-            )
-        return self._geom_dir / f"chunk_{cid}.npz"
+    def has_chunk_geometry(self, chunk_id: int) -> bool:
+        return chunk_id in self._geom_ram or chunk_id in self._geom
+
+    def _oldest_needed_frame(self) -> int:
+        """Frames from this id on are needed by windows still to run: the next regular
+        window (within the newest ``chunk_size`` frames), the one being placed, and any
+        waiting or, in ``exact`` mode, pending window; the frame store keeps them."""
+        specs = (*self._waiting, *self._pending, *((self._placing,) if self._placing else ()))
+        starts = [s.frame_ids[0] for s in specs if s.frame_ids]
+        return min([self.scheduler.n_frames - self.config.window.chunk_size, *starts])
 
     def _stats(self, cid: int, timings: dict[str, float]) -> StatsUpdate:
         timings["engine_total"] = sum(v for k, v in timings.items() if k not in ("infer",))
@@ -568,6 +581,7 @@ class MappingEngine:
             "map_bytes": float(self.map.nbytes()),
             "frames_ram_bytes": float(self.frames.ram_nbytes()),
             "frames_on_disk": float(self.frames.disk_frames()),
+            "spill_bytes": float(self.frames.budget.used),
             "gcs_state_bytes": float(gcs),
             "n_frames": float(self.n_frames),
             "n_chunks": float(self.n_chunks),
@@ -576,10 +590,14 @@ class MappingEngine:
 
     def __del__(self) -> None:
         try:
-            if self._geom_dir is not None:
-                shutil.rmtree(self._geom_dir, ignore_errors=True)
+            self._geom.clear()
         except Exception:
             pass
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # np.savez(path) would append ".npz" to other names
+        np.savez(f, **arrays)
 
 
 def _resize_nearest(images: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -663,6 +681,12 @@ class LoopClosure:
         chunks = {c: (f[0], f[-1] + 1) for c, f in engine._chunk_frames.items()}
         for cand in cands:
             win, why = self.planner.plan(cand, chunks)
+            if win is not None and not (
+                all(f in engine.frames for f in win.frames)
+                and engine.has_chunk_geometry(win.chunk_a)
+                and engine.has_chunk_geometry(win.chunk_b)
+            ):  # the disk cap deleted what the loop chunk needs
+                win, why = None, "evicted"
             if win is None:
                 self.rejected.append((cand.later, cand.earlier, why))
                 continue

@@ -102,7 +102,7 @@ class PlannerOutputs:
         re-publishes poses and map in the new scale)."""
         camera_of = None
         if self.cfg.scale_source == "stereo":
-            camera_of = lambda f: engine.frames.get(f).camera_id  # noqa: E731
+            camera_of = engine.frames.camera_id  # no image read; known after eviction
         with self._lock:
             if self.cfg.scale_source == "odometry":
                 _, stamps, c2w = engine.poses()

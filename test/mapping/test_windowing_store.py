@@ -172,8 +172,8 @@ def test_frame_store_spills_and_caps(tmp_path):
     assert fs.get(9).image[0, 0, 0] == 9
     with pytest.raises(KeyError):
         fs.get(2)
-    fs.reset()
-    assert not any(tmp_path.iterdir())
+    fs.reset()  # the spilled files go; the process's spill folder stays until exit
+    assert not [p for p in tmp_path.rglob("*") if not p.is_dir()]
 
 
 def test_synthetic_drive_is_deterministic_and_loops():
