@@ -45,6 +45,7 @@ from scal3r_ros.mapping.frame import (
     PosesUpdate,
     StatsUpdate,
 )
+from scal3r_ros.mapping.frame_store import FrameStoreConfig
 from scal3r_ros.mapping.map_store import MapConfig, write_pcd, write_ply
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.mapping.windowing import WindowConfig
@@ -147,6 +148,7 @@ class MappingNode(Node):
             frame_clouds=cfg.sensor_cloud_enabled,
             map=MapConfig(voxel_size=cfg.voxel_size, conf_ratio=cfg.confidence_ratio,
                           max_points=cfg.max_points),
+            frames=FrameStoreConfig(max_spill_bytes=cfg.max_spill_mb << 20),
         )  # fmt: skip
         self.worker = MappingWorker(
             lambda: MappingEngine(engine_cfg, backend.backend, backend.loop_closure),

@@ -55,6 +55,7 @@ class NodeConfig:
     voxel_size: float = 0.0
     confidence_ratio: float = 0.75
     max_points: int = 2_000_000
+    max_spill_mb: int = 8192  # disk for past frames + loop geometry, oldest deleted beyond
     # --- input
     image_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])
     compressed_topics: list[str] = field(default_factory=list)
@@ -238,6 +239,11 @@ _DOC: dict[str, tuple[str, dict]] = {
     "max_points": (
         "hard cap on map points (older chunks are coarsened, then evicted)",
         {"read_only": True, "int_range": (1000, 1_000_000_000)},
+    ),
+    "max_spill_mb": (
+        "disk cap (MiB) on past frames and loop geometry spilled to $TMPDIR/scal3r_ros-<uid>; "
+        "beyond it the oldest are deleted and loops back to them rejected; 0: keep none",
+        {"read_only": True, "int_range": (0, 10_000_000)},
     ),
     "image_topics": (
         "sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
