@@ -24,6 +24,10 @@ def _stamp(ns: int) -> Time:
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
+def _stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
 def _diag_values(rec: Recorder) -> dict[str, str]:
     msg = rec.last("/diagnostics")
     return {} if msg is None else {kv.key: kv.value for kv in msg.status[0].values}
@@ -286,6 +290,70 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
         stamps = np.loadtxt(saved[0])[:, 0]
         expected = [drive.stamp_ns(i) / 1e9 for i in range(30)]
         np.testing.assert_allclose(stamps, expected, atol=1e-6)  # never reset: all 30
+    finally:
+        stop(node)
+        rec.close()
+
+
+def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
+    """With use_sim_time a bag's /clock going back is evidence of a real time jump by
+    itself: the first older frame resets (without it one older frame is an outlier)."""
+    from rosgraph_msgs.msg import Clock
+
+    rec = Recorder("clock_jump_tester")
+    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                           oracle_frames=40, on_time_jump="reset", use_sim_time=True),
+                 tmp_path / "node.log")  # fmt: skip
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
+    pub_clock = rec.node.create_publisher(Clock, "/clock", qos)
+    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    try:
+        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
+                              and pub_clock.get_subscription_count() > 0, 60, [node])  # fmt: skip
+
+        clock = [0]
+
+        def tick(ns: int | None = None) -> None:
+            """Publish /clock (forward by 50 ms if no time is given): the node's timers,
+            status included, run on this clock."""
+            clock[0] = clock[0] + 50_000_000 if ns is None else ns
+            pub_clock.publish(Clock(clock=_stamp(clock[0])))
+
+        def send(i: int) -> None:
+            tick(drive.stamp_ns(i))
+            pub.publish(rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)),
+                                     "camera_optical"))  # fmt: skip
+            rec.spin_until(lambda: False, 0.03)
+
+        def node_clock_is(lo: int, hi: int) -> bool:
+            """Tick the clock on; True once the node's clock (its /diagnostics stamp) is
+            in [lo, hi): the node has seen the /clock published before."""
+            tick()
+            diag = rec.last("/diagnostics")
+            return diag is not None and lo <= _stamp_ns(diag) < hi
+
+        for i in range(12):
+            send(i)
+        end = drive.stamp_ns(12)
+        assert rec.spin_until(lambda: node_clock_is(end, 2 * end), 60, [node])
+        tick(drive.stamp_ns(0))  # the bag loops: /clock goes back ...
+        assert rec.spin_until(lambda: node_clock_is(0, drive.stamp_ns(5)), 60, [node])
+        pub.publish(rgb_to_image(drive.render(0)[0], _stamp(drive.stamp_ns(0)),
+                                 "camera_optical"))  # ... and so do the stamps  # fmt: skip
+
+        def reset_seen() -> bool:
+            tick()
+            return _diag_values(rec).get("dropped_time_jump_reset") == "1"
+
+        assert rec.spin_until(reset_seen, 60, [node]), (
+            _diag_values(rec),
+            (tmp_path / "node.log").read_text(),
+        )
+        assert "the clock jumped back too" in (tmp_path / "node.log").read_text()
+        assert "dropped_stamp_outlier" not in _diag_values(rec)
+        assert stop(node) == 0
     finally:
         stop(node)
         rec.close()
