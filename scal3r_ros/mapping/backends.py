@@ -32,6 +32,7 @@ class BackendSpec:
     oracle_height: int = 48
     oracle_drift_deg: float = 0.0  # in-window yaw drift per frame (gives loops work)
     oracle_depth_noise: float = 0.0
+    oracle_window_delays: tuple[float, ...] = ()  # extra seconds per window (slow network)
 
 
 @dataclass
@@ -88,7 +89,8 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
                                                seed=spec.oracle_seed,
                                                extra_laps=spec.oracle_laps - 1.0))  # fmt: skip
         oracle = OracleConfig(seed=spec.oracle_seed, depth_noise=spec.oracle_depth_noise,
-                              drift_yaw_deg_per_frame=spec.oracle_drift_deg)  # fmt: skip
+                              drift_yaw_deg_per_frame=spec.oracle_drift_deg,
+                              window_delays_s=tuple(spec.oracle_window_delays))  # fmt: skip
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")
 
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig

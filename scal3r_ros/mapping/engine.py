@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,10 @@ class MappingEngine:
         # spilled loop geometry: same per-process folder and disk cap as the frames
         self._geom = SpillStore("geom", config.frames.spill_dir, self.frames.budget)
         self._placing: ChunkSpec | None = None  # the window being placed (frames kept)
+        # Held while a window is placed into trajectory and map (not while the network
+        # runs), so another thread can read whole windows: the node's shutdown saves what
+        # is integrated while a long window is still being inferred.
+        self.state_lock = threading.RLock()
         self._init_state()
 
     # ================================================================ public API
@@ -241,11 +246,16 @@ class MappingEngine:
             loops = finish(self)
             if loops:
                 out += loops
-                out += self.apply_chunk_poses(self.pose_graph.optimize(), "loop_closure")
+                with self.state_lock:
+                    out += self.apply_chunk_poses(self.pose_graph.optimize(), "loop_closure")
         return out
 
     def reset(self) -> None:
         """Forget everything (frames, map, trajectory, GCS state, loops)."""
+        with self.state_lock:
+            self._reset()
+
+    def _reset(self) -> None:
         self.scheduler.reset()
         self.frames.reset()
         self.trajectory.reset()
@@ -270,13 +280,15 @@ class MappingEngine:
 
     def poses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame_ids, stamps_ns, c2w (N, 4, 4)) of every frame placed so far."""
-        ids = self.trajectory.frame_ids()
-        stamps, c2w = self.trajectory.poses(ids)
+        with self.state_lock:
+            ids = self.trajectory.frame_ids()
+            stamps, c2w = self.trajectory.poses(ids)
         return ids, stamps, c2w
 
     def map_points(self, voxelize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Accumulated map (xyz, rgb, confidence) in the map frame."""
-        return self.map.points(voxelize=voxelize)
+        with self.state_lock:
+            return self.map.points(voxelize=voxelize)
 
     def chunk_pose(self, chunk_id: int) -> Sim3:
         return self.pose_graph.estimate(chunk_id)
@@ -315,11 +327,12 @@ class MappingEngine:
 
     def apply_chunk_poses(self, poses: dict[int, Sim3], reason: str) -> list[MapUpdate]:
         """Set new chunk -> map Sim(3)s everywhere; returns the correction events."""
-        for cid, g in poses.items():
-            self.trajectory.set_chunk_pose(cid, g)
-            self.map.set_chunk_pose(cid, g)
-        ids = self.trajectory.frames_of_chunks(poses)
-        stamps, c2w = self.trajectory.poses(ids)
+        with self.state_lock:
+            for cid, g in poses.items():
+                self.trajectory.set_chunk_pose(cid, g)
+                self.map.set_chunk_pose(cid, g)
+            ids = self.trajectory.frames_of_chunks(poses)
+            stamps, c2w = self.trajectory.poses(ids)
         return [
             MapCorrected(-1, {c: g.matrix() for c, g in poses.items()}),
             PosesUpdate(-1, ids, stamps, c2w, corrected=True, reason=reason),
@@ -391,7 +404,29 @@ class MappingEngine:
     def _integrate(
         self, spec: ChunkSpec, pred_net: ChunkPrediction, t_infer: float
     ) -> list[MapUpdate]:
+        """Place a window (under `state_lock`), then loop closure (outside it: loop
+        verification may run the network); the window's events."""
         self._placing = spec  # its frames stay stored while it is placed
+        with self.state_lock:
+            out, timings = self._place(spec, pred_net, t_infer)
+        cid = spec.chunk_id
+        if self.loop_closure is not None:
+            t0 = time.perf_counter()
+            loops = self.loop_closure.on_chunk(self, cid)
+            timings["loop"] = time.perf_counter() - t0
+            if loops:
+                out += loops
+                t0 = time.perf_counter()
+                with self.state_lock:
+                    new = self.pose_graph.optimize()
+                    timings["graph"] = time.perf_counter() - t0
+                    out += self.apply_chunk_poses(new, "loop_closure")
+        out.append(self._stats(cid, timings))
+        return out
+
+    def _place(
+        self, spec: ChunkSpec, pred_net: ChunkPrediction, t_infer: float
+    ) -> tuple[list[MapUpdate], dict[str, float]]:
         cfg = self.config
         timings = {"prepare": self._prepare_s, "infer": t_infer}
         self._prepare_s = 0.0
@@ -521,21 +556,7 @@ class MappingEngine:
         if self.loop_closure is not None:
             self._store_geometry(cid, fids, pts, conf, valid, pred)
         timings["store"] = time.perf_counter() - t0
-
-        # ---- loop closure
-        if self.loop_closure is not None:
-            t0 = time.perf_counter()
-            loops = self.loop_closure.on_chunk(self, cid)
-            timings["loop"] = time.perf_counter() - t0
-            if loops:
-                out += loops
-                t0 = time.perf_counter()
-                new = self.pose_graph.optimize()
-                timings["graph"] = time.perf_counter() - t0
-                out += self.apply_chunk_poses(new, "loop_closure")
-
-        out.append(self._stats(cid, timings))
-        return out
+        return out, timings
 
     def _store_geometry(self, cid: int, fids: np.ndarray, pts: np.ndarray, conf: np.ndarray,
                         valid: np.ndarray, pred: ChunkPrediction) -> None:  # fmt: skip

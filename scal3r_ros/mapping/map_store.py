@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from scal3r_ros.mapping.atomic_io import binary_output
 from scal3r_ros.mapping.sim3 import Sim3
 
 
@@ -239,8 +241,11 @@ def _subset(c: _ChunkCloud, sel: np.ndarray) -> _ChunkCloud:
     return _ChunkCloud(c.xyz[sel], c.rgb[sel], c.conf[sel], c.frame[sel], c.level)
 
 
-def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray) -> None:
-    """Binary little-endian PLY with x y z (float) red green blue (uchar) confidence."""
+def write_ply(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
+              conf: np.ndarray) -> None:  # fmt: skip
+    """Binary little-endian PLY with x y z (float) red green blue (uchar) confidence.
+
+    ``path``: a path (replaced atomically, `atomic_write`) or an open binary file."""
     n = len(xyz)
     rec = np.empty(
         n,
@@ -260,14 +265,16 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarr
         "property uchar red\nproperty uchar green\nproperty uchar blue\n"
         "property float confidence\nend_header\n"
     )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with binary_output(path) as f:
         f.write(header.encode("ascii"))
         f.write(rec.tobytes())
 
 
-def write_pcd(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray) -> None:
-    """Binary PCD v0.7 with x y z rgb (PCL-packed float) confidence."""
+def write_pcd(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
+              conf: np.ndarray) -> None:  # fmt: skip
+    """Binary PCD v0.7 with x y z rgb (PCL-packed float) confidence.
+
+    ``path``: a path (replaced atomically, `atomic_write`) or an open binary file."""
     n = len(xyz)
     packed = (
         (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
@@ -282,7 +289,6 @@ def write_pcd(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarr
         "FIELDS x y z rgb confidence\nSIZE 4 4 4 4 4\nTYPE F F F F F\nCOUNT 1 1 1 1 1\n"
         f"WIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary\n"
     )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with binary_output(path) as f:
         f.write(header.encode("ascii"))
         f.write(rec.tobytes())

@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from scal3r_ros.mapping.atomic_io import atomic_write
+
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1
 _RAY_SAMPLES_PER_BLOCK = 500_000
 _MAX_FLAG_CELLS = 1 << 24
@@ -158,31 +160,38 @@ class OccupancyGrid:
         }
 
     def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``stem.pgm`` + ``stem.yaml`` as map_server/map_saver (trinary).
+        """Write ``stem.pgm`` + ``stem.yaml`` (`encode`), each replaced atomically."""
+        stem = Path(stem)
+        pgm, yml = stem.with_suffix(".pgm"), stem.with_suffix(".yaml")
+        pgm_bytes, yml_bytes = self.encode(pgm.name)
+        for path, data in ((pgm, pgm_bytes), (yml, yml_bytes)):
+            with atomic_write(path) as f:
+                f.write(data)
+        return pgm, yml
+
+    def encode(self, image_name: str = "grid.pgm") -> tuple[bytes, bytes]:
+        """The map_server/map_saver files (trinary): PGM bytes and the YAML naming
+        ``image_name``; the caller writes them (`save`, or the node's save folder).
 
         Pixels: free 254, occupied 0, unknown 205. ``free_thresh`` defaults to 0.196
         (as ROS 1 map_saver and Nav2 since ros-navigation/navigation2#5278): with 0.25,
         (255 - 205) / 255 = 0.196 < 0.25 reloads unknown cells as free.
         """
         cfg = self.config
-        stem = Path(stem)
-        stem.parent.mkdir(parents=True, exist_ok=True)
         v = self.values()
         img = np.full(v.shape, 205, np.uint8)
         img[v == FREE] = 254
         img[v == OCCUPIED] = 0
         img = img[::-1]  # image row 0 is the top (largest y)
-        pgm, yml = stem.with_suffix(".pgm"), stem.with_suffix(".yaml")
         rows, cols = v.shape
         header = f"P5\n# CREATOR: scal3r_ros {cfg.resolution:.3f} m/pix\n{cols} {rows}\n255\n"
-        pgm.write_bytes(header.encode("ascii") + img.tobytes())
         ox, oy = self.origin
-        yml.write_text(
-            f"image: {pgm.name}\nmode: trinary\nresolution: {cfg.resolution}\n"
+        yml = (
+            f"image: {image_name}\nmode: trinary\nresolution: {cfg.resolution}\n"
             f"origin: [{ox!r}, {oy!r}, 0.0]\nnegate: 0\n"
             f"occupied_thresh: {cfg.occupied_thresh}\nfree_thresh: {cfg.free_thresh}\n"
         )
-        return pgm, yml
+        return header.encode("ascii") + img.tobytes(), yml.encode("ascii")
 
     # ------------------------------------------------------------ internals
     def _cells(self, xy: np.ndarray) -> np.ndarray:

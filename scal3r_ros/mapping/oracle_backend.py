@@ -15,6 +15,7 @@ publishes another drive (other frames, laps, seed or size) is reported as
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class OracleConfig:
     mismatch_threshold: float = 8.0
     # test hook: (chunk input, prediction; both in network order) -> corrupted prediction
     corrupt: Callable[[ChunkInput, ChunkPrediction], ChunkPrediction] | None = None
+    # seconds the k-th inference takes extra (the last value repeats; empty: none): a slow
+    # network, e.g. (0, 600) for a second window still running when the node is stopped
+    window_delays_s: tuple[float, ...] = ()
 
 
 def _rot_y(a: float) -> np.ndarray:
@@ -78,6 +82,7 @@ class OracleBackend:
         self.config = config or OracleConfig()
         self._depth_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.chunk_sim3: dict[int, Sim3] = {}  # the gauge applied to each chunk (for tests)
+        self.n_inferred = 0  # inference calls so far (windows, loop windows, retries)
 
     # ------------------------------------------------------------ protocol
     def prepare(
@@ -97,6 +102,10 @@ class OracleBackend:
 
     def infer(self, chunk: ChunkInput, gcs_state: Any) -> ChunkPrediction:
         cfg = self.config
+        delays = cfg.window_delays_s
+        if delays:
+            time.sleep(delays[min(self.n_inferred, len(delays) - 1)])
+        self.n_inferred += 1
         rng = np.random.default_rng([cfg.seed, chunk.chunk_id, int(chunk.is_loop)])
         idx = [self.drive.index_of_stamp(int(s)) for s in chunk.stamps_ns]
         n = self.drive.n_frames

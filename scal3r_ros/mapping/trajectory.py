@@ -10,10 +10,12 @@ the second half goes to the later one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from scal3r_ros.mapping.atomic_io import binary_output
 from scal3r_ros.mapping.sim3 import Sim3
 
 
@@ -107,16 +109,16 @@ class Trajectory:
         write_poses(path, stamps, c2w, fmt)
 
 
-def write_poses(path: str | Path, stamps_ns: np.ndarray, c2w: np.ndarray, fmt: str = "tum") -> None:
+def write_poses(path: str | Path | BinaryIO, stamps_ns: np.ndarray, c2w: np.ndarray,
+                fmt: str = "tum") -> None:  # fmt: skip
     """Write poses as TUM (``t x y z qx qy qz qw``, t in s) or KITTI (3x4 row-major).
 
     Both are the plain-text formats ``evo`` reads (``evo_ape tum|kitti``). Rotations are
-    re-orthonormalised so a Sim(3)-scaled matrix never leaks into the file.
+    re-orthonormalised so a Sim(3)-scaled matrix never leaks into the file. ``path``: a
+    path (replaced atomically, `atomic_write`) or an open binary file.
     """
     fmt = fmt.lower()
     c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     if fmt == "tum":
         q = Rotation.from_matrix(c2w[:, :3, :3]).as_quat() if len(c2w) else np.zeros((0, 4))
@@ -133,7 +135,9 @@ def write_poses(path: str | Path, stamps_ns: np.ndarray, c2w: np.ndarray, fmt: s
             lines.append(" ".join(f"{v:.9e}" for v in M.ravel()))
     else:
         raise ValueError(f"unknown trajectory format {fmt!r} (tum | kitti)")
-    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    text = "\n".join(lines) + ("\n" if lines else "")
+    with binary_output(path) as f:
+        f.write(text.encode("ascii"))
 
 
 def ate_sim3(est: np.ndarray, gt: np.ndarray) -> tuple[float, Sim3]:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from scal3r_ros.mapping.atomic_io import SaveFolder, relative_parts
 from scal3r_ros.mapping.backends import BackendSpec, make_backend
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import (
@@ -72,23 +74,25 @@ from scal3r_ros.ros.params import (
     read_parameter_file,
     split_ros_args,
 )
-from scal3r_ros.ros.planner_outputs import PlannerOutputs
+from scal3r_ros.ros.planner_outputs import GRID_FILES, PlannerOutputs
 from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs, transform_msg
 from scal3r_ros.ros.worker import MappingWorker
 from scal3r_ros.share import config_file
 
+SAVE_FILES = ("map.ply", "map.pcd", "trajectory_tum.txt", "trajectory_kitti.txt",
+              "trajectory_camera_tum.txt", "trajectory_camera_kitti.txt", *GRID_FILES)  # fmt: skip
+"""Every file a save writes; a save folder holding anything else is never replaced."""
 
-def safe_output_path(root: Path, name: str) -> Path:
-    """``root/name`` for a plain relative name; refuses absolute paths and escapes."""
-    if not name:
-        name = datetime.datetime.now().strftime("map_%Y%m%d_%H%M%S")
-    candidate = Path(name)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise ValueError(f"refused: '{name}' must be a relative name inside {root}")
-    target = (root / candidate).resolve()
-    if root.resolve() not in (target, *target.parents):
-        raise ValueError(f"refused: '{name}' resolves outside {root}")
-    return target
+
+def save_name(name: str) -> str:
+    """The folder of a save inside output_dir: ``name`` when it is a plain relative name
+    (absolute names and ``..`` are refused with UnsafePathError), else a timestamp.
+
+    Only the name is checked here; the folders themselves are checked when written, on
+    the thread that writes (`SaveFolder`: no symlinked folder, nothing outside)."""
+    name = name.rstrip("/") or datetime.datetime.now().strftime("map_%Y%m%d_%H%M%S")
+    relative_parts(name)
+    return name
 
 
 def progress_line(msg: MappingStatus) -> str:
@@ -137,7 +141,8 @@ class MappingNode(Node):
                         oracle_laps=cfg.oracle_laps,
                         oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height,
                         oracle_drift_deg=cfg.oracle_drift_deg,
-                        oracle_depth_noise=cfg.oracle_depth_noise)
+                        oracle_depth_noise=cfg.oracle_depth_noise,
+                        oracle_window_delays=tuple(cfg.oracle_window_delays))
         )  # fmt: skip
         self.backend_name = backend.name
         self.device_name = backend.device_name
@@ -152,7 +157,7 @@ class MappingNode(Node):
         )  # fmt: skip
         self.worker = MappingWorker(
             lambda: MappingEngine(engine_cfg, backend.backend, backend.loop_closure),
-            self._on_events,
+            self._on_worker_events,
             queue_size=cfg.queue_size,
             drop_policy=cfg.drop_policy,
             on_error=lambda msg: self.get_logger().error(f"chunk failed: {msg}"),
@@ -525,74 +530,126 @@ class MappingNode(Node):
 
     def _srv_save(self, request, response):
         try:
-            target = safe_output_path(self.output_dir, request.name)
+            name = save_name(request.name)  # the name only; folders are checked on writing
             # flush: every frame processed so far gets a pose (and its points) first
             files = self.worker.call(
-                lambda engine: self.save(engine, target, request.save_map,
-                                         request.save_trajectory), flush=True)  # fmt: skip
+                lambda engine: self.save(engine, name, request.save_map,
+                                         request.save_trajectory, root=self.output_dir),
+                flush=True)  # fmt: skip
             response.success, response.files = True, [str(f) for f in files]
-            response.message = f"saved {len(files)} files to {target}"
+            response.message = f"saved {len(files)} files to {self.output_dir / name}"
         except Exception as exc:
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
 
-    def save(self, engine: MappingEngine, target: Path, save_map=True, save_traj=True) -> list:
-        """Write map (PLY, PCD) and trajectories (TUM, KITTI), atomically.
+    def save(self, engine: MappingEngine, target: Path | str, save_map: bool = True,
+             save_traj: bool = True, root: Path | None = None) -> list[Path]:  # fmt: skip
+        """Write map (PLY, PCD), trajectories (TUM, KITTI) and the grid as one set.
+
+        ``target``: a folder name relative to ``root`` (the node: output_dir), or a folder
+        path when ``root`` is None (its parent is the root). The files go through one
+        `SaveFolder`: written into a fresh staging folder, fsynced, then swapped in as a
+        whole, so a kill at any moment leaves the previous save or this one, never a mix
+        or a truncated file; nothing is written outside ``root`` or through a symlink.
+        The engine's state is read under its ``state_lock`` (whole windows, also while
+        the worker thread is still integrating one during shutdown).
 
         ``trajectory_{tum,kitti}.txt``: base_link in the map frame (what /tf carries).
         ``trajectory_camera_{tum,kitti}.txt``: the camera's optical frame relative to the
         first saved camera pose (identity), the convention of KITTI's poses/NN.txt and of
         camera ground truth in general: score these (scal3r_evaluate --help).
         """
-        target.mkdir(parents=True, exist_ok=True)
-        written = []
+        if root is None:
+            root, target = Path(target).parent, Path(target).name
+        if not (save_map or save_traj):
+            return []
+        with engine.state_lock:
+            map_pts = engine.map_points() if save_map else None
+            poses = engine.poses() if save_traj else None
+        with SaveFolder(root, str(target), replaceable=SAVE_FILES) as folder:
+            if map_pts is not None:
+                xyz, rgb, conf = map_pts
+                xyz = self.converter.points(xyz)
+                with folder.open("map.ply") as f:
+                    write_ply(f, xyz, rgb, conf)
+                with folder.open("map.pcd") as f:
+                    write_pcd(f, xyz, rgb, conf)
+            if poses is not None:
+                _, stamps, c2w = poses
+                T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
+                C = T @ self.converter.T_base_cam  # T_map_camera (optical axes)
+                C = np.linalg.inv(C[0]) @ C if len(C) else C  # first camera = identity
+                for name, P, fmt in (("trajectory_tum.txt", T, "tum"),
+                                     ("trajectory_kitti.txt", T, "kitti"),
+                                     ("trajectory_camera_tum.txt", C, "tum"),
+                                     ("trajectory_camera_kitti.txt", C, "kitti")):  # fmt: skip
+                    with folder.open(name) as f:
+                        write_poses(f, stamps, P, fmt)
+            if map_pts is not None:
+                self.planner.save(folder)
+            return folder.commit()
 
-        def atomic(name: str, write) -> None:
-            tmp = target / f".{name}.tmp"
-            write(tmp)
-            os.replace(tmp, target / name)
-            written.append(target / name)
+    def shutdown(self, hurry: threading.Event | None = None) -> int:
+        """Stop the worker and save (if configured) whatever state it is in; exit code.
 
-        if save_map:
-            xyz, rgb, conf = engine.map_points()
-            xyz = self.converter.points(xyz)
-            atomic("map.ply", lambda p: write_ply(p, xyz, rgb, conf))
-            atomic("map.pcd", lambda p: write_pcd(p, xyz, rgb, conf))
-        if save_traj:
-            _, stamps, c2w = engine.poses()
-            T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
-            atomic("trajectory_tum.txt", lambda p: write_poses(p, stamps, T, "tum"))
-            atomic("trajectory_kitti.txt", lambda p: write_poses(p, stamps, T, "kitti"))
-            C = T @ self.converter.T_base_cam  # T_map_camera (optical axes)
-            C = np.linalg.inv(C[0]) @ C if len(C) else C  # first camera = identity
-            atomic("trajectory_camera_tum.txt", lambda p: write_poses(p, stamps, C, "tum"))
-            atomic("trajectory_camera_kitti.txt", lambda p: write_poses(p, stamps, C, "kitti"))
-        if save_map:
-            written += self.planner.save(target)
-        return written
-
-    def shutdown(self) -> None:
-        """Stop the worker (finishing the window in progress), map the frames processed
-        after the last full window as a final shorter one (so every processed frame has
-        a pose), and save if configured."""
-        joined = self.worker.stop(flush=True, sink=self._on_final_events)
+        The worker finishes the window in progress and maps the frames processed after
+        the last full window as a final shorter one (so every processed frame has a
+        pose), within ``shutdown_window_wait`` seconds or until ``hurry`` is set (a
+        second Ctrl-C, SIGTERM). A window still running then (a slow network) is left
+        behind: the map is saved as integrated so far and `main` exits without waiting
+        for it. Never "not saving": only a failing write gives exit code 1.
+        """
+        wait = self.cfg.shutdown_window_wait
+        if self.worker.alive and not (hurry is not None and hurry.is_set()):
+            self._say("info", f"stopping: mapping the window in progress and the last frames "
+                      f"(at most {wait:g} s, shutdown_window_wait); Ctrl-C again saves "
+                      "without them")  # fmt: skip
+        joined = self.worker.stop(timeout=wait, flush=True, interrupt=hurry)
         engine = self.worker.engine
+        if engine is None:
+            return 0
         if not joined:
-            self.get_logger().error("worker did not stop in time; not saving")
-            return
-        if self.cfg.save_on_shutdown and engine is not None and engine.n_chunks > 0:
-            target = safe_output_path(self.output_dir, "")
-            files = self.save(engine, target)
-            print(f"[scal3r_mapping] saved {len(files)} files to {target}", flush=True)
+            n = engine.n_chunks
+            self._say("warning", f"saving the {n} window{'s' * (n != 1)} mapped so far; the "
+                      "window in progress is left out (not finished in time)")  # fmt: skip
+        if not (self.cfg.save_on_shutdown and engine.n_chunks > 0):
+            return 0
+        name = save_name("")
+        try:
+            files = self.save(engine, name, root=self.output_dir)
+        except Exception as exc:  # a full disk, a refused folder: say so, exit 1
+            print(f"[scal3r_mapping] saving to {self.output_dir / name} failed: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)  # fmt: skip
+            return 1
+        print(f"[scal3r_mapping] saved {len(files)} files to {self.output_dir / name}",
+              flush=True)  # fmt: skip
+        return 0
 
-    def _on_final_events(self, events: list[MapUpdate]) -> None:
-        """The final window's events. After Ctrl-C rclpy has shut its context down and
-        nothing can be published: keep what the saved files depend on -- the mount and
-        the map anchor, when no window ran before (a stream shorter than one window); the
-        scale estimate stays the one in use, the occupancy grid without this window."""
+    def _say(self, level: str, text: str) -> None:
+        """Log through rclpy while its context is up; after a signal shut it down, print."""
         if self.context.ok():
-            self._on_events(events)
-            return
+            getattr(self.get_logger(), level)(text)
+        else:
+            print(f"[scal3r_mapping] {text}", file=sys.stderr, flush=True)
+
+    def _on_worker_events(self, events: list[MapUpdate]) -> None:
+        """The worker's sink. Publishes while rclpy's context is up. Once a signal has
+        shut it down nothing can be published (RCLError), so only what the saved files
+        depend on is kept (`_keep_for_save`); a publish that races the shutdown is no
+        error either."""
+        if self.context.ok():
+            try:
+                self._on_events(events)
+                return
+            except Exception:
+                if self.context.ok():
+                    raise
+        self._keep_for_save(events)
+
+    def _keep_for_save(self, events: list[MapUpdate]) -> None:
+        """A window's events after the context went down: the mount and the map anchor,
+        when no window ran before (a stream shorter than one window); the scale estimate
+        stays the one in use, the occupancy grid without this window."""
         if not self._mount_decided:
             with contextlib.suppress(Exception):  # the fallback mount's /tf_static publish
                 self._decide_mount(ns_to_stamp(0))
@@ -684,22 +741,77 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[scal3r_mapping] {exc}", file=sys.stderr, flush=True)
         return 2
     args = argv[:1] + (["--ros-args", "--params-file", str(config)] if config else [])
+    signals = _StopSignals()
+    signals.install()  # before rclpy.init, whose handler calls the one it finds
     try:
-        rclpy.init(args=args + ros.tokens)
+        return _run(args + ros.tokens, warnings, ros.node_name, signals)
+    finally:
+        signals.restore()
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while the node runs, called by rclpy's own handler.
+
+    rclpy's handler (installed by rclpy.init; it calls the Python handler it found)
+    shuts the context down, which ends spinning. This one sets how patient the shutdown
+    is: after a first SIGINT the window in progress and the stream's tail are mapped
+    (at most shutdown_window_wait seconds); SIGTERM (what launch and service managers
+    send when they lose patience) or another SIGINT sets ``hurry``: save what is mapped
+    now. Nothing aborts the save itself -- Python's default handler raised
+    KeyboardInterrupt wherever the main thread was, e.g. in the middle of the final save;
+    only SIGKILL can, and then the previous save folder is left as it was.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.hurry = threading.Event()
+        self._old: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.count += 1
+        if signum == signal.SIGINT and self.count == 1:
+            return
+        text = "still saving, please wait" if self.hurry.is_set() else "saving what is mapped now"
+        self.hurry.set()
+        # os.write: a signal handler may interrupt a print of the main thread
+        os.write(2, f"[scal3r_mapping] {signal.Signals(signum).name}: {text}\n".encode())
+
+
+def _run(rcl_args: list[str], warnings: list[str], logger: str, signals: _StopSignals) -> int:
+    """rclpy.init, the node, spin; on a signal (or the end of spinning) stop and save."""
+    try:
+        rclpy.init(args=rcl_args)
     except Exception as exc:  # rcl refuses an argument (e.g. an unknown --ros-args flag)
         print(f"[scal3r_mapping] bad ROS arguments ({type(exc).__name__}: {exc}); see "
               "scal3r_mapping --help", file=sys.stderr, flush=True)  # fmt: skip
         return 2
     for warning in warnings:
-        rclpy.logging.get_logger(ros.node_name).warning(warning)
+        rclpy.logging.get_logger(logger).warning(warning)
     try:
+        if signals.count:
+            raise RuntimeError("interrupted")
         node = MappingNode()
     except Exception as exc:  # bad parameters, missing/corrupt checkpoint: say why, exit 2
-        print(f"[scal3r_mapping] cannot start: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
+        if signals.count:  # a signal came while starting (it shut the context down)
+            print("[scal3r_mapping] stopped while starting", file=sys.stderr, flush=True)
+            return 0
+        print(f"[scal3r_mapping] cannot start: {exc}", file=sys.stderr, flush=True)
         return 2
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
+    code, clean = 1, True
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -708,11 +820,18 @@ def main(argv: list[str] | None = None) -> int:
         if rclpy.ok():  # a real error; a signal's shutdown surfaces as errors of the wait set
             raise
     finally:
-        node.shutdown()
-        executor.shutdown()
+        code = node.shutdown(signals.hurry)
+        clean = executor.shutdown(timeout_sec=10.0)
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if node.worker.alive or not clean:
+        # A window left behind still runs on the worker thread, inside torch: finalising
+        # the interpreter would unwind its C++ frames ("terminate called without an
+        # active exception", exit -6). Everything is saved: leave without finalising.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ GCS_ONLINE_MODES = ("causal", "off")
 QOS_CHOICES = ("sensor_data", "reliable")
 TIME_JUMP_POLICIES = ("reset", "drop")
 _DOUBLES = Parameter.Type.DOUBLE_ARRAY
-_ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES}
+_ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES, "oracle_window_delays": _DOUBLES}
 
 
 @dataclass
@@ -88,6 +88,7 @@ class NodeConfig:
     progress_log_period: float = 5.0
     output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
     save_on_shutdown: bool = True
+    shutdown_window_wait: float = 30.0
     # --- planner outputs: metric scale, sensor-frame clouds, occupancy grid
     scale_source: str = "none"
     camera_height_m: float = 1.65
@@ -113,6 +114,7 @@ class NodeConfig:
     oracle_height: int = 48
     oracle_drift_deg: float = 0.0
     oracle_depth_noise: float = 0.0
+    oracle_window_delays: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise ValueError naming every inconsistent parameter."""
@@ -152,6 +154,8 @@ class NodeConfig:
             problems.append("sensor_cloud_frames must be all, every_n or newest")
         if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
             problems.append("need occupancy_obstacle_min < occupancy_obstacle_max")
+        if any(not 0.0 <= d <= 86400.0 for d in self.oracle_window_delays):
+            problems.append("oracle_window_delays must be seconds in [0, 86400]")
         for f in fields(self):
             problem = value_problem(f.name, getattr(self, f.name))
             if problem:
@@ -349,6 +353,12 @@ _DOC: dict[str, tuple[str, dict]] = {
         {"read_only": True},
     ),
     "save_on_shutdown": ("save map and trajectory when the node stops", {}),
+    "shutdown_window_wait": (
+        "seconds a stop (first Ctrl-C) waits for the window in progress and the stream's "
+        "last frames; then, or at a second Ctrl-C or SIGTERM, the map is saved as mapped "
+        "so far",
+        {"float_range": (0.0, 3600.0)},
+    ),
     "scale_source": (
         "metric scale: none (arbitrary), camera_height (ground plane), odometry "
         "(reference nav_msgs/Odometry) or stereo (second camera, known baseline)",
@@ -443,6 +453,11 @@ _DOC: dict[str, tuple[str, dict]] = {
     "oracle_depth_noise": (
         "oracle backend: relative depth noise (sigma)",
         {"read_only": True, "float_range": (0.0, 1.0)},
+    ),
+    "oracle_window_delays": (
+        "oracle backend: extra seconds the k-th window takes (the last value repeats; "
+        "empty: none), a slow network for tests of stopping and saving",
+        {"read_only": True},
     ),
 }
 

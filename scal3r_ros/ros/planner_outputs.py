@@ -12,7 +12,6 @@ from __future__ import annotations
 import array
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from nav_msgs.msg import OccupancyGrid as GridMsg
@@ -20,6 +19,7 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, PointCloud2
 
+from scal3r_ros.mapping.atomic_io import SaveFolder
 from scal3r_ros.mapping.engine import MappingEngine
 from scal3r_ros.mapping.frame import (
     FrameCloudsUpdate,
@@ -40,6 +40,7 @@ from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.params import NodeConfig
 
+GRID_FILES = ("grid.pgm", "grid.yaml")  # in a save's folder (map_server's pair)
 RESCALE_TOLERANCE = 1e-3  # relative scale change that re-publishes path, map and grid
 
 
@@ -180,5 +181,9 @@ class PlannerOutputs:
         if self.grid is not None:
             self.grid.reset()
 
-    def save(self, target: Path) -> list[Path]:
-        return list(self.grid.save(target / "grid")) if self.grid is not None else []
+    def save(self, folder: SaveFolder) -> None:
+        """Add the occupancy grid (``grid.pgm``, ``grid.yaml``) to a save's folder."""
+        if self.grid is not None:
+            pgm, yml = self.grid.encode(GRID_FILES[0])
+            folder.write_bytes(GRID_FILES[0], pgm)
+            folder.write_bytes(GRID_FILES[1], yml)

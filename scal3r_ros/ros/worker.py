@@ -68,8 +68,11 @@ class MappingWorker:
         self.drop_policy = drop_policy
         self._queue: collections.deque[tuple[str, object]] = collections.deque()
         self._cond = threading.Condition()
+        self._sink_lock = threading.Lock()  # held while events go out (see `_detach`)
         self.stats = WorkerStats()
         self._stop = False
+        self.detached = False  # `stop` gave up waiting: events dropped, errors unreported
+        self._current: object = None  # the queue item in progress
         self._thread = threading.Thread(target=self._run, name="scal3r_worker", daemon=True)
 
     # ----------------------------------------------------------------- producer side
@@ -81,6 +84,9 @@ class MappingWorker:
         """Enqueue a frame; returns False when it (or the oldest) had to be dropped."""
         with self._cond:
             self.stats.received += 1
+            if self._stop:  # the node is shutting down: nothing new is mapped
+                self.stats.dropped["shutdown"] += 1
+                return False
             accepted = True
             if self._frames_queued() >= self.queue_size:
                 accepted = False
@@ -96,8 +102,11 @@ class MappingWorker:
             return accepted
 
     def request(self, command: str, callback: Callable[[object], None] | None = None) -> None:
-        """Run ``command`` ('reset' or 'flush') on the worker thread, in queue order."""
+        """Run ``command`` ('reset' or 'flush') on the worker thread, in queue order
+        (ignored once the worker is stopping)."""
         with self._cond:
+            if self._stop:
+                return
             self._queue.append((command, callback))
             self._cond.notify()
 
@@ -105,56 +114,88 @@ class MappingWorker:
              flush: bool = False) -> object:  # fmt: skip
         """Run ``fn(engine)`` on the worker thread and wait for its result (for saving).
         ``flush``: first map the frames processed after the last full window
-        (``engine.flush``, events to the sink), so a save holds every processed frame."""
-        done = threading.Event()
-        box: dict[str, object] = {}
-
-        def run(engine: MappingEngine) -> None:
-            if flush:
-                self._handle("flush", None)
-            try:
-                box["result"] = fn(engine)
-            except Exception as exc:  # handed to the caller
-                box["error"] = exc
-            done.set()
-
+        (``engine.flush``, events to the sink), so a save holds every processed frame.
+        Raises RuntimeError when the worker stops before running it."""
+        call = _Call(fn, flush)
         with self._cond:
-            self._queue.appendleft(("call", run))
+            if self._stop:
+                raise RuntimeError("the mapping worker is stopping")
+            self._queue.appendleft(("call", call))
             self._cond.notify()
-        if not done.wait(timeout):
+        if not call.done.wait(timeout):
             raise TimeoutError(f"worker did not answer within {timeout:.0f} s")
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box.get("result")
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def queue_length(self) -> int:
         with self._cond:
             return self._frames_queued()
 
-    def stop(self, timeout: float = 30.0, flush: bool = False,
-             sink: Callable[[list[MapUpdate]], None] | None = None) -> bool:  # fmt: skip
-        """Finish the chunk in progress, abandon queued frames, join. True if joined.
+    @property
+    def alive(self) -> bool:
+        """The worker thread is running (after a detaching `stop`: still in a window)."""
+        return self._thread.is_alive()
 
-        ``flush``: then map the frames processed after the last full window as a final
-        shorter one (``engine.flush``, on this thread: the worker's has ended), so every
-        processed frame has a pose before the node saves; its events go to ``sink``
-        (default: the worker's sink), failures to ``on_error`` as usual.
+    def stop(self, timeout: float = 30.0, flush: bool = False,
+             sink: Callable[[list[MapUpdate]], None] | None = None,
+             interrupt: threading.Event | None = None) -> bool:  # fmt: skip
+        """Abandon queued frames (counted) and pending calls, let the window in progress
+        finish and join, all within ``timeout`` seconds or until ``interrupt`` is set
+        (the user insists: a second Ctrl-C). True if the thread finished.
+
+        ``flush``: before it ends, the thread maps the frames processed after the last
+        full window as a final shorter one (``engine.flush``), so every processed frame
+        has a pose before the node saves; within the same ``timeout``.
+        ``sink``: where events go from now on (the window in progress, the flush).
+
+        False: the thread is still in a window after ``timeout`` (a slow network); it is
+        detached -- whatever it still produces is dropped, its errors are not reported,
+        nothing reaches the sink any more -- so the caller can save what the engine has
+        integrated (reads under ``engine.state_lock``) and exit without waiting for it.
         """
+        if sink is not None:
+            with self._sink_lock:
+                self._sink = sink
         with self._cond:
             self._stop = True
             abandoned = self._frames_queued()
             if abandoned:
                 self.stats.dropped["shutdown"] += abandoned
+            calls = [item for kind, item in self._queue if kind == "call"]
             self._queue.clear()
+            if flush and self.engine is not None:
+                self._queue.append(("flush", None))
             self._cond.notify()
+        for call in calls:
+            call.cancel(RuntimeError("the mapping worker stopped before this request ran"))
         if self._thread.is_alive():
-            self._thread.join(timeout)
-        joined = not self._thread.is_alive()
-        if joined and flush and self.engine is not None:
-            if sink is not None:
-                self._sink = sink
-            self._handle("flush", None)
-        return joined
+            deadline = time.monotonic() + max(timeout, 0.0)
+            while self._thread.is_alive() and not (interrupt is not None and interrupt.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._thread.join(min(left, 0.1))  # short: `interrupt` is polled
+        else:  # never started, or ended before: the flush runs here
+            with self._cond:
+                pending, self._queue = list(self._queue), collections.deque()
+            for kind, item in pending:
+                self._handle(kind, item)
+        if self._thread.is_alive():
+            self._detach()
+            return False
+        return True
+
+    def _detach(self) -> None:
+        """Cut a thread that did not stop in time off from the node: after this returns
+        no event of it reaches the sink (a delivery in progress is waited for)."""
+        with self._sink_lock:
+            self.detached = True
+            self._sink = lambda events: None
+            self._on_error = lambda msg: None
+        current = self._current
+        if isinstance(current, _Call):  # a save_map in progress: its caller stops waiting
+            current.cancel(RuntimeError("the node stopped before this request finished"))
 
     def _frames_queued(self) -> int:
         return sum(1 for kind, _ in self._queue if kind == "frame")
@@ -165,21 +206,25 @@ class MappingWorker:
             with self._cond:
                 while not self._queue and not self._stop:
                     self._cond.wait(0.5)
-                if self._stop:
+                if not self._queue:  # stopping, and nothing left (a final flush runs first)
                     return
                 kind, item = self._queue.popleft()
                 self.stats.busy = True
+                self._current = item
             try:
                 self._handle(kind, item)
             finally:
                 with self._cond:
                     self.stats.busy = False
+                    self._current = None
 
     def _handle(self, kind: str, item: object) -> None:
         engine = self.engine
         assert engine is not None
         if kind == "call":
-            item(engine)  # type: ignore[operator]
+            if item.flush:  # type: ignore[attr-defined]
+                self._handle("flush", None)
+            item.run(engine)  # type: ignore[attr-defined]
             return
         t0 = time.perf_counter()
         try:
@@ -217,7 +262,8 @@ class MappingWorker:
                     f"{'will retry' if f.will_retry else 'skipped'}): {f.error}"
                 )
             try:
-                self._sink(events)
+                with self._sink_lock:
+                    self._sink(events)
                 release_freed_memory()  # the messages' temporaries, as after each window
             except Exception as exc:  # publishing failed: report it, keep mapping
                 msg = f"publishing failed: {type(exc).__name__}: {exc}"
@@ -227,3 +273,25 @@ class MappingWorker:
                 self._on_error(msg + "\n" + traceback.format_exc(limit=4))
         if kind != "frame" and callable(item):
             item(events)
+
+
+class _Call:
+    """A `MappingWorker.call` request: run ``fn(engine)`` on the worker thread; its
+    caller waits on ``done`` for ``result`` or ``error``."""
+
+    def __init__(self, fn: Callable[[MappingEngine], object], flush: bool) -> None:
+        self.fn, self.flush = fn, flush
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self, engine: MappingEngine) -> None:
+        try:
+            self.result = self.fn(engine)
+        except Exception as exc:  # handed to the caller
+            self.error = exc
+        self.done.set()
+
+    def cancel(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()

@@ -1,0 +1,140 @@
+"""Stopping the node while a window is still being inferred (issue 16, item 4).
+
+Before: a first window of 59 s, SIGINT during the second: "worker did not stop in time;
+not saving", ``terminate called without an active exception``, exit -6, the first
+window's map lost; a second SIGINT 0.05 s later raised KeyboardInterrupt in
+``worker.stop()`` and saved nothing; a window finishing after the signal logged
+``RCLError: publisher's context is invalid`` with a traceback.
+
+The slow network is the oracle with ``oracle_window_delays``: windows after the first
+take 600 s, i.e. they never finish within a test, so what happens does not depend on
+timing. 8/4 windows: the first holds frames 0-7.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from node_harness import NODE, Recorder, node_args, start, stop
+
+from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+
+pytestmark = pytest.mark.ros
+N_FRAMES = 24
+FIRST_WINDOW = 8
+HANG_GUARD_S = 180.0  # only a bound on a broken run; nothing waits for it to pass
+
+
+def _wait_for_line(log: Path, text: str, proc) -> None:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while text not in log.read_text():
+        assert proc.poll() is None, f"node exited before {text!r}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
+    """Node + camera; returns once the first window is mapped and later frames came in
+    (so the second window is in flight, or will be the final flush: both take 600 s)."""
+    rec = Recorder("shutdown_tester")
+    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                           oracle_frames=N_FRAMES, oracle_window_delays=delays,
+                           shutdown_window_wait=wait_s, loop_closure=False),
+                 tmp_path / "node.log")  # fmt: skip
+    camera = None
+    try:
+        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], HANG_GUARD_S, [node]), (
+            "node did not come up:\n" + (tmp_path / "node.log").read_text()
+        )
+        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
+                        "--rate", "40", "--reliable"], tmp_path / "camera.log")  # fmt: skip
+
+        def first_window_done() -> bool:
+            st = rec.last(f"{NODE}/status")
+            return st is not None and st.chunks_processed >= 1 and st.frames_processed > 8
+
+        assert rec.spin_until(first_window_done, HANG_GUARD_S, [node]), (
+            tmp_path / "node.log"
+        ).read_text()
+    except BaseException:
+        if camera is not None:
+            stop(camera)
+        stop(node)
+        rec.close()
+        raise
+    return rec, node, camera
+
+
+def _finish(rec, node, camera) -> int:
+    try:
+        return node.wait(HANG_GUARD_S)
+    finally:
+        if camera is not None:
+            stop(camera)
+        if node.poll() is None:
+            node.kill()
+        rec.close()
+
+
+def _saved_stamps(tmp_path: Path, log: str) -> list[int]:
+    saved = sorted((tmp_path / "maps").glob("map_*"))
+    assert len(saved) == 1, log
+    assert (saved[0] / "map.ply").stat().st_size > 1000, log
+    tum = np.loadtxt(saved[0] / "trajectory_tum.txt", ndmin=2)
+    return np.round(tum[:, 0] * 1e9).astype(np.int64).tolist()
+
+
+def _assert_clean(log: str) -> None:
+    for bad in ("Traceback", "terminate called", "RCLError", "not saving", "failed"):
+        assert bad not in log, log
+
+
+def test_sigint_during_a_long_window_saves_the_windows_already_mapped(tmp_path):
+    rec, node, camera = _run_until_second_window(tmp_path, "[0.0, 600.0]", wait_s=1.0)
+    node.send_signal(signal.SIGINT)
+    code = _finish(rec, node, camera)
+    log = (tmp_path / "node.log").read_text()
+    assert code == 0, log
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
+    assert "window in progress is left out" in log
+    _assert_clean(log)
+
+
+@pytest.mark.parametrize("second", ["sigint_at_once", "sigint_while_waiting",
+                                    "sigterm_while_waiting"])  # fmt: skip
+def test_a_second_signal_saves_at_once_and_never_aborts(tmp_path, second):
+    """shutdown_window_wait 600 s: only the second signal can end the wait."""
+    rec, node, camera = _run_until_second_window(tmp_path, "[0.0, 600.0]", wait_s=600.0)
+    node.send_signal(signal.SIGINT)
+    if second != "sigint_at_once":  # the main thread is inside worker.stop() now
+        _wait_for_line(tmp_path / "node.log", "Ctrl-C again saves", node)
+    node.send_signal(signal.SIGTERM if second.startswith("sigterm") else signal.SIGINT)
+    code = _finish(rec, node, camera)
+    log = (tmp_path / "node.log").read_text()
+    assert code == 0, log
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
+    assert "saving what is mapped now" in log
+    _assert_clean(log)
+
+
+def test_a_window_finishing_after_the_signal_is_saved_not_published(tmp_path):
+    """Windows of 1 s: after SIGINT the window in flight (if any) and the final flush
+    finish with rclpy's context already shut down; no RCLError, every frame saved."""
+    rec, node, camera = _run_until_second_window(tmp_path, "[0.0, 1.0]", wait_s=600.0)
+    node.send_signal(signal.SIGINT)
+    code = _finish(rec, node, camera)
+    log = (tmp_path / "node.log").read_text()
+    assert code == 0, log
+    stamps = _saved_stamps(tmp_path, log)
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    assert len(stamps) > FIRST_WINDOW  # the window in flight and the tail were mapped
+    assert stamps == [drive.stamp_ns(i) for i in range(len(stamps))]
+    assert "left out" not in log
+    _assert_clean(log)
