@@ -768,24 +768,53 @@ class _StopSignals:
         self.count = 0
         self.hurry = threading.Event()
         self._old: dict = {}
+        self._wakeup: tuple[int, int] | None = None
+        self._old_wakeup = -1
 
     def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        # Python runs a handler once for signals that arrive before the main thread gets
+        # to it; the wakeup pipe gets a byte per signal, so a quick second Ctrl-C counts
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wakeup = (r, w)
+        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
 
     def restore(self) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+
+    def _arrived(self, signum: int) -> list[int]:
+        """The signals delivered since the last call (one byte each in the wakeup pipe)."""
+        if self._wakeup is None:
+            return [signum]
+        got = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._wakeup[0], 4096):
+                got += chunk
+        return list(got)  # empty: already counted by the call that drained them
 
     def _on_signal(self, signum: int, frame) -> None:
-        self.count += 1
-        if signum == signal.SIGINT and self.count == 1:
-            return
-        text = "still saving, please wait" if self.hurry.is_set() else "saving what is mapped now"
-        self.hurry.set()
-        # os.write: a signal handler may interrupt a print of the main thread
-        os.write(2, f"[scal3r_mapping] {signal.Signals(signum).name}: {text}\n".encode())
+        for sig in self._arrived(signum):
+            if sig not in self.SIGNALS:  # another handler's signal
+                continue
+            self.count += 1
+            if sig == signal.SIGINT and self.count == 1:
+                continue
+            hurried = self.hurry.is_set()
+            text = "still saving, please wait" if hurried else "saving what is mapped now"
+            self.hurry.set()
+            # os.write: a signal handler may interrupt a print of the main thread
+            os.write(2, f"[scal3r_mapping] {signal.Signals(sig).name}: {text}\n".encode())
 
 
 def _run(rcl_args: list[str], warnings: list[str], logger: str, signals: _StopSignals) -> int:

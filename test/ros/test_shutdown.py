@@ -14,6 +14,7 @@ timing. 8/4 windows: the first holds frames 0-7.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,12 @@ import numpy as np
 import pytest
 from node_harness import NODE, Recorder, node_args, start, stop
 
+from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.frame import PosesUpdate
+from scal3r_ros.mapping.oracle_backend import OracleBackend
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.windowing import WindowConfig
+from scal3r_ros.ros.worker import MappingWorker
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 24
@@ -106,21 +112,21 @@ def test_sigint_during_a_long_window_saves_the_windows_already_mapped(tmp_path):
     _assert_clean(log)
 
 
-@pytest.mark.parametrize("second", ["sigint_at_once", "sigint_while_waiting",
-                                    "sigterm_while_waiting"])  # fmt: skip
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_second_signal_saves_at_once_and_never_aborts(tmp_path, second):
-    """shutdown_window_wait 600 s: only the second signal can end the wait."""
+    """shutdown_window_wait 600 s: only the second signal can end the wait. It comes
+    while the main thread is inside worker.stop() (where KeyboardInterrupt hit before);
+    SIGTERM is what launch sends next when a node takes long."""
     rec, node, camera = _run_until_second_window(tmp_path, "[0.0, 600.0]", wait_s=600.0)
     node.send_signal(signal.SIGINT)
-    if second != "sigint_at_once":  # the main thread is inside worker.stop() now
-        _wait_for_line(tmp_path / "node.log", "Ctrl-C again saves", node)
-    node.send_signal(signal.SIGTERM if second.startswith("sigterm") else signal.SIGINT)
+    _wait_for_line(tmp_path / "node.log", "Ctrl-C again saves", node)
+    node.send_signal(second)
     code = _finish(rec, node, camera)
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
     drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
     assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
-    assert "saving what is mapped now" in log
+    assert f"{second.name}: saving what is mapped now" in log
     _assert_clean(log)
 
 
@@ -138,3 +144,91 @@ def test_a_window_finishing_after_the_signal_is_saved_not_published(tmp_path):
     assert stamps == [drive.stamp_ns(i) for i in range(len(stamps))]
     assert "left out" not in log
     _assert_clean(log)
+
+
+# ------------------------------------------------------------------ the worker alone
+class GatedOracle(OracleBackend):
+    """The oracle whose second and later windows wait for ``gate`` (a network busy for as
+    long as the test wants); ``entered`` is set when one is waiting."""
+
+    def __init__(self, drive: SyntheticDrive) -> None:
+        super().__init__(drive)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def infer(self, chunk, gcs_state):
+        if self.n_inferred >= 1:
+            self.entered.set()
+            assert self.gate.wait(HANG_GUARD_S), "gate never opened"
+        return super().infer(chunk, gcs_state)
+
+
+def _stuck_worker():
+    """A worker whose engine mapped the first window and is inside the second."""
+    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    backend = GatedOracle(drive)
+    cfg = EngineConfig(window=WindowConfig(chunk_size=8, overlap=4), loop_closure=False)
+    engine = MappingEngine(cfg, backend)
+    events, errors = [], []
+    worker = MappingWorker(lambda: engine, events.extend, queue_size=64, on_error=errors.append)
+    worker.start()
+    for i in range(N_FRAMES):
+        worker.submit(drive.frame(i))
+    assert backend.entered.wait(HANG_GUARD_S)
+    return drive, backend, engine, worker, events, errors
+
+
+def test_the_engine_is_read_whole_while_a_window_is_inferred():
+    drive, backend, engine, worker, _, _ = _stuck_worker()
+    try:
+        ids, stamps, _ = engine.poses()  # another thread, the worker inside window 2
+        assert ids.tolist() == list(range(FIRST_WINDOW))
+        assert stamps.tolist() == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
+        assert len(engine.map_points()[0]) > 0
+    finally:
+        backend.gate.set()
+        worker.stop(timeout=HANG_GUARD_S)
+
+
+def test_stop_detaches_a_window_that_does_not_finish_in_time():
+    _, backend, engine, worker, events, errors = _stuck_worker()
+    published = len(events)
+    assert not worker.stop(timeout=0.0, flush=True)  # the window is stuck: no wait
+    assert worker.detached and worker.alive and worker.stats.dropped["shutdown"] > 0
+    with engine.state_lock:  # what a save reads: the first window, consistently
+        assert engine.poses()[0].tolist() == list(range(FIRST_WINDOW))
+    backend.gate.set()  # the window ends after all, once the node no longer listens
+    worker._thread.join(HANG_GUARD_S)
+    assert not worker.alive and len(events) == published and not errors
+
+
+def test_an_interrupt_ends_the_wait_and_pending_calls_are_answered():
+    _, backend, _, worker, _, _ = _stuck_worker()
+    answers: list[BaseException] = []
+
+    def save_map() -> None:
+        try:
+            worker.call(lambda engine: None, timeout=HANG_GUARD_S)
+        except BaseException as exc:
+            answers.append(exc)
+
+    caller = threading.Thread(target=save_map)
+    caller.start()
+    interrupt = threading.Event()
+    threading.Timer(0.2, interrupt.set).start()  # "Ctrl-C again" while stop waits
+    try:
+        assert not worker.stop(timeout=3600.0, flush=True, interrupt=interrupt)
+        caller.join(HANG_GUARD_S)
+        assert not caller.is_alive() and isinstance(answers[0], RuntimeError)
+        assert "stopped" in str(answers[0])
+    finally:
+        backend.gate.set()
+
+
+def test_events_of_a_window_finishing_within_the_wait_reach_the_final_sink():
+    _, backend, engine, worker, events, _ = _stuck_worker()
+    final: list = []
+    threading.Timer(0.2, backend.gate.set).start()
+    assert worker.stop(timeout=HANG_GUARD_S, flush=True, sink=final.extend)
+    placed = {f for e in final if isinstance(e, PosesUpdate) for f in e.frame_ids.tolist()}
+    assert placed and max(placed) == engine.poses()[0].max()
+    assert engine.poses()[0].tolist() == list(range(engine.n_frames))  # the tail, too
