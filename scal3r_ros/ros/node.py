@@ -608,11 +608,15 @@ class MappingNode(Node):
         engine = self.worker.engine
         if engine is None:
             return 0
+        n = engine.n_chunks
+        if not self.cfg.save_on_shutdown:
+            return 0
         if not joined:
-            n = engine.n_chunks
-            self._say("warning", f"saving the {n} window{'s' * (n != 1)} mapped so far; the "
-                      "window in progress is left out (not finished in time)")  # fmt: skip
-        if not (self.cfg.save_on_shutdown and engine.n_chunks > 0):
+            what = f"saving the {n} window{'s' * (n != 1)} mapped so far" if n else (
+                "no window was mapped before it: nothing to save")  # fmt: skip
+            self._say("warning", f"the window in progress is left out (not finished in "
+                      f"time); {what}")  # fmt: skip
+        if n == 0:
             return 0
         name = save_name("")
         try:
