@@ -1,6 +1,8 @@
 """The README's first command: the demo maps the synthetic drive through the node."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,8 @@ def test_demo_writes_map_trajectory_plot_and_ate(tmp_path, capsys, monkeypatch):
     for name in ("map.ply", "map.pcd", "trajectory_tum.txt", "trajectory_kitti.txt",
                  "trajectory.png", "errors.png", "evaluation.json"):  # fmt: skip
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
+    # the README names every file the demo writes (its first screen promises that)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"`(?:output/(?:demo/)?)?([\w.]+\.\w+)`", readme))
+    written = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not [n for n in written if n not in named], (sorted(written), named)
