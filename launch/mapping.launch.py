@@ -16,6 +16,7 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 PACKAGE = "scal3r_ros"
+SIGTERM_TIMEOUT_S = 45  # > the default shutdown_window_wait (30 s) plus a save
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -55,6 +56,9 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
         remappings=[("/camera/image_raw", LaunchConfiguration("image_topic"))],
+        # Ctrl-C: the node waits up to shutdown_window_wait (30 s) for the window in
+        # progress, then saves; launch's default SIGTERM after 5 s would cut that short
+        sigterm_timeout=str(SIGTERM_TIMEOUT_S),
     )  # fmt: skip
     rviz = Node(
         package="rviz2",

@@ -157,3 +157,12 @@ def test_docs_document_every_parameter():
     missing = [name for name in NodeConfig.__dataclass_fields__ if f"| `{name}` |" not in doc]
     assert not missing, f"parameters missing from docs/ros_interface.md's table: {missing}"
     assert "docs/ros_interface.md" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.ros
+def test_launch_lets_the_node_finish_its_window_and_save(description):
+    """launch sends SIGTERM 5 s after SIGINT by default; the node's stop waits longer."""
+    from scal3r_ros.ros.params import NodeConfig
+
+    node = entity(description, "Node", "scal3r_mapping")
+    assert float(node.kwargs["sigterm_timeout"]) > NodeConfig().shutdown_window_wait + 5
