@@ -119,6 +119,9 @@ class MappingNode(Node):
         self.output_dir = Path(os.path.expanduser(cfg.output_dir))
         self._lock = threading.Lock()  # node-side state shared by worker and timers
         self._drops: dict[str, int] = {}
+        # events that are not a lost frame (ignored CameraInfo, map resets after a time
+        # jump): reported in diagnostics, never counted as frames received or dropped
+        self._notices: dict[str, int] = {}
         self._camera_k: dict[str, np.ndarray] = {}
         self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
         self._reset_node_state()
@@ -244,6 +247,11 @@ class MappingNode(Node):
             self._drops[reason] = self._drops.get(reason, 0) + 1
         self.get_logger().warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
 
+    def _notice(self, reason: str, detail: str) -> None:
+        with self._lock:
+            self._notices[reason] = self._notices.get(reason, 0) + 1
+        self.get_logger().warning(detail, throttle_duration_sec=5.0)
+
     def _on_image(self, msg: Image) -> None:
         try:
             rgb = image_to_rgb(msg, self.limits)
@@ -265,10 +273,10 @@ class MappingNode(Node):
         try:
             K = camera_matrix(msg.k, msg.width, msg.height)
         except ValueError as exc:
-            self._drop("bad_camera_info", f"CameraInfo of {cam!r} ignored: {exc}")
+            self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {exc}")
             return
         if cam not in self._camera_k and len(self._camera_k) >= MAX_CAMERAS:
-            self._drop("too_many_cameras", f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} "
+            self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} "
                        "cameras known already")  # fmt: skip
             return
         self._camera_k[cam] = K
@@ -282,7 +290,7 @@ class MappingNode(Node):
     def _time_jump_reset(self, message: str) -> None:
         self.get_logger().warning(message)
         with self._lock:
-            self._drops["time_jump_reset"] = self._drops.get("time_jump_reset", 0) + 1
+            self._notices["time_jump_resets"] = self._notices.get("time_jump_resets", 0) + 1
         self._request_reset()
 
     def _submit(self, cam: str, stamp: int, rgb: np.ndarray) -> None:
@@ -475,12 +483,18 @@ class MappingNode(Node):
         self.pub_status.publish(msg)
         diag = DiagnosticStatus(name="scal3r_mapping: mapping", hardware_id=msg.device)
         drops = self._status_drops
+        with self._lock:
+            notices = dict(self._notices)
         level, text = DiagnosticStatus.OK, msg.state_text
         if msg.last_error:
             level, text = DiagnosticStatus.WARN, f"last error: {msg.last_error}"
-        elif drops:
+        elif drops or notices:
             level = DiagnosticStatus.WARN
-            text = "dropped frames: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+            parts = [f"{k} {v}" for k, v in sorted(notices.items())]
+            if drops:
+                parts.insert(0, "dropped frames: " + ", ".join(
+                    f"{k} {v}" for k, v in sorted(drops.items())))  # fmt: skip
+            text = "; ".join(parts)
         elif self.cfg.scale_source != "none" and not self.planner.estimate.ok:
             level, text = DiagnosticStatus.WARN, f"scale: {self.planner.estimate.status}"
         diag.level, diag.message = level, text
@@ -497,6 +511,7 @@ class MappingNode(Node):
             "scale_status": self.planner.estimate.status,
         }  # fmt: skip
         values.update({f"dropped_{k}": v for k, v in drops.items()})
+        values.update(notices)
         diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[diag])
         arr.header.stamp = self.get_clock().now().to_msg()
