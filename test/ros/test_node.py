@@ -53,9 +53,14 @@ def run(tmp_path_factory):
             st = rec.last(f"{NODE}/status")
             return st is not None and st.frames_processed >= N_FRAMES and st.chunks_processed >= 7
 
+        def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
+            path = rec.last(f"{NODE}/path")
+            return (path is not None and len(path.poses) == N_FRAMES
+                    and len(rec.msgs[f"{NODE}/odometry"]) >= N_FRAMES)  # fmt: skip
+
         ok = rec.spin_until(done, 120, [node])
-        rec.spin_until(lambda: False, 1.0)  # let the last messages arrive
         assert ok, "node did not process the stream:\n" + (out / "node.log").read_text()
+        rec.spin_until(delivered, 60, [node])  # the tests below say what is missing, if so
         yield rec, node, out
     finally:
         if camera is not None:
