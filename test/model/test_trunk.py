@@ -169,3 +169,29 @@ def test_presets():
     with pytest.raises(KeyError):
         get_config("nope")
     assert math.isclose(big.trunk.rope_freq, 100.0)
+
+
+def test_attention_falls_back_where_the_cpu_kernel_is_unavailable(monkeypatch):
+    """Under ATEN_CPU_CAPABILITY below the CPU's, torch's bf16 CPU SDPA kernel raises
+    (pack_vnni2 ...); the layer then computes the same attention explicitly."""
+    from scal3r_ros.model.layers import attention as attention_module
+    from scal3r_ros.model.layers.attention import Attention
+
+    torch.manual_seed(0)
+    fused, explicit = Attention(32, num_heads=2), Attention(32, num_heads=2, fused_attn=False)
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 9, 32)
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("pack_vnni2 is only supported when avx512 is supported")
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", unavailable)
+    with torch.no_grad():
+        assert torch.equal(fused(x), explicit(x))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", broken)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        fused(x)

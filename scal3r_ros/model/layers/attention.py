@@ -47,13 +47,27 @@ class Attention(nn.Module):
         if self.rope is not None and pos is not None:
             q = self.rope(q, pos)
             k = self.rope(k, pos)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0
-            )
-        else:
+        x = self._fused(q, k, v) if self.fused_attn else None
+        if x is None:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+        """SDPA, or None where torch's CPU kernel for this dtype is unavailable.
+
+        torch's bf16 CPU flash kernel picks its packing from the CPU's features but is
+        compiled per ATen capability, so with ``ATEN_CPU_CAPABILITY`` below the CPU's
+        (e.g. ``default`` on an AVX-512 machine) it raises "pack_vnni2 is only supported
+        when avx512 is supported"; the explicit attention below computes the same thing.
+        """
+        try:
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
+        except RuntimeError as exc:
+            if q.device.type != "cpu" or "only supported when" not in str(exc):
+                raise
+            return None
