@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scal3r_ros.mapping.sim3 import Sim3, _as_rotation
+from scal3r_ros.mapping.sim3 import Sim3, as_rotation
 
 
 @dataclass
@@ -299,7 +299,7 @@ def pose_fallback(c2w_dst: np.ndarray, c2w_src: np.ndarray) -> Sim3 | None:
     R_dst R_src^T, scale = ratio of camera-centre spreads, translation from centroids.
     Returns None when the scale cannot be observed (a single frame / no motion).
     """
-    R = _as_rotation(sum(a[:3, :3] @ b[:3, :3].T for a, b in zip(c2w_dst, c2w_src, strict=True)))
+    R = as_rotation(sum(a[:3, :3] @ b[:3, :3].T for a, b in zip(c2w_dst, c2w_src, strict=True)))
     cd, cs = c2w_dst[:, :3, 3], c2w_src[:, :3, 3]
     sd = np.sqrt(((cd - cd.mean(0)) ** 2).sum(1).mean())
     ss = np.sqrt(((cs - cs.mean(0)) ** 2).sum(1).mean())
