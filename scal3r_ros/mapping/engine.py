@@ -205,7 +205,7 @@ class MappingEngine:
             loops = finish(self)
             if loops:
                 out += loops
-                out += self._optimize_pose_graph(Stopwatch())
+                out += self._optimize_pose_graph(Stopwatch())  # not a window: no stats
         return out
 
     def reset(self) -> None:
@@ -418,6 +418,7 @@ class MappingEngine:
         return [*loops, *self._optimize_pose_graph(clock)]
 
     def _optimize_pose_graph(self, clock: Stopwatch) -> list[MapUpdate]:
+        """Re-optimise after new loop edges; the corrected chunk poses go everywhere."""
         with self.state_lock:
             with clock.stage("graph"):
                 poses = self.pose_graph.optimize()
