@@ -16,7 +16,8 @@ fit on the points of their shared (overlap) frames. We reproduce its arithmetic:
 On top of that we detect degenerate overlaps (too few confident points, no spread,
 collinear points, implausible scale, few inliers) and report them in the result
 instead of raising, so the engine can refuse to let a bad fit corrupt the map.
-Loop-closure verification (helper L) uses the same entry point.
+Loop-closure verification uses the same entry point. When the points cannot be trusted,
+``pose_fallback`` places a chunk from the shared frames' predicted camera poses instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.sim3 import Sim3, as_rotation
 
 
 @dataclass
@@ -289,3 +290,20 @@ def unproject_depth(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.nda
         Rf = c2w[f, :3, :3].astype(np.float32)
         out[f] = cam @ Rf.T + c2w[f, :3, 3].astype(np.float32)
     return out
+
+
+def pose_fallback(c2w_dst: np.ndarray, c2w_src: np.ndarray) -> Sim3 | None:
+    """Sim(3) src-chunk -> dst-chunk from the same frames' predicted camera poses.
+
+    Used when the point overlap is degenerate: rotation = chordal mean of
+    R_dst R_src^T, scale = ratio of camera-centre spreads, translation from centroids.
+    Returns None when the scale cannot be observed (a single frame / no motion).
+    """
+    R = as_rotation(sum(a[:3, :3] @ b[:3, :3].T for a, b in zip(c2w_dst, c2w_src, strict=True)))
+    cd, cs = c2w_dst[:, :3, 3], c2w_src[:, :3, 3]
+    sd = np.sqrt(((cd - cd.mean(0)) ** 2).sum(1).mean())
+    ss = np.sqrt(((cs - cs.mean(0)) ** 2).sum(1).mean())
+    if len(cd) < 2 or ss <= 1e-12 or sd <= 1e-12:
+        return None
+    s = float(sd / ss)
+    return Sim3(s, R, cd.mean(0) - s * (R @ cs.mean(0)))

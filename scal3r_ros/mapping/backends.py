@@ -68,8 +68,7 @@ def _device_name(dev: torch.device) -> str:
 def _loop_closure(spec: BackendSpec):
     if not spec.loop_closure:
         return None
-    from scal3r_ros.mapping.engine import LoopClosure, LoopClosureConfig
-    from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
+    from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 
     return LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail()))
 

@@ -23,20 +23,34 @@ onto a stream:
   grows with the path length between the chunks. A true loop with accumulated drift
   passes; a place-recognition false positive whose loop chunk overlays two different
   places fails.
+
+``LoopClosure`` wires these pieces to the engine as its ``LoopClosureHook``, through the
+engine's public methods only.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scal3r_ros.mapping.alignment import (
+    AlignmentConfig,
+    align_points,
+    gather_overlap,
+    unproject_depth,
+)
+from scal3r_ros.mapping.frame import LoopClosureUpdate
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.windowing import ChunkSpec
+
+if TYPE_CHECKING:
+    from scal3r_ros.mapping.engine import MappingEngine
 
 # ----------------------------------------------------------------------------- descriptors
 
@@ -569,3 +583,132 @@ class LoopVerifier:
             if ratio < cfg.min_overlap_ratio:
                 return LoopVerdict(False, "no_point_overlap", edge, m)
         return LoopVerdict(True, "", edge, m)
+
+
+# ------------------------------------------------------------------------ engine hook
+
+
+@dataclass
+class LoopClosureConfig:
+    """How the loop-closure pieces are put together for the engine."""
+
+    half_window: int = 10  # official loop_size 20 = 2 x 10
+    detector: LoopDetectorConfig | None = None  # None: its defaults
+    verifier: LoopVerifierConfig | None = None  # None: its defaults
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    # frame id -> descriptor; None: the backend's per-frame descriptors
+    descriptor_fn: Callable[[int], np.ndarray] | None = None
+
+
+class LoopClosure:
+    """The engine's ``LoopClosureHook``: retrieval, loop windows, verification.
+
+    After each chunk: add its frames' descriptors to the detector; for every finalised
+    candidate whose two ends lie in different, already placed chunks, build the loop
+    chunk (two windows), run it through the backend (with the GCS state: loop chunks
+    join the sums, as official), align it to both chunks on their shared frames,
+    verify, and add the loop edge ``T(A -> B)`` to the engine's pose graph.
+    """
+
+    def __init__(self, config: LoopClosureConfig | None = None) -> None:
+        self.config = cfg = config or LoopClosureConfig()
+        self.detector = LoopDetector(cfg.detector)
+        self.planner = LoopWindowPlanner(cfg.half_window)
+        self.verifier = LoopVerifier(cfg.verifier)
+        self.reset()
+
+    def reset(self) -> None:
+        self.detector.reset()
+        self.planner.reset()
+        self._last_frame = -1
+        self._n_loops = 0
+        self.rejected: list[tuple[int, int, str]] = []
+        self.accepted: list[tuple[int, int]] = []
+
+    def inject(self, later: int, earlier: int, similarity: float = 1.0) -> None:
+        """Propose a candidate directly (tests: a wrong loop must be rejected)."""
+        self.detector.inject(later, earlier, similarity)
+
+    def on_chunk(self, engine: MappingEngine, chunk_id: int) -> list[LoopClosureUpdate]:
+        geo = engine.chunk_geometry(chunk_id)
+        new, descs = [], []
+        for k, f in enumerate(geo.frame_ids):
+            f = int(f)
+            if f <= self._last_frame:
+                continue
+            if self.config.descriptor_fn is not None:
+                descs.append(self.config.descriptor_fn(f))
+            elif geo.descriptors is not None:
+                descs.append(geo.descriptors[k])
+            else:
+                descs.append(thumbnail_descriptor(engine.frames.get(f).image))
+            new.append(f)
+            self._last_frame = f
+        if not new:
+            return []
+        return self._process(engine, self.detector.add_many(new, np.stack(descs)))
+
+    def finish(self, engine: MappingEngine) -> list[LoopClosureUpdate]:
+        return self._process(engine, self.detector.flush())
+
+    def _process(
+        self, engine: MappingEngine, cands: list[LoopCandidate]
+    ) -> list[LoopClosureUpdate]:
+        out: list[LoopClosureUpdate] = []
+        chunks = engine.chunk_spans()
+        for cand in cands:
+            win, why = self.planner.plan(cand, chunks)
+            if win is not None and not (
+                all(f in engine.frames for f in win.frames)
+                and engine.has_chunk_geometry(win.chunk_a)
+                and engine.has_chunk_geometry(win.chunk_b)
+            ):  # the disk cap deleted what the loop chunk needs
+                win, why = None, "evicted"
+            if win is None:
+                self.rejected.append((cand.later, cand.earlier, why))
+                continue
+            upd = self._verify(engine, win)
+            if upd is not None:
+                out.append(upd)
+        return out
+
+    def _verify(self, engine: MappingEngine, win: LoopWindow) -> LoopClosureUpdate | None:
+        cfg = self.config
+        self._n_loops += 1
+        spec = ChunkSpec(1_000_000 + self._n_loops, tuple(win.frames), True)
+        inp = engine.chunk_input(spec.frame_ids, spec.chunk_id, spec.is_loop)
+        pred = engine.infer(inp).take(np.argsort(np.asarray(spec.network_order)))
+        s = max(1, engine.config.loop_geometry_stride)
+        pts = unproject_depth(pred.depth, pred.intrinsics, pred.c2w)[:, ::s, ::s]
+        conf = pred.depth_conf[:, ::s, ::s]
+        valid = np.isfinite(pred.depth[:, ::s, ::s]) & (pred.depth[:, ::s, ::s] > 0)
+        pos = {f: k for k, f in enumerate(win.frames)}
+        results: list[Any] = []
+        for cid in (win.chunk_a, win.chunk_b):
+            g = engine.chunk_geometry(cid)
+            gpos = {int(f): k for k, f in enumerate(g.frame_ids)}
+            shared = [f for f in win.frames if f in gpos]
+            ia, ib = [gpos[f] for f in shared], [pos[f] for f in shared]
+            a, b, ca, cb = gather_overlap(
+                g.points[ia], pts[ib], g.conf[ia], conf[ib], g.valid[ia], valid[ib]
+            )
+            results.append(align_points(b, a, cb, ca, cfg.alignment))
+        verdict = self.verifier.verify(
+            results[0],
+            results[1],
+            engine.chunk_pose(win.chunk_a),
+            engine.chunk_pose(win.chunk_b),
+            engine.path_length(win.chunk_b, win.chunk_a),
+        )
+        if not verdict.ok:
+            self.rejected.append((win.later, win.earlier, verdict.reason))
+            return None
+        engine.add_loop_constraint(win.chunk_a, win.chunk_b, verdict.edge)
+        self.accepted.append((win.later, win.earlier))
+        return LoopClosureUpdate(
+            win.chunk_a,
+            win.chunk_b,
+            verdict.edge.matrix(),
+            (win.later, win.earlier),
+            dict(verdict.metrics),
+        )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _as_rotation(R: np.ndarray) -> np.ndarray:
+def as_rotation(R: np.ndarray) -> np.ndarray:
     """Project a near-rotation onto SO(3) (SVD), keeping det = +1."""
     U, _, Vt = np.linalg.svd(R)
     D = np.eye(3)
@@ -47,7 +47,7 @@ class Sim3:
         T = np.asarray(T, dtype=np.float64)
         sR = T[:3, :3]
         s = float(np.cbrt(np.linalg.det(sR)))
-        return Sim3(s, _as_rotation(sR / s), T[:3, 3])
+        return Sim3(s, as_rotation(sR / s), T[:3, 3])
 
     def matrix(self) -> np.ndarray:
         T = np.eye(4)

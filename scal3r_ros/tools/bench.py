@@ -59,15 +59,10 @@ from tqdm import tqdm
 
 from scal3r_ros.mapping.backend import ChunkInput
 from scal3r_ros.mapping.backends import resolve_device, use_bf16
-from scal3r_ros.mapping.engine import (
-    EngineConfig,
-    LoopClosure,
-    LoopClosureConfig,
-    MappingEngine,
-    host_rss_bytes,
-)
+from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import Frame, PointsUpdate, PosesUpdate, StatsUpdate
-from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
+from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
+from scal3r_ros.mapping.memory import host_rss_bytes
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from scal3r_ros.mapping.engine import EngineConfig, LoopClosure, LoopClosureConfig, MappingEngine
+from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import LoopClosureUpdate, MapCorrected, PosesUpdate
-from scal3r_ros.mapping.loop_closure import LoopDetectorConfig, OracleDescriptor
+from scal3r_ros.mapping.loop_closure import (
+    LoopClosure,
+    LoopClosureConfig,
+    LoopDetectorConfig,
+    OracleDescriptor,
+)
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3

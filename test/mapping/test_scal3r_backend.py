@@ -10,7 +10,7 @@ from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PosesUpdate, StatsUpdate
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
-from scal3r_ros.mapping.windowing import WindowConfig
+from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.model.gcs import run_synchronous
 
 
@@ -56,14 +56,16 @@ def test_engine_runs_end_to_end_with_the_tiny_network(drive, mode):
 
 
 def _chunks(backend: Scal3RBackend, drive: SyntheticDrive):
+    """Every window's network input as the engine builds it (exact mode keeps all frames)."""
     cfg = EngineConfig(window=WindowConfig(8, 4), gcs_mode="exact")
     eng = MappingEngine(cfg, backend)
+    windows = ChunkScheduler(cfg.window)  # the windows the engine's own scheduler cuts
+    specs = []
     for f, _ in drive.frames():
         eng.push(f)
-    specs = list(eng._pending)
-    spec = eng.scheduler.flush()
-    specs.append(spec) if spec is not None else None
-    return [eng._chunk_input(s) for s in specs]
+        specs.append(windows.push())
+    specs.append(windows.flush())
+    return [eng.chunk_input(s.frame_ids, s.chunk_id, s.is_loop) for s in specs if s is not None]
 
 
 def test_exact_mode_reproduces_the_official_synchronous_schedule(drive):

@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 
 from scal3r_ros.mapping import spill
-from scal3r_ros.mapping.engine import EngineConfig, LoopClosure, LoopClosureConfig, MappingEngine
+from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
-from scal3r_ros.mapping.loop_closure import LoopDetectorConfig, OracleDescriptor
+from scal3r_ros.mapping.loop_closure import (
+    LoopClosure,
+    LoopClosureConfig,
+    LoopDetectorConfig,
+    OracleDescriptor,
+)
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
