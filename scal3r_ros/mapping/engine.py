@@ -520,7 +520,8 @@ class MappingEngine:
             out.append(PosesUpdate(cid, np.array(corr_ids), st, c2w, True, "overlap"))
         if new_ids:
             st, c2w = self.trajectory.poses(np.array(new_ids))
-            out.append(PosesUpdate(cid, np.array(new_ids), st, c2w, False, "new"))
+            cams = tuple(self.frames.camera_id(f) for f in new_ids)
+            out.append(PosesUpdate(cid, np.array(new_ids), st, c2w, False, "new", cams))
             if cfg.frame_clouds:
                 new_set = set(new_ids)
                 ks = [k for k in owned if int(fids[k]) in new_set]
