@@ -40,7 +40,7 @@ class ScaleTracker:
         self.scale = 1.0
         self.estimate = self.source.update(ChunkObservation())
         if cfg.scale_source == "odometry":
-            node.create_subscription(Odometry, cfg.scale_odometry_topic, self._on_odometry,
+            node.create_subscription(Odometry, cfg.scale_odometry_topic, self.on_odometry,
                                      qos.input_profile("reliable", 100))  # fmt: skip
         if cfg.scale_source == "stereo" and not cfg.stereo_baseline_m:
             if len(cfg.camera_info_topics) < 2:
@@ -50,16 +50,16 @@ class ScaleTracker:
                 )
             else:
                 node.create_subscription(CameraInfo, cfg.camera_info_topics[1],
-                                         self._on_right_info,
+                                         self.on_right_info,
                                          qos.input_profile(cfg.input_qos, 10))  # fmt: skip
 
-    def _on_odometry(self, msg: Odometry) -> None:
+    def on_odometry(self, msg: Odometry) -> None:
         p = msg.pose.pose.position
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self._lock:
             self.source.add_reference(stamp, (p.x, p.y, p.z))
 
-    def _on_right_info(self, msg: CameraInfo) -> None:
+    def on_right_info(self, msg: CameraInfo) -> None:
         baseline = baseline_from_projection(list(msg.p))
         if baseline:
             with self._lock:

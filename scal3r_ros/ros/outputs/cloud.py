@@ -44,7 +44,7 @@ class CloudOutputs:
     def reset(self) -> None:
         self._stamp_ns = 0  # newest frame's stamp: the clouds' header stamp
         self._dirty = False
-        self._last_pub = 0.0
+        self._last_pub = -np.inf
 
     def on_events(self, events: list[MapUpdate]) -> None:
         self._stamp_ns = newest_stamp(events, self._stamp_ns)
@@ -56,7 +56,7 @@ class CloudOutputs:
                 self._dirty = True
             elif isinstance(ev, MapCorrected) or (isinstance(ev, ScaleUpdate) and ev.rescaled):
                 self._dirty = True
-                self._last_pub = 0.0  # re-publish the moved map now
+                self._last_pub = -np.inf  # re-publish the moved map now
         now = time.monotonic()
         if (self._map_cloud is None or self._pub_map is None or not self._dirty
                 or self.period <= 0 or now - self._last_pub < self.period):  # fmt: skip
