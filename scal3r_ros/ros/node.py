@@ -46,7 +46,7 @@ from scal3r_ros.ros.outputs.planner import PlannerOutputs
 from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs
 from scal3r_ros.ros.outputs.status import StatusOutputs
 from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
-from scal3r_ros.ros.saving import MapSaver, save_name
+from scal3r_ros.ros.saving import MapSaver
 from scal3r_ros.ros.scale import ScaleTracker
 from scal3r_ros.ros.worker import MappingWorker
 
@@ -243,7 +243,7 @@ class MappingNode(Node):
         pose), within ``shutdown_window_wait`` seconds or until ``hurry`` is set (a
         second Ctrl-C, SIGTERM). A window still running then (a slow network) is left
         behind: the map is saved as integrated so far and `main` exits without waiting
-        for it. Never "not saving": only a failing write gives exit code 1.
+        for it (`MapSaver.save_at_shutdown`).
         """
         wait = self.cfg.shutdown_window_wait
         if self.worker.alive and not (hurry is not None and hurry.is_set()):
@@ -254,24 +254,7 @@ class MappingNode(Node):
         engine = self.worker.engine
         if engine is None or not self.cfg.save_on_shutdown:
             return 0
-        n = engine.n_chunks
-        if not joined:
-            what = f"saving the {n} window{'s' * (n != 1)} mapped so far" if n else (
-                "no window was mapped before it: nothing to save")  # fmt: skip
-            self._say("warning", f"the window in progress is left out (not finished in "
-                      f"time); {what}")  # fmt: skip
-        if n == 0:
-            return 0
-        name = save_name("")
-        try:
-            files = self.saver.save(engine, name, root=self.output_dir)
-        except Exception as exc:  # a full disk, a refused folder: say so, exit 1
-            print(f"[scal3r_mapping] saving to {self.output_dir / name} failed: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)  # fmt: skip
-            return 1
-        print(f"[scal3r_mapping] saved {len(files)} files to {self.output_dir / name}",
-              flush=True)  # fmt: skip
-        return 0
+        return self.saver.save_at_shutdown(engine, joined, self._say)
 
     def _say(self, level: str, text: str) -> None:
         """Log through rclpy while its context is up; after a signal shut it down, print."""

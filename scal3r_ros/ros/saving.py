@@ -8,6 +8,7 @@ whole state (the map and every pose) -- on the worker thread, through
 from __future__ import annotations
 
 import datetime
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,29 @@ class MapSaver:
         except Exception as exc:
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
+
+    def save_at_shutdown(self, engine: MappingEngine, joined: bool,
+                         say: Callable[[str, str], None]) -> int:  # fmt: skip
+        """The save when the node stops, in a timestamped folder; the exit code. Never
+        "not saving": only a failing write gives 1. ``joined`` False: the window in
+        progress was left out (said through ``say(level, text)``)."""
+        n = engine.n_chunks
+        if not joined:
+            what = f"saving the {n} window{'s' * (n != 1)} mapped so far" if n else (
+                "no window was mapped before it: nothing to save")  # fmt: skip
+            say("warning", f"the window in progress is left out (not finished in time); {what}")
+        if n == 0:
+            return 0
+        name = save_name("")
+        try:
+            files = self.save(engine, name, root=self.output_dir)
+        except Exception as exc:  # a full disk, a refused folder: say so, exit 1
+            print(f"[scal3r_mapping] saving to {self.output_dir / name} failed: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)  # fmt: skip
+            return 1
+        print(f"[scal3r_mapping] saved {len(files)} files to {self.output_dir / name}",
+              flush=True)  # fmt: skip
+        return 0
 
     def save(self, engine: MappingEngine, target: Path | str, save_map: bool = True,
              save_traj: bool = True, root: Path | None = None) -> list[Path]:  # fmt: skip
