@@ -326,6 +326,17 @@ class ImageInput:
             return
         self._camera_k[cam] = K
 
+    def set_policy(self, policy: StampPolicy) -> None:
+        """The dynamic parameter on_time_jump changed."""
+        self.gate.policy = policy
+
+    def reset(self) -> None:
+        """``~/reset``: stamps and the stream's size start over (`InputGate.reset`)."""
+        self.gate.reset()
+
+    def clock_jumped_back(self) -> None:
+        self.gate.clock_jumped_back()
+
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Copies of (frames dropped by reason, notices by kind)."""
         with self._lock:

@@ -121,7 +121,7 @@ class MappingNode(Node):
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0),
                           on_clock_change=False),
-            post_callback=lambda _jump: self.inputs.gate.clock_jumped_back(),
+            post_callback=lambda _jump: self.inputs.clock_jumped_back(),
         )  # fmt: skip
 
         # --- outputs: each gets every batch of events (worker thread)
@@ -175,7 +175,7 @@ class MappingNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.cfg = self.status.cfg = trial
-        self.inputs.gate.policy = trial.stamp_policy()
+        self.inputs.set_policy(trial.stamp_policy())
         self.poses.path_period = trial.path_publish_period
         self.poses.path_max_poses = trial.path_max_poses
         self.clouds.period = self.planner.period = trial.map_publish_period
@@ -202,7 +202,7 @@ class MappingNode(Node):
 
     def _srv_reset(self, request, response):
         self._request_reset()
-        self.inputs.gate.reset()  # stamps and the stream's size start over
+        self.inputs.reset()  # stamps and the stream's size start over
         response.success, response.message = True, "reset queued after the frames already received"
         return response
 

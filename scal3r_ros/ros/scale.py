@@ -67,9 +67,10 @@ class ScaleTracker:
 
     def on_events(self, events: list[MapUpdate]) -> ScaleUpdate:
         """The estimate after this batch; ``rescaled`` when the applied scale changes."""
-        for ev in events:
-            if isinstance(ev, PosesUpdate):
-                self._track.add(ev)
+        if self.kind in ("odometry", "stereo"):  # they need every pose, or camera
+            for ev in events:
+                if isinstance(ev, PosesUpdate):
+                    self._track.add(ev)
         camera_of = self._track.camera_of if self.kind == "stereo" else None
         with self._lock:
             if self.kind == "odometry":
