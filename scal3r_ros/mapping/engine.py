@@ -353,7 +353,8 @@ class MappingEngine:
         if handover.new_ids:
             ids = np.array(handover.new_ids)
             st, c2w = self.trajectory.poses(ids)
-            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, False, "new"))
+            cams = tuple(self.frames.camera_id(int(f)) for f in ids)
+            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, False, "new", cams))
             if self.config.frame_clouds:
                 out.append(self._frame_clouds(w, handover, pose, st))
         return out

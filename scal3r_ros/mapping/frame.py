@@ -54,6 +54,7 @@ class PosesUpdate(MapUpdate):
     c2w: np.ndarray  # (N, 4, 4) float64, rigid
     corrected: bool = False
     reason: str = ""  # "new", "overlap", "loop_closure", ...
+    camera_ids: tuple[str, ...] = ()  # each frame's camera (set for new frames)
 
 
 @dataclass

@@ -23,7 +23,9 @@ The callbacks decode (`conversions`, with `ImageLimits`) and hand every frame to
 * **Cameras.** At most `MAX_CAMERAS` frame_ids (each holds a little state).
 
 Plain numbers in, callbacks out (no ROS node), so every rule is unit-tested; the
-callbacks run under the gate's lock, in arrival order.
+callbacks run under the gate's lock, in arrival order. `ImageInput` is the node's side:
+one callback per message type (a decode function each) that decodes, checks, counts
+what it drops and submits `Frame`s with their camera's intrinsics.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from scal3r_ros.mapping.frame import Frame
+from scal3r_ros.ros.conversions import ConversionError, ImageLimits
 
 MAX_CAMERAS = 16
 """frame_ids one node keeps state for (stamps, intrinsics); frames of more are dropped."""
@@ -268,3 +273,97 @@ def camera_matrix(k: Sequence[float], width: int = 0, height: int = 0) -> np.nda
     if not 0.5 <= fx / fy <= 2.0:
         raise ValueError(f"fx/fy = {fx / fy:g}: pixels are not that far from square")
     return K
+
+
+# ====================================================================== the node's side
+class ImageInput:
+    """The node's image and CameraInfo callbacks in front of the worker queue.
+
+    ``decode(msg, limits)`` per message type (`image_to_rgb`, `compressed_to_rgb`);
+    ``submit(frame)`` enqueues (False: the queue was full, ``queue_full`` is logged);
+    ``reset_map()`` runs when a backward time jump resets the map; ``now_ns()`` is the
+    node's clock; ``logger`` the node's (``warning(text, throttle_duration_sec=...)``).
+    Drops (frames lost) and notices (events that are no frame: an ignored CameraInfo, a
+    map reset after a time jump) are counted for the status (`counts`).
+    """
+
+    def __init__(self, policy: StampPolicy, limits: ImageLimits,
+                 submit: Callable[[Frame], bool], reset_map: Callable[[], None],
+                 now_ns: Callable[[], int], logger, queue_full: str) -> None:  # fmt: skip
+        self.limits = limits
+        self._submit_frame, self._reset_map, self._now_ns = submit, reset_map, now_ns
+        self._log, self._queue_full = logger, queue_full
+        self._lock = threading.Lock()
+        self._drops: dict[str, int] = {}
+        self._notices: dict[str, int] = {}
+        self._camera_k: dict[str, np.ndarray] = {}
+        self.gate = InputGate(policy, self._submit, self._time_jump_reset, self._drop)
+
+    def callback(self, decode: Callable[[object, ImageLimits], np.ndarray]) -> Callable:
+        """The subscription callback of one image message type."""
+        return lambda msg: self.on_image(msg, decode)
+
+    def on_image(self, msg, decode: Callable[[object, ImageLimits], np.ndarray]) -> None:
+        try:
+            rgb = decode(msg, self.limits)
+        except ConversionError as exc:
+            self._drop(exc.reason, str(exc))
+            return
+        header = msg.header
+        self.gate.offer(header.frame_id or "camera", int(header.stamp.sec),
+                        int(header.stamp.nanosec), rgb, self._now_ns())  # fmt: skip
+
+    def on_camera_info(self, msg) -> None:
+        cam = msg.header.frame_id
+        try:
+            K = camera_matrix(msg.k, msg.width, msg.height)
+        except ValueError as exc:
+            self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {exc}")
+            return
+        if cam not in self._camera_k and len(self._camera_k) >= MAX_CAMERAS:
+            self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} "
+                         "cameras known already")  # fmt: skip
+            return
+        self._camera_k[cam] = K
+
+    def set_policy(self, policy: StampPolicy) -> None:
+        """The dynamic parameter on_time_jump changed."""
+        self.gate.policy = policy
+
+    def reset(self) -> None:
+        """``~/reset``: stamps and the stream's size start over (`InputGate.reset`)."""
+        self.gate.reset()
+
+    def clock_jumped_back(self) -> None:
+        self.gate.clock_jumped_back()
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Copies of (frames dropped by reason, notices by kind)."""
+        with self._lock:
+            return dict(self._drops), dict(self._notices)
+
+    def _count(self, table: dict[str, int], key: str) -> None:
+        with self._lock:
+            table[key] = table.get(key, 0) + 1
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self._count(self._drops, reason)
+        self._log.warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
+
+    def _notice(self, reason: str, detail: str) -> None:
+        self._count(self._notices, reason)
+        self._log.warning(detail, throttle_duration_sec=5.0)
+
+    def _time_jump_reset(self, message: str) -> None:
+        self._log.warning(message)
+        self._count(self._notices, "time_jump_resets")
+        self._reset_map()
+
+    def _submit(self, cam: str, stamp: int, rgb: np.ndarray) -> None:
+        """Enqueue one frame the gate let through, with its camera's intrinsics."""
+        size = (rgb.shape[1], rgb.shape[0])
+        K = self._camera_k.get(cam)
+        if K is not None and (K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5):
+            K = None  # CameraInfo of another resolution
+        if not self._submit_frame(Frame(stamp_ns=stamp, camera_id=cam, image=rgb, intrinsics=K)):
+            self._log.warning(self._queue_full, throttle_duration_sec=5.0)

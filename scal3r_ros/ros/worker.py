@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scal3r_ros.mapping.engine import MappingEngine
 from scal3r_ros.mapping.frame import ChunkFailed, Frame, MapUpdate, StatsUpdate
@@ -132,6 +132,12 @@ class MappingWorker:
     def queue_length(self) -> int:
         with self._cond:
             return self._frames_queued()
+
+    def stats_snapshot(self) -> tuple[WorkerStats, int]:
+        """A consistent copy of the counters and the frames queued (for status timers)."""
+        with self._cond:
+            copy = replace(self.stats, dropped=collections.Counter(self.stats.dropped))
+            return copy, self._frames_queued()
 
     @property
     def alive(self) -> bool:

@@ -60,7 +60,7 @@ from tqdm import tqdm
 from scal3r_ros.mapping.backend import ChunkInput
 from scal3r_ros.mapping.backends import resolve_device, use_bf16
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import Frame, PointsUpdate, PosesUpdate, StatsUpdate
+from scal3r_ros.mapping.frame import Frame, StatsUpdate
 from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 from scal3r_ros.mapping.memory import host_rss_bytes
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
@@ -154,7 +154,9 @@ def ros_missing() -> str | None:
 
 class MessageBuilder:
     """Builds and publishes what the node publishes per window, with the node's own pieces
-    and defaults: /tf, odometry and ~/path (`PoseOutputs`), the window's PointCloud2."""
+    and defaults: the map anchor and camera mount (`CameraMount`), /tf, odometry and
+    ~/path (`PoseOutputs`), the window's ~/cloud (`CloudOutputs`; ~/map, throttled to
+    map_publish_period by the node, is left out)."""
 
     def __init__(self) -> None:
         import rclpy
@@ -163,49 +165,46 @@ class MessageBuilder:
         from sensor_msgs.msg import PointCloud2
         from tf2_msgs.msg import TFMessage
 
-        from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
         from scal3r_ros.ros.frames import FrameConverter, camera_mount
+        from scal3r_ros.ros.mount import CameraMount
+        from scal3r_ros.ros.outputs.cloud import CloudOutputs
+        from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs
         from scal3r_ros.ros.params import NodeConfig
-        from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs
 
         self._rclpy = rclpy
-        self._points_to_cloud = points_to_cloud
-        self._ns_to_stamp = ns_to_stamp
-        self.converter = FrameConverter(camera_mount())
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("scal3r_bench", context=self.context)
-        pub_tf = self.node.create_publisher(TFMessage, "/scal3r_bench/tf", 10)
-        pub_odom = self.node.create_publisher(Odometry, "/scal3r_bench/odometry", 10)
-        pub_path = self.node.create_publisher(PathMsg, "/scal3r_bench/path", 1)
-        self.pub_cloud = self.node.create_publisher(PointCloud2, "/scal3r_bench/cloud", 10)
-        defaults = NodeConfig()
-        self.poses = PoseOutputs(
-            self.converter, PoseFrames(), pub_tf.publish, pub_odom.publish, pub_path.publish,
-            path_period=defaults.path_publish_period, path_max_poses=defaults.path_max_poses,
-        )  # fmt: skip
+
+        def publisher(msg_type, topic: str, depth: int):
+            return self.node.create_publisher(msg_type, f"/scal3r_bench/{topic}", depth).publish
+
+        cfg = NodeConfig()
+        converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
+        self.mount = CameraMount(cfg, converter, publisher(TFMessage, "tf_static", 1),
+                                 lambda text: None)  # fmt: skip
+        self.outputs = [
+            PoseOutputs(converter, PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
+                        publisher(TFMessage, "tf", 10), publisher(Odometry, "odometry", 10),
+                        publisher(PathMsg, "path", 1), path_period=cfg.path_publish_period,
+                        path_max_poses=cfg.path_max_poses),
+            CloudOutputs(converter, cfg.map_frame, publisher(PointCloud2, "cloud", 10)),
+        ]  # fmt: skip
         self.reset()
 
     def reset(self) -> None:
-        self.converter.anchor = None
-        self.poses.reset()
+        self.mount.reset()
+        for out in self.outputs:
+            out.reset()
 
     def close(self) -> None:
         self.node.destroy_node()
         self._rclpy.shutdown(context=self.context)
 
     def on_events(self, events: list) -> None:
-        for ev in events:
-            if isinstance(ev, PosesUpdate):
-                if self.converter.anchor is None:
-                    self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
-                self.poses.on_poses(ev)
-            elif isinstance(ev, PointsUpdate) and len(ev.xyz):
-                stamp = self._ns_to_stamp(self.poses.newest_stamp_ns)
-                xyz = self.converter.points(ev.xyz)
-                cloud = self._points_to_cloud(xyz, ev.rgb, ev.confidence, stamp, "map")
-                self.pub_cloud.publish(cloud)
-        self.poses.publish_path(time.monotonic())
+        self.mount.on_events(events)
+        for out in self.outputs:
+            out.on_events(events)
 
 
 # ================================================================== runs

@@ -38,7 +38,7 @@ from scal3r_ros.mapping import metrics
 from scal3r_ros.tools.kitti import read_kitti_poses, read_times
 from scal3r_ros.tools.kitti_to_bag import KITTI_DAY
 
-# Which file the mapping node saves is which (shown by --help; see ros/node.py save()).
+# Which file the mapping node saves is which (shown by --help; see ros/saving.py).
 NODE_FILES = """\
 files the mapping node saves (output_dir/map_*/):
   trajectory_camera_kitti.txt, trajectory_camera_tum.txt

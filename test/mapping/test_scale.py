@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stereo_drive import StereoDrive
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import Frame
+from scal3r_ros.mapping.frame import PosesUpdate
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.scale import (
     CameraHeightScale,
@@ -25,17 +26,21 @@ N_FRAMES = 64
 NOISY = OracleConfig(seed=1, depth_noise=0.05, rot_noise_deg=0.5)
 
 
-def run_engine(drive: SyntheticDrive, oracle: OracleConfig, camera_of=None):
+def run_engine(drive: SyntheticDrive, oracle: OracleConfig, stereo: bool = False):
     """Engine over the drive; returns (per-chunk observations, true metres per map unit,
     per-frame (stamp, gt position)). The true scale: Umeyama of the engine's camera
-    centres onto the ground truth."""
+    centres onto the ground truth. ``stereo``: each frame's camera, as the events of its
+    first pose name it."""
     eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, oracle))
-    cam = None if camera_of is None else (lambda f: camera_of(eng, f))
+    cameras: dict[int, str] = {}
     obs = []
     for i in range(drive.n_frames):
         ev = eng.push(drive.frame(i))
+        for e in ev:
+            if isinstance(e, PosesUpdate):
+                cameras.update(zip(e.frame_ids.tolist(), e.camera_ids, strict=False))
         if ev:
-            obs.append(ChunkObservation.from_events(ev, cam))
+            obs.append(ChunkObservation.from_events(ev, cameras.__getitem__ if stereo else None))
     ids, _, c2w = eng.poses()
     true = umeyama(c2w[:, :3, 3], drive.gt_poses()[ids][:, :3, 3]).s
     return obs, true
@@ -165,43 +170,9 @@ def test_odometry_without_reference_reports_it():
 
 
 # ---------------------------------------------------------------- stereo
-class StereoDrive(SyntheticDrive):
-    """The synthetic drive seen by a stereo rig: frame 2k = left, 2k+1 = right
-    (``baseline`` metres along the left camera's x), 1 us apart (one stamp each for the
-    oracle; pairing tolerates it)."""
-
-    def __init__(self, config: SyntheticConfig, baseline: float) -> None:
-        self.baseline = baseline
-        super().__init__(config)
-
-    def _make_poses(self) -> np.ndarray:
-        left = super()._make_poses()
-        right = left.copy()
-        right[:, :3, 3] += self.baseline * left[:, :3, 0]
-        out = np.empty((2 * len(left), 4, 4))
-        out[0::2], out[1::2] = left, right
-        return out
-
-    @property
-    def n_frames(self) -> int:
-        return 2 * self.config.n_frames
-
-    def stamp_ns(self, i: int) -> int:
-        return super().stamp_ns(i // 2) + (i % 2) * 1000
-
-    def index_of_stamp(self, stamp_ns: int) -> int:
-        k = super().index_of_stamp(stamp_ns)
-        return 2 * k + int(stamp_ns != super().stamp_ns(k))
-
-    def frame(self, i: int) -> Frame:
-        f = super().frame(i)
-        f.stamp_ns, f.camera_id = self.stamp_ns(i), ("left", "right")[i % 2]
-        return f
-
-
 def test_stereo_recovers_true_scale():
     drive = StereoDrive(SyntheticConfig(n_frames=32, seed=0), baseline=0.54)
-    obs, true = run_engine(drive, NOISY, camera_of=lambda eng, f: eng.frames.get(f).camera_id)
+    obs, true = run_engine(drive, NOISY, stereo=True)
     src = StereoBaselineScale(0.54)
     for o in obs:
         e = src.update(o)

@@ -278,3 +278,47 @@ def test_engine_reset_recomputes_the_network_input_size():
     engine.reset()
     engine.push(Frame(2, "cam", np.zeros((48, 160, 3), np.uint8)))  # wide
     assert tall[0] > tall[1] and backend.target_hw[0] < backend.target_hw[1]
+
+
+# ====================================================================== ImageInput
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def warning(self, text: str, throttle_duration_sec: float = 0.0) -> None:
+        self.lines.append(text)
+
+
+@pytest.mark.ros
+def test_one_image_handler_per_decoder_counts_drops_and_submits_with_intrinsics():
+    """Raw and compressed images share one handler (a decode function each): what does
+    not decode is a counted drop, the rest reaches ``submit`` with its camera's K."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    from scal3r_ros.ros.conversions import (
+        DEFAULT_LIMITS,
+        compressed_to_rgb,
+        image_to_rgb,
+        rgb_to_image,
+    )
+    from scal3r_ros.ros.input_checks import ImageInput
+
+    got, resets, log = [], [], _Log()
+    inputs = ImageInput(StampPolicy(), DEFAULT_LIMITS, lambda f: got.append(f) or len(got) < 2,
+                        lambda: resets.append(1), lambda: NOW, log, "queue full")  # fmt: skip
+    on_raw, on_compressed = inputs.callback(image_to_rgb), inputs.callback(compressed_to_rgb)
+    info = CameraInfo(width=160, height=48, k=[100.0, 0, 80, 0, 100.0, 24, 0, 0, 1])
+    info.header.frame_id = "cam"
+    inputs.on_camera_info(info)
+    for k in range(3):
+        msg = rgb_to_image(image(), frame_id="cam")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = T0 + k, 0
+        on_raw(msg)
+    bad = CompressedImage(format="jpeg", data=b"not a jpeg")
+    bad.header.frame_id = "cam"
+    on_compressed(bad)
+    assert [f.stamp_ns for f in got] == [(T0 + k) * S for k in range(3)]
+    assert all(f.intrinsics is not None and f.intrinsics[0, 0] == 100.0 for f in got)
+    drops, notices = inputs.counts()
+    assert sum(drops.values()) == 1 and notices == {} and not resets
+    assert log.lines.count("queue full") == 2  # submit said False for the 2nd and 3rd

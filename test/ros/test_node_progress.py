@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image
 
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import rgb_to_image
-from scal3r_ros.ros.node import progress_line
+from scal3r_ros.ros.outputs.status import progress_line
 
 pytestmark = pytest.mark.ros
 N = 24

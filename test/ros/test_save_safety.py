@@ -1,9 +1,9 @@
 """The node's saves (issue 16, items 1 and 2): never outside output_dir, never through a
 symlink, and one save's files replace the previous save's as a set or not at all.
 
-``MappingNode.save`` and ``MappingNode._srv_save`` run on a stand-in node (converter,
-planner with an occupancy grid, output_dir, a worker whose ``call`` runs at once) with an
-engine that mapped the synthetic drive (oracle backend).
+``MapSaver.save`` and ``MapSaver.on_request`` (the ``~/save_map`` service) run with the
+node's pieces (converter, the planner's grid writer, output_dir) and a worker ``call``
+that runs at once, on an engine that mapped the synthetic drive (oracle backend).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from scal3r_ros.mapping.occupancy import OccupancyConfig, OccupancyGrid
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
-from scal3r_ros.ros.node import SAVE_FILES, MappingNode
-from scal3r_ros.ros.planner_outputs import PlannerOutputs
+from scal3r_ros.ros.outputs.planner import PlannerOutputs
+from scal3r_ros.ros.saving import SAVE_FILES, MapSaver
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 24
@@ -43,7 +43,7 @@ def make_engine(seed: int = 0) -> MappingEngine:
 
 
 def stand_in(root: Path, engine: MappingEngine, scale: float = 1.0, on_call=None):
-    """What ``save`` and ``_srv_save`` use of a MappingNode, without ROS."""
+    """The node's `MapSaver` and its worker's ``call``, without ROS."""
     conv = FrameConverter(camera_mount((0.0, 0.0, 1.5), (0.0, 0.0, 0.0)))
     conv.set_anchor(engine.poses()[2][0])
     conv.scale = scale
@@ -57,15 +57,13 @@ def stand_in(root: Path, engine: MappingEngine, scale: float = 1.0, on_call=None
             on_call()  # what happens between the service's check and the worker's write
         return fn(engine)
 
-    node = types.SimpleNamespace(converter=conv, planner=planner, output_dir=root,
-                                 worker=types.SimpleNamespace(call=call))  # fmt: skip
-    node.save = lambda *a, **kw: MappingNode.save(node, *a, **kw)
-    return node
+    return MapSaver(conv, root, planner.save), call
 
 
 def srv_save(node, name: str) -> SaveMap.Response:
+    saver, call = node
     request = SaveMap.Request(name=name, save_map=True, save_trajectory=True)
-    return MappingNode._srv_save(node, request, SaveMap.Response())
+    return saver.on_request(request, SaveMap.Response(), call)
 
 
 def _victim(tmp_path: Path) -> Path:
@@ -138,8 +136,8 @@ def test_names_outside_output_dir_are_refused(tmp_path, engine, name):
 def test_a_save_replaces_the_previous_one_as_a_set(tmp_path, engine):
     root = tmp_path / "maps"
     assert srv_save(stand_in(root, engine), "run").success
-    node = stand_in(root, engine)
-    files = MappingNode.save(node, engine, "run", save_map=False, root=root)
+    saver, _ = stand_in(root, engine)
+    files = saver.save(engine, "run", save_map=False, root=root)
     assert sorted(f.name for f in files) == sorted(n for n in SAVE_FILES if "trajectory" in n)
     assert sorted(p.name for p in (root / "run").iterdir()) == sorted(f.name for f in files)
 

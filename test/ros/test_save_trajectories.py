@@ -2,13 +2,12 @@
 
 KITTI's poses/NN.txt, TUM RGB-D and the synthetic drive give *camera* poses; scoring the
 node's base_link file against them measures the axis change (~120 deg), not the run.
-``MappingNode.save`` is called on an engine that mapped the synthetic drive (oracle
+``MapSaver.save`` (the node's saves) is called on an engine that mapped the synthetic drive (oracle
 backend: exact geometry in a random Sim(3) gauge per chunk) with a tilted, offset mount.
 """
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
-from scal3r_ros.ros.node import MappingNode
+from scal3r_ros.ros.saving import MapSaver
 from scal3r_ros.tools import evaluate as ev
 
 pytestmark = pytest.mark.ros
@@ -38,9 +37,8 @@ def saved(tmp_path_factory) -> tuple[Path, np.ndarray, SyntheticDrive]:
     conv = FrameConverter(camera_mount((1.2, 0.1, 1.65), (0.02, 0.08, -0.03)))
     conv.set_anchor(c2w[0])  # as the node: map = the first frame's base_link
     conv.scale = 2.0  # a scale source's estimate: carried into every saved file
-    node = types.SimpleNamespace(converter=conv, planner=types.SimpleNamespace(save=list))
     out = tmp_path_factory.mktemp("save")
-    files = MappingNode.save(node, eng, out, save_map=False)
+    files = MapSaver(conv, out).save(eng, out, save_map=False)
     names = ["trajectory_camera_kitti.txt", "trajectory_camera_tum.txt", "trajectory_kitti.txt"]
     assert sorted(f.name for f in files) == [*names, "trajectory_tum.txt"]
     # camera ground truth in KITTI's convention: relative to the first camera

@@ -90,9 +90,14 @@ def test_full_queue_drops_by_policy_and_counts(make_worker, policy, kept):
     assert results[:3] == [True, True, True] and not any(results[3:])
     assert w.queue_length() == 3
     assert w.stats.dropped["queue_full"] == 6
+    snap, queued = w.stats_snapshot()  # what the status timer reads: a copy
+    assert queued == 3 and snap.busy and snap.dropped["queue_full"] == 6
     eng.gate.set()
     wait_until(lambda: w.stats.processed == 4)
     assert eng.seen == kept
+    assert snap.processed == 0 and w.stats_snapshot()[0].processed == 4
+    snap.dropped["queue_full"] = 0
+    assert w.stats.dropped["queue_full"] == 6
 
 
 def test_engine_error_is_reported_and_worker_recovers(make_worker):

@@ -8,7 +8,7 @@ import pytest
 from scal3r_ros.mapping.frame import PosesUpdate
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
-from scal3r_ros.ros.pose_outputs import PoseFrames, PoseOutputs, thin_indices
+from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs, thin_indices
 
 pytestmark = pytest.mark.ros
 

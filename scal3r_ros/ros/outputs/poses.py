@@ -6,8 +6,9 @@ map -> odom, computed from the newest frame.
 
 Why a class of its own: the node and `scal3r_bench` (which times what the node
 publishes) must publish the same way, and the state must stay bounded over hour-long
-drives. Kept per frame: only its map pose and stamp, in numpy arrays (137 bytes a
-frame, no message object per frame). ~/path is built from those arrays when it is due,
+drives. Kept per frame: its engine pose, map pose and stamp, in numpy arrays (265 bytes
+a frame, no message object per frame; the engine pose re-expresses the map pose when
+the scale changes). ~/path is built from those arrays when it is due,
 at most every ``path_period`` seconds, with at most ``path_max_poses`` poses (evenly
 thinned, the first and newest always kept): its cost per publication is bounded while
 the drive grows. Saved trajectories are complete (they come from the engine).
@@ -16,6 +17,7 @@ the drive grows. Saved trajectories are complete (they come from the engine).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +28,10 @@ from nav_msgs.msg import Path as PathMsg
 from scipy.spatial.transform import Rotation
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.frame import PosesUpdate
+from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.frames import FrameConverter, quaternion_from_matrix, rigid_inverse
+from scal3r_ros.ros.outputs import ScaleUpdate, Track
 
 
 def transform_msg(T: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
@@ -66,8 +69,9 @@ class PoseFrames:
 
 
 class PoseOutputs:
-    """See the module docstring. ``on_poses`` runs on the worker thread; ``publish_path``
-    may also run on a timer (a lock guards the pose arrays)."""
+    """/tf, ~/odometry and ~/path (an `Output`; see the module docstring). ``on_events``
+    runs on the worker thread; ``publish_path`` may also run on a timer (a lock guards the
+    pose arrays)."""
 
     def __init__(
         self,
@@ -88,9 +92,8 @@ class PoseOutputs:
 
     def reset(self) -> None:
         with self._lock:
+            self._track = Track()  # frame id -> engine pose, stamp
             self._T = np.zeros((0, 4, 4))  # frame id -> corrected T_map_base
-            self._stamp = np.zeros(0, np.int64)
-            self._have = np.zeros(0, bool)
             self._odom_last: tuple[int, np.ndarray, int] | None = None  # (id, T_odom_base, ns)
             self.T_map_odom = np.eye(4)
             self.newest = -1  # newest frame id placed
@@ -103,20 +106,30 @@ class PoseOutputs:
         return self._newest_stamp
 
     def __len__(self) -> int:
-        return int(self._have.sum())
+        return len(self._track)
 
     # ------------------------------------------------------------ updates
+    def on_events(self, events: list[MapUpdate]) -> None:
+        """Poses of the batch (/tf, odometry), a rescale, then ~/path when it is due."""
+        for ev in events:
+            if isinstance(ev, PosesUpdate):
+                self.on_poses(ev)
+            elif isinstance(ev, ScaleUpdate) and ev.rescaled:
+                self._rescale()
+        self.publish_path(time.monotonic())
+
     def on_poses(self, ev: PosesUpdate) -> None:
         """Record the event's poses; /tf and odometry for frames seen for the first time."""
         f = self.frames
         ids = np.asarray(ev.frame_ids, np.int64)
         T_map_base = self.converter.base_poses(ev.c2w)
         with self._lock:
-            if len(ids) and ids.max() >= len(self._have):
-                self._grow(int(ids.max()) + 1)
-            new = ~self._have[ids]
-            self._T[ids], self._stamp[ids] = T_map_base, ev.stamps_ns
-            self._have[ids] = True
+            new = self._track.add(ev)
+            if len(self._T) < len(self._track.have):
+                grown = np.tile(np.eye(4), (len(self._track.have), 1, 1))
+                grown[: len(self._T)] = self._T
+                self._T = grown
+            self._T[ids] = T_map_base
             self._path_dirty = True
         transforms = []
         for k in np.flatnonzero(new):
@@ -136,24 +149,15 @@ class PoseOutputs:
         transforms.append(transform_msg(self.T_map_odom, f.map, f.odom, ns_to_stamp(ns)))
         self._pub_tf(TFMessage(transforms=transforms))
 
-    def set_all(self, ids: np.ndarray, stamps_ns: np.ndarray, c2w: np.ndarray) -> None:
-        """Re-express every pose (e.g. after a scale change); published with the next path."""
-        ids = np.asarray(ids, np.int64)
-        if not len(ids):
-            return
-        T = self.converter.base_poses(c2w)
+    def _rescale(self) -> None:
+        """Re-express every pose in the converter's new scale; published with the next
+        path, at once."""
         with self._lock:
-            if ids.max() >= len(self._have):
-                self._grow(int(ids.max()) + 1)
-            self._T[ids], self._stamp[ids], self._have[ids] = T, stamps_ns, True
+            ids, _, c2w = self._track.poses()
+            if len(ids):
+                self._T[ids] = self.converter.base_poses(c2w)
             self._path_dirty = True
             self._last_path_pub = -np.inf
-
-    def _grow(self, needed: int) -> None:
-        n, old = max(needed, 2 * len(self._have), 256), len(self._have)
-        self._T = np.concatenate([self._T, np.tile(np.eye(4), (n - old, 1, 1))])
-        self._stamp = np.concatenate([self._stamp, np.zeros(n - old, np.int64)])
-        self._have = np.concatenate([self._have, np.zeros(n - old, bool)])
 
     def _publish_odometry(self, fid: int, T: np.ndarray, stamp_ns: int) -> None:
         msg = Odometry()
@@ -181,9 +185,9 @@ class PoseOutputs:
                 due = force or now - self._last_path_pub >= self.path_period
                 if not self._path_dirty or not due:
                     return False
-                ids = np.flatnonzero(self._have)
+                ids = np.flatnonzero(self._track.have)
                 ids = ids[thin_indices(len(ids), self.path_max_poses)]
-                T, stamps = self._T[ids], self._stamp[ids]
+                T, stamps = self._T[ids], self._track.stamps[ids]
                 self._path_dirty = False
                 self._last_path_pub = now
             self._pub_path(self.path_message(T, stamps))

@@ -1,0 +1,95 @@
+"""Where the map sits: the camera mount (base_frame -> camera frame) and the map anchor.
+
+The mount is decided when the first poses go out (not at the first image, so a
+/tf_static published at about the same time as the images still counts): /tf_static if
+it has the chain base_frame -> camera frame, else the parameters camera_xyz/camera_rpy
+(then published on /tf_static). The map frame is fixed by the first pose: ``map`` is
+the first frame's base_link. Both are written into the node's `FrameConverter` here and
+nowhere else (the scale is the node's, from `ScaleUpdate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from tf2_msgs.msg import TFMessage
+
+from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
+from scal3r_ros.ros.conversions import ns_to_stamp
+from scal3r_ros.ros.frames import FrameConverter, matrix_from_quaternion
+from scal3r_ros.ros.outputs.poses import transform_msg
+from scal3r_ros.ros.params import NodeConfig
+
+MAX_CHAIN = 16  # /tf_static links walked from the camera frame up to base_frame
+
+
+class CameraMount:
+    """/tf_static in (`on_tf_static`, executor), the first camera frame in (`saw_camera`,
+    input callbacks), the engine's events in (`on_events`, worker thread)."""
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        converter: FrameConverter,
+        publish_tf_static: Callable[[TFMessage], None],
+        log: Callable[[str], None],
+    ) -> None:
+        self.cfg, self.converter = cfg, converter
+        self._publish, self._log = publish_tf_static, log
+        self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
+        self.camera_frame: str | None = None  # optical frame of the first images
+        self.decided = False
+
+    def on_tf_static(self, msg: TFMessage) -> None:
+        for t in msg.transforms:
+            T = np.eye(4)
+            tr, q = t.transform.translation, t.transform.rotation
+            T[:3, :3] = matrix_from_quaternion((q.x, q.y, q.z, q.w))
+            T[:3, 3] = (tr.x, tr.y, tr.z)
+            self._static_tf[t.child_frame_id] = (t.header.frame_id, T)
+
+    def saw_camera(self, camera: str) -> None:
+        if self.camera_frame is None:
+            self.camera_frame = self.cfg.camera_frame or camera
+
+    def static_chain(self, child: str) -> np.ndarray | None:
+        """T_base_child from /tf_static (walking parents up to base_frame), if known."""
+        T = np.eye(4)
+        frame = child
+        for _ in range(MAX_CHAIN):
+            if frame == self.cfg.base_frame:
+                return T
+            if frame not in self._static_tf:
+                return None
+            parent, T_pc = self._static_tf[frame]
+            T = T_pc @ T
+            frame = parent
+        return None
+
+    def on_events(self, events: list[MapUpdate], publish: bool = True) -> None:
+        """Decide the mount (once) and anchor the map at the first pose (after each reset).
+        ``publish`` False: ROS is down (a shutdown): the fallback mount is not published."""
+        poses = [ev for ev in events if isinstance(ev, PosesUpdate) and len(ev.frame_ids)]
+        if not self.decided:
+            stamps = [int(s) for ev in poses for s in ev.stamps_ns]
+            self._decide(ns_to_stamp(min(stamps, default=0)), publish)
+        if self.converter.anchor is None and poses:
+            ev = poses[0]
+            self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+
+    def reset(self) -> None:
+        """A map reset: the next pose anchors the new map (the mount stays)."""
+        self.converter.anchor = None
+
+    def _decide(self, stamp, publish: bool) -> None:
+        self.decided = True
+        cam_frame = self.camera_frame or self.cfg.camera_frame or "camera"
+        T = self.static_chain(cam_frame) if self.cfg.use_tf_static else None
+        if T is not None:
+            self.converter.set_mount(T)
+            self._log(f"camera mount {self.cfg.base_frame} -> {cam_frame} taken from /tf_static")
+        elif self.cfg.publish_camera_tf and publish:
+            self._publish(TFMessage(transforms=[
+                transform_msg(self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp)
+            ]))  # fmt: skip

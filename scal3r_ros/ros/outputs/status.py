@@ -1,0 +1,195 @@
+"""What the node says about itself: ~/status, /diagnostics and the progress log line.
+
+An `Output`: it counts from the engine's events what it reports (windows' timings and
+memory, loop closures, rejected alignments, latency, the scale), and on the status timer
+(`publish`) adds the worker's and the inputs' counters, read as copies under their
+owners' locks (`MappingWorker.stats_snapshot`, `ImageInput.counts`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from scal3r_ros_msgs.msg import MappingStatus
+
+from scal3r_ros.mapping.frame import (
+    AlignmentReport,
+    LoopClosureUpdate,
+    MapUpdate,
+    PosesUpdate,
+    StatsUpdate,
+)
+from scal3r_ros.ros import qos
+from scal3r_ros.ros.conversions import ns_to_stamp
+from scal3r_ros.ros.outputs import ScaleUpdate
+from scal3r_ros.ros.params import NodeConfig
+from scal3r_ros.ros.worker import WorkerStats
+
+
+def progress_line(msg: MappingStatus) -> str:
+    """The periodic one-line summary of a MappingStatus (the node's log)."""
+    loops = f", {msg.loop_closures} loop closure{'s' * (msg.loop_closures != 1)}"
+    latency = f"latency {msg.latency_ms / 1e3:.2f} s"
+    if msg.latency_ms > 86_400e3:  # stamps of another clock: a bag or a recorded drive
+        latency = "latency unknown (image stamps are not on this node's clock: use_sim_time?)"
+    return (
+        f"{msg.state_text}: frames {msg.frames_received} in, {msg.frames_processed} processed, "
+        f"{msg.frames_dropped} dropped (queue {msg.queue_length}/{msg.queue_capacity}); "
+        f"{msg.chunks_processed} windows; {msg.map_points} map points; {msg.fps:.1f} fps; "
+        f"{latency}{loops if msg.loop_closures else ''}"
+    )
+
+
+class StatusOutputs:
+    """~/status, /diagnostics and the progress line (an `Output`). ``worker_stats`` and
+    ``input_counts`` return copies; ``scale`` is the estimate before the first window."""
+
+    def __init__(self, node: Node, cfg: NodeConfig, backend: str, device: str,
+                 worker_stats: Callable[[], tuple[WorkerStats, int]],
+                 input_counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
+                 scale: ScaleUpdate) -> None:  # fmt: skip
+        self.cfg, self.backend, self.device = cfg, backend, device
+        self._node, self._worker_stats, self._input_counts = node, worker_stats, input_counts
+        self._pub = node.create_publisher(MappingStatus, "~/status", qos.RELIABLE_OUTPUT)
+        self._pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics",
+                                               qos.RELIABLE_OUTPUT)  # fmt: skip
+        self._lock = threading.Lock()  # worker thread (events) vs timer (publish)
+        self._progress_at = time.monotonic()  # progress is logged from here on
+        self._progress_counts: tuple[int, ...] | None = None
+        self.reset()
+        self._scale = scale
+
+    def reset(self) -> None:
+        with self._lock:
+            self._newest_ns = 0
+            self._latency_s = 0.0
+            self._timings: dict[str, float] = {}
+            self._memory: dict[str, float] = {}
+            self._loops = 0
+            self._degenerate = 0
+
+    # ------------------------------------------------------------ worker thread
+    def on_events(self, events: list[MapUpdate]) -> None:
+        now_ns = self._node.get_clock().now().nanoseconds
+        for ev in events:
+            if isinstance(ev, AlignmentReport) and not ev.ok:
+                self._node.get_logger().warning(
+                    f"chunk {ev.chunk_id}: alignment to chunk {ev.other_chunk_id} rejected "
+                    f"({ev.reason}); placed by {ev.fallback or 'nothing'}"
+                )
+        with self._lock:
+            for ev in events:
+                if isinstance(ev, PosesUpdate) and not ev.corrected and len(ev.stamps_ns):
+                    self._newest_ns = max(self._newest_ns, int(max(ev.stamps_ns)))
+                    self._latency_s = max(0.0, (now_ns - self._newest_ns) / 1e9)
+                elif isinstance(ev, LoopClosureUpdate):
+                    self._loops += 1
+                elif isinstance(ev, AlignmentReport) and not ev.ok:
+                    self._degenerate += 1
+                elif isinstance(ev, StatsUpdate):
+                    self._timings, self._memory = dict(ev.timings), dict(ev.memory)
+                elif isinstance(ev, ScaleUpdate):
+                    self._scale = ev
+
+    # ------------------------------------------------------------ status timer
+    def snapshot(self) -> tuple[MappingStatus, dict[str, int], dict[str, int]]:
+        """The status message, frames dropped by reason (inputs and worker) and notices."""
+        s, queued = self._worker_stats()
+        drops, notices = self._input_counts()
+        received = s.received + sum(drops.values())
+        for k, v in s.dropped.items():
+            drops[k] = drops.get(k, 0) + v
+        with self._lock:
+            timings, memory, scale = self._timings, self._memory, self._scale
+            newest_ns, latency_s, loops = self._newest_ns, self._latency_s, self._loops
+        cfg = self.cfg
+        msg = MappingStatus()
+        msg.frames_received = received
+        msg.frames_processed = s.processed
+        msg.frames_dropped = sum(drops.values())
+        msg.chunks_processed = s.chunks
+        msg.last_error = s.last_error
+        msg.header.stamp = ns_to_stamp(newest_ns)
+        msg.header.frame_id = cfg.map_frame
+        msg.loop_closures = loops
+        msg.queue_length = queued
+        msg.queue_capacity = cfg.queue_size
+        msg.latency_ms = float(latency_s * 1e3)
+        total = sum(timings.values())
+        msg.chunk_time_ms = float(total * 1e3)
+        msg.fps = float(cfg.chunk_size - cfg.overlap) / max(total, 1e-9) if timings else 0.0
+        msg.map_points = int(memory.get("map_points", 0))
+        msg.gpu_memory_mb = float(memory.get("gpu_peak_bytes", 0.0) / 2**20)
+        msg.host_rss_mb = float(memory.get("rss_bytes", 0.0) / 2**20)
+        msg.device, msg.backend, msg.gcs_mode = self.device, self.backend, cfg.gcs_mode
+        msg.scale_source = cfg.scale_source
+        msg.scale = scale.scale
+        msg.scale_confidence = float(scale.estimate.confidence)
+        if s.errors and msg.last_error and not s.busy and s.chunks == 0:
+            msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
+        elif msg.chunks_processed == 0:
+            msg.state, msg.state_text = MappingStatus.STATE_BUFFERING, "buffering"
+        else:
+            msg.state, msg.state_text = MappingStatus.STATE_MAPPING, "mapping"
+        return msg, drops, notices
+
+    def publish(self) -> None:
+        msg, drops, notices = self.snapshot()
+        self._pub.publish(msg)
+        with self._lock:
+            est, degenerate = self._scale.estimate, self._degenerate
+        diag = DiagnosticStatus(name="scal3r_mapping: mapping", hardware_id=msg.device)
+        level, text = DiagnosticStatus.OK, msg.state_text
+        if msg.last_error:
+            level, text = DiagnosticStatus.WARN, f"last error: {msg.last_error}"
+        elif drops or notices:
+            level = DiagnosticStatus.WARN
+            parts = [f"{k} {v}" for k, v in sorted(notices.items())]
+            if drops:
+                parts.insert(0, "dropped frames: " + ", ".join(
+                    f"{k} {v}" for k, v in sorted(drops.items())))  # fmt: skip
+            text = "; ".join(parts)
+        elif self.cfg.scale_source != "none" and not est.ok:
+            level, text = DiagnosticStatus.WARN, f"scale: {est.status}"
+        diag.level, diag.message = level, text
+        values = {
+            "frames_received": msg.frames_received, "frames_processed": msg.frames_processed,
+            "frames_dropped": msg.frames_dropped, "chunks": msg.chunks_processed,
+            "queue_length": msg.queue_length, "queue_capacity": msg.queue_capacity,
+            "latency_ms": f"{msg.latency_ms:.1f}", "chunk_time_ms": f"{msg.chunk_time_ms:.1f}",
+            "gpu_memory_mb": f"{msg.gpu_memory_mb:.1f}", "host_rss_mb": f"{msg.host_rss_mb:.1f}",
+            "map_points": msg.map_points, "loop_closures": msg.loop_closures,
+            "degenerate_alignments": degenerate, "backend": msg.backend,
+            "gcs_mode": msg.gcs_mode, "scale_source": msg.scale_source,
+            "scale": f"{msg.scale:.6g}", "scale_confidence": f"{msg.scale_confidence:.2f}",
+            "scale_status": est.status,
+        }  # fmt: skip
+        values.update({f"dropped_{k}": v for k, v in drops.items()})
+        values.update(notices)
+        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[diag])
+        arr.header.stamp = self._node.get_clock().now().to_msg()
+        self._pub_diag.publish(arr)
+        self._log_progress(msg)
+
+    def _log_progress(self, msg: MappingStatus) -> None:
+        """Every progress_log_period seconds one line of the status numbers while frames
+        come in (silent once the stream stops), or, before the first frame, which topics
+        the node is waiting on (the usual reason a newcomer sees nothing happen)."""
+        period = self.cfg.progress_log_period
+        now = time.monotonic()
+        if period <= 0 or now - self._progress_at < period:
+            return
+        self._progress_at = now
+        counts = (msg.frames_received, msg.frames_processed, msg.frames_dropped,
+                  msg.chunks_processed)  # fmt: skip
+        if msg.frames_received == 0:
+            topics = ", ".join(self.cfg.image_topics + self.cfg.compressed_topics)
+            self._node.get_logger().info(f"waiting for images on {topics} (none received yet)")
+        elif counts != self._progress_counts:
+            self._node.get_logger().info(progress_line(msg))
+        self._progress_counts = counts

@@ -1,0 +1,97 @@
+"""The metric scale on the ROS side: a scale source (`mapping/scale.py`) fed by the
+engine's events and, for some sources, by ROS inputs (an odometry topic, the right
+camera's CameraInfo).
+
+Its estimate goes to the outputs as a `ScaleUpdate` event in the same batch; the node
+applies the scale to its `FrameConverter` (so /tf, clouds, odometry, path and saved
+files all change together) before the outputs see the event.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo
+
+from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.scale import ChunkObservation, baseline_from_projection, make_scale_source
+from scal3r_ros.ros import qos
+from scal3r_ros.ros.outputs import ScaleUpdate, Track
+from scal3r_ros.ros.params import NodeConfig
+
+RESCALE_TOLERANCE = 1e-3  # relative scale change that re-publishes path, map and grid
+
+
+class ScaleTracker:
+    """The configured scale source; `on_events` runs on the worker thread, the ROS
+    inputs' callbacks on the executor (a lock guards the source)."""
+
+    def __init__(self, node: Node, cfg: NodeConfig) -> None:
+        self.kind = cfg.scale_source
+        self.source = make_scale_source(
+            cfg.scale_source, camera_height_m=cfg.camera_height_m,
+            odometry_window_s=cfg.scale_odometry_window_s,
+            stereo_baseline_m=cfg.stereo_baseline_m or None,
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        self._track = Track()  # frame poses (odometry) and cameras (stereo)
+        self.scale = 1.0
+        self.estimate = self.source.update(ChunkObservation())
+        if cfg.scale_source == "odometry":
+            node.create_subscription(Odometry, cfg.scale_odometry_topic, self.on_odometry,
+                                     qos.input_profile("reliable", 100))  # fmt: skip
+        if cfg.scale_source == "stereo" and not cfg.stereo_baseline_m:
+            if len(cfg.camera_info_topics) < 2:
+                node.get_logger().warning(
+                    "stereo scale: no stereo_baseline_m and no second "
+                    "camera_info topic; the scale stays unknown"
+                )
+            else:
+                node.create_subscription(CameraInfo, cfg.camera_info_topics[1],
+                                         self.on_right_info,
+                                         qos.input_profile(cfg.input_qos, 10))  # fmt: skip
+
+    def on_odometry(self, msg: Odometry) -> None:
+        p = msg.pose.pose.position
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._lock:
+            self.source.add_reference(stamp, (p.x, p.y, p.z))
+
+    def on_right_info(self, msg: CameraInfo) -> None:
+        baseline = baseline_from_projection(list(msg.p))
+        if baseline:
+            with self._lock:
+                self.source.set_baseline(baseline)
+
+    def on_events(self, events: list[MapUpdate]) -> ScaleUpdate:
+        """The estimate after this batch; ``rescaled`` when the applied scale changes."""
+        if self.kind in ("odometry", "stereo"):  # they need every pose, or camera
+            for ev in events:
+                if isinstance(ev, PosesUpdate):
+                    self._track.add(ev)
+        camera_of = self._track.camera_of if self.kind == "stereo" else None
+        with self._lock:
+            if self.kind == "odometry":
+                _, stamps, c2w = self._track.poses()
+                self.source.set_map_poses(stamps, c2w[:, :3, 3])
+            est = self.source.update(ChunkObservation.from_events(events, camera_of))
+        self.estimate = est
+        rescaled = est.metric and abs(est.scale / self.scale - 1) > RESCALE_TOLERANCE
+        if rescaled:
+            self.scale = est.scale
+        return ScaleUpdate(-1, est, self.scale, rescaled)
+
+    def current(self) -> ScaleUpdate:
+        """The estimate and the applied scale now (before the first window: unknown, 1)."""
+        return ScaleUpdate(-1, self.estimate, self.scale)
+
+    def reset(self) -> ScaleUpdate:
+        """Forget every measurement (a map reset): scale 1 until the next one."""
+        with self._lock:
+            self.source.reset()
+            self.estimate = self.source.update(ChunkObservation())
+        self._track.reset()
+        self.scale = 1.0
+        return self.current()
