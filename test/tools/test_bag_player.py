@@ -7,6 +7,7 @@ use_sim_time."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,8 +75,9 @@ class Listener:
             if cond():
                 return True
             if proc is not None and proc.poll() is not None:
-                self.spin_for(0.5)
-                return cond()
+                # the player has exited: what it sent is on its way; a grace period, not
+                # a fixed wait (a loaded machine delivers late)
+                deadline, proc = min(deadline, time.monotonic() + 10.0), None
         return False
 
     def spin_for(self, seconds: float) -> None:
@@ -135,8 +137,9 @@ def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
         ok = rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/image_raw"]) >= N
                             and len(rec.msgs[f"{RIGHT}/image_raw"]) >= N, 60, proc)  # fmt: skip
         code, out = _finish(proc)
-        rec.spin_for(0.3)
         assert ok and code == 0, out
+        # the last /clock tick may still be on its way (no fixed wait: a loaded machine)
+        rec.spin_until(lambda: rec.stamps("/clock")[-1:] == [_stamp(N - 1)], 30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -159,10 +162,10 @@ def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
     assert {t.child_frame_id for t in tf.transforms} == {"camera_color_left",
                                                          "camera_color_right"}  # fmt: skip
     assert len(rec.msgs[GT_PATH]) == 1 and len(rec.msgs[GT_PATH][0][1].poses) == N
-    # timing follows the bag at the chosen rate
-    arrivals = [t for t, _ in rec.msgs[f"{LEFT}/image_raw"]]
-    span = (N - 1) * FRAME_DT / rate
-    assert 0.7 * span <= arrivals[-1] - arrivals[0] <= span + 1.0
+    # paced at the chosen rate: the player never sends faster than the bag at x rate (its
+    # own wall time; arrival times at this listener depend on the machine's load)
+    wall = float(re.search(r"([0-9.]+) s wall at rate", out).group(1))
+    assert wall >= 0.99 * (N - 1) * FRAME_DT / rate, out
     assert "done" in out and f"{LEFT}/image_raw [sensor_msgs/msg/Image]: {N}" in out
     assert "/tf_static [tf2_msgs/msg/TFMessage, latched]: 1" in out
 
@@ -198,7 +201,9 @@ def test_start_offset_and_topic_filter(bag):
                  f"{LEFT}/image_raw", f"{LEFT}/camera_info", "/clock")  # fmt: skip
     try:
         code, out = _finish(proc, timeout=60)
-        rec.spin_for(0.5)
+        # the player exits once its reliable samples are acknowledged; take them all in
+        rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/camera_info"]) >= N - 3
+                       and len(rec.msgs[f"{LEFT}/image_raw"]) >= N - 3, 30)  # fmt: skip
     finally:
         rec.close()
     assert code == 0, out
@@ -239,7 +244,7 @@ def test_sqlite3_compressed_bag_and_ros_args_remap(bag, tmp_path):
                  "--ros-args", "-r", f"{LEFT}/image_raw/compressed:=/remapped")  # fmt: skip
     try:
         code, out_text = _finish(proc, timeout=60)
-        rec.spin_for(0.5)
+        rec.spin_until(lambda: len(rec.msgs["/remapped"]) >= 4, 30)  # acknowledged: take them in
     finally:
         rec.close()
     assert code == 0, out_text
