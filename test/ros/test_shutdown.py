@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from node_harness import NODE, Recorder, node_args, start, stop
+from node_harness import NODE, Recorder, node_args, start_mapping, stop
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PosesUpdate
@@ -47,18 +47,17 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
     """Node + camera; returns once the first window is mapped and later frames came in
     (so the second window is in flight, or will be the final flush: both take 600 s)."""
     rec = Recorder("shutdown_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                           oracle_frames=N_FRAMES, oracle_window_delays=delays,
-                           shutdown_window_wait=wait_s, loop_closure=False),
-                 tmp_path / "node.log")  # fmt: skip
-    camera = None
+    args = node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                     input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                     oracle_frames=N_FRAMES, oracle_window_delays=delays,
+                     shutdown_window_wait=wait_s, loop_closure=False)  # fmt: skip
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], HANG_GUARD_S, [node]), (
-            "node did not come up:\n" + (tmp_path / "node.log").read_text()
-        )
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
-                        "--rate", "40", "--reliable"], tmp_path / "camera.log")  # fmt: skip
+        camera_args = ["--frames", str(N_FRAMES), "--rate", "40"]
+        node, camera = start_mapping(rec, args, tmp_path, camera_args, HANG_GUARD_S)
+    except BaseException:
+        rec.close()
+        raise
+    try:
 
         def first_window_done() -> bool:
             st = rec.last(f"{NODE}/status")
@@ -68,8 +67,7 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
             tmp_path / "node.log"
         ).read_text()
     except BaseException:
-        if camera is not None:
-            stop(camera)
+        stop(camera)
         stop(node)
         rec.close()
         raise
