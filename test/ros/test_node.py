@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 from node_harness import NODE, Recorder, mapping_run, node_args, stop
 from scal3r_ros_msgs.srv import SaveMap
 from std_srvs.srv import Trigger
 
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import cloud_to_array
 from scal3r_ros.ros.frames import matrix_from_quaternion
 
@@ -69,7 +69,7 @@ def test_tf_chain_is_map_odom_base_with_image_stamps(run):
     static = {(t.header.frame_id, t.child_frame_id)
               for m in rec.msgs["/tf_static"] for t in m.transforms}  # fmt: skip
     assert ("base_link", "camera_optical") in static
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     image_stamps = {drive.stamp_ns(i) for i in range(N_FRAMES)}
     base_stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
                    if t.child_frame_id == "base_link"}  # fmt: skip
@@ -81,7 +81,7 @@ def test_path_matches_ground_truth_and_map_is_z_up(run):
     path = rec.last(f"{NODE}/path")
     assert path.header.frame_id == "map" and len(path.poses) == N_FRAMES
     est = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path.poses])
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     gt = drive.gt_poses()[:, :3, 3]
     sim = umeyama(est, gt)
     ate = np.sqrt(((sim.apply(est) - gt) ** 2).sum(1).mean())

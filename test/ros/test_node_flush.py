@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 from node_harness import NODE, Recorder, mapping_run, node_args, stop
-
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 45
@@ -41,7 +40,7 @@ def test_sigint_saves_a_pose_for_every_processed_frame(tmp_path):
     saved = sorted((tmp_path / "maps").glob("map_*/trajectory_tum.txt"))
     assert len(saved) == 1, log
     tum = np.loadtxt(saved[0], ndmin=2)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     stamps = np.round(tum[:, 0] * 1e9).astype(np.int64)
     assert stamps.tolist() == [drive.stamp_ns(i) for i in range(N_FRAMES)]
     assert "failed" not in log and "Traceback" not in log, log

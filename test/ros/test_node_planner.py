@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 from nav_msgs.msg import OccupancyGrid
 from node_harness import NODE, Recorder, mapping_run, node_args
 from scal3r_ros_msgs.srv import SaveMap
@@ -11,7 +12,6 @@ from sensor_msgs.msg import PointCloud2
 
 from scal3r_ros.mapping.occupancy import read_map_server
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import cloud_to_array
 
 pytestmark = pytest.mark.ros
@@ -59,7 +59,7 @@ def test_camera_height_makes_the_path_metric(run):
     assert st.scale_source == "camera_height" and st.scale_confidence > 0.3
     path = rec.last(f"{NODE}/path")
     est = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path.poses])
-    gt = SyntheticDrive(SyntheticConfig(n_frames=N)).gt_poses()[:, :3, 3]
+    gt = make_drive(n_frames=N).gt_poses()[:, :3, 3]
     assert len(est) == N
     fit = umeyama(est, gt)
     assert abs(fit.s - 1.0) < 0.03, fit.s  # metres: no scale left between path and truth
@@ -69,7 +69,7 @@ def test_camera_height_makes_the_path_metric(run):
 
 def test_sensor_clouds_are_in_the_optical_frame_at_image_stamps(run):
     rec, _, _ = run
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N))
+    drive = make_drive(n_frames=N)
     stamps = {drive.stamp_ns(i) for i in range(N)}
     clouds = rec.msgs[f"{NODE}/sensor_cloud"]
     assert len(clouds) >= N // 4 - 2

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_drive
 from node_harness import NODE, Recorder, node_args, start_mapping, stop
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PosesUpdate
 from scal3r_ros.mapping.oracle_backend import OracleBackend
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.windowing import WindowConfig
 from scal3r_ros.ros.worker import MappingWorker
 
@@ -104,7 +105,7 @@ def test_sigint_during_a_long_window_saves_the_windows_already_mapped(tmp_path):
     code = _finish(rec, node, camera)
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
     assert "window in progress is left out" in log
     _assert_clean(log)
@@ -122,7 +123,7 @@ def test_a_second_signal_saves_at_once_and_never_aborts(tmp_path, second):
     code = _finish(rec, node, camera)
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
     assert f"{second.name}: saving what is mapped now" in log
     _assert_clean(log)
@@ -137,7 +138,7 @@ def test_a_window_finishing_after_the_signal_is_saved_not_published(tmp_path):
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
     stamps = _saved_stamps(tmp_path, log)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert len(stamps) > FIRST_WINDOW  # the window in flight and the tail were mapped
     assert stamps == [drive.stamp_ns(i) for i in range(len(stamps))]
     assert "left out" not in log
@@ -162,7 +163,7 @@ class GatedOracle(OracleBackend):
 
 def _stuck_worker():
     """A worker whose engine mapped the first window and is inside the second."""
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     backend = GatedOracle(drive)
     cfg = EngineConfig(window=WindowConfig(chunk_size=8, overlap=4), loop_closure=False)
     engine = MappingEngine(cfg, backend)
