@@ -16,8 +16,9 @@ from scal3r_ros.model.gcs import run_synchronous
 
 
 def tiny_backend(seed: int = 0) -> Scal3RBackend:
-    """Tiny random network with the GCM path made visible (reference/scal3r.md: with
-    random init the GCM output projection is zero and the special tokens ~1e-6)."""
+    """Tiny random network with the GCM path made visible (the official Scal3R init, which
+    this package copies: the GCM output projection starts at zero and the special tokens
+    at ~1e-6, so a random network would hide them)."""
     b = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(max_size=70), seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

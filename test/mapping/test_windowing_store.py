@@ -35,7 +35,8 @@ def test_streamed_chunks_equal_the_official_list(size, overlap):
 
 
 def test_official_chunk_formula_and_reference_order():
-    # n = ceil((N - overlap) / step); single chunk when N <= size (reference/scal3r.md 1.3)
+    # n = ceil((N - overlap) / step); single chunk when N <= size (the official release's
+    # chunking, https://github.com/zju3dv/Scal3R)
     assert official_chunks(100, 60, 30) == [(0, 60), (30, 90), (60, 100)]
     assert official_chunks(60, 60, 30) == [(0, 60)]
     assert reference_order(60)[0] == 29  # middle frame first
