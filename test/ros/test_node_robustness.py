@@ -33,6 +33,16 @@ def _diag_values(rec: Recorder) -> dict[str, str]:
     return {} if msg is None else {kv.key: kv.value for kv in msg.status[0].values}
 
 
+def _camera_publishers(rec: Recorder):
+    """Reliable publishers on the node's raw, compressed and camera-info topics."""
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    return (
+        rec.node.create_publisher(Image, "/camera/image_raw", qos),
+        rec.node.create_publisher(CompressedImage, "/camera/compressed", qos),
+        rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos),
+    )
+
+
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
     node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
@@ -41,10 +51,7 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
                            compressed_topics=["/camera/compressed"],
                            camera_info_topics=["/camera/camera_info"]),
                  tmp_path / "node.log")  # fmt: skip
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
-    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
+    pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0
@@ -210,10 +217,7 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
                            compressed_topics=["/camera/compressed"],
                            camera_info_topics=["/camera/camera_info"]),
                  tmp_path / "node.log")  # fmt: skip
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
-    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
+    pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
     cam = "camera_optical"
     try:
