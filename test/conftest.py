@@ -40,4 +40,7 @@ def drive(request):
     """The module's synthetic drive, as its ``DRIVE = dict(n_frames=..., ...)`` names it."""
     from helpers import make_drive
 
-    return make_drive(**request.module.DRIVE)
+    config = getattr(request.module, "DRIVE", None)
+    if config is None:
+        pytest.fail(f"{request.module.__name__} uses the drive fixture but sets no DRIVE")
+    return make_drive(**config)
