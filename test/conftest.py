@@ -1,4 +1,5 @@
-"""Session-wide test setup: markers' skip rules and an isolated ROS domain."""
+"""Session-wide test setup: markers' skip rules, an isolated ROS domain, and the shared
+fixture ``drive`` (helpers for drives, engines and test data are in test/helpers.py)."""
 
 import os
 import random
@@ -32,3 +33,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def drive(request):
+    """The module's synthetic drive, as its ``DRIVE = dict(n_frames=..., ...)`` names it."""
+    from helpers import make_drive
+
+    config = getattr(request.module, "DRIVE", None)
+    if config is None:
+        pytest.fail(f"{request.module.__name__} uses the drive fixture but sets no DRIVE")
+    return make_drive(**config)

@@ -1,4 +1,5 @@
-"""Package-level checks: it imports, and the layer boundaries of DESIGN.md hold."""
+"""Package-level checks: it imports, and the layer boundaries hold (tools -> ros -> mapping
+-> model, no ROS below ros/: the README's "Layout" paragraph)."""
 
 import ast
 import pathlib

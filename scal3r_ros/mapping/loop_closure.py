@@ -1,6 +1,6 @@
 """Loop closure: place recognition, loop-chunk windows, loop constraint, verification.
 
-What the official release does (reference/scal3r.md 1.7) and how this module maps it
+What the official release (https://github.com/zju3dv/Scal3R) does and how this module maps it
 onto a stream:
 
 - Retrieval. Official: SALAD descriptors (extra downloaded weights) or, as fallback,

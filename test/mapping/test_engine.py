@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
 from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
@@ -18,15 +19,13 @@ from scal3r_ros.mapping.frame import (
 from scal3r_ros.mapping.map_store import MapConfig
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 N_FRAMES = 120
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES, seed=0))
+DRIVE = dict(n_frames=N_FRAMES, seed=0)  # the conftest's ``drive`` fixture
 
 
 def run(
@@ -34,11 +33,7 @@ def run(
 ) -> tuple[MappingEngine, OracleBackend, list[MapUpdate]]:
     backend = OracleBackend(drive, oracle)
     eng = MappingEngine(config or EngineConfig.low_latency(), backend)
-    events: list[MapUpdate] = []
-    for frame, _ in drive.frames():
-        events += eng.push(frame)
-    events += eng.flush()
-    return eng, backend, events
+    return eng, backend, push_and_collect(eng, drive)
 
 
 def true_chunk_to_world(drive: SyntheticDrive, eng: MappingEngine, oracle: OracleBackend,
@@ -158,24 +153,23 @@ def test_degenerate_overlap_is_reported_and_does_not_corrupt_the_map(drive, kind
 def test_point_cap_is_enforced(drive):
     cap = 50_000
     cfg = EngineConfig.low_latency(map=MapConfig(max_points=cap, max_coarsen_levels=1))
-    backend = OracleBackend(SyntheticDrive(SyntheticConfig(n_frames=60)), OracleConfig())
+    backend = OracleBackend(make_drive(n_frames=60), OracleConfig())
     eng = MappingEngine(cfg, backend)
-    for frame, _ in backend.drive.frames():
-        eng.push(frame)
+
+    def capped(_events) -> None:
         assert len(eng.map) <= cap
-    eng.flush()
+
+    push_and_collect(eng, backend.drive, on_push=capped)
     assert len(eng.map) <= cap
     assert eng.map.n_coarsened > 0 and eng.map.n_evicted_chunks > 0
     assert eng.map.chunk_ids()[-1] == eng.n_chunks - 1  # newest data survives
 
 
 def test_exact_mode_defers_to_flush_and_reset_restarts(drive):
-    small = SyntheticDrive(SyntheticConfig(n_frames=40))
+    small = make_drive(n_frames=40)
     backend = OracleBackend(small, OracleConfig(seed=5))
     eng = MappingEngine(EngineConfig.low_latency(gcs_mode="exact"), backend)
-    before = []
-    for frame, _ in small.frames():
-        before += eng.push(frame)
+    before = push_and_collect(eng, small, flush=False)
     assert before == []  # offline schedule: nothing until the sequence is complete
     after = eng.flush()
     assert any(isinstance(e, PosesUpdate) for e in after)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import AlignmentReport, ChunkFailed
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 
@@ -23,12 +23,12 @@ def run(drive, fail_times: int):
 
     eng = MappingEngine(EngineConfig.low_latency(),
                         OracleBackend(drive, OracleConfig(corrupt=corrupt)))  # fmt: skip
-    events = [e for f, _ in drive.frames() for e in eng.push(f)] + eng.flush()
+    events = push_and_collect(eng, drive)
     return eng, events
 
 
 def test_a_transient_failure_is_retried_and_the_map_stays_whole():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=64))
+    drive = make_drive(n_frames=64)
     eng, events = run(drive, fail_times=1)
     failed = [e for e in events if isinstance(e, ChunkFailed)]
     assert len(failed) == 1 and failed[0].will_retry and "out of memory" in failed[0].error
@@ -39,7 +39,7 @@ def test_a_transient_failure_is_retried_and_the_map_stays_whole():
 
 
 def test_a_persistent_failure_skips_the_window_and_reports_the_gap():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=64))
+    drive = make_drive(n_frames=64)
     eng, events = run(drive, fail_times=10)
     failed = [e for e in events if isinstance(e, ChunkFailed)]
     assert [e.attempt for e in failed] == [1, 2, 3] and not failed[-1].will_retry

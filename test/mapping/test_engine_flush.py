@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import AlignmentReport, MapUpdate, PosesUpdate
+from scal3r_ros.mapping.frame import AlignmentReport, PosesUpdate
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 
 N = 70  # 16/8 windows end at 16, 24, ..., 64: six frames left for the flush
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=N, seed=0))
+DRIVE = dict(n_frames=N, seed=0)  # the conftest's ``drive`` fixture
 
 
 def engine(drive: SyntheticDrive) -> MappingEngine:
     oracle = OracleBackend(drive, OracleConfig(random_sim3=True, seed=3))
     return MappingEngine(EngineConfig.low_latency(loop_closure=False), oracle)
-
-
-def push(eng: MappingEngine, drive: SyntheticDrive, frames: range) -> list[MapUpdate]:
-    return [e for i in frames for e in eng.push(drive.frame(i))]
 
 
 def assert_consistent(eng: MappingEngine, drive: SyntheticDrive, n: int) -> None:
@@ -52,7 +47,7 @@ def assert_consistent(eng: MappingEngine, drive: SyntheticDrive, n: int) -> None
 def test_flush_places_every_frame_of_a_stream(drive, n):
     # 65: one frame after the last window; 17: one after the first; 5, 1: no full window
     eng = engine(drive)
-    push(eng, drive, range(n))
+    push_and_collect(eng, map(drive.frame, range(n)), flush=False)
     full = max(range(16, n + 1, 8), default=0)  # frames placed by full windows
     assert len(eng.poses()[0]) == full
     events = eng.flush()
@@ -81,10 +76,10 @@ def test_mapping_goes_on_after_a_flush(drive):
     next full window covers the flushed one's frames, takes over its newest ones, and the
     result is as exact as a run without the flush."""
     eng = engine(drive)
-    push(eng, drive, range(43))  # windows end at 16, 24, 32, 40
+    push_and_collect(eng, map(drive.frame, range(43)), flush=False)  # windows end at 16, 24, 32, 40
     eng.flush()  # frames 32..42 as a window
     assert len(eng.poses()[0]) == 43
-    events = push(eng, drive, range(43, N))
+    events = push_and_collect(eng, map(drive.frame, range(43, N)), flush=False)
     moved = [f for e in events if isinstance(e, PosesUpdate) and e.reason == "overlap"
              for f in e.frame_ids.tolist()]  # fmt: skip
     assert set(range(39, 43)) <= set(moved)  # the flushed window's newest frames moved on
@@ -95,7 +90,7 @@ def test_mapping_goes_on_after_a_flush(drive):
 def test_exact_mode_flush_places_every_frame(drive):
     eng = MappingEngine(EngineConfig.low_latency(gcs_mode="exact", loop_closure=False),
                         OracleBackend(drive, OracleConfig(seed=2)))  # fmt: skip
-    push(eng, drive, range(N))
+    push_and_collect(eng, map(drive.frame, range(N)), flush=False)
     assert len(eng.poses()[0]) == 0
     eng.flush()
     assert_consistent(eng, drive, N)
@@ -107,9 +102,9 @@ def test_tail_window_through_the_tiny_network(n):
     leave a 6- and a 5-frame tail (4 context frames), 1 a single-frame window."""
     from test_scal3r_backend import tiny_backend
 
-    drive = SyntheticDrive(SyntheticConfig(n_frames=n, width=160, height=48))
+    drive = make_drive(n_frames=n, width=160, height=48)
     eng = MappingEngine(EngineConfig(window=WindowConfig(8, 4)), tiny_backend())
-    push(eng, drive, range(n))
+    push_and_collect(eng, map(drive.frame, range(n)), flush=False)
     eng.flush()
     ids, _, c2w = eng.poses()
     assert ids.tolist() == list(range(n)) and np.isfinite(c2w).all()
@@ -131,7 +126,7 @@ def test_flush_retries_a_failing_tail_window(drive):
 
     eng = MappingEngine(EngineConfig.low_latency(loop_closure=False),
                         OracleBackend(drive, OracleConfig(seed=3, corrupt=fail_once)))  # fmt: skip
-    push(eng, drive, range(N))
+    push_and_collect(eng, map(drive.frame, range(N)), flush=False)
     events = eng.flush()
     failed = [e for e in events if isinstance(e, ChunkFailed)]
     assert [(e.chunk_id, e.will_retry) for e in failed] == [(7, True)]

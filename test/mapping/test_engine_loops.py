@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import LoopClosureUpdate, MapCorrected, PosesUpdate
@@ -13,12 +14,11 @@ from scal3r_ros.mapping.loop_closure import (
     OracleDescriptor,
 )
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 
 def test_loop_closure_lowers_drift_and_rejects_a_false_loop():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=120, seed=0))
+    drive = make_drive(n_frames=120, seed=0)
     od = OracleDescriptor(length_scale=3.0)
     oracle = OracleConfig(drift_yaw_deg_per_frame=0.15, seed=3)
     ates = {}
@@ -30,13 +30,13 @@ def test_loop_closure_lowers_drift_and_rejects_a_false_loop():
                 descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
             ))  # fmt: skip
         eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, oracle), lc)
-        events = []
-        for frame, _ in drive.frames():
-            events += eng.push(frame)
+
+        def false_loop(_events, lc=lc, eng=eng) -> None:
             if lc is not None and eng.n_frames == 72:
                 # frames 64 and 20 are ~45 m apart: a place-recognition false positive
                 lc.inject(64, 20, similarity=0.99)
-        events += eng.flush()
+
+        events = push_and_collect(eng, drive, on_push=false_loop)
         ates[use] = ate_sim3(eng.poses()[2], drive.gt_poses())[0]
         if use:
             loops = [e for e in events if isinstance(e, LoopClosureUpdate)]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import make_drive
 from scipy.spatial.transform import Rotation
 
 from scal3r_ros.mapping.alignment import AlignmentResult, align_points
@@ -151,9 +152,8 @@ def test_add_many_equals_frame_by_frame(batch):
 
 
 def test_thumbnail_detector_on_synthetic_drive_finds_the_true_loop():
-    from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
-    drive = SyntheticDrive(SyntheticConfig(n_frames=200))
+    drive = make_drive(n_frames=200)
     descs = np.stack([thumbnail_descriptor(drive.render(i)[0]) for i in range(drive.n_frames)])
     pos = drive.gt_poses()[:, :3, 3]
     loops = run_detector(LoopDetector(LoopDetectorConfig.thumbnail()), descs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PointsUpdate, PosesUpdate
@@ -19,7 +20,6 @@ from scal3r_ros.mapping.occupancy import (
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.scale import CameraHeightScale, ChunkObservation, GroundPlane
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
 N_FRAMES = 48
 
@@ -28,13 +28,14 @@ N_FRAMES = 48
 def mapped():
     """Engine run; chunks as (points, cameras) already in a metric z-up frame (the
     world: what the node gets from FrameConverter), plus the camera-height plane."""
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES, seed=0))
+    drive = make_drive(n_frames=N_FRAMES, seed=0)
     eng = MappingEngine(
         EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(seed=2, depth_noise=0.02))
     )
+    pushes: list[list] = []  # each push's events (no flush: only whole windows)
+    push_and_collect(eng, drive, flush=False, on_push=pushes.append)
     chunks, scale = [], CameraHeightScale(1.65)
-    for i in range(drive.n_frames):
-        ev = eng.push(drive.frame(i))
+    for ev in pushes:
         if ev:
             est = scale.update(ChunkObservation.from_events(ev))
             pts = np.concatenate([e.xyz for e in ev if isinstance(e, PointsUpdate)])

@@ -12,6 +12,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 from PIL import Image
 
 from scal3r_ros.mapping.backend import ChunkInput
@@ -26,7 +27,7 @@ N = 24  # 16/8 windows: two
 def run(oracle_drive: SyntheticDrive, frames: list[Frame]) -> tuple[MappingEngine, list]:
     eng = MappingEngine(EngineConfig.low_latency(loop_closure=False),
                         OracleBackend(oracle_drive, OracleConfig(seed=1)))  # fmt: skip
-    events = [e for f in frames for e in eng.push(f)] + eng.flush()
+    events = push_and_collect(eng, frames)
     return eng, events
 
 
@@ -39,7 +40,7 @@ def run(oracle_drive: SyntheticDrive, frames: list[Frame]) -> tuple[MappingEngin
     ],
 )
 def test_images_of_another_drive_are_reported_not_mapped(camera, what):
-    node_drive = SyntheticDrive(SyntheticConfig(n_frames=300))
+    node_drive = make_drive(n_frames=300)
     cam = SyntheticDrive(camera)
     eng, events = run(node_drive, [cam.frame(i) for i in range(N)])
     failed = [e for e in events if isinstance(e, ChunkFailed)]
@@ -49,9 +50,9 @@ def test_images_of_another_drive_are_reported_not_mapped(camera, what):
 
 
 def test_frames_beyond_the_drive_are_reported():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=20))
+    drive = make_drive(n_frames=20)
     oracle = OracleBackend(drive)
-    longer = SyntheticDrive(SyntheticConfig(n_frames=40))  # same clock, more frames
+    longer = make_drive(n_frames=40)  # same clock, more frames
     stamps = np.array([longer.stamp_ns(i) for i in (18, 19, 20)])
     chunk = ChunkInput(0, np.arange(3), stamps, np.zeros((3, 48, 160, 3), np.uint8))
     with pytest.raises(DriveMismatch, match=r"frame 20 of the oracle's drive.*frames 0\.\.19"):
@@ -59,8 +60,8 @@ def test_frames_beyond_the_drive_are_reported():
 
 
 def test_images_of_another_size_are_reported():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N))
-    small = SyntheticDrive(SyntheticConfig(n_frames=N, width=80, height=24))
+    drive = make_drive(n_frames=N)
+    small = make_drive(n_frames=N, width=80, height=24)
     _, events = run(drive, [small.frame(i) for i in range(N)])
     failed = [e for e in events if isinstance(e, ChunkFailed)]
     assert failed and "images are 80x24" in failed[0].error and "160x48" in failed[0].error
@@ -68,7 +69,7 @@ def test_images_of_another_size_are_reported():
 
 def test_the_drive_itself_maps_also_through_jpeg():
     """Transport may be lossy (a CompressedImage topic): the drive's own frames pass."""
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N))
+    drive = make_drive(n_frames=N)
 
     def jpeg(frame: Frame) -> Frame:
         buf = io.BytesIO()

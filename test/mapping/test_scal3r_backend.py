@@ -5,18 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PosesUpdate, StatsUpdate
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.model.gcs import run_synchronous
 
 
 def tiny_backend(seed: int = 0) -> Scal3RBackend:
-    """Tiny random network with the GCM path made visible (reference/scal3r.md: with
-    random init the GCM output projection is zero and the special tokens ~1e-6)."""
+    """Tiny random network with the GCM path made visible (the official Scal3R init, which
+    this package copies: the GCM output projection starts at zero and the special tokens
+    at ~1e-6, so a random network would hide them)."""
     b = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(max_size=70), seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -26,19 +28,13 @@ def tiny_backend(seed: int = 0) -> Scal3RBackend:
     return b
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=24, width=160, height=48))
+DRIVE = dict(n_frames=24, width=160, height=48)  # the conftest's ``drive`` fixture
 
 
 def run(drive: SyntheticDrive, mode: str) -> tuple[MappingEngine, list]:
     cfg = EngineConfig(window=WindowConfig(8, 4), gcs_mode=mode)
     eng = MappingEngine(cfg, tiny_backend())
-    ev = []
-    for f, _ in drive.frames():
-        ev += eng.push(f)
-    ev += eng.flush()
-    return eng, ev
+    return eng, push_and_collect(eng, drive)
 
 
 @pytest.mark.parametrize("mode", ["causal", "exact", "off"])
@@ -61,9 +57,7 @@ def _chunks(backend: Scal3RBackend, drive: SyntheticDrive):
     eng = MappingEngine(cfg, backend)
     windows = ChunkScheduler(cfg.window)  # the windows the engine's own scheduler cuts
     specs = []
-    for f, _ in drive.frames():
-        eng.push(f)
-        specs.append(windows.push())
+    push_and_collect(eng, drive, flush=False, on_push=lambda _: specs.append(windows.push()))
     specs.append(windows.flush())
     return [eng.chunk_input(s.frame_ids, s.chunk_id, s.is_loop) for s in specs if s is not None]
 
@@ -88,9 +82,8 @@ def test_exact_mode_reproduces_the_official_synchronous_schedule(drive):
 
 def test_batch_preprocessing_matches_the_official_path_within_one_level():
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
-    from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
-    rgb = SyntheticDrive(SyntheticConfig(n_frames=2, width=621, height=188)).render(1)[0]
+    rgb = make_drive(n_frames=2, width=621, height=188).render(1)[0]
     out = {}
     for mode in ("reference", "batch"):
         b = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", preprocess=mode))

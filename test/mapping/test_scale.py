@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import push_and_collect
 from stereo_drive import StereoDrive
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
@@ -32,10 +33,11 @@ def run_engine(drive: SyntheticDrive, oracle: OracleConfig, stereo: bool = False
     centres onto the ground truth. ``stereo``: each frame's camera, as the events of its
     first pose name it."""
     eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, oracle))
+    pushes: list[list] = []  # each push's events (no flush: only whole windows)
+    push_and_collect(eng, drive, flush=False, on_push=pushes.append)
     cameras: dict[int, str] = {}
     obs = []
-    for i in range(drive.n_frames):
-        ev = eng.push(drive.frame(i))
+    for ev in pushes:
         for e in ev:
             if isinstance(e, PosesUpdate):
                 cameras.update(zip(e.frame_ids.tolist(), e.camera_ids, strict=False))
@@ -46,9 +48,7 @@ def run_engine(drive: SyntheticDrive, oracle: OracleConfig, stereo: bool = False
     return obs, true
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES, seed=0))
+DRIVE = dict(n_frames=N_FRAMES, seed=0)  # the conftest's ``drive`` fixture
 
 
 @pytest.fixture(scope="module")

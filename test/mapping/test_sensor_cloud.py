@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import FrameCloudsUpdate
@@ -14,23 +15,18 @@ from scal3r_ros.mapping.sensor_cloud import (
     frame_cloud,
 )
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 
 N_FRAMES = 40
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES, seed=0))
+DRIVE = dict(n_frames=N_FRAMES, seed=0)  # the conftest's ``drive`` fixture
 
 
 def run(drive: SyntheticDrive, frame_clouds: bool):
     cfg = EngineConfig.low_latency(frame_clouds=frame_clouds)
     eng = MappingEngine(cfg, OracleBackend(drive, OracleConfig(seed=3)))
-    events = []
-    for i in range(drive.n_frames):
-        events += eng.push(drive.frame(i))
-    events += eng.flush()
+    events = push_and_collect(eng, drive)
     ids, _, c2w = eng.poses()
     scale = umeyama(c2w[:, :3, 3], drive.gt_poses()[ids][:, :3, 3]).s  # metres per map unit
     return events, scale

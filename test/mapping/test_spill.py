@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping import spill
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
@@ -24,7 +25,6 @@ from scal3r_ros.mapping.loop_closure import (
     OracleDescriptor,
 )
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
 needs_proc = pytest.mark.skipif(
     spill.process_start_time(os.getpid()) is None, reason="needs /proc start times (Linux)"
@@ -181,7 +181,7 @@ def test_protected_frames_are_never_deleted(tmp_path):
 
 
 def _loop_run(tmp_path: Path, cap: int | None, gcs_mode: str = "causal"):
-    drive = SyntheticDrive(SyntheticConfig(n_frames=120, seed=0))
+    drive = make_drive(n_frames=120, seed=0)
     od = OracleDescriptor(length_scale=3.0)
     lc = LoopClosure(LoopClosureConfig(
         detector=LoopDetectorConfig(use_nms=False),
@@ -190,13 +190,14 @@ def _loop_run(tmp_path: Path, cap: int | None, gcs_mode: str = "causal"):
     frames = FrameStoreConfig(ram_frames=16, max_spill_bytes=cap, spill_dir=str(tmp_path))
     cfg = EngineConfig.low_latency(frames=frames, gcs_mode=gcs_mode)
     eng = MappingEngine(cfg, OracleBackend(drive, OracleConfig(drift_yaw_deg_per_frame=0.15)), lc)
-    peak = 0
-    for frame, _ in drive.frames():
-        eng.push(frame)
-        peak = max(peak, _disk_bytes(tmp_path))
-        assert _disk_bytes(tmp_path) == eng.frames.budget.used
-    eng.flush()
-    return eng, lc, peak
+    spilled = [0]  # bytes on disk after each push
+
+    def on_disk(_events) -> None:
+        spilled.append(_disk_bytes(tmp_path))
+        assert spilled[-1] == eng.frames.budget.used
+
+    push_and_collect(eng, drive, on_push=on_disk)
+    return eng, lc, max(spilled)
 
 
 def test_engine_spill_under_cap_and_loops_to_deleted_frames_rejected(tmp_path):

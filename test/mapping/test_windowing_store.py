@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
 from scal3r_ros.mapping.map_store import MapConfig, MapStore
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import Trajectory
 from scal3r_ros.mapping.windowing import (
     ChunkScheduler,
@@ -35,7 +35,8 @@ def test_streamed_chunks_equal_the_official_list(size, overlap):
 
 
 def test_official_chunk_formula_and_reference_order():
-    # n = ceil((N - overlap) / step); single chunk when N <= size (reference/scal3r.md 1.3)
+    # n = ceil((N - overlap) / step); single chunk when N <= size (the official release's
+    # chunking, https://github.com/zju3dv/Scal3R)
     assert official_chunks(100, 60, 30) == [(0, 60), (30, 90), (60, 100)]
     assert official_chunks(60, 60, 30) == [(0, 60)]
     assert reference_order(60)[0] == 29  # middle frame first
@@ -141,7 +142,7 @@ def test_trajectory_exports_are_read_by_evo(tmp_path):
     from evo.core import metrics, sync
     from evo.tools import file_interface
 
-    drive = SyntheticDrive(SyntheticConfig(n_frames=30))
+    drive = make_drive(n_frames=30)
     traj = Trajectory()
     traj.set_chunk_pose(0, Sim3(0.5, np.eye(3), np.zeros(3)))  # arbitrary map scale
     for i in range(30):
@@ -177,8 +178,8 @@ def test_frame_store_spills_and_caps(tmp_path):
 
 
 def test_synthetic_drive_is_deterministic_and_loops():
-    a = SyntheticDrive(SyntheticConfig(n_frames=50, seed=3))
-    b = SyntheticDrive(SyntheticConfig(n_frames=50, seed=3))
+    a = make_drive(n_frames=50, seed=3)
+    b = make_drive(n_frames=50, seed=3)
     rgb_a, d_a = a.render(7)
     rgb_b, d_b = b.render(7)
     assert np.array_equal(rgb_a, rgb_b) and np.array_equal(d_a, d_b)

@@ -14,15 +14,13 @@ another machine).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import DATA, load_pt
 
 from scal3r_ros.model.heads import CameraHead, DPTHead, activate_head, inverse_log_transform
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-FIXTURE = torch.load(DATA / "heads_tiny.pt", weights_only=True)
+FIXTURE = load_pt("heads_tiny.pt")
 RTOL = 1e-5  # of the largest expected magnitude (see the module docstring)
 
 

@@ -63,10 +63,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA, load_pt
 from torch import Tensor
 
 import scal3r_ros.model.gcm as gcm_module
@@ -80,7 +80,7 @@ from scal3r_ros.model.gcm import (
     zeropower_via_newtonschulz5,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "parity_tiny.pt"
+FIXTURE = DATA / "parity_tiny.pt"
 U_BF16 = 2.0**-8  # bfloat16 unit roundoff (8 significant bits)
 RTOL_FP32 = 1e-5
 RTOL_CHAIN = 1e-4
@@ -93,7 +93,7 @@ INJECTABLE = ("sync2", "sync3", "single")  # layouts that keep the official fast
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    return load_pt(FIXTURE.name)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_pt
 
 from scal3r_ros.model.pose_encoding import (
     extri_intri_to_pose_encoding,
@@ -17,9 +17,7 @@ from scal3r_ros.model.pose_encoding import (
     quat_to_mat,
 )
 
-FIXTURE = torch.load(
-    Path(__file__).resolve().parents[1] / "data" / "heads_tiny.pt", weights_only=True
-)
+FIXTURE = load_pt("heads_tiny.pt")
 
 
 # The focal lengths go through torch.tan, whose result may differ by an ulp between CPU kernel

@@ -12,11 +12,10 @@ float interpolation and are bounded in units of one 8-bit step instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import load_pt
 from PIL import Image
 
 from scal3r_ros.mapping.synthetic import textured_image
@@ -32,9 +31,7 @@ from scal3r_ros.model.preprocess import (
     preprocess_sequence_reference,
 )
 
-OFFICIAL = torch.load(
-    Path(__file__).resolve().parents[1] / "data" / "preprocess_official.pt", weights_only=True
-)
+OFFICIAL = load_pt("preprocess_official.pt")
 
 
 def official_rule(image_u8: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:

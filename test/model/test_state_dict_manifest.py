@@ -1,13 +1,12 @@
 """``scal3r-1b`` built on the meta device has exactly the official state_dict (names, order,
 shapes, dtypes) listed in test/data/scal3r_state_dict.tsv."""
 
-from pathlib import Path
-
 import torch
+from helpers import DATA
 
 from scal3r_ros.model import Scal3R
 
-TSV = Path(__file__).resolve().parents[1] / "data" / "scal3r_state_dict.tsv"
+TSV = DATA / "scal3r_state_dict.tsv"
 N_KEYS = 1451
 N_PARAMS = 1_266_142_756
 

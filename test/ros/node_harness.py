@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path as FsPath
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -35,6 +37,42 @@ def node_args(output_dir, **params) -> list[str]:
             v = "[" + ",".join(f"'{x}'" if isinstance(x, str) else str(x) for x in v) + "]"
         args += ["-p", f"{k}:={v}"]
     return args
+
+
+def start_mapping(
+    rec: Recorder, args: list[str], log_dir: FsPath, camera: list[str], up_timeout: float = 60.0
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Start the node (``args``), wait until ``rec`` hears its first status, then start the
+    synthetic camera with reliable QoS and ``camera``'s arguments; logs go to
+    ``log_dir/node.log`` and ``log_dir/camera.log``. Returns (node, camera); if the node
+    does not come up, it is stopped and the assertion names its log."""
+    node = start(args, log_dir / "node.log")
+    try:
+        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], up_timeout, [node]), (
+            "node did not come up:\n" + (log_dir / "node.log").read_text()
+        )
+        cam = start(
+            ["scal3r_ros.tools.synthetic_camera", "--reliable", *camera], log_dir / "camera.log"
+        )
+    except BaseException:
+        stop(node)
+        raise
+    return node, cam
+
+
+@contextmanager
+def mapping_run(
+    rec: Recorder, args: list[str], log_dir: FsPath, camera: list[str], up_timeout: float = 60.0
+) -> Iterator[subprocess.Popen]:
+    """``start_mapping`` as a context: yields the node; on exit stops the camera, then the
+    node if it still runs."""
+    node, cam = start_mapping(rec, args, log_dir, camera, up_timeout)
+    try:
+        yield node
+    finally:
+        stop(cam)
+        if node.poll() is None:
+            stop(node)
 
 
 class Recorder:

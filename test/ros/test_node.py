@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import NODE, Recorder, node_args, start, stop
+from helpers import make_drive
+from node_harness import NODE, Recorder, mapping_run, node_args, stop
 from scal3r_ros_msgs.srv import SaveMap
 from std_srvs.srv import Trigger
 
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import cloud_to_array
 from scal3r_ros.ros.frames import matrix_from_quaternion
 
@@ -37,36 +37,28 @@ def _ns(stamp) -> int:
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("node")
     rec = Recorder()
-    node = start(node_args(out / "maps", backend="oracle", chunk_size=CHUNK, overlap=OVERLAP,
-                           input_qos="reliable",
-                           input_qos_depth=200, map_publish_period=0.2, status_period=0.2,
-                           oracle_frames=N_FRAMES), out / "node.log")  # fmt: skip
-    camera = None
+    args = node_args(out / "maps", backend="oracle", chunk_size=CHUNK, overlap=OVERLAP,
+                     input_qos="reliable",
+                     input_qos_depth=200, map_publish_period=0.2, status_period=0.2,
+                     oracle_frames=N_FRAMES)  # fmt: skip
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node]), (
-            "node did not come up:\n" + (out / "node.log").read_text()
-        )
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
-                        "--rate", "40", "--reliable"], out / "camera.log")  # fmt: skip
+        with mapping_run(rec, args, out, ["--frames", str(N_FRAMES), "--rate", "40"]) as node:
 
-        def done() -> bool:
-            st = rec.last(f"{NODE}/status")
-            return st is not None and st.frames_processed >= N_FRAMES and st.chunks_processed >= 7
+            def done() -> bool:
+                st = rec.last(f"{NODE}/status")
+                return (st is not None and st.frames_processed >= N_FRAMES
+                        and st.chunks_processed >= 7)  # fmt: skip
 
-        def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
-            path = rec.last(f"{NODE}/path")
-            return (path is not None and len(path.poses) == N_FRAMES
-                    and len(rec.msgs[f"{NODE}/odometry"]) >= N_FRAMES)  # fmt: skip
+            def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
+                path = rec.last(f"{NODE}/path")
+                return (path is not None and len(path.poses) == N_FRAMES
+                        and len(rec.msgs[f"{NODE}/odometry"]) >= N_FRAMES)  # fmt: skip
 
-        ok = rec.spin_until(done, 120, [node])
-        assert ok, "node did not process the stream:\n" + (out / "node.log").read_text()
-        rec.spin_until(delivered, 60, [node])  # the tests below say what is missing, if so
-        yield rec, node, out
+            ok = rec.spin_until(done, 120, [node])
+            assert ok, "node did not process the stream:\n" + (out / "node.log").read_text()
+            rec.spin_until(delivered, 60, [node])  # the tests below say what is missing, if so
+            yield rec, node, out
     finally:
-        if camera is not None:
-            stop(camera)
-        if node.poll() is None:
-            stop(node)
         rec.close()
 
 
@@ -77,7 +69,7 @@ def test_tf_chain_is_map_odom_base_with_image_stamps(run):
     static = {(t.header.frame_id, t.child_frame_id)
               for m in rec.msgs["/tf_static"] for t in m.transforms}  # fmt: skip
     assert ("base_link", "camera_optical") in static
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     image_stamps = {drive.stamp_ns(i) for i in range(N_FRAMES)}
     base_stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
                    if t.child_frame_id == "base_link"}  # fmt: skip
@@ -89,7 +81,7 @@ def test_path_matches_ground_truth_and_map_is_z_up(run):
     path = rec.last(f"{NODE}/path")
     assert path.header.frame_id == "map" and len(path.poses) == N_FRAMES
     est = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path.poses])
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     gt = drive.gt_poses()[:, :3, 3]
     sim = umeyama(est, gt)
     ate = np.sqrt(((sim.apply(est) - gt) ** 2).sum(1).mean())

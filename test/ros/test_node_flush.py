@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import NODE, Recorder, node_args, start, stop
-
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from helpers import make_drive
+from node_harness import NODE, Recorder, mapping_run, node_args, stop
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 45
@@ -21,36 +20,27 @@ N_FRAMES = 45
 
 def test_sigint_saves_a_pose_for_every_processed_frame(tmp_path):
     rec = Recorder("flush_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=16, overlap=8,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                           oracle_frames=N_FRAMES), tmp_path / "node.log")  # fmt: skip
-    camera = None
+    args = node_args(tmp_path / "maps", backend="oracle", chunk_size=16, overlap=8,
+                     input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                     oracle_frames=N_FRAMES)  # fmt: skip
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node]), (
-            "node did not come up:\n" + (tmp_path / "node.log").read_text()
-        )
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
-                        "--rate", "40", "--reliable"], tmp_path / "camera.log")  # fmt: skip
+        with mapping_run(rec, args, tmp_path, ["--frames", str(N_FRAMES), "--rate", "40"]) as node:
 
-        def processed() -> bool:
+            def processed() -> bool:
+                st = rec.last(f"{NODE}/status")
+                return st is not None and st.frames_processed >= N_FRAMES
+
+            assert rec.spin_until(processed, 180, [node]), (tmp_path / "node.log").read_text()
             st = rec.last(f"{NODE}/status")
-            return st is not None and st.frames_processed >= N_FRAMES
-
-        assert rec.spin_until(processed, 180, [node]), (tmp_path / "node.log").read_text()
-        st = rec.last(f"{NODE}/status")
-        assert st.frames_processed == N_FRAMES and st.chunks_processed == 4  # no flush yet
-        assert stop(node) == 0
+            assert st.frames_processed == N_FRAMES and st.chunks_processed == 4  # no flush yet
+            assert stop(node) == 0
     finally:
-        if camera is not None:
-            stop(camera)
-        if node.poll() is None:
-            stop(node)
         rec.close()
     log = (tmp_path / "node.log").read_text()
     saved = sorted((tmp_path / "maps").glob("map_*/trajectory_tum.txt"))
     assert len(saved) == 1, log
     tum = np.loadtxt(saved[0], ndmin=2)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     stamps = np.round(tum[:, 0] * 1e9).astype(np.int64)
     assert stamps.tolist() == [drive.stamp_ns(i) for i in range(N_FRAMES)]
     assert "failed" not in log and "Traceback" not in log, log

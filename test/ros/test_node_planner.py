@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 from nav_msgs.msg import OccupancyGrid
-from node_harness import NODE, Recorder, node_args, start, stop
+from node_harness import NODE, Recorder, mapping_run, node_args
 from scal3r_ros_msgs.srv import SaveMap
 from sensor_msgs.msg import PointCloud2
 
 from scal3r_ros.mapping.occupancy import read_map_server
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import cloud_to_array
 
 pytestmark = pytest.mark.ros
@@ -24,38 +24,32 @@ def run(tmp_path_factory):
     rec = Recorder("planner_recorder")
     rec.subscribe(f"{NODE}/sensor_cloud", PointCloud2)
     rec.subscribe(f"{NODE}/grid", OccupancyGrid, Recorder.LATCHED)
-    node = start(node_args(out / "maps", backend="oracle", chunk_size=16, overlap=8,
-                           input_qos="reliable",
-                           input_qos_depth=200, status_period=0.2, map_publish_period=0.2,
-                           oracle_frames=N, oracle_depth_noise=0.02,
-                           scale_source="camera_height", camera_height_m=1.65,
-                           sensor_cloud_enabled=True, sensor_cloud_frames="every_n",
-                           sensor_cloud_every_n=4, occupancy_enabled=True,
-                           occupancy_resolution=0.25), out / "node.log")  # fmt: skip
-    camera = None
+    args = node_args(out / "maps", backend="oracle", chunk_size=16, overlap=8,
+                     input_qos="reliable",
+                     input_qos_depth=200, status_period=0.2, map_publish_period=0.2,
+                     oracle_frames=N, oracle_depth_noise=0.02,
+                     scale_source="camera_height", camera_height_m=1.65,
+                     sensor_cloud_enabled=True, sensor_cloud_frames="every_n",
+                     sensor_cloud_every_n=4, occupancy_enabled=True,
+                     occupancy_resolution=0.25)  # fmt: skip
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node])
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N), "--rate", "40",
-                        "--reliable"], out / "camera.log")  # fmt: skip
+        with mapping_run(rec, args, out, ["--frames", str(N), "--rate", "40"]) as node:
 
-        def done() -> bool:
-            st = rec.last(f"{NODE}/status")
-            return st is not None and st.frames_processed >= N and st.chunks_processed >= 7
+            def done() -> bool:
+                st = rec.last(f"{NODE}/status")
+                return st is not None and st.frames_processed >= N and st.chunks_processed >= 7
 
-        def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
-            path = rec.last(f"{NODE}/path")
-            return (path is not None and len(path.poses) == N
-                    and len(rec.msgs[f"{NODE}/sensor_cloud"]) >= N // 4 - 2
-                    and rec.last(f"{NODE}/grid") is not None)  # fmt: skip
+            def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
+                path = rec.last(f"{NODE}/path")
+                return (path is not None and len(path.poses) == N
+                        and len(rec.msgs[f"{NODE}/sensor_cloud"]) >= N // 4 - 2
+                        and rec.last(f"{NODE}/grid") is not None)  # fmt: skip
 
-        ok = rec.spin_until(done, 180, [node])
-        assert ok, (out / "node.log").read_text()
-        rec.spin_until(delivered, 60, [node])  # the tests below say what is missing, if so
-        yield rec, node, out
+            ok = rec.spin_until(done, 180, [node])
+            assert ok, (out / "node.log").read_text()
+            rec.spin_until(delivered, 60, [node])  # the tests below say what is missing, if so
+            yield rec, node, out
     finally:
-        if camera is not None:
-            stop(camera)
-        stop(node)
         rec.close()
 
 
@@ -65,7 +59,7 @@ def test_camera_height_makes_the_path_metric(run):
     assert st.scale_source == "camera_height" and st.scale_confidence > 0.3
     path = rec.last(f"{NODE}/path")
     est = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path.poses])
-    gt = SyntheticDrive(SyntheticConfig(n_frames=N)).gt_poses()[:, :3, 3]
+    gt = make_drive(n_frames=N).gt_poses()[:, :3, 3]
     assert len(est) == N
     fit = umeyama(est, gt)
     assert abs(fit.s - 1.0) < 0.03, fit.s  # metres: no scale left between path and truth
@@ -75,7 +69,7 @@ def test_camera_height_makes_the_path_metric(run):
 
 def test_sensor_clouds_are_in_the_optical_frame_at_image_stamps(run):
     rec, _, _ = run
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N))
+    drive = make_drive(n_frames=N)
     stamps = {drive.stamp_ns(i) for i in range(N)}
     clouds = rec.msgs[f"{NODE}/sensor_cloud"]
     assert len(clouds) >= N // 4 - 2

@@ -7,6 +7,7 @@ import re
 
 import pytest
 from builtin_interfaces.msg import Time
+from helpers import make_drive
 from node_harness import NODE, Recorder, node_args, start, stop
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -14,7 +15,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from scal3r_ros_msgs.msg import MappingStatus
 from sensor_msgs.msg import Image
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import rgb_to_image
 from scal3r_ros.ros.outputs.status import progress_line
 
@@ -55,7 +55,7 @@ def test_node_logs_progress_while_mapping_and_not_when_off(tmp_path):
                            oracle_frames=N, save_on_shutdown=False), log)  # fmt: skip
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N))
+    drive = make_drive(n_frames=N)
 
     def send(frames) -> None:
         for i in frames:

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
+from helpers import make_drive
 from node_harness import NODE, Recorder, node_args, start, stop
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.conversions import rgb_to_image
 
 pytestmark = pytest.mark.ros
@@ -33,6 +33,16 @@ def _diag_values(rec: Recorder) -> dict[str, str]:
     return {} if msg is None else {kv.key: kv.value for kv in msg.status[0].values}
 
 
+def _camera_publishers(rec: Recorder):
+    """Reliable publishers on the node's raw, compressed and camera-info topics."""
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    return (
+        rec.node.create_publisher(Image, "/camera/image_raw", qos),
+        rec.node.create_publisher(CompressedImage, "/camera/compressed", qos),
+        rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos),
+    )
+
+
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
     node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
@@ -41,11 +51,8 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
                            compressed_topics=["/camera/compressed"],
                            camera_info_topics=["/camera/camera_info"]),
                  tmp_path / "node.log")  # fmt: skip
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
-    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    pub, pub_c, pub_info = _camera_publishers(rec)
+    drive = make_drive(n_frames=40)
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0
                               and pub_c.get_subscription_count() > 0, 60, [node])  # fmt: skip
@@ -149,7 +156,7 @@ def test_tiny_network_node_with_queue_overflow(tmp_path):
                            loop_closure=False), tmp_path / "node.log")  # fmt: skip
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=30))
+    drive = make_drive(n_frames=30)
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0, 60, [node])
         for i in range(30):  # a burst far faster than a CPU network chunk
@@ -210,11 +217,8 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
                            compressed_topics=["/camera/compressed"],
                            camera_info_topics=["/camera/camera_info"]),
                  tmp_path / "node.log")  # fmt: skip
-    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
-    pub_c = rec.node.create_publisher(CompressedImage, "/camera/compressed", qos)
-    pub_info = rec.node.create_publisher(CameraInfo, "/camera/camera_info", qos)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    pub, pub_c, pub_info = _camera_publishers(rec)
+    drive = make_drive(n_frames=40)
     cam = "camera_optical"
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0
@@ -312,7 +316,7 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
     pub_clock = rec.node.create_publisher(Clock, "/clock", qos)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=40))
+    drive = make_drive(n_frames=40)
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0
                               and pub_clock.get_subscription_count() > 0, 60, [node])  # fmt: skip

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_drive
 
 from scal3r_ros.mapping.frame import PosesUpdate
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
 from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs, thin_indices
 
@@ -28,7 +28,7 @@ class Sink:
         self.out = PoseOutputs(conv, PoseFrames(), self.tf.append, self.odom.append,
                                self.path.append, path_period=period,
                                path_max_poses=max_poses)  # fmt: skip
-        self.drive = SyntheticDrive(SyntheticConfig(n_frames=400))
+        self.drive = make_drive(n_frames=400)
         conv.set_anchor(self.drive.gt_pose(0))
 
     def event(self, ids, corrected=False, shift=0.0) -> PosesUpdate:

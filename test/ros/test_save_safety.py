@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 from scal3r_ros_msgs.srv import SaveMap
 from write_faults import kill_mid_write
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.occupancy import OccupancyConfig, OccupancyGrid
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
 from scal3r_ros.ros.outputs.planner import PlannerOutputs
 from scal3r_ros.ros.saving import SAVE_FILES, MapSaver
@@ -34,11 +34,9 @@ class _Flat:
 
 
 def make_engine(seed: int = 0) -> MappingEngine:
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(seed=seed)))
-    for i in range(N_FRAMES):
-        eng.push(drive.frame(i))
-    eng.flush()
+    push_and_collect(eng, drive)
     return eng
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
 from scal3r_ros.ros.saving import MapSaver
@@ -28,11 +29,9 @@ LENGTHS = (10.0, 20.0)  # KITTI segment lengths that fit the short drive
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[Path, np.ndarray, SyntheticDrive]:
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(seed=3)))
-    for i in range(drive.n_frames):
-        eng.push(drive.frame(i))
-    eng.flush()
+    push_and_collect(eng, drive)
     _, stamps, c2w = eng.poses()
     conv = FrameConverter(camera_mount((1.2, 0.1, 1.65), (0.02, 0.08, -0.03)))
     conv.set_anchor(c2w[0])  # as the node: map = the first frame's base_link

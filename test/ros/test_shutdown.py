@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from node_harness import NODE, Recorder, node_args, start, stop
+from helpers import make_drive
+from node_harness import NODE, Recorder, node_args, start_mapping, stop
 
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame import PosesUpdate
 from scal3r_ros.mapping.oracle_backend import OracleBackend
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.windowing import WindowConfig
 from scal3r_ros.ros.worker import MappingWorker
 
@@ -47,18 +48,17 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
     """Node + camera; returns once the first window is mapped and later frames came in
     (so the second window is in flight, or will be the final flush: both take 600 s)."""
     rec = Recorder("shutdown_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                           oracle_frames=N_FRAMES, oracle_window_delays=delays,
-                           shutdown_window_wait=wait_s, loop_closure=False),
-                 tmp_path / "node.log")  # fmt: skip
-    camera = None
+    args = node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
+                     input_qos="reliable", input_qos_depth=200, status_period=0.2,
+                     oracle_frames=N_FRAMES, oracle_window_delays=delays,
+                     shutdown_window_wait=wait_s, loop_closure=False)  # fmt: skip
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], HANG_GUARD_S, [node]), (
-            "node did not come up:\n" + (tmp_path / "node.log").read_text()
-        )
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--frames", str(N_FRAMES),
-                        "--rate", "40", "--reliable"], tmp_path / "camera.log")  # fmt: skip
+        camera_args = ["--frames", str(N_FRAMES), "--rate", "40"]
+        node, camera = start_mapping(rec, args, tmp_path, camera_args, HANG_GUARD_S)
+    except BaseException:
+        rec.close()
+        raise
+    try:
 
         def first_window_done() -> bool:
             st = rec.last(f"{NODE}/status")
@@ -68,8 +68,7 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
             tmp_path / "node.log"
         ).read_text()
     except BaseException:
-        if camera is not None:
-            stop(camera)
+        stop(camera)
         stop(node)
         rec.close()
         raise
@@ -106,7 +105,7 @@ def test_sigint_during_a_long_window_saves_the_windows_already_mapped(tmp_path):
     code = _finish(rec, node, camera)
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
     assert "window in progress is left out" in log
     _assert_clean(log)
@@ -124,7 +123,7 @@ def test_a_second_signal_saves_at_once_and_never_aborts(tmp_path, second):
     code = _finish(rec, node, camera)
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert _saved_stamps(tmp_path, log) == [drive.stamp_ns(i) for i in range(FIRST_WINDOW)]
     assert f"{second.name}: saving what is mapped now" in log
     _assert_clean(log)
@@ -139,7 +138,7 @@ def test_a_window_finishing_after_the_signal_is_saved_not_published(tmp_path):
     log = (tmp_path / "node.log").read_text()
     assert code == 0, log
     stamps = _saved_stamps(tmp_path, log)
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     assert len(stamps) > FIRST_WINDOW  # the window in flight and the tail were mapped
     assert stamps == [drive.stamp_ns(i) for i in range(len(stamps))]
     assert "left out" not in log
@@ -164,7 +163,7 @@ class GatedOracle(OracleBackend):
 
 def _stuck_worker():
     """A worker whose engine mapped the first window and is inside the second."""
-    drive = SyntheticDrive(SyntheticConfig(n_frames=N_FRAMES))
+    drive = make_drive(n_frames=N_FRAMES)
     backend = GatedOracle(drive)
     cfg = EngineConfig(window=WindowConfig(chunk_size=8, overlap=4), loop_closure=False)
     engine = MappingEngine(cfg, backend)

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import make_drive
 
 from scal3r_ros.mapping.frame import Frame, StatsUpdate
 from scal3r_ros.ros.worker import MappingWorker
@@ -198,9 +199,8 @@ def test_stop_with_flush_flushes_after_the_window_in_progress_into_the_given_sin
 def _oracle_engine(n_frames: int):
     from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
     from scal3r_ros.mapping.oracle_backend import OracleBackend
-    from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
-    drive = SyntheticDrive(SyntheticConfig(n_frames=n_frames))
+    drive = make_drive(n_frames=n_frames)
     return drive, MappingEngine(EngineConfig.low_latency(), OracleBackend(drive))
 
 

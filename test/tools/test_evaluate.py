@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, make_drive
 from scipy.spatial.transform import Rotation
 
 from scal3r_ros.mapping import metrics
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.tools import evaluate as ev
 from scal3r_ros.tools.kitti import read_kitti_poses
 from scal3r_ros.tools.kitti_to_bag import KITTI_DAY
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 GT = DATA / "kitti00_gt_first1201.txt"
 ORB = DATA / "kitti00_orb_first1201.txt"
 TIMES = DATA / "kitti00_times_first1201.txt"
@@ -224,7 +224,7 @@ def test_kitti_metric_known_scale_error():
 
 
 def test_short_sequence_reports_nan_and_says_why(tmp_path):
-    drive = SyntheticDrive(SyntheticConfig(n_frames=200))
+    drive = make_drive(n_frames=200)
     gt = drive.gt_poses()[:30]  # ~28 m
     stamps = np.array([drive.stamp_ns(i) for i in range(30)])
     write_poses(tmp_path / "gt.txt", stamps, gt, "tum")
@@ -259,7 +259,7 @@ def _noisy_estimate(drive: SyntheticDrive, seed: int = 1):
 
 
 def test_tum_association_pairs_the_right_poses(tmp_path):
-    drive = SyntheticDrive(SyntheticConfig(n_frames=150))
+    drive = make_drive(n_frames=150)
     keep, stamps, est = _noisy_estimate(drive)
     gt_stamps = np.array([drive.stamp_ns(i) for i in range(drive.n_frames)])
     write_poses(tmp_path / "gt.txt", gt_stamps, drive.gt_poses(), "tum")
@@ -382,7 +382,7 @@ def test_cli_writes_outputs_and_rejects_bad_input(tmp_path, capsys):
 
 
 def test_alignment_modes_recover_known_transforms():
-    drive = SyntheticDrive(SyntheticConfig(n_frames=60))
+    drive = make_drive(n_frames=60)
     gt = drive.gt_poses()
     G = metrics.Sim3(2.5, np.eye(3), [1.0, 2.0, 3.0])
     est = metrics.apply_alignment(G.inverse(), gt)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.tools import offline
 from scal3r_ros.tools.evaluate import read_trajectory
 
@@ -49,9 +49,7 @@ def _write_png_folder(folder: Path, drive: SyntheticDrive) -> None:
         Image.fromarray(drive.render(i)[0]).save(folder / f"{i:06d}.png")
 
 
-@pytest.fixture(scope="module")
-def drive() -> SyntheticDrive:
-    return SyntheticDrive(SyntheticConfig(n_frames=N))
+DRIVE = dict(n_frames=N)  # the conftest's ``drive`` fixture
 
 
 def test_synthetic_oracle_exact_run(tmp_path, capsys):

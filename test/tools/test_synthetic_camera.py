@@ -46,36 +46,35 @@ def test_a_missing_or_broken_config_exits_2(tmp_path, capsys):
     assert "nope.yaml" in err and "bad.yaml" in err and "Traceback" not in err
 
 
+def _synthetic_node(out: Path) -> list[str]:
+    """The node as the README runs it (``--config synthetic``), writing under ``out``."""
+    return ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
+            "-p", f"output_dir:={out}", "-p", "save_on_shutdown:=false",
+            "-p", "status_period:=0.2"]  # fmt: skip
+
+
 @pytest.mark.ros
 def test_a_camera_on_another_drive_is_reported_by_the_node(tmp_path):
     """The issue's recipe with the old camera default (--frames 200) against the bundled
     config (300): the node's status says why nothing is mapped."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "ros"))
-    from node_harness import NODE, Recorder, start, stop
+    from node_harness import NODE, Recorder, mapping_run
 
     rec = Recorder("drive_mismatch_tester")
-    node = start(["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                  "-p", f"output_dir:={tmp_path}", "-p", "save_on_shutdown:=false",
-                  "-p", "status_period:=0.2"], tmp_path / "node.log")  # fmt: skip
-    camera = None
+    args = _synthetic_node(tmp_path)
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node])
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--reliable", "--frames", "200",
-                        "--rate", "40"], tmp_path / "camera.log")  # fmt: skip
+        with mapping_run(rec, args, tmp_path, ["--frames", "200", "--rate", "40"]) as node:
 
-        def reported() -> bool:  # error state: once the worker is idle (stream over)
+            def reported() -> bool:  # error state: once the worker is idle (stream over)
+                st = rec.last(f"{NODE}/status")
+                return st is not None and st.state == st.STATE_ERROR
+
+            assert rec.spin_until(reported, 120, [node]), (tmp_path / "node.log").read_text()
             st = rec.last(f"{NODE}/status")
-            return st is not None and st.state == st.STATE_ERROR
-
-        assert rec.spin_until(reported, 120, [node]), (tmp_path / "node.log").read_text()
-        st = rec.last(f"{NODE}/status")
-        assert "DriveMismatch" in st.last_error and "300 frames" in st.last_error
-        assert st.chunks_processed == 0
-        assert "not the oracle's drive" in (tmp_path / "node.log").read_text()
+            assert "DriveMismatch" in st.last_error and "300 frames" in st.last_error
+            assert st.chunks_processed == 0
+            assert "not the oracle's drive" in (tmp_path / "node.log").read_text()
     finally:
-        if camera is not None:
-            stop(camera)
-        stop(node)
         rec.close()
 
 
@@ -89,30 +88,22 @@ def test_the_readme_recipe_maps_the_whole_drive(tmp_path):
     from scal3r_ros_msgs.srv import SaveMap
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "ros"))
-    from node_harness import NODE, Recorder, start, stop
+    from node_harness import NODE, Recorder, mapping_run
 
     rec = Recorder("recipe_tester")
-    node = start(["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                  "-p", f"output_dir:={tmp_path}", "-p", "save_on_shutdown:=false",
-                  "-p", "status_period:=0.2"], tmp_path / "node.log")  # fmt: skip
-    camera = None
+    args = _synthetic_node(tmp_path)
     try:
-        assert rec.spin_until(lambda: rec.msgs[f"{NODE}/status"], 60, [node])
-        camera = start(["scal3r_ros.tools.synthetic_camera", "--reliable", "--rate", "50"],
-                       tmp_path / "camera.log")  # fmt: skip
+        with mapping_run(rec, args, tmp_path, ["--rate", "50"]) as node:
 
-        def processed() -> bool:
-            st = rec.last(f"{NODE}/status")
-            return st is not None and st.frames_processed >= 300
+            def processed() -> bool:
+                st = rec.last(f"{NODE}/status")
+                return st is not None and st.frames_processed >= 300
 
-        assert rec.spin_until(processed, 600, [node]), (tmp_path / "node.log").read_text()
-        assert rec.last(f"{NODE}/status").last_error == ""
-        req = SaveMap.Request(name="run", save_map=False, save_trajectory=True)
-        res = rec.call(SaveMap, f"{NODE}/save_map", req)
-        assert res.success, res.message
-        assert len(np.loadtxt(tmp_path / "run" / "trajectory_tum.txt", ndmin=2)) == 300
+            assert rec.spin_until(processed, 600, [node]), (tmp_path / "node.log").read_text()
+            assert rec.last(f"{NODE}/status").last_error == ""
+            req = SaveMap.Request(name="run", save_map=False, save_trajectory=True)
+            res = rec.call(SaveMap, f"{NODE}/save_map", req)
+            assert res.success, res.message
+            assert len(np.loadtxt(tmp_path / "run" / "trajectory_tum.txt", ndmin=2)) == 300
     finally:
-        if camera is not None:
-            stop(camera)
-        stop(node)
         rec.close()
