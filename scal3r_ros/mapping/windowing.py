@@ -33,10 +33,9 @@ class WindowConfig:
     overlap: int = 30
 
     def __post_init__(self) -> None:
-        if not (0 <= self.overlap < self.chunk_size):
-            raise ValueError(
-                f"need 0 <= overlap < chunk_size, got {self.overlap} / {self.chunk_size}"
-            )
+        problem = window_problem(self.chunk_size, self.overlap)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def stride(self) -> int:
@@ -45,6 +44,15 @@ class WindowConfig:
     @staticmethod
     def low_latency() -> WindowConfig:
         return WindowConfig(chunk_size=16, overlap=8)
+
+
+def window_problem(chunk_size: int, overlap: int) -> str | None:
+    """The one rule for chunk/overlap (node, offline tool, bench): ``chunk_size > overlap >=
+    1``. Each window is placed on the frames it shares with the previous one, so an overlap
+    of 0 leaves nothing to align and every window would fall back to its predicted poses."""
+    if overlap < 1 or chunk_size <= overlap:
+        return f"need chunk_size > overlap >= 1, got chunk_size={chunk_size}, overlap={overlap}"
+    return None
 
 
 @dataclass(frozen=True)
