@@ -123,9 +123,7 @@ def test_rviz_and_bag_are_optional(description):
 def test_config_files_set_only_declared_and_valid_parameters():
     import yaml
 
-    from scal3r_ros.ros.params import NodeConfig
-
-    from scal3r_ros.ros.params import check_settings, read_parameter_file
+    from scal3r_ros.ros.params import NodeConfig, check_settings, read_parameter_file
 
     known = set(NodeConfig.__dataclass_fields__) | {"use_sim_time"}
     for path in sorted((ROOT / "config").glob("*.yaml")):
