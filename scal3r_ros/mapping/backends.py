@@ -65,19 +65,31 @@ def _device_name(dev: torch.device) -> str:
     return str(dev)
 
 
-def _loop_closure(spec: BackendSpec):
-    if not spec.loop_closure:
+def make_loop_closure(enabled: bool = True):
+    """The loop-closure component every tool uses (thumbnail retrieval); None when off."""
+    if not enabled:
         return None
     from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 
     return LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail()))
 
 
+def build_engine(config, backend, loop_closure=None):
+    """The mapping engine for ``config`` (an EngineConfig) on ``backend``, the one way the
+    node, the offline tool and the bench wire it: ``loop_closure`` None builds the standard
+    component when ``config.loop_closure`` is on."""
+    from scal3r_ros.mapping.engine import MappingEngine
+
+    if loop_closure is None:
+        loop_closure = make_loop_closure(config.loop_closure)
+    return MappingEngine(config, backend, loop_closure)
+
+
 def make_backend(spec: BackendSpec) -> BuiltBackend:
     """Raises ValueError for bad settings and CheckpointError for a bad checkpoint."""
     if spec.kind not in BACKEND_KINDS:
         raise ValueError(f"backend must be one of {BACKEND_KINDS}, got {spec.kind!r}")
-    loops = _loop_closure(spec)
+    loops = make_loop_closure(spec.loop_closure)
     if spec.kind == "oracle":
         from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
         from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive

@@ -29,8 +29,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.backends import BackendSpec, make_backend
-from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, MapUpdate
 from scal3r_ros.mapping.frame_store import FrameStoreConfig
 from scal3r_ros.mapping.map_store import MapConfig
@@ -87,7 +87,7 @@ class MappingNode(Node):
         # --- the engine on its worker thread
         backend = make_backend(backend_spec(cfg))
         self.worker = MappingWorker(
-            lambda: MappingEngine(engine_config(cfg), backend.backend, backend.loop_closure),
+            lambda: build_engine(engine_config(cfg), backend.backend, backend.loop_closure),
             self._on_worker_events, queue_size=cfg.queue_size, drop_policy=cfg.drop_policy,
             on_error=lambda msg: log.error(f"chunk failed: {msg}"),
         )  # fmt: skip

@@ -58,10 +58,9 @@ import torch
 from tqdm import tqdm
 
 from scal3r_ros.mapping.backend import ChunkInput
-from scal3r_ros.mapping.backends import resolve_device, use_bf16
-from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.backends import build_engine, resolve_device, use_bf16
+from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, StatsUpdate
-from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 from scal3r_ros.mapping.memory import host_rss_bytes
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
@@ -223,10 +222,8 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
     ``messages`` None: no ROS, the message stage is not measured (``publish`` is None)
     and the window total and latency exclude it."""
     device = backend.config.device
-    engine = MappingEngine(
-        EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"),
-        backend,
-        LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail())),
+    engine = build_engine(
+        EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"), backend
     )
     backend.reset_resolution()
     if messages is not None:
@@ -627,7 +624,7 @@ def engine_memory(
                                      oracle_laps=road_speed_laps(frames)))  # fmt: skip
     config = EngineConfig(window=WindowConfig(chunk, overlap),
                           map=MapConfig(max_points=max_points))  # fmt: skip
-    engine = MappingEngine(config, built.backend, built.loop_closure)
+    engine = build_engine(config, built.backend, built.loop_closure)
     drive = built.backend.drive
     stages: dict[str, list[float]] = {}
     rss: dict[int, float] = {}

@@ -239,8 +239,8 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     """Map ``source``; write trajectory, map and run.json; returns the run summary."""
     from tqdm import tqdm
 
-    from scal3r_ros.mapping.backends import BackendSpec, make_backend
-    from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+    from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+    from scal3r_ros.mapping.engine import EngineConfig
     from scal3r_ros.mapping.frame import Frame
     from scal3r_ros.mapping.windowing import WindowConfig
 
@@ -264,7 +264,7 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     backend = _CountingBackend(built.backend, tick)
     ecfg = EngineConfig(window=WindowConfig(cfg.chunk_size, cfg.overlap), gcs_mode=cfg.gcs,
                         loop_closure=cfg.loop_closure)  # fmt: skip
-    engine = MappingEngine(ecfg, backend, built.loop_closure)
+    engine = build_engine(ecfg, backend, built.loop_closure)
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_loops = 0
