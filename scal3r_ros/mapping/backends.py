@@ -6,12 +6,14 @@ One place that knows how a name like "scal3r", "tiny" or "oracle" becomes a work
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-BACKEND_KINDS = ("scal3r", "tiny", "oracle")
+from scal3r_ros.mapping.config import BACKEND_KINDS, BackendSection, OracleSection
+
+__all__ = ["BACKEND_KINDS", "BackendSpec", "build_engine", "make_backend", "make_loop_closure"]
 
 
 @dataclass
@@ -24,15 +26,25 @@ class BackendSpec:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
     seed: int = 0  # random weights of the tiny network
     loop_closure: bool = True  # build the loop-closure component (thumbnail retrieval)
-    # oracle: the synthetic drive it knows the ground truth of
-    oracle_seed: int = 0
-    oracle_frames: int = 200
-    oracle_laps: float = 1.15
-    oracle_width: int = 160
-    oracle_height: int = 48
-    oracle_drift_deg: float = 0.0  # in-window yaw drift per frame (gives loops work)
-    oracle_depth_noise: float = 0.0
-    oracle_window_delays: tuple[float, ...] = ()  # extra seconds per window (slow network)
+    oracle: OracleSection = field(default_factory=OracleSection)  # the oracle's drive
+
+    @classmethod
+    def from_sections(
+        cls, backend: BackendSection, oracle: OracleSection, loop_closure: bool, seed: int = 0
+    ) -> BackendSpec:
+        """The spec of the config tree's backend and oracle sections (empty checkpoint
+        strings mean the defaults, as the node's parameters say)."""
+        return cls(
+            kind=backend.backend,
+            checkpoint=backend.checkpoint or None,
+            checkpoint_sha256=backend.checkpoint_sha256 or None,
+            allow_download=backend.allow_download,
+            device=backend.device,
+            dtype=backend.dtype,
+            seed=seed,
+            loop_closure=loop_closure,
+            oracle=oracle,
+        )
 
 
 @dataclass
@@ -94,14 +106,22 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
         from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
         from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
-        drive = SyntheticDrive(SyntheticConfig(n_frames=spec.oracle_frames,
-                                               width=spec.oracle_width,
-                                               height=spec.oracle_height,
-                                               seed=spec.oracle_seed,
-                                               extra_laps=spec.oracle_laps - 1.0))  # fmt: skip
-        oracle = OracleConfig(seed=spec.oracle_seed, depth_noise=spec.oracle_depth_noise,
-                              drift_yaw_deg_per_frame=spec.oracle_drift_deg,
-                              window_delays_s=tuple(spec.oracle_window_delays))  # fmt: skip
+        o = spec.oracle
+        drive = SyntheticDrive(
+            SyntheticConfig(
+                n_frames=o.oracle_frames,
+                width=o.oracle_width,
+                height=o.oracle_height,
+                seed=o.oracle_seed,
+                extra_laps=o.oracle_laps - 1.0,
+            )
+        )
+        oracle = OracleConfig(
+            seed=o.oracle_seed,
+            depth_noise=o.oracle_depth_noise,
+            drift_yaw_deg_per_frame=o.oracle_drift_deg,
+            window_delays_s=tuple(o.oracle_window_delays),
+        )
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")
 
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig

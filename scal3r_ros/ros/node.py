@@ -30,6 +30,7 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.config import BackendSection, OracleSection
 from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, MapUpdate
 from scal3r_ros.mapping.frame_store import FrameStoreConfig
@@ -52,15 +53,9 @@ from scal3r_ros.ros.worker import MappingWorker
 
 
 def backend_spec(cfg: NodeConfig) -> BackendSpec:
-    return BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
-                       checkpoint_sha256=cfg.checkpoint_sha256 or None,
-                       allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
-                       loop_closure=cfg.loop_closure, oracle_seed=cfg.oracle_seed,
-                       oracle_frames=cfg.oracle_frames, oracle_laps=cfg.oracle_laps,
-                       oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height,
-                       oracle_drift_deg=cfg.oracle_drift_deg,
-                       oracle_depth_noise=cfg.oracle_depth_noise,
-                       oracle_window_delays=tuple(cfg.oracle_window_delays))  # fmt: skip
+    return BackendSpec.from_sections(
+        cfg.section(BackendSection), cfg.section(OracleSection), loop_closure=cfg.loop_closure
+    )
 
 
 def engine_config(cfg: NodeConfig) -> EngineConfig:

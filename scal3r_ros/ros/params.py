@@ -11,6 +11,7 @@ the same metadata.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -18,6 +19,7 @@ import re
 import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from rcl_interfaces.msg import (
@@ -28,14 +30,24 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from scal3r_ros.mapping.config import param, param_info, range_problem
+from scal3r_ros.mapping.config import (
+    BACKEND_KINDS,
+    GCS_ONLINE_MODES,
+    BackendSection,
+    MapSection,
+    OracleSection,
+    WindowSection,
+    param,
+    param_info,
+    range_problem,
+)
 from scal3r_ros.mapping.scale import SCALE_SOURCES
 from scal3r_ros.mapping.windowing import window_problem
 from scal3r_ros.ros.conversions import ImageLimits
 from scal3r_ros.ros.input_checks import StampPolicy
 
-BACKENDS = ("scal3r", "tiny", "oracle")
-GCS_ONLINE_MODES = ("causal", "off")
+BACKENDS = BACKEND_KINDS
+_S = TypeVar("_S")
 QOS_CHOICES = ("sensor_data", "reliable")
 TIME_JUMP_POLICIES = ("reset", "drop")
 _DOUBLES = Parameter.Type.DOUBLE_ARRAY
@@ -43,157 +55,37 @@ _ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES, "oracle_window_d
 
 
 @dataclass
-class NodeConfig:
-    """Every node parameter; each field's ``param`` metadata gives its section, description,
-    range and whether it changes at run time (the ROS descriptors are generated from it)."""
+class InputSection:
+    """Image input: topics, QoS, queue and the checks on stamps and image sizes."""
 
-    # --- network / backend
-    backend: str = field(
-        default="scal3r",
-        metadata=param(
-            "network: scal3r (official checkpoint), tiny (random test net), oracle "
-            "(synthetic ground truth)",
-            section="backend",
-        ),
-    )
-    checkpoint: str = field(
-        default="",
-        metadata=param(
-            "path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
-            "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
-            section="backend",
-        ),
-    )
-    checkpoint_sha256: str = field(
-        default="",
-        metadata=param(
-            "SHA-256 the checkpoint must have (64 hex digits), checked at start, hashed "
-            "once per file version; empty: the <checkpoint>.sha256 file beside it, if "
-            "there is one",
-            section="backend",
-        ),
-    )
-    allow_download: bool = field(
-        default=False,
-        metadata=param(
-            "download the checkpoint with huggingface_hub when it is missing",
-            section="backend",
-        ),
-    )
-    device: str = field(
-        default="auto",
-        metadata=param(
-            "torch device: auto (cuda if available), cuda, cuda:N or cpu",
-            section="backend",
-        ),
-    )
-    dtype: str = field(
-        default="auto",
-        metadata=param(
-            "auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16",
-            section="backend",
-        ),
-    )
-    # --- windows and GCS
-    chunk_size: int = field(
-        default=60,
-        metadata=param(
-            "frames per window (official 60)",
-            section="window",
-            int_range=(2, 512),
-        ),
-    )
-    overlap: int = field(
-        default=30,
-        metadata=param(
-            "frames shared by consecutive windows (official 30)",
-            section="window",
-            int_range=(1, 511),
-        ),
-    )
-    gcs_mode: str = field(
-        default="causal",
-        metadata=param(
-            "global context synchronisation: causal (running sums) or off",
-            section="window",
-        ),
-    )
-    loop_closure: bool = field(
-        default=True,
-        metadata=param(
-            "detect loops and correct drift with a Sim(3) pose graph",
-            section="window",
-        ),
-    )
-    # --- map
-    voxel_size: float = field(
-        default=0.0,
-        metadata=param(
-            "map voxel size in map units; 0 = automatic (1% of the first median depth)",
-            section="map",
-            float_range=(0.0, 100.0),
-        ),
-    )
-    confidence_ratio: float = field(
-        default=0.75,
-        metadata=param(
-            "keep pixels whose confidence exceeds this x their frame's mean (official 0.75)",
-            section="map",
-            float_range=(0.0, 10.0),
-        ),
-    )
-    max_points: int = field(
-        default=2_000_000,
-        metadata=param(
-            "hard cap on map points (older chunks are coarsened, then evicted)",
-            section="map",
-            int_range=(1000, 1000000000),
-        ),
-    )
-    max_spill_mb: int = field(
-        default=8192,
-        metadata=param(
-            "disk cap (MiB) on past frames and loop geometry spilled to "
-            "$TMPDIR/scal3r_ros-<uid>; beyond it the oldest are deleted and loops back to"
-            " them rejected; 0: keep none",
-            section="map",
-            int_range=(0, 10000000),
-        ),
-    )
-    # --- input
     image_topics: list[str] = field(
         default_factory=lambda: ["/camera/image_raw"],
         metadata=param(
             "sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
-            section="input",
         ),
     )
     compressed_topics: list[str] = field(
         default_factory=list,
         metadata=param(
             "sensor_msgs/CompressedImage topics (jpeg, png)",
-            section="input",
         ),
     )
     camera_info_topics: list[str] = field(
         default_factory=list,
         metadata=param(
             "optional CameraInfo topics, same order as the image topics",
-            section="input",
         ),
     )
     input_qos: str = field(
         default="sensor_data",
         metadata=param(
             "image subscription QoS: sensor_data (best effort) or reliable",
-            section="input",
         ),
     )
     input_qos_depth: int = field(
         default=10,
         metadata=param(
             "image subscription history depth",
-            section="input",
             int_range=(1, 1000),
         ),
     )
@@ -201,7 +93,6 @@ class NodeConfig:
         default=64,
         metadata=param(
             "frames waiting for the worker before the drop policy applies",
-            section="input",
             int_range=(1, 100000),
         ),
     )
@@ -209,7 +100,6 @@ class NodeConfig:
         default="drop_oldest",
         metadata=param(
             "when the queue is full: drop_oldest or drop_newest",
-            section="input",
         ),
     )
     on_time_jump: str = field(
@@ -218,7 +108,6 @@ class NodeConfig:
             "stamps going backwards (bag loop): reset the map, or drop the frames; a "
             "reset needs time_jump_min_frames older frames in a row or a backward jump of"
             " /clock",
-            section="input",
             dynamic=True,
         ),
     )
@@ -228,7 +117,6 @@ class NodeConfig:
             "frames in a row (increasing stamps) that confirm a time jump of a camera, "
             "backward or beyond max_stamp_gap_s forward; until then they are held, and "
             "dropped (stamp_outlier) if the stream goes on; 1: any single frame",
-            section="input",
             int_range=(1, 100),
         ),
     )
@@ -237,7 +125,6 @@ class NodeConfig:
         metadata=param(
             "the largest step between a camera's stamps taken without evidence [s]; a "
             "larger jump forward needs time_jump_min_frames frames in a row",
-            section="input",
             float_range=(0.001, 1000000.0),
         ),
     )
@@ -246,7 +133,6 @@ class NodeConfig:
         metadata=param(
             "drop frames stamped more than this ahead of the node's clock (future_stamp) "
             "[s]; 0: off; not checked before the clock runs (sim time before /clock)",
-            section="input",
             float_range=(0.0, 1000000000.0),
         ),
     )
@@ -255,7 +141,6 @@ class NodeConfig:
         metadata=param(
             "refuse larger images (image_size), raw or compressed, from the header before"
             " decoding; also Pillow's MAX_IMAGE_PIXELS",
-            section="input",
             int_range=(1024, 1000000000),
         ),
     )
@@ -263,7 +148,6 @@ class NodeConfig:
         default=16,
         metadata=param(
             "refuse images with a side shorter than this [px] (image_size)",
-            section="input",
             int_range=(1, 100000),
         ),
     )
@@ -271,58 +155,55 @@ class NodeConfig:
         default=8.0,
         metadata=param(
             "refuse images whose long side exceeds this x the short side (image_size)",
-            section="input",
             float_range=(1.0, 1000.0),
         ),
     )
-    # --- frames
+
+
+@dataclass
+class FramesSection:
+    """Frames (REP-105) and the camera mount."""
+
     map_frame: str = field(
         default="map",
         metadata=param(
             "fixed frame of the map, /tf root (REP-105)",
-            section="frames",
         ),
     )
     odom_frame: str = field(
         default="odom",
         metadata=param(
             "odometry frame between map and base_link",
-            section="frames",
         ),
     )
     base_frame: str = field(
         default="base_link",
         metadata=param(
             "robot body frame",
-            section="frames",
         ),
     )
     camera_frame: str = field(
         default="",
         metadata=param(
             "camera optical frame; empty = the images' header.frame_id",
-            section="frames",
         ),
     )
     camera_xyz: list[float] = field(
         default_factory=lambda: [0.0, 0.0, 0.0],
         metadata=param(
             "camera body position in base_frame [m], used when /tf_static has none",
-            section="frames",
         ),
     )
     camera_rpy: list[float] = field(
         default_factory=lambda: [0.0, 0.0, 0.0],
         metadata=param(
             "camera body roll/pitch/yaw in base_frame [rad]",
-            section="frames",
         ),
     )
     use_tf_static: bool = field(
         default=True,
         metadata=param(
             "take the camera mount from /tf_static when it is published",
-            section="frames",
         ),
     )
     publish_camera_tf: bool = field(
@@ -330,15 +211,18 @@ class NodeConfig:
         metadata=param(
             "publish base_frame -> camera optical frame on /tf_static from camera_xyz/rpy"
             " when /tf_static has none",
-            section="frames",
         ),
     )
-    # --- output
+
+
+@dataclass
+class OutputSection:
+    """Publication periods, logging, saving and stopping."""
+
     map_publish_period: float = field(
         default=2.0,
         metadata=param(
             "seconds between ~/map publications (0: only on request)",
-            section="output",
             float_range=(0.0, 3600.0),
             dynamic=True,
         ),
@@ -347,7 +231,6 @@ class NodeConfig:
         default=1.0,
         metadata=param(
             "seconds between ~/path publications (0: after every window)",
-            section="output",
             float_range=(0.0, 3600.0),
             dynamic=True,
         ),
@@ -357,7 +240,6 @@ class NodeConfig:
         metadata=param(
             "most poses in one ~/path message, evenly thinned (0: all); saved "
             "trajectories are always complete",
-            section="output",
             int_range=(0, 10000000),
             dynamic=True,
         ),
@@ -366,7 +248,6 @@ class NodeConfig:
         default=0.5,
         metadata=param(
             "seconds between ~/status and /diagnostics messages",
-            section="output",
             float_range=(0.05, 60.0),
         ),
     )
@@ -375,7 +256,6 @@ class NodeConfig:
         metadata=param(
             "seconds between one-line progress summaries in the log (frames, windows, map"
             " points, FPS, latency); 0: off",
-            section="output",
             float_range=(0.0, 3600.0),
             dynamic=True,
         ),
@@ -384,14 +264,12 @@ class NodeConfig:
         default=os.path.join("~", ".ros", "scal3r_ros"),
         metadata=param(
             "directory for saved maps and trajectories (nothing is written outside)",
-            section="output",
         ),
     )
     save_on_shutdown: bool = field(
         default=True,
         metadata=param(
             "save map and trajectory when the node stops",
-            section="output",
             dynamic=True,
         ),
     )
@@ -401,25 +279,27 @@ class NodeConfig:
             "seconds a stop (first Ctrl-C) waits for the window in progress and the "
             "stream's last frames; then, or at a second Ctrl-C or SIGTERM, the map is "
             "saved as mapped so far",
-            section="output",
             float_range=(0.0, 3600.0),
             dynamic=True,
         ),
     )
-    # --- planner outputs: metric scale, sensor-frame clouds, occupancy grid
+
+
+@dataclass
+class PlannerSection:
+    """Planner outputs: metric scale, sensor-frame clouds, occupancy grid."""
+
     scale_source: str = field(
         default="none",
         metadata=param(
             "metric scale: none (arbitrary), camera_height (ground plane), odometry "
             "(reference nav_msgs/Odometry) or stereo (second camera, known baseline)",
-            section="planner",
         ),
     )
     camera_height_m: float = field(
         default=1.65,
         metadata=param(
             "camera height above the ground [m] (camera_height scale, grid ground)",
-            section="planner",
             float_range=(0.01, 100.0),
         ),
     )
@@ -427,14 +307,12 @@ class NodeConfig:
         default="/odom",
         metadata=param(
             "nav_msgs/Odometry used by the odometry scale source",
-            section="planner",
         ),
     )
     scale_odometry_window_s: float = field(
         default=10.0,
         metadata=param(
             "sliding window of the odometry scale source [s]",
-            section="planner",
             float_range=(0.5, 600.0),
         ),
     )
@@ -442,7 +320,6 @@ class NodeConfig:
         default=0.0,
         metadata=param(
             "stereo baseline [m]; 0 = from the second camera_info topic's P",
-            section="planner",
             float_range=(0.0, 10.0),
         ),
     )
@@ -451,21 +328,18 @@ class NodeConfig:
         metadata=param(
             "publish ~/sensor_cloud: per-frame clouds in the camera optical frame at the "
             "image stamp (for costmap obstacle layers)",
-            section="planner",
         ),
     )
     sensor_cloud_frames: str = field(
         default="all",
         metadata=param(
             "which frames get a sensor cloud: all, every_n or newest (one per window)",
-            section="planner",
         ),
     )
     sensor_cloud_every_n: int = field(
         default=5,
         metadata=param(
             "with sensor_cloud_frames every_n: every n-th frame",
-            section="planner",
             int_range=(1, 1000),
         ),
     )
@@ -473,7 +347,6 @@ class NodeConfig:
         default=0.1,
         metadata=param(
             "sensor cloud voxel size [m, or map units without scale]",
-            section="planner",
             float_range=(0.0, 10.0),
         ),
     )
@@ -481,7 +354,6 @@ class NodeConfig:
         default=20000,
         metadata=param(
             "cap on points per sensor cloud",
-            section="planner",
             int_range=(1, 10000000),
         ),
     )
@@ -489,7 +361,6 @@ class NodeConfig:
         default=40.0,
         metadata=param(
             "drop sensor-cloud points farther than this [m]; 0: no limit",
-            section="planner",
             float_range=(0.0, 10000.0),
         ),
     )
@@ -498,14 +369,12 @@ class NodeConfig:
         metadata=param(
             "publish ~/grid (nav_msgs/OccupancyGrid in map) and save it with the map; "
             "needs a scale_source",
-            section="planner",
         ),
     )
     occupancy_resolution: float = field(
         default=0.2,
         metadata=param(
             "grid cell size [m]",
-            section="planner",
             float_range=(0.01, 10.0),
         ),
     )
@@ -513,7 +382,6 @@ class NodeConfig:
         default=0.15,
         metadata=param(
             "points within this height of the ground are ground [m]",
-            section="planner",
             float_range=(0.0, 5.0),
         ),
     )
@@ -521,7 +389,6 @@ class NodeConfig:
         default=0.15,
         metadata=param(
             "lowest obstacle height above ground [m]",
-            section="planner",
             float_range=(0.0, 10.0),
         ),
     )
@@ -529,75 +396,29 @@ class NodeConfig:
         default=2.0,
         metadata=param(
             "highest obstacle height above ground [m] (higher: ignored, e.g. trees, bridges)",
-            section="planner",
             float_range=(0.0, 100.0),
         ),
     )
-    # --- oracle backend (synthetic drive known to the node; tests and the demo)
-    oracle_seed: int = field(
-        default=0,
-        metadata=param(
-            "oracle backend: seed of the synthetic drive",
-            section="oracle",
-            int_range=(0, 2147483647),
-        ),
-    )
-    oracle_frames: int = field(
-        default=200,
-        metadata=param(
-            "oracle backend: frames in the synthetic drive",
-            section="oracle",
-            int_range=(1, 10000000),
-        ),
-    )
-    oracle_laps: float = field(
-        default=1.15,
-        metadata=param(
-            "oracle backend: laps of the synthetic loop over all frames (as the camera's --laps)",
-            section="oracle",
-            float_range=(1.0, 10000.0),
-        ),
-    )
-    oracle_width: int = field(
-        default=160,
-        metadata=param(
-            "oracle backend: image width",
-            section="oracle",
-            int_range=(1, 100000),
-        ),
-    )
-    oracle_height: int = field(
-        default=48,
-        metadata=param(
-            "oracle backend: image height",
-            section="oracle",
-            int_range=(1, 100000),
-        ),
-    )
-    oracle_drift_deg: float = field(
-        default=0.0,
-        metadata=param(
-            "oracle backend: in-window yaw drift per frame [deg], to give loop closure work",
-            section="oracle",
-            float_range=(0.0, 5.0),
-        ),
-    )
-    oracle_depth_noise: float = field(
-        default=0.0,
-        metadata=param(
-            "oracle backend: relative depth noise (sigma)",
-            section="oracle",
-            float_range=(0.0, 1.0),
-        ),
-    )
-    oracle_window_delays: list[float] = field(
-        default_factory=list,
-        metadata=param(
-            "oracle backend: extra seconds the k-th window takes (the last value repeats;"
-            " empty: none), a slow network for tests of stopping and saving",
-            section="oracle",
-        ),
-    )
+
+
+@dataclass
+class NodeConfig(
+    OracleSection,
+    PlannerSection,
+    OutputSection,
+    FramesSection,
+    InputSection,
+    MapSection,
+    WindowSection,
+    BackendSection,
+):
+    """Every node parameter: the sections of the configuration tree (SECTIONS) with their
+    leaves under their flat ROS names. A NodeConfig is each of its sections, so code that
+    needs one section takes it (``make_backend``'s spec reads BackendSection/OracleSection)."""
+
+    def section(self, cls: type[_S]) -> _S:
+        """A copy of one section of the tree (e.g. ``cfg.section(OracleSection)``)."""
+        return cls(**{f.name: copy.copy(getattr(self, f.name)) for f in fields(cls)})
 
     def validate(self) -> None:
         """Raise ValueError naming every inconsistent parameter."""
@@ -664,8 +485,24 @@ def value_problem(name: str, value: object) -> str | None:
     return range_problem(name, value, PARAMS.get(name, {}))
 
 
-PARAMS: dict[str, dict] = {f.name: param_info(f) for f in fields(NodeConfig)}
-"""Every parameter's ``param`` metadata (description, section, range, dynamic), by name."""
+SECTIONS: dict[str, type] = {
+    "backend": BackendSection,
+    "window": WindowSection,
+    "map": MapSection,
+    "input": InputSection,
+    "frames": FramesSection,
+    "output": OutputSection,
+    "planner": PlannerSection,
+    "oracle": OracleSection,
+}
+"""The configuration tree: section name -> dataclass; each leaf is a flat parameter name."""
+
+PARAMS: dict[str, dict] = {
+    f.name: {**param_info(f), "section": section}
+    for section, cls in SECTIONS.items()
+    for f in fields(cls)
+}
+"""Every parameter's ``param`` metadata (description, range, dynamic) and section, by name."""
 
 DYNAMIC = tuple(name for name, info in PARAMS.items() if info["dynamic"])
 """Parameters the node applies while running (the others need a restart)."""

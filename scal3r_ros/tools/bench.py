@@ -616,12 +616,17 @@ def engine_memory(
     """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
     host RSS at the checkpoints and the per-window engine overhead by stage."""
     from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.config import OracleSection
     from scal3r_ros.mapping.map_store import MapConfig
     from scal3r_ros.mapping.windowing import WindowConfig
 
-    built = make_backend(BackendSpec(kind="oracle", oracle_frames=frames, oracle_width=width,
-                                     oracle_height=height,
-                                     oracle_laps=road_speed_laps(frames)))  # fmt: skip
+    oracle = OracleSection(
+        oracle_frames=frames,
+        oracle_width=width,
+        oracle_height=height,
+        oracle_laps=road_speed_laps(frames),
+    )
+    built = make_backend(BackendSpec(kind="oracle", oracle=oracle))
     config = EngineConfig(window=WindowConfig(chunk, overlap),
                           map=MapConfig(max_points=max_points))  # fmt: skip
     engine = build_engine(config, built.backend, built.loop_closure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.config import OracleSection
 from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.loop_closure import LoopClosure
 from scal3r_ros.mapping.windowing import WindowConfig, window_problem
@@ -26,7 +27,8 @@ def test_window_rule_accepts_official_and_low_latency():
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_build_engine_adds_loop_closure_as_configured(enabled):
-    built = make_backend(BackendSpec(kind="oracle", oracle_frames=8, loop_closure=enabled))
+    spec = BackendSpec(kind="oracle", oracle=OracleSection(oracle_frames=8), loop_closure=enabled)
+    built = make_backend(spec)
     config = EngineConfig(window=WindowConfig(4, 2), loop_closure=enabled)
     engine = build_engine(config, built.backend)
     assert isinstance(engine.loop_closure, LoopClosure) is enabled
