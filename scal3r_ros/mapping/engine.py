@@ -40,6 +40,7 @@ import numpy as np
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
 from scal3r_ros.mapping.backend import GCS_MODES, Backend, ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.config import MapSection, WindowSection
 from scal3r_ros.mapping.frame import (
     AlignmentReport,
     ChunkFailed,
@@ -90,6 +91,24 @@ class EngineConfig:
     @staticmethod
     def low_latency(**kw: Any) -> EngineConfig:
         return EngineConfig(window=WindowConfig.low_latency(), **kw)
+
+    @staticmethod
+    def from_sections(
+        window: WindowSection, map_section: MapSection | None = None, frame_clouds: bool = False
+    ) -> EngineConfig:
+        """The engine of the config tree's window and map sections (node, offline, bench);
+        the other knobs keep their defaults."""
+        m = map_section or MapSection()
+        return EngineConfig(
+            window=WindowConfig(window.chunk_size, window.overlap),
+            gcs_mode=window.gcs_mode,
+            loop_closure=window.loop_closure,
+            frame_clouds=frame_clouds,
+            map=MapConfig(
+                voxel_size=m.voxel_size, conf_ratio=m.confidence_ratio, max_points=m.max_points
+            ),
+            frames=FrameStoreConfig(max_spill_bytes=m.max_spill_mb << 20),
+        )
 
 
 class LoopClosureHook(Protocol):

@@ -30,12 +30,9 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
-from scal3r_ros.mapping.config import BackendSection, OracleSection
+from scal3r_ros.mapping.config import BackendSection, MapSection, OracleSection, WindowSection
 from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, MapUpdate
-from scal3r_ros.mapping.frame_store import FrameStoreConfig
-from scal3r_ros.mapping.map_store import MapConfig
-from scal3r_ros.mapping.windowing import WindowConfig
 from scal3r_ros.ros import cli, qos
 from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb, set_pillow_limit
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
@@ -59,14 +56,9 @@ def backend_spec(cfg: NodeConfig) -> BackendSpec:
 
 
 def engine_config(cfg: NodeConfig) -> EngineConfig:
-    return EngineConfig(
-        window=WindowConfig(chunk_size=cfg.chunk_size, overlap=cfg.overlap),
-        gcs_mode=cfg.gcs_mode, loop_closure=cfg.loop_closure,
-        frame_clouds=cfg.sensor_cloud_enabled,
-        map=MapConfig(voxel_size=cfg.voxel_size, conf_ratio=cfg.confidence_ratio,
-                      max_points=cfg.max_points),
-        frames=FrameStoreConfig(max_spill_bytes=cfg.max_spill_mb << 20),
-    )  # fmt: skip
+    return EngineConfig.from_sections(
+        cfg.section(WindowSection), cfg.section(MapSection), frame_clouds=cfg.sensor_cloud_enabled
+    )
 
 
 class MappingNode(Node):

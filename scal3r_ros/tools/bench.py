@@ -249,9 +249,7 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
     ``messages`` None: no ROS, the message stage is not measured (``publish`` is None)
     and the window total and latency exclude it."""
     device = backend.config.device
-    engine = build_engine(
-        EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"), backend
-    )
+    engine = build_engine(EngineConfig.from_sections(cfg.window), backend)
     backend.reset_resolution()
     if messages is not None:
         messages.reset()
@@ -643,9 +641,7 @@ def engine_memory(
     """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
     host RSS at the checkpoints and the per-window engine overhead by stage."""
     from scal3r_ros.mapping.backends import BackendSpec, make_backend
-    from scal3r_ros.mapping.config import OracleSection
-    from scal3r_ros.mapping.map_store import MapConfig
-    from scal3r_ros.mapping.windowing import WindowConfig
+    from scal3r_ros.mapping.config import MapSection, OracleSection
 
     oracle = OracleSection(
         oracle_frames=frames,
@@ -654,8 +650,9 @@ def engine_memory(
         oracle_laps=road_speed_laps(frames),
     )
     built = make_backend(BackendSpec(kind="oracle", oracle=oracle))
-    config = EngineConfig(window=WindowConfig(chunk, overlap),
-                          map=MapConfig(max_points=max_points))  # fmt: skip
+    config = EngineConfig.from_sections(
+        WindowSection(chunk_size=chunk, overlap=overlap), MapSection(max_points=max_points)
+    )
     engine = build_engine(config, built.backend, built.loop_closure)
     drive = built.backend.drive
     stages: dict[str, list[float]] = {}

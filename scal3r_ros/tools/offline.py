@@ -238,7 +238,7 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
     from scal3r_ros.mapping.engine import EngineConfig
     from scal3r_ros.mapping.frame import Frame
-    from scal3r_ros.mapping.windowing import WindowConfig, window_problem
+    from scal3r_ros.mapping.windowing import window_problem
 
     win = cfg.window
     if win.gcs_mode not in GCS_MODES:
@@ -264,8 +264,7 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
             bars["exact"].update(1)
 
     backend = _CountingBackend(built.backend, tick)
-    ecfg = EngineConfig(window=WindowConfig(win.chunk_size, win.overlap), gcs_mode=win.gcs_mode,
-                        loop_closure=win.loop_closure)  # fmt: skip
+    ecfg = EngineConfig.from_sections(win)
     engine = build_engine(ecfg, backend, built.loop_closure)
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

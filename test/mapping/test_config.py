@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
-from scal3r_ros.mapping.config import OracleSection
+from scal3r_ros.mapping.config import MapSection, OracleSection, WindowSection
 from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.loop_closure import LoopClosure
 from scal3r_ros.mapping.windowing import WindowConfig, window_problem
@@ -34,3 +34,19 @@ def test_build_engine_adds_loop_closure_as_configured(enabled):
     assert isinstance(engine.loop_closure, LoopClosure) is enabled
     shared = build_engine(config, built.backend, built.loop_closure)
     assert shared.loop_closure is built.loop_closure
+
+
+def test_engine_config_from_sections_defaults_are_the_engine_defaults():
+    """Offline and bench pass only a window section: the map and spill settings they get
+    must be the engine's own defaults, as before they were built from the tree."""
+    assert EngineConfig.from_sections(WindowSection()) == EngineConfig()
+
+
+def test_engine_config_from_sections_maps_every_leaf():
+    window = WindowSection(chunk_size=8, overlap=3, gcs_mode="off", loop_closure=False)
+    map_section = MapSection(voxel_size=0.5, confidence_ratio=1.5, max_points=5000, max_spill_mb=3)
+    cfg = EngineConfig.from_sections(window, map_section, frame_clouds=True)
+    assert (cfg.window.chunk_size, cfg.window.overlap, cfg.gcs_mode) == (8, 3, "off")
+    assert not cfg.loop_closure and cfg.frame_clouds
+    assert (cfg.map.voxel_size, cfg.map.conf_ratio, cfg.map.max_points) == (0.5, 1.5, 5000)
+    assert cfg.frames.max_spill_bytes == 3 << 20
