@@ -101,8 +101,15 @@ def test_node_gets_the_parameter_file_and_overrides(description, config, expecte
 
 
 def test_executable_is_a_console_script_of_the_package():
+    """The launch file's executable is the package's console script, whose entry point
+    (cli.console_main: --help without importing the node and torch) exists."""
+    import importlib
+    import re
+
     setup_py = (ROOT / "setup.py").read_text()
-    assert '"scal3r_mapping = scal3r_ros.ros.node:main"' in setup_py
+    entry = re.search(r'"scal3r_mapping = ([\w.]+):(\w+)"', setup_py)
+    assert entry and entry.groups() == ("scal3r_ros.ros.cli", "console_main")
+    assert callable(getattr(importlib.import_module(entry[1]), entry[2]))
 
 
 def test_rviz_and_bag_are_optional(description):
