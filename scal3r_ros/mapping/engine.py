@@ -61,7 +61,7 @@ from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowP
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.trajectory import Trajectory
-from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig
+from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig, window_problem
 
 T = TypeVar("T")
 
@@ -87,6 +87,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
             raise ValueError(f"gcs_mode must be one of {GCS_MODES}, got {self.gcs_mode!r}")
+        if problem := window_problem(self.window.chunk_size, self.window.overlap):
+            raise ValueError(problem)
 
     @staticmethod
     def low_latency(**kw: Any) -> EngineConfig:

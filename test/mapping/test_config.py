@@ -14,10 +14,17 @@ from scal3r_ros.mapping.windowing import WindowConfig, window_problem
 @pytest.mark.parametrize("chunk, overlap", [(4, 0), (4, 4), (4, 5), (4, -1)])
 def test_window_rule_refuses_what_the_node_refuses(chunk, overlap):
     """The engine places each window on the frames it shares with the previous one: an
-    overlap of 0 is refused by the engine's WindowConfig as by the node's parameters."""
+    overlap of 0 is refused by the engine's config as by the node's parameters (the bare
+    schedule, WindowConfig, follows the official chunk list for any overlap >= 0)."""
     assert window_problem(chunk, overlap) is not None
-    with pytest.raises(ValueError, match="chunk_size > overlap >= 1"):
-        WindowConfig(chunk, overlap)
+    with pytest.raises(ValueError, match="chunk_size > overlap >="):
+        EngineConfig(window=WindowConfig(chunk, overlap))
+    with pytest.raises(ValueError, match="chunk_size > overlap >="):
+        EngineConfig.from_sections(WindowSection(chunk_size=chunk, overlap=overlap))
+
+
+def test_bare_schedule_allows_overlap_0_as_the_official_list():
+    assert WindowConfig(4, 0).stride == 4
 
 
 def test_window_rule_accepts_official_and_low_latency():
