@@ -46,7 +46,7 @@ setup(
     entry_points={
         "console_scripts": [
             "scal3r_doctor = scal3r_ros.tools.doctor:main",
-            "scal3r_mapping = scal3r_ros.ros.node:main",
+            "scal3r_mapping = scal3r_ros.ros.cli:console_main",
             "scal3r_synthetic_camera = scal3r_ros.tools.synthetic_camera:main",
             "scal3r_kitti_to_bag = scal3r_ros.tools.kitti_to_bag:main",
             "scal3r_play_bag = scal3r_ros.tools.bag_player:main",

@@ -6,12 +6,14 @@ One place that knows how a name like "scal3r", "tiny" or "oracle" becomes a work
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-BACKEND_KINDS = ("scal3r", "tiny", "oracle")
+from scal3r_ros.mapping.config import BACKEND_KINDS, BackendSection, OracleSection
+
+__all__ = ["BACKEND_KINDS", "BackendSpec", "build_engine", "make_backend", "make_loop_closure"]
 
 
 @dataclass
@@ -24,15 +26,25 @@ class BackendSpec:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
     seed: int = 0  # random weights of the tiny network
     loop_closure: bool = True  # build the loop-closure component (thumbnail retrieval)
-    # oracle: the synthetic drive it knows the ground truth of
-    oracle_seed: int = 0
-    oracle_frames: int = 200
-    oracle_laps: float = 1.15
-    oracle_width: int = 160
-    oracle_height: int = 48
-    oracle_drift_deg: float = 0.0  # in-window yaw drift per frame (gives loops work)
-    oracle_depth_noise: float = 0.0
-    oracle_window_delays: tuple[float, ...] = ()  # extra seconds per window (slow network)
+    oracle: OracleSection = field(default_factory=OracleSection)  # the oracle's drive
+
+    @classmethod
+    def from_sections(
+        cls, backend: BackendSection, oracle: OracleSection, loop_closure: bool, seed: int = 0
+    ) -> BackendSpec:
+        """The spec of the config tree's backend and oracle sections (empty checkpoint
+        strings mean the defaults, as the node's parameters say)."""
+        return cls(
+            kind=backend.backend,
+            checkpoint=backend.checkpoint or None,
+            checkpoint_sha256=backend.checkpoint_sha256 or None,
+            allow_download=backend.allow_download,
+            device=backend.device,
+            dtype=backend.dtype,
+            seed=seed,
+            loop_closure=loop_closure,
+            oracle=oracle,
+        )
 
 
 @dataclass
@@ -65,31 +77,51 @@ def _device_name(dev: torch.device) -> str:
     return str(dev)
 
 
-def _loop_closure(spec: BackendSpec):
-    if not spec.loop_closure:
+def make_loop_closure(enabled: bool = True):
+    """The loop-closure component every tool uses (thumbnail retrieval); None when off."""
+    if not enabled:
         return None
     from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 
     return LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail()))
 
 
+def build_engine(config, backend, loop_closure=None):
+    """The mapping engine for ``config`` (an EngineConfig) on ``backend``, the one way the
+    node, the offline tool and the bench wire it: ``loop_closure`` None builds the standard
+    component when ``config.loop_closure`` is on."""
+    from scal3r_ros.mapping.engine import MappingEngine
+
+    if loop_closure is None:
+        loop_closure = make_loop_closure(config.loop_closure)
+    return MappingEngine(config, backend, loop_closure)
+
+
 def make_backend(spec: BackendSpec) -> BuiltBackend:
     """Raises ValueError for bad settings and CheckpointError for a bad checkpoint."""
     if spec.kind not in BACKEND_KINDS:
         raise ValueError(f"backend must be one of {BACKEND_KINDS}, got {spec.kind!r}")
-    loops = _loop_closure(spec)
+    loops = make_loop_closure(spec.loop_closure)
     if spec.kind == "oracle":
         from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
         from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
-        drive = SyntheticDrive(SyntheticConfig(n_frames=spec.oracle_frames,
-                                               width=spec.oracle_width,
-                                               height=spec.oracle_height,
-                                               seed=spec.oracle_seed,
-                                               extra_laps=spec.oracle_laps - 1.0))  # fmt: skip
-        oracle = OracleConfig(seed=spec.oracle_seed, depth_noise=spec.oracle_depth_noise,
-                              drift_yaw_deg_per_frame=spec.oracle_drift_deg,
-                              window_delays_s=tuple(spec.oracle_window_delays))  # fmt: skip
+        o = spec.oracle
+        drive = SyntheticDrive(
+            SyntheticConfig(
+                n_frames=o.oracle_frames,
+                width=o.oracle_width,
+                height=o.oracle_height,
+                seed=o.oracle_seed,
+                extra_laps=o.oracle_laps - 1.0,
+            )
+        )
+        oracle = OracleConfig(
+            seed=o.oracle_seed,
+            depth_noise=o.oracle_depth_noise,
+            drift_yaw_deg_per_frame=o.oracle_drift_deg,
+            window_delays_s=tuple(o.oracle_window_delays),
+        )
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")
 
     from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig

@@ -40,6 +40,7 @@ import numpy as np
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
 from scal3r_ros.mapping.backend import GCS_MODES, Backend, ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.config import MapSection, WindowSection
 from scal3r_ros.mapping.frame import (
     AlignmentReport,
     ChunkFailed,
@@ -60,7 +61,7 @@ from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowP
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.trajectory import Trajectory
-from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig
+from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig, window_problem
 
 T = TypeVar("T")
 
@@ -86,10 +87,30 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
             raise ValueError(f"gcs_mode must be one of {GCS_MODES}, got {self.gcs_mode!r}")
+        if problem := window_problem(self.window.chunk_size, self.window.overlap):
+            raise ValueError(problem)
 
     @staticmethod
     def low_latency(**kw: Any) -> EngineConfig:
         return EngineConfig(window=WindowConfig.low_latency(), **kw)
+
+    @staticmethod
+    def from_sections(
+        window: WindowSection, map_section: MapSection | None = None, frame_clouds: bool = False
+    ) -> EngineConfig:
+        """The engine of the config tree's window and map sections (node, offline, bench);
+        the other knobs keep their defaults."""
+        m = map_section or MapSection()
+        return EngineConfig(
+            window=WindowConfig(window.chunk_size, window.overlap),
+            gcs_mode=window.gcs_mode,
+            loop_closure=window.loop_closure,
+            frame_clouds=frame_clouds,
+            map=MapConfig(
+                voxel_size=m.voxel_size, conf_ratio=m.confidence_ratio, max_points=m.max_points
+            ),
+            frames=FrameStoreConfig(max_spill_bytes=m.max_spill_mb << 20),
+        )
 
 
 class LoopClosureHook(Protocol):

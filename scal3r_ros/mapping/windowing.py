@@ -33,10 +33,11 @@ class WindowConfig:
     overlap: int = 30
 
     def __post_init__(self) -> None:
-        if not (0 <= self.overlap < self.chunk_size):
-            raise ValueError(
-                f"need 0 <= overlap < chunk_size, got {self.overlap} / {self.chunk_size}"
-            )
+        # the schedule itself is the official one for any overlap, 0 included; the engine
+        # (EngineConfig) applies the mapping rule of at least one shared frame
+        problem = window_problem(self.chunk_size, self.overlap, min_overlap=0)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def stride(self) -> int:
@@ -45,6 +46,19 @@ class WindowConfig:
     @staticmethod
     def low_latency() -> WindowConfig:
         return WindowConfig(chunk_size=16, overlap=8)
+
+
+def window_problem(chunk_size: int, overlap: int, min_overlap: int = 1) -> str | None:
+    """The one rule for chunk/overlap of mapping (EngineConfig, so node, offline tool and
+    bench): ``chunk_size > overlap >= 1``. Each window is placed on the frames it shares
+    with the previous one, so an overlap of 0 leaves nothing to align and every window would
+    fall back to its predicted poses. ``min_overlap=0``: the bare schedule (WindowConfig)."""
+    if overlap < min_overlap or chunk_size <= overlap:
+        return (
+            f"need chunk_size > overlap >= {min_overlap}, got chunk_size={chunk_size}, "
+            f"overlap={overlap}"
+        )
+    return None
 
 
 @dataclass(frozen=True)

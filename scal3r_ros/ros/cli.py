@@ -2,7 +2,8 @@
 reads them, signals, spinning, and the stop-and-save at the end.
 
 `scal3r_ros.ros.node.main` calls `main` here with the node class (so this module does
-not import the node).
+not import the node); the console script's `console_main` imports the node (and torch) only
+once the arguments are checked, so ``--help`` and usage mistakes answer at once.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ def _read_parameter_sources(config: Path | None, ros: RosArguments) -> list[str]
     if errors:
         raise ParameterInputError("\n  ".join(["invalid parameter values:", *errors]))
     return warnings + unknown
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``scal3r_mapping`` entry point: `main` with the node imported only when built."""
+
+    def make_node():
+        from scal3r_ros.ros.node import MappingNode
+
+        return MappingNode()
+
+    return main(argv, make_node)
 
 
 def main(argv: list[str] | None, make_node: Callable) -> int:

@@ -29,12 +29,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.backends import BackendSpec, make_backend
-from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.config import BackendSection, MapSection, OracleSection, WindowSection
+from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, MapUpdate
-from scal3r_ros.mapping.frame_store import FrameStoreConfig
-from scal3r_ros.mapping.map_store import MapConfig
-from scal3r_ros.mapping.windowing import WindowConfig
 from scal3r_ros.ros import cli, qos
 from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb, set_pillow_limit
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
@@ -52,26 +50,15 @@ from scal3r_ros.ros.worker import MappingWorker
 
 
 def backend_spec(cfg: NodeConfig) -> BackendSpec:
-    return BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint or None,
-                       checkpoint_sha256=cfg.checkpoint_sha256 or None,
-                       allow_download=cfg.allow_download, device=cfg.device, dtype=cfg.dtype,
-                       loop_closure=cfg.loop_closure, oracle_seed=cfg.oracle_seed,
-                       oracle_frames=cfg.oracle_frames, oracle_laps=cfg.oracle_laps,
-                       oracle_width=cfg.oracle_width, oracle_height=cfg.oracle_height,
-                       oracle_drift_deg=cfg.oracle_drift_deg,
-                       oracle_depth_noise=cfg.oracle_depth_noise,
-                       oracle_window_delays=tuple(cfg.oracle_window_delays))  # fmt: skip
+    return BackendSpec.from_sections(
+        cfg.section(BackendSection), cfg.section(OracleSection), loop_closure=cfg.loop_closure
+    )
 
 
 def engine_config(cfg: NodeConfig) -> EngineConfig:
-    return EngineConfig(
-        window=WindowConfig(chunk_size=cfg.chunk_size, overlap=cfg.overlap),
-        gcs_mode=cfg.gcs_mode, loop_closure=cfg.loop_closure,
-        frame_clouds=cfg.sensor_cloud_enabled,
-        map=MapConfig(voxel_size=cfg.voxel_size, conf_ratio=cfg.confidence_ratio,
-                      max_points=cfg.max_points),
-        frames=FrameStoreConfig(max_spill_bytes=cfg.max_spill_mb << 20),
-    )  # fmt: skip
+    return EngineConfig.from_sections(
+        cfg.section(WindowSection), cfg.section(MapSection), frame_clouds=cfg.sensor_cloud_enabled
+    )
 
 
 class MappingNode(Node):
@@ -87,7 +74,7 @@ class MappingNode(Node):
         # --- the engine on its worker thread
         backend = make_backend(backend_spec(cfg))
         self.worker = MappingWorker(
-            lambda: MappingEngine(engine_config(cfg), backend.backend, backend.loop_closure),
+            lambda: build_engine(engine_config(cfg), backend.backend, backend.loop_closure),
             self._on_worker_events, queue_size=cfg.queue_size, drop_policy=cfg.drop_policy,
             on_error=lambda msg: log.error(f"chunk failed: {msg}"),
         )  # fmt: skip

@@ -1,20 +1,25 @@
-"""The node's parameters: one table of (name, default, description, constraints).
+"""The node's parameters: the `NodeConfig` dataclass, whose fields carry their description,
+section, range and run-time changeability as ``param`` metadata (scal3r_ros.mapping.config).
 
-Each entry is declared on the node with a descriptor (type, description, range,
-read-only) so `ros2 param describe` explains it, then read into the `NodeConfig`
-dataclass and validated as a whole (e.g. chunk_size > overlap) before anything starts.
-The YAML files in config/ set the same names.
+Each field is declared on the node with a descriptor generated from that metadata (type,
+description, range, read-only) so `ros2 param describe` explains it, then read back into
+`NodeConfig` and validated as a whole (e.g. chunk_size > overlap, the one rule of
+``windowing.window_problem``) before anything starts. ``--help``, the table in
+docs/ros_interface.md and the YAML files in config/ are generated from or tested against
+the same metadata.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-import math
+import json
 import os
 import re
 import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from rcl_interfaces.msg import (
@@ -25,12 +30,24 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from scal3r_ros.mapping.config import (
+    BACKEND_KINDS,
+    GCS_ONLINE_MODES,
+    BackendSection,
+    MapSection,
+    OracleSection,
+    WindowSection,
+    param,
+    param_info,
+    range_problem,
+)
 from scal3r_ros.mapping.scale import SCALE_SOURCES
+from scal3r_ros.mapping.windowing import window_problem
 from scal3r_ros.ros.conversions import ImageLimits
 from scal3r_ros.ros.input_checks import StampPolicy
 
-BACKENDS = ("scal3r", "tiny", "oracle")
-GCS_ONLINE_MODES = ("causal", "off")
+BACKENDS = BACKEND_KINDS
+_S = TypeVar("_S")
 QOS_CHOICES = ("sensor_data", "reliable")
 TIME_JUMP_POLICIES = ("reset", "drop")
 _DOUBLES = Parameter.Type.DOUBLE_ARRAY
@@ -38,94 +55,378 @@ _ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES, "oracle_window_d
 
 
 @dataclass
-class NodeConfig:
-    # --- network / backend
-    backend: str = "scal3r"
-    checkpoint: str = ""  # empty: ~/.cache/scal3r_ros/scal3r.pt (or $SCAL3R_CHECKPOINT)
-    checkpoint_sha256: str = ""  # empty: <checkpoint>.sha256 beside it, if there is one
-    allow_download: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    # --- windows and GCS
-    chunk_size: int = 60
-    overlap: int = 30
-    gcs_mode: str = "causal"
-    loop_closure: bool = True
-    # --- map
-    voxel_size: float = 0.0
-    confidence_ratio: float = 0.75
-    max_points: int = 2_000_000
-    max_spill_mb: int = 8192  # disk for past frames + loop geometry, oldest deleted beyond
-    # --- input
-    image_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"])
-    compressed_topics: list[str] = field(default_factory=list)
-    camera_info_topics: list[str] = field(default_factory=list)
-    input_qos: str = "sensor_data"
-    input_qos_depth: int = 10
-    queue_size: int = 64
-    drop_policy: str = "drop_oldest"
-    on_time_jump: str = "reset"
-    time_jump_min_frames: int = 3
-    max_stamp_gap_s: float = 10.0
-    max_future_stamp_s: float = 300.0
-    max_image_pixels: int = 50_000_000
-    min_image_side: int = 16
-    max_image_aspect: float = 8.0
-    # --- frames
-    map_frame: str = "map"
-    odom_frame: str = "odom"
-    base_frame: str = "base_link"
-    camera_frame: str = ""
-    camera_xyz: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    camera_rpy: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    use_tf_static: bool = True
-    publish_camera_tf: bool = True
-    # --- output
-    map_publish_period: float = 2.0
-    path_publish_period: float = 1.0
-    path_max_poses: int = 5000
-    status_period: float = 0.5
-    progress_log_period: float = 5.0
-    output_dir: str = os.path.join("~", ".ros", "scal3r_ros")
-    save_on_shutdown: bool = True
-    shutdown_window_wait: float = 30.0
-    # --- planner outputs: metric scale, sensor-frame clouds, occupancy grid
-    scale_source: str = "none"
-    camera_height_m: float = 1.65
-    scale_odometry_topic: str = "/odom"
-    scale_odometry_window_s: float = 10.0
-    stereo_baseline_m: float = 0.0
-    sensor_cloud_enabled: bool = False
-    sensor_cloud_frames: str = "all"
-    sensor_cloud_every_n: int = 5
-    sensor_cloud_voxel_size: float = 0.1
-    sensor_cloud_max_points: int = 20000
-    sensor_cloud_max_depth: float = 40.0
-    occupancy_enabled: bool = False
-    occupancy_resolution: float = 0.2
-    occupancy_ground_band: float = 0.15
-    occupancy_obstacle_min: float = 0.15
-    occupancy_obstacle_max: float = 2.0
-    # --- oracle backend (synthetic drive known to the node; tests and the demo)
-    oracle_seed: int = 0
-    oracle_frames: int = 200
-    oracle_laps: float = 1.15
-    oracle_width: int = 160
-    oracle_height: int = 48
-    oracle_drift_deg: float = 0.0
-    oracle_depth_noise: float = 0.0
-    oracle_window_delays: list[float] = field(default_factory=list)
+class InputSection:
+    """Image input: topics, QoS, queue and the checks on stamps and image sizes."""
+
+    image_topics: list[str] = field(
+        default_factory=lambda: ["/camera/image_raw"],
+        metadata=param(
+            "sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
+        ),
+    )
+    compressed_topics: list[str] = field(
+        default_factory=list,
+        metadata=param(
+            "sensor_msgs/CompressedImage topics (jpeg, png)",
+        ),
+    )
+    camera_info_topics: list[str] = field(
+        default_factory=list,
+        metadata=param(
+            "optional CameraInfo topics, same order as the image topics",
+        ),
+    )
+    input_qos: str = field(
+        default="sensor_data",
+        metadata=param(
+            "image subscription QoS: sensor_data (best effort) or reliable",
+        ),
+    )
+    input_qos_depth: int = field(
+        default=10,
+        metadata=param(
+            "image subscription history depth",
+            int_range=(1, 1000),
+        ),
+    )
+    queue_size: int = field(
+        default=64,
+        metadata=param(
+            "frames waiting for the worker before the drop policy applies",
+            int_range=(1, 100000),
+        ),
+    )
+    drop_policy: str = field(
+        default="drop_oldest",
+        metadata=param(
+            "when the queue is full: drop_oldest or drop_newest",
+        ),
+    )
+    on_time_jump: str = field(
+        default="reset",
+        metadata=param(
+            "stamps going backwards (bag loop): reset the map, or drop the frames; a "
+            "reset needs time_jump_min_frames older frames in a row or a backward jump of"
+            " /clock",
+            dynamic=True,
+        ),
+    )
+    time_jump_min_frames: int = field(
+        default=3,
+        metadata=param(
+            "frames in a row (increasing stamps) that confirm a time jump of a camera, "
+            "backward or beyond max_stamp_gap_s forward; until then they are held, and "
+            "dropped (stamp_outlier) if the stream goes on; 1: any single frame",
+            int_range=(1, 100),
+        ),
+    )
+    max_stamp_gap_s: float = field(
+        default=10.0,
+        metadata=param(
+            "the largest step between a camera's stamps taken without evidence [s]; a "
+            "larger jump forward needs time_jump_min_frames frames in a row",
+            float_range=(0.001, 1000000.0),
+        ),
+    )
+    max_future_stamp_s: float = field(
+        default=300.0,
+        metadata=param(
+            "drop frames stamped more than this ahead of the node's clock (future_stamp) "
+            "[s]; 0: off; not checked before the clock runs (sim time before /clock)",
+            float_range=(0.0, 1000000000.0),
+        ),
+    )
+    max_image_pixels: int = field(
+        default=50_000_000,
+        metadata=param(
+            "refuse larger images (image_size), raw or compressed, from the header before"
+            " decoding; also Pillow's MAX_IMAGE_PIXELS",
+            int_range=(1024, 1000000000),
+        ),
+    )
+    min_image_side: int = field(
+        default=16,
+        metadata=param(
+            "refuse images with a side shorter than this [px] (image_size)",
+            int_range=(1, 100000),
+        ),
+    )
+    max_image_aspect: float = field(
+        default=8.0,
+        metadata=param(
+            "refuse images whose long side exceeds this x the short side (image_size)",
+            float_range=(1.0, 1000.0),
+        ),
+    )
+
+
+@dataclass
+class FramesSection:
+    """Frames (REP-105) and the camera mount."""
+
+    map_frame: str = field(
+        default="map",
+        metadata=param(
+            "fixed frame of the map, /tf root (REP-105)",
+        ),
+    )
+    odom_frame: str = field(
+        default="odom",
+        metadata=param(
+            "odometry frame between map and base_link",
+        ),
+    )
+    base_frame: str = field(
+        default="base_link",
+        metadata=param(
+            "robot body frame",
+        ),
+    )
+    camera_frame: str = field(
+        default="",
+        metadata=param(
+            "camera optical frame; empty = the images' header.frame_id",
+        ),
+    )
+    camera_xyz: list[float] = field(
+        default_factory=lambda: [0.0, 0.0, 0.0],
+        metadata=param(
+            "camera body position in base_frame [m], used when /tf_static has none",
+        ),
+    )
+    camera_rpy: list[float] = field(
+        default_factory=lambda: [0.0, 0.0, 0.0],
+        metadata=param(
+            "camera body roll/pitch/yaw in base_frame [rad]",
+        ),
+    )
+    use_tf_static: bool = field(
+        default=True,
+        metadata=param(
+            "take the camera mount from /tf_static when it is published",
+        ),
+    )
+    publish_camera_tf: bool = field(
+        default=True,
+        metadata=param(
+            "publish base_frame -> camera optical frame on /tf_static from camera_xyz/rpy"
+            " when /tf_static has none",
+        ),
+    )
+
+
+@dataclass
+class OutputSection:
+    """Publication periods, logging, saving and stopping."""
+
+    map_publish_period: float = field(
+        default=2.0,
+        metadata=param(
+            "seconds between ~/map publications (0: only on request)",
+            float_range=(0.0, 3600.0),
+            dynamic=True,
+        ),
+    )
+    path_publish_period: float = field(
+        default=1.0,
+        metadata=param(
+            "seconds between ~/path publications (0: after every window)",
+            float_range=(0.0, 3600.0),
+            dynamic=True,
+        ),
+    )
+    path_max_poses: int = field(
+        default=5000,
+        metadata=param(
+            "most poses in one ~/path message, evenly thinned (0: all); saved "
+            "trajectories are always complete",
+            int_range=(0, 10000000),
+            dynamic=True,
+        ),
+    )
+    status_period: float = field(
+        default=0.5,
+        metadata=param(
+            "seconds between ~/status and /diagnostics messages",
+            float_range=(0.05, 60.0),
+        ),
+    )
+    progress_log_period: float = field(
+        default=5.0,
+        metadata=param(
+            "seconds between one-line progress summaries in the log (frames, windows, map"
+            " points, FPS, latency); 0: off",
+            float_range=(0.0, 3600.0),
+            dynamic=True,
+        ),
+    )
+    output_dir: str = field(
+        default=os.path.join("~", ".ros", "scal3r_ros"),
+        metadata=param(
+            "directory for saved maps and trajectories (nothing is written outside)",
+        ),
+    )
+    save_on_shutdown: bool = field(
+        default=True,
+        metadata=param(
+            "save map and trajectory when the node stops",
+            dynamic=True,
+        ),
+    )
+    shutdown_window_wait: float = field(
+        default=30.0,
+        metadata=param(
+            "seconds a stop (first Ctrl-C) waits for the window in progress and the "
+            "stream's last frames; then, or at a second Ctrl-C or SIGTERM, the map is "
+            "saved as mapped so far",
+            float_range=(0.0, 3600.0),
+            dynamic=True,
+        ),
+    )
+
+
+@dataclass
+class PlannerSection:
+    """Planner outputs: metric scale, sensor-frame clouds, occupancy grid."""
+
+    scale_source: str = field(
+        default="none",
+        metadata=param(
+            "metric scale: none (arbitrary), camera_height (ground plane), odometry "
+            "(reference nav_msgs/Odometry) or stereo (second camera, known baseline)",
+        ),
+    )
+    camera_height_m: float = field(
+        default=1.65,
+        metadata=param(
+            "camera height above the ground [m] (camera_height scale, grid ground)",
+            float_range=(0.01, 100.0),
+        ),
+    )
+    scale_odometry_topic: str = field(
+        default="/odom",
+        metadata=param(
+            "nav_msgs/Odometry used by the odometry scale source",
+        ),
+    )
+    scale_odometry_window_s: float = field(
+        default=10.0,
+        metadata=param(
+            "sliding window of the odometry scale source [s]",
+            float_range=(0.5, 600.0),
+        ),
+    )
+    stereo_baseline_m: float = field(
+        default=0.0,
+        metadata=param(
+            "stereo baseline [m]; 0 = from the second camera_info topic's P",
+            float_range=(0.0, 10.0),
+        ),
+    )
+    sensor_cloud_enabled: bool = field(
+        default=False,
+        metadata=param(
+            "publish ~/sensor_cloud: per-frame clouds in the camera optical frame at the "
+            "image stamp (for costmap obstacle layers)",
+        ),
+    )
+    sensor_cloud_frames: str = field(
+        default="all",
+        metadata=param(
+            "which frames get a sensor cloud: all, every_n or newest (one per window)",
+        ),
+    )
+    sensor_cloud_every_n: int = field(
+        default=5,
+        metadata=param(
+            "with sensor_cloud_frames every_n: every n-th frame",
+            int_range=(1, 1000),
+        ),
+    )
+    sensor_cloud_voxel_size: float = field(
+        default=0.1,
+        metadata=param(
+            "sensor cloud voxel size [m, or map units without scale]",
+            float_range=(0.0, 10.0),
+        ),
+    )
+    sensor_cloud_max_points: int = field(
+        default=20000,
+        metadata=param(
+            "cap on points per sensor cloud",
+            int_range=(1, 10000000),
+        ),
+    )
+    sensor_cloud_max_depth: float = field(
+        default=40.0,
+        metadata=param(
+            "drop sensor-cloud points farther than this [m]; 0: no limit",
+            float_range=(0.0, 10000.0),
+        ),
+    )
+    occupancy_enabled: bool = field(
+        default=False,
+        metadata=param(
+            "publish ~/grid (nav_msgs/OccupancyGrid in map) and save it with the map; "
+            "needs a scale_source",
+        ),
+    )
+    occupancy_resolution: float = field(
+        default=0.2,
+        metadata=param(
+            "grid cell size [m]",
+            float_range=(0.01, 10.0),
+        ),
+    )
+    occupancy_ground_band: float = field(
+        default=0.15,
+        metadata=param(
+            "points within this height of the ground are ground [m]",
+            float_range=(0.0, 5.0),
+        ),
+    )
+    occupancy_obstacle_min: float = field(
+        default=0.15,
+        metadata=param(
+            "lowest obstacle height above ground [m]",
+            float_range=(0.0, 10.0),
+        ),
+    )
+    occupancy_obstacle_max: float = field(
+        default=2.0,
+        metadata=param(
+            "highest obstacle height above ground [m] (higher: ignored, e.g. trees, bridges)",
+            float_range=(0.0, 100.0),
+        ),
+    )
+
+
+@dataclass
+class NodeConfig(
+    OracleSection,
+    PlannerSection,
+    OutputSection,
+    FramesSection,
+    InputSection,
+    MapSection,
+    WindowSection,
+    BackendSection,
+):
+    """Every node parameter: the sections of the configuration tree (SECTIONS) with their
+    leaves under their flat ROS names. A NodeConfig is each of its sections, so code that
+    needs one section takes it (``make_backend``'s spec reads BackendSection/OracleSection)."""
+
+    def section(self, cls: type[_S]) -> _S:
+        """A copy of one section of the tree (e.g. ``cfg.section(OracleSection)``)."""
+        return cls(**{f.name: copy.copy(getattr(self, f.name)) for f in fields(cls)})
 
     def validate(self) -> None:
         """Raise ValueError naming every inconsistent parameter."""
         problems = []
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.overlap < 1 or self.chunk_size <= self.overlap:
-            problems.append(
-                f"need chunk_size > overlap >= 1, got chunk_size={self.chunk_size}, "
-                f"overlap={self.overlap}"
-            )
+        if problem := window_problem(self.chunk_size, self.overlap):
+            problems.append(problem)
         if self.gcs_mode not in GCS_ONLINE_MODES:
             problems.append(
                 f"gcs_mode must be one of {GCS_ONLINE_MODES} in the node "
@@ -178,292 +479,46 @@ class NodeConfig:
 
 def value_problem(name: str, value: object) -> str | None:
     """What is wrong with one parameter's value on its own: a float (or float in a list)
-    that is not finite, a number outside its descriptor's range. rclpy enforces ranges
-    only in some versions and never looks inside lists, and a NaN camera mount crashed
-    the node later, so NodeConfig checks every value itself."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-        return f"{name} must be finite, got {value}"
-    extra = _DOC.get(name, ("", {}))[1]
-    bounds = extra.get("int_range") or extra.get("float_range")
-    if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo, hi = bounds
-        if not lo <= value <= hi:
-            return f"{name} must be in [{lo}, {hi}], got {value}"
-    return None
+    that is not finite, a number outside its range. rclpy enforces ranges only in some
+    versions and never looks inside lists, and a NaN camera mount crashed the node later,
+    so NodeConfig checks every value itself."""
+    return range_problem(name, value, PARAMS.get(name, {}))
 
 
-# name -> (description, extra descriptor fields)
-_DOC: dict[str, tuple[str, dict]] = {
-    "backend": (
-        "network: scal3r (official checkpoint), tiny (random test net), oracle "
-        "(synthetic ground truth)",
-        {"read_only": True},
-    ),
-    "checkpoint": (
-        "path of scal3r.pt (huggingface xbillowy/Scal3R); empty: "
-        "~/.cache/scal3r_ros/scal3r.pt or $SCAL3R_CHECKPOINT",
-        {"read_only": True},
-    ),
-    "checkpoint_sha256": (
-        "SHA-256 the checkpoint must have (64 hex digits), checked at start, hashed once per "
-        "file version; empty: the <checkpoint>.sha256 file beside it, if there is one",
-        {"read_only": True},
-    ),
-    "allow_download": (
-        "download the checkpoint with huggingface_hub when it is missing",
-        {"read_only": True},
-    ),
-    "device": ("torch device: auto (cuda if available), cuda, cuda:N or cpu", {"read_only": True}),
-    "dtype": (
-        "auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16",
-        {"read_only": True},
-    ),
-    "chunk_size": ("frames per window (official 60)", {"read_only": True, "int_range": (2, 512)}),
-    "overlap": (
-        "frames shared by consecutive windows (official 30)",
-        {"read_only": True, "int_range": (1, 511)},
-    ),
-    "gcs_mode": (
-        "global context synchronisation: causal (running sums) or off",
-        {"read_only": True},
-    ),
-    "loop_closure": (
-        "detect loops and correct drift with a Sim(3) pose graph",
-        {"read_only": True},
-    ),
-    "voxel_size": (
-        "map voxel size in map units; 0 = automatic (1% of the first median depth)",
-        {"read_only": True, "float_range": (0.0, 100.0)},
-    ),
-    "confidence_ratio": (
-        "keep pixels whose confidence exceeds this x their frame's mean (official 0.75)",
-        {"read_only": True, "float_range": (0.0, 10.0)},
-    ),
-    "max_points": (
-        "hard cap on map points (older chunks are coarsened, then evicted)",
-        {"read_only": True, "int_range": (1000, 1_000_000_000)},
-    ),
-    "max_spill_mb": (
-        "disk cap (MiB) on past frames and loop geometry spilled to $TMPDIR/scal3r_ros-<uid>; "
-        "beyond it the oldest are deleted and loops back to them rejected; 0: keep none",
-        {"read_only": True, "int_range": (0, 10_000_000)},
-    ),
-    "image_topics": (
-        "sensor_msgs/Image topics (rgb8, bgr8, rgba8, bgra8, mono8, mono16)",
-        {"read_only": True},
-    ),
-    "compressed_topics": ("sensor_msgs/CompressedImage topics (jpeg, png)", {"read_only": True}),
-    "camera_info_topics": (
-        "optional CameraInfo topics, same order as the image topics",
-        {"read_only": True},
-    ),
-    "input_qos": (
-        "image subscription QoS: sensor_data (best effort) or reliable",
-        {"read_only": True},
-    ),
-    "input_qos_depth": (
-        "image subscription history depth",
-        {"read_only": True, "int_range": (1, 1000)},
-    ),
-    "queue_size": (
-        "frames waiting for the worker before the drop policy applies",
-        {"read_only": True, "int_range": (1, 100000)},
-    ),
-    "drop_policy": ("when the queue is full: drop_oldest or drop_newest", {"read_only": True}),
-    "on_time_jump": (
-        "stamps going backwards (bag loop): reset the map, or drop the frames; a reset "
-        "needs time_jump_min_frames older frames in a row or a backward jump of /clock",
-        {},
-    ),
-    "time_jump_min_frames": (
-        "frames in a row (increasing stamps) that confirm a time jump of a camera, "
-        "backward or beyond max_stamp_gap_s forward; until then they are held, and dropped "
-        "(stamp_outlier) if the stream goes on; 1: any single frame",
-        {"read_only": True, "int_range": (1, 100)},
-    ),
-    "max_stamp_gap_s": (
-        "the largest step between a camera's stamps taken without evidence [s]; a larger "
-        "jump forward needs time_jump_min_frames frames in a row",
-        {"read_only": True, "float_range": (0.001, 1e6)},
-    ),
-    "max_future_stamp_s": (
-        "drop frames stamped more than this ahead of the node's clock (future_stamp) [s]; "
-        "0: off; not checked before the clock runs (sim time before /clock)",
-        {"read_only": True, "float_range": (0.0, 1e9)},
-    ),
-    "max_image_pixels": (
-        "refuse larger images (image_size), raw or compressed, from the header before "
-        "decoding; also Pillow's MAX_IMAGE_PIXELS",
-        {"read_only": True, "int_range": (1024, 1_000_000_000)},
-    ),
-    "min_image_side": (
-        "refuse images with a side shorter than this [px] (image_size)",
-        {"read_only": True, "int_range": (1, 100_000)},
-    ),
-    "max_image_aspect": (
-        "refuse images whose long side exceeds this x the short side (image_size)",
-        {"read_only": True, "float_range": (1.0, 1000.0)},
-    ),
-    "map_frame": ("fixed frame of the map, /tf root (REP-105)", {"read_only": True}),
-    "odom_frame": ("odometry frame between map and base_link", {"read_only": True}),
-    "base_frame": ("robot body frame", {"read_only": True}),
-    "camera_frame": (
-        "camera optical frame; empty = the images' header.frame_id",
-        {"read_only": True},
-    ),
-    "camera_xyz": (
-        "camera body position in base_frame [m], used when /tf_static has none",
-        {"read_only": True},
-    ),
-    "camera_rpy": ("camera body roll/pitch/yaw in base_frame [rad]", {"read_only": True}),
-    "use_tf_static": (
-        "take the camera mount from /tf_static when it is published",
-        {"read_only": True},
-    ),
-    "publish_camera_tf": (
-        "publish base_frame -> camera optical frame on /tf_static from "
-        "camera_xyz/rpy when /tf_static has none",
-        {"read_only": True},
-    ),
-    "map_publish_period": (
-        "seconds between ~/map publications (0: only on request)",
-        {"float_range": (0.0, 3600.0)},
-    ),
-    "path_publish_period": (
-        "seconds between ~/path publications (0: after every window)",
-        {"float_range": (0.0, 3600.0)},
-    ),
-    "path_max_poses": (
-        "most poses in one ~/path message, evenly thinned (0: all); saved trajectories "
-        "are always complete",
-        {"int_range": (0, 10_000_000)},
-    ),
-    "status_period": (
-        "seconds between ~/status and /diagnostics messages",
-        {"read_only": True, "float_range": (0.05, 60.0)},
-    ),
-    "progress_log_period": (
-        "seconds between one-line progress summaries in the log (frames, windows, map "
-        "points, fps, latency); 0: off",
-        {"float_range": (0.0, 3600.0)},
-    ),
-    "output_dir": (
-        "directory for saved maps and trajectories (nothing is written outside)",
-        {"read_only": True},
-    ),
-    "save_on_shutdown": ("save map and trajectory when the node stops", {}),
-    "shutdown_window_wait": (
-        "seconds a stop (first Ctrl-C) waits for the window in progress and the stream's "
-        "last frames; then, or at a second Ctrl-C or SIGTERM, the map is saved as mapped "
-        "so far",
-        {"float_range": (0.0, 3600.0)},
-    ),
-    "scale_source": (
-        "metric scale: none (arbitrary), camera_height (ground plane), odometry "
-        "(reference nav_msgs/Odometry) or stereo (second camera, known baseline)",
-        {"read_only": True},
-    ),
-    "camera_height_m": (
-        "camera height above the ground [m] (camera_height scale, grid ground)",
-        {"read_only": True, "float_range": (0.01, 100.0)},
-    ),
-    "scale_odometry_topic": (
-        "nav_msgs/Odometry used by the odometry scale source",
-        {"read_only": True},
-    ),
-    "scale_odometry_window_s": (
-        "sliding window of the odometry scale source [s]",
-        {"read_only": True, "float_range": (0.5, 600.0)},
-    ),
-    "stereo_baseline_m": (
-        "stereo baseline [m]; 0 = from the second camera_info topic's P",
-        {"read_only": True, "float_range": (0.0, 10.0)},
-    ),
-    "sensor_cloud_enabled": (
-        "publish ~/sensor_cloud: per-frame clouds in the camera optical "
-        "frame at the image stamp (for costmap obstacle layers)",
-        {"read_only": True},
-    ),
-    "sensor_cloud_frames": (
-        "which frames get a sensor cloud: all, every_n or newest (one per window)",
-        {"read_only": True},
-    ),
-    "sensor_cloud_every_n": (
-        "with sensor_cloud_frames every_n: every n-th frame",
-        {"read_only": True, "int_range": (1, 1000)},
-    ),
-    "sensor_cloud_voxel_size": (
-        "sensor cloud voxel size [m, or map units without scale]",
-        {"read_only": True, "float_range": (0.0, 10.0)},
-    ),
-    "sensor_cloud_max_points": (
-        "cap on points per sensor cloud",
-        {"read_only": True, "int_range": (1, 10_000_000)},
-    ),
-    "sensor_cloud_max_depth": (
-        "drop sensor-cloud points farther than this [m]; 0: no limit",
-        {"read_only": True, "float_range": (0.0, 10000.0)},
-    ),
-    "occupancy_enabled": (
-        "publish ~/grid (nav_msgs/OccupancyGrid in map) and save it with the "
-        "map; needs a scale_source",
-        {"read_only": True},
-    ),
-    "occupancy_resolution": (
-        "grid cell size [m]",
-        {"read_only": True, "float_range": (0.01, 10.0)},
-    ),
-    "occupancy_ground_band": (
-        "points within this height of the ground are ground [m]",
-        {"read_only": True, "float_range": (0.0, 5.0)},
-    ),
-    "occupancy_obstacle_min": (
-        "lowest obstacle height above ground [m]",
-        {"read_only": True, "float_range": (0.0, 10.0)},
-    ),
-    "occupancy_obstacle_max": (
-        "highest obstacle height above ground [m] (higher: ignored, e.g. trees, bridges)",
-        {"read_only": True, "float_range": (0.0, 100.0)},
-    ),
-    "oracle_seed": (
-        "oracle backend: seed of the synthetic drive",
-        {"read_only": True, "int_range": (0, 2**31 - 1)},
-    ),
-    "oracle_frames": (
-        "oracle backend: frames in the synthetic drive",
-        {"read_only": True, "int_range": (1, 10_000_000)},
-    ),
-    "oracle_laps": (
-        "oracle backend: laps of the synthetic loop over all frames (as the camera's --laps)",
-        {"read_only": True, "float_range": (1.0, 10000.0)},
-    ),
-    "oracle_width": (
-        "oracle backend: image width",
-        {"read_only": True, "int_range": (1, 100_000)},
-    ),
-    "oracle_height": (
-        "oracle backend: image height",
-        {"read_only": True, "int_range": (1, 100_000)},
-    ),
-    "oracle_drift_deg": (
-        "oracle backend: in-window yaw drift per frame [deg], to give loop closure work",
-        {"read_only": True, "float_range": (0.0, 5.0)},
-    ),
-    "oracle_depth_noise": (
-        "oracle backend: relative depth noise (sigma)",
-        {"read_only": True, "float_range": (0.0, 1.0)},
-    ),
-    "oracle_window_delays": (
-        "oracle backend: extra seconds the k-th window takes (the last value repeats; "
-        "empty: none), a slow network for tests of stopping and saving",
-        {"read_only": True},
-    ),
+SECTIONS: dict[str, type] = {
+    "backend": BackendSection,
+    "window": WindowSection,
+    "map": MapSection,
+    "input": InputSection,
+    "frames": FramesSection,
+    "output": OutputSection,
+    "planner": PlannerSection,
+    "oracle": OracleSection,
 }
+"""The configuration tree: section name -> dataclass; each leaf is a flat parameter name."""
 
+PARAMS: dict[str, dict] = {
+    f.name: {**param_info(f), "section": section}
+    for section, cls in SECTIONS.items()
+    for f in fields(cls)
+}
+"""Every parameter's ``param`` metadata (description, range, dynamic) and section, by name."""
 
-DYNAMIC = tuple(name for name, (_, extra) in _DOC.items() if not extra.get("read_only"))
+DYNAMIC = tuple(name for name, info in PARAMS.items() if info["dynamic"])
 """Parameters the node applies while running (the others need a restart)."""
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter, generated from its ``param`` metadata."""
+    info = PARAMS[name]
+    desc = ParameterDescriptor(description=info["description"], read_only=not info["dynamic"])
+    if info["int_range"]:
+        lo, hi = info["int_range"]
+        desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
+    if info["float_range"]:
+        lo, hi = info["float_range"]
+        desc.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    return desc
 
 
 def declare_and_read(node: Node, overrides: dict | None = None) -> NodeConfig:
@@ -471,14 +526,7 @@ def declare_and_read(node: Node, overrides: dict | None = None) -> NodeConfig:
     defaults = NodeConfig()
     values = {}
     for f in fields(NodeConfig):
-        doc, extra = _DOC[f.name]
-        desc = ParameterDescriptor(description=doc, read_only=extra.get("read_only", False))
-        if "int_range" in extra:
-            lo, hi = extra["int_range"]
-            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
-        if "float_range" in extra:
-            lo, hi = extra["float_range"]
-            desc.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+        desc = descriptor(f.name)
         default = (overrides or {}).get(f.name, getattr(defaults, f.name))
         if isinstance(default, list):  # rclpy cannot type an empty list by itself
             ptype = _ARRAY_TYPES.get(f.name, Parameter.Type.STRING_ARRAY)
@@ -820,10 +868,24 @@ def parameter_help(width: int = 88) -> str:
     defaults = NodeConfig()
     lines = []
     for f in fields(NodeConfig):
-        doc, extra = _DOC[f.name]
-        dynamic = "" if extra.get("read_only") else " (settable while running)"
+        info = PARAMS[f.name]
+        dynamic = " (settable while running)" if info["dynamic"] else ""
         lines += textwrap.wrap(
-            f"{f.name} = {_literal(getattr(defaults, f.name))}: {doc}{dynamic}",
+            f"{f.name} = {_literal(getattr(defaults, f.name))}: {info['description']}{dynamic}",
             width=width, initial_indent="  ", subsequent_indent="      ",
         )  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def parameter_table() -> str:
+    """The rows of the parameter table in docs/ros_interface.md (``| `name` | `default` |
+    meaning |``), generated from the metadata; test_launch_file checks the doc holds them."""
+    defaults = NodeConfig()
+    rows = []
+    for f in fields(NodeConfig):
+        info = PARAMS[f.name]
+        value = getattr(defaults, f.name)
+        shown = json.dumps(value) if isinstance(value, (str, list)) else repr(value)
+        dynamic = " *(can be changed at run time)*" if info["dynamic"] else ""
+        rows.append(f"| `{f.name}` | `{shown}` | {info['description']}{dynamic} |")
+    return "\n".join(rows) + "\n"

@@ -58,14 +58,14 @@ import torch
 from tqdm import tqdm
 
 from scal3r_ros.mapping.backend import ChunkInput
-from scal3r_ros.mapping.backends import resolve_device, use_bf16
-from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.backends import build_engine, resolve_device, use_bf16
+from scal3r_ros.mapping.config import BackendSection, WindowSection
+from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.frame import Frame, StatsUpdate
-from scal3r_ros.mapping.loop_closure import LoopClosure, LoopClosureConfig, LoopDetectorConfig
 from scal3r_ros.mapping.memory import host_rss_bytes
 from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
-from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
+from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig, window_problem
 from scal3r_ros.model.preprocess import compute_target_size
 from scal3r_ros.model.scal3r import Scal3R
 
@@ -90,18 +90,44 @@ class BenchConfig:
     model: str = "scal3r-1b"  # scal3r-1b | tiny
     checkpoint: str | None = None  # scal3r-1b only; None: random weights
     frames: int = 6
-    chunk: int = 4
-    overlap: int = 2
+    # the node's window section (short windows: a benchmark of a few frames) and backend
+    # section (device; dtype of the optimised run: auto (bf16 on CUDA) | float32 | bfloat16)
+    window: WindowSection = field(default_factory=lambda: WindowSection(chunk_size=4, overlap=2))
+    backend: BackendSection = field(default_factory=BackendSection)
     width: int = 1242
     height: int = 375
-    device: str = "auto"
-    dtype: str = "auto"  # optimised run: auto (bf16 on CUDA) | float32 | bfloat16
     rate: float = 10.0  # camera rate for the latency figure [Hz]
     official: str | None = None  # official Scal3R checkout
     baseline: bool = True  # run the official-like configuration of our network
     seed: int = 0
     ablation: bool = False  # official_like -> optimised one choice per column
     ros: bool = True  # False: do not build/publish ROS messages (as without rclpy)
+
+    @property
+    def chunk(self) -> int:
+        return self.window.chunk_size
+
+    @property
+    def overlap(self) -> int:
+        return self.window.overlap
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the results JSON has always held them (flat keys)."""
+        flat = asdict(self)
+        del flat["window"], flat["backend"]
+        out = {k: flat.pop(k) for k in ("model", "checkpoint", "frames")}
+        out |= {"chunk": self.chunk, "overlap": self.overlap}
+        out |= {k: flat.pop(k) for k in ("width", "height")}
+        out |= {"device": self.device, "dtype": self.dtype}
+        return out | flat
 
 
 @dataclass
@@ -223,11 +249,7 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
     ``messages`` None: no ROS, the message stage is not measured (``publish`` is None)
     and the window total and latency exclude it."""
     device = backend.config.device
-    engine = MappingEngine(
-        EngineConfig(window=WindowConfig(cfg.chunk, cfg.overlap), gcs_mode="causal"),
-        backend,
-        LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail())),
-    )
+    engine = build_engine(EngineConfig.from_sections(cfg.window), backend)
     backend.reset_resolution()
     if messages is not None:
         messages.reset()
@@ -533,7 +555,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     ratios = {f"{a}_vs_{b}": speedup(runs[a], runs[b]) for a, b in pairs}
     return {
         "machine": machine_info(device),
-        "config": asdict(cfg),
+        "config": cfg.record(),
         "window_stride": cfg.chunk - cfg.overlap,
         "runs": {k: asdict(r) for k, r in runs.items()},
         "ratios": ratios,
@@ -619,15 +641,19 @@ def engine_memory(
     """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
     host RSS at the checkpoints and the per-window engine overhead by stage."""
     from scal3r_ros.mapping.backends import BackendSpec, make_backend
-    from scal3r_ros.mapping.map_store import MapConfig
-    from scal3r_ros.mapping.windowing import WindowConfig
+    from scal3r_ros.mapping.config import MapSection, OracleSection
 
-    built = make_backend(BackendSpec(kind="oracle", oracle_frames=frames, oracle_width=width,
-                                     oracle_height=height,
-                                     oracle_laps=road_speed_laps(frames)))  # fmt: skip
-    config = EngineConfig(window=WindowConfig(chunk, overlap),
-                          map=MapConfig(max_points=max_points))  # fmt: skip
-    engine = MappingEngine(config, built.backend, built.loop_closure)
+    oracle = OracleSection(
+        oracle_frames=frames,
+        oracle_width=width,
+        oracle_height=height,
+        oracle_laps=road_speed_laps(frames),
+    )
+    built = make_backend(BackendSpec(kind="oracle", oracle=oracle))
+    config = EngineConfig.from_sections(
+        WindowSection(chunk_size=chunk, overlap=overlap), MapSection(max_points=max_points)
+    )
+    engine = build_engine(config, built.backend, built.loop_closure)
     drive = built.backend.drive
     stages: dict[str, list[float]] = {}
     rss: dict[int, float] = {}
@@ -712,12 +738,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="scal3r-1b", choices=("scal3r-1b", "tiny"))
     p.add_argument("--checkpoint", default=None, help="scal3r.pt (default: random weights)")
     p.add_argument("--frames", type=int, default=6)
-    p.add_argument("--chunk", type=int, default=4, help="window length [frames]")
-    p.add_argument("--overlap", type=int, default=2, help="window overlap [frames]")
+    d = BenchConfig()
+    p.add_argument("--chunk", type=int, default=d.chunk, help="window length [frames]")
+    p.add_argument("--overlap", type=int, default=d.overlap, help="window overlap [frames]")
     p.add_argument("--width", type=int, default=1242)
     p.add_argument("--height", type=int, default=375)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16"),
                    help="optimised run: auto = bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
     p.add_argument("--rate", type=float, default=10.0, help="camera rate for the latency [Hz]")
     p.add_argument("--official", default=None, help="official Scal3R checkout: also run it")
@@ -733,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-points", type=int, default=2_000_000,
                    help="--engine-memory: the map store's cap")  # fmt: skip
     a = p.parse_args(argv)
+    if problem := window_problem(a.chunk, a.overlap):
+        p.error(problem)  # exit 2, the rule of the node and the offline tool
     if a.conversions:
         print(conversions())
         return 0
@@ -742,8 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                             a.max_points))  # fmt: skip
         return 0
     cfg = BenchConfig(
-        model=a.model, checkpoint=a.checkpoint, frames=a.frames, chunk=a.chunk,
-        overlap=a.overlap, width=a.width, height=a.height, device=a.device, dtype=a.dtype,
+        model=a.model, checkpoint=a.checkpoint, frames=a.frames,
+        window=WindowSection(chunk_size=a.chunk, overlap=a.overlap),
+        backend=BackendSection(device=a.device, dtype=a.dtype), width=a.width, height=a.height,
         rate=a.rate, official=a.official, baseline=not a.no_baseline, seed=a.seed,
         ablation=a.ablation, ros=not a.no_ros,
     )  # fmt: skip

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from scal3r_ros.mapping.backend import GCS_MODES
+from scal3r_ros.mapping.config import BackendSection, OracleSection, WindowSection
 from scal3r_ros.mapping.synthetic import SyntheticConfig
 
 IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.bmp")  # the official image_patterns
@@ -221,15 +222,10 @@ class OfflineConfig:
     """Everything of one offline run but the input."""
 
     out: Path = Path("scal3r_offline_out")
-    backend: str = "scal3r"
-    checkpoint: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
+    backend: BackendSection = field(default_factory=BackendSection)  # the node's section
+    # the node's window section; GCS "exact" (whole sequence known) only offline
+    window: WindowSection = field(default_factory=lambda: WindowSection(gcs_mode="exact"))
     max_size: int | None = None  # network input size (official 518); None: backend default
-    chunk_size: int = 60
-    overlap: int = 30
-    gcs: str = "exact"
-    loop_closure: bool = True
     seed: int = 0
     oracle: SyntheticConfig | None = None  # the drive the oracle backend knows
     progress: bool = True
@@ -239,18 +235,24 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     """Map ``source``; write trajectory, map and run.json; returns the run summary."""
     from tqdm import tqdm
 
-    from scal3r_ros.mapping.backends import BackendSpec, make_backend
-    from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+    from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+    from scal3r_ros.mapping.engine import EngineConfig
     from scal3r_ros.mapping.frame import Frame
-    from scal3r_ros.mapping.windowing import WindowConfig
+    from scal3r_ros.mapping.windowing import window_problem
 
-    if cfg.gcs not in GCS_MODES:
+    win = cfg.window
+    if win.gcs_mode not in GCS_MODES:
         raise OfflineError(f"--gcs must be one of {GCS_MODES}")
+    if problem := window_problem(win.chunk_size, win.overlap):
+        raise OfflineError(problem)
     oc = cfg.oracle or SyntheticConfig()
-    spec = BackendSpec(kind=cfg.backend, checkpoint=cfg.checkpoint, device=cfg.device,
-                       dtype=cfg.dtype, seed=cfg.seed, loop_closure=cfg.loop_closure,
-                       oracle_seed=oc.seed, oracle_frames=oc.n_frames, oracle_width=oc.width,
-                       oracle_height=oc.height)  # fmt: skip
+    oracle = OracleSection(
+        oracle_seed=oc.seed,
+        oracle_frames=oc.n_frames,
+        oracle_width=oc.width,
+        oracle_height=oc.height,
+    )
+    spec = BackendSpec.from_sections(cfg.backend, oracle, win.loop_closure, seed=cfg.seed)
     built = make_backend(spec)
     if cfg.max_size is not None and hasattr(built.backend, "config"):
         if hasattr(built.backend.config, "max_size"):
@@ -262,9 +264,8 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
             bars["exact"].update(1)
 
     backend = _CountingBackend(built.backend, tick)
-    ecfg = EngineConfig(window=WindowConfig(cfg.chunk_size, cfg.overlap), gcs_mode=cfg.gcs,
-                        loop_closure=cfg.loop_closure)  # fmt: skip
-    engine = MappingEngine(ecfg, backend, built.loop_closure)
+    ecfg = EngineConfig.from_sections(win)
+    engine = build_engine(ecfg, backend, built.loop_closure)
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_loops = 0
@@ -276,14 +277,14 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
             for u in engine.push(Frame(stamp, "cam0", rgb)):
                 n_loops += isinstance(u, LoopClosureUpdate)
             bar.update(1)
-            if cfg.gcs != "exact":  # exact mode runs every chunk in flush()
+            if win.gcs_mode != "exact":  # exact mode runs every chunk in flush()
                 bar.set_postfix(chunks=engine.n_chunks, refresh=False)
     t_push = time.perf_counter() - t0
     total = None
-    if cfg.gcs == "exact":
-        total = n_chunks(engine.n_frames, cfg.chunk_size, cfg.overlap)
+    if win.gcs_mode == "exact":
+        total = n_chunks(engine.n_frames, win.chunk_size, win.overlap)
         total *= exact_loads_per_chunk(built.backend)
-    with tqdm(total=total, desc="exact GCS" if cfg.gcs == "exact" else "flush", unit="load",
+    with tqdm(total=total, desc="exact GCS" if win.gcs_mode == "exact" else "flush", unit="load",
               disable=not cfg.progress) as bars["exact"]:  # fmt: skip
         for u in engine.flush():
             n_loops += isinstance(u, LoopClosureUpdate)
@@ -304,10 +305,10 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
         input=source.name,
         backend=built.name,
         device=built.device_name,
-        gcs=cfg.gcs,
-        chunk_size=cfg.chunk_size,
-        overlap=cfg.overlap,
-        loop_closure=cfg.loop_closure,
+        gcs=win.gcs_mode,
+        chunk_size=win.chunk_size,
+        overlap=win.overlap,
+        loop_closure=win.loop_closure,
         frames=int(source.n),
         frames_placed=len(ids),
         chunks=engine.n_chunks,
@@ -373,12 +374,13 @@ def _parser() -> argparse.ArgumentParser:
                    "synthetic ground truth (default: oracle with --synthetic, else "
                    "scal3r)")  # fmt: skip
     p.add_argument("--checkpoint", help="scal3r.pt (default ~/.cache/scal3r_ros/scal3r.pt)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    backend_d, window_d = OfflineConfig().backend, OfflineConfig().window
+    p.add_argument("--device", default=backend_d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=backend_d.dtype, choices=("auto", "float32", "bfloat16"))
     p.add_argument("--max-size", type=int, help="network input long side (official 518)")
-    p.add_argument("--chunk-size", type=int, default=60)
-    p.add_argument("--overlap", type=int, default=30)
-    p.add_argument("--gcs", choices=GCS_MODES, default="exact",
+    p.add_argument("--chunk-size", type=int, default=window_d.chunk_size)
+    p.add_argument("--overlap", type=int, default=window_d.overlap)
+    p.add_argument("--gcs", choices=GCS_MODES, default=window_d.gcs_mode,
                    help="exact: official layer-synchronous schedule; causal: as the "
                    "node")  # fmt: skip
     p.add_argument("--no-loop-closure", action="store_true")
@@ -440,14 +442,27 @@ def main(argv: list[str] | None = None) -> int:
                 h, w = next(iter(source.frames()))[1].shape[:2]
             oracle = SyntheticConfig(n_frames=args.oracle_frames or source.info["total"],
                                      width=w, height=h, seed=args.seed)  # fmt: skip
-        cfg = OfflineConfig(out=Path(args.out), backend=backend, checkpoint=args.checkpoint,
-                            device=args.device, dtype=args.dtype, max_size=args.max_size,
-                            chunk_size=args.chunk_size, overlap=args.overlap, gcs=args.gcs,
-                            loop_closure=not args.no_loop_closure, seed=args.seed,
-                            oracle=oracle, progress=not args.no_progress)  # fmt: skip
+        backend_section = BackendSection(
+            backend=backend, checkpoint=args.checkpoint or "", device=args.device, dtype=args.dtype
+        )
+        window = WindowSection(
+            chunk_size=args.chunk_size,
+            overlap=args.overlap,
+            gcs_mode=args.gcs,
+            loop_closure=not args.no_loop_closure,
+        )
+        cfg = OfflineConfig(
+            out=Path(args.out),
+            backend=backend_section,
+            window=window,
+            max_size=args.max_size,
+            seed=args.seed,
+            oracle=oracle,
+            progress=not args.no_progress,
+        )
         print(
             f"scal3r_offline: {source.name}: {source.n} frames, backend {backend}, "
-            f"GCS {cfg.gcs}, chunks {cfg.chunk_size}/{cfg.overlap}",
+            f"GCS {window.gcs_mode}, chunks {window.chunk_size}/{window.overlap}",
             flush=True,
         )
         summary = run(source, cfg)

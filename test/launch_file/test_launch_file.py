@@ -101,8 +101,15 @@ def test_node_gets_the_parameter_file_and_overrides(description, config, expecte
 
 
 def test_executable_is_a_console_script_of_the_package():
+    """The launch file's executable is the package's console script, whose entry point
+    (cli.console_main: --help without importing the node and torch) exists."""
+    import importlib
+    import re
+
     setup_py = (ROOT / "setup.py").read_text()
-    assert '"scal3r_mapping = scal3r_ros.ros.node:main"' in setup_py
+    entry = re.search(r'"scal3r_mapping = ([\w.]+):(\w+)"', setup_py)
+    assert entry and entry.groups() == ("scal3r_ros.ros.cli", "console_main")
+    assert callable(getattr(importlib.import_module(entry[1]), entry[2]))
 
 
 def test_rviz_and_bag_are_optional(description):
@@ -123,12 +130,15 @@ def test_rviz_and_bag_are_optional(description):
 def test_config_files_set_only_declared_and_valid_parameters():
     import yaml
 
-    from scal3r_ros.ros.params import NodeConfig
+    from scal3r_ros.ros.params import NodeConfig, check_settings, read_parameter_file
 
     known = set(NodeConfig.__dataclass_fields__) | {"use_sim_time"}
     for path in sorted((ROOT / "config").glob("*.yaml")):
         params = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
         assert set(params) <= known, (path.name, set(params) - known)
+        # typed as rcl types the file, against the types the metadata-declared fields have
+        errors, warnings = check_settings(read_parameter_file(path)[0])
+        assert not errors and not warnings, (path.name, errors, warnings)
         params.pop("use_sim_time", None)
         NodeConfig(**{**NodeConfig().__dict__, **params}).validate()
 
@@ -151,11 +161,16 @@ def test_rviz_config_shows_the_node_outputs_in_map():
 
 @pytest.mark.ros
 def test_docs_document_every_parameter():
-    from scal3r_ros.ros.params import NodeConfig
+    """The table's rows (name, default, description, run-time changeability) are the ones
+    generated from the parameters' metadata: print `parameter_table()` to update it."""
+    from scal3r_ros.ros.params import parameter_table
 
     doc = (ROOT / "docs" / "ros_interface.md").read_text()
-    missing = [name for name in NodeConfig.__dataclass_fields__ if f"| `{name}` |" not in doc]
-    assert not missing, f"parameters missing from docs/ros_interface.md's table: {missing}"
+    stale = [row for row in parameter_table().splitlines() if row not in doc.splitlines()]
+    assert not stale, (
+        "docs/ros_interface.md's parameter table differs from the parameters' metadata; "
+        f"expected rows: {stale}"
+    )
     assert "docs/ros_interface.md" in (ROOT / "README.md").read_text()
 
 

@@ -12,8 +12,8 @@ import pytest
 from node_harness import node_args
 
 from scal3r_ros.ros.params import (
-    _DOC,
     DYNAMIC,
+    PARAMS,
     NodeConfig,
     check_settings,
     parse_override,
@@ -52,8 +52,8 @@ def test_every_number_has_a_range_and_defaults_are_valid():
     for f in fields(NodeConfig):
         value = getattr(defaults, f.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            extra = _DOC[f.name][1]
-            assert "int_range" in extra or "float_range" in extra, f.name
+            info = PARAMS[f.name]
+            assert info["int_range"] or info["float_range"], f.name
             assert value_problem(f.name, value) is None, f.name
 
 

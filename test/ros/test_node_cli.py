@@ -59,6 +59,20 @@ def test_help_prints_usage_and_exits_0(argv, capsys):
     assert "progress_log_period = 5.0" in out
 
 
+def test_console_script_help_lists_parameters_without_importing_torch():
+    """``scal3r_mapping --help`` is generated from the parameters' metadata and answers at
+    once: the console script imports the node (torch, the network) only to run it."""
+    code = (
+        "import sys; from scal3r_ros.ros.cli import console_main\n"
+        "rc = console_main(['scal3r_mapping', '--help'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "overlap = 30: frames shared by consecutive windows" in proc.stdout
+    assert proc.stdout.rstrip().endswith("NO_TORCH 0")
+
+
 # ------------------------------------------------------------------------- usage mistakes
 def test_config_without_a_value_is_a_usage_error(capsys):
     rc, _, err = _run(["--config"], capsys)

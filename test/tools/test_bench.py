@@ -112,6 +112,49 @@ def test_ablation_columns_each_add_one_choice():
         bench.variants(bench.BenchConfig(ablation=True, baseline=False), "cpu", bf16=True)
 
 
+def test_bench_config_takes_window_and_device_from_the_sections_and_records_them_flat():
+    """BenchConfig holds the node's window and backend sections; the results JSON keeps
+    the flat keys it always had (chunk, overlap, device, dtype)."""
+    from scal3r_ros.mapping.config import BackendSection, WindowSection
+
+    cfg = bench.BenchConfig(
+        window=WindowSection(chunk_size=8, overlap=3),
+        backend=BackendSection(device="cpu", dtype="float32"),
+    )
+    record = cfg.record()
+    assert list(record) == [
+        "model",
+        "checkpoint",
+        "frames",
+        "chunk",
+        "overlap",
+        "width",
+        "height",
+        "device",
+        "dtype",
+        "rate",
+        "official",
+        "baseline",
+        "seed",
+        "ablation",
+        "ros",
+    ]
+    assert (record["chunk"], record["overlap"], record["device"], record["dtype"]) == (
+        8,
+        3,
+        "cpu",
+        "float32",
+    )
+    json.dumps(record)
+
+
+@pytest.mark.parametrize("overlap", ["0", "4"])
+def test_bench_refuses_a_window_the_node_refuses(overlap, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--chunk", "4", "--overlap", overlap])
+    assert exc.value.code == 2 and "chunk_size > overlap >= 1" in capsys.readouterr().err
+
+
 def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "ablation.json"
     argv = [*TINY, "--frames", "6", "--chunk", "4", "--overlap", "2", "--ablation", "--no-ros",
