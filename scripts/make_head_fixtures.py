@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scal3r_ros.mapping.synthetic import textured_image
+from scal3r_ros.mapping.sim.synthetic import textured_image
 
 REPO = Path(__file__).resolve().parents[1]
 

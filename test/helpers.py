@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from scal3r_ros.mapping.engine import MappingEngine
-from scal3r_ros.mapping.frame import Frame, MapUpdate
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.events import Frame, MapUpdate
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 
 
 def make_drive(n_frames: int, **config) -> SyntheticDrive:

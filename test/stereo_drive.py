@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scal3r_ros.mapping.frame import Frame
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.events import Frame
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 
 
 class StereoDrive(SyntheticDrive):

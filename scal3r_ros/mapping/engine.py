@@ -39,9 +39,9 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
-from scal3r_ros.mapping.backend import GCS_MODES, Backend, ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.backends.protocol import GCS_MODES, Backend, ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.config import MapSection, WindowSection
-from scal3r_ros.mapping.frame import (
+from scal3r_ros.mapping.events import (
     AlignmentReport,
     ChunkFailed,
     Frame,

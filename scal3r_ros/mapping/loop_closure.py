@@ -45,7 +45,7 @@ from scal3r_ros.mapping.alignment import (
     gather_overlap,
     unproject_depth,
 )
-from scal3r_ros.mapping.frame import LoopClosureUpdate
+from scal3r_ros.mapping.events import LoopClosureUpdate
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.windowing import ChunkSpec
 

@@ -21,8 +21,8 @@ from scal3r_ros.mapping.alignment import (
     pose_fallback,
     unproject_depth,
 )
-from scal3r_ros.mapping.backend import ChunkPrediction
-from scal3r_ros.mapping.frame import AlignmentReport
+from scal3r_ros.mapping.backends.protocol import ChunkPrediction
+from scal3r_ros.mapping.events import AlignmentReport
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.windowing import ChunkSpec
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scal3r_ros.mapping.frame import Frame
+from scal3r_ros.mapping.events import Frame
 from scal3r_ros.ros.conversions import ConversionError, ImageLimits
 
 MAX_CAMERAS = 16

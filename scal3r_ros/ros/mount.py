@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.frames import FrameConverter, matrix_from_quaternion
 from scal3r_ros.ros.outputs.poses import transform_msg

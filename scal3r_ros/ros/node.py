@@ -29,10 +29,11 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
 from scal3r_ros.mapping.config import BackendSection, MapSection, OracleSection, WindowSection
 from scal3r_ros.mapping.engine import EngineConfig
-from scal3r_ros.mapping.frame import Frame, MapUpdate
+from scal3r_ros.mapping.events import Frame, MapUpdate
+from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.ros import cli, qos
 from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb, set_pillow_limit
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
@@ -46,7 +47,6 @@ from scal3r_ros.ros.outputs.status import StatusOutputs
 from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.saving import MapSaver
 from scal3r_ros.ros.scale import ScaleTracker
-from scal3r_ros.ros.worker import MappingWorker
 
 
 def backend_spec(cfg: NodeConfig) -> BackendSpec:

@@ -41,7 +41,7 @@ from scal3r_ros.mapping.config import (
     param_info,
     range_problem,
 )
-from scal3r_ros.mapping.scale import SCALE_SOURCES
+from scal3r_ros.mapping.planning.scale import SCALE_SOURCES
 from scal3r_ros.mapping.windowing import window_problem
 from scal3r_ros.ros.conversions import ImageLimits
 from scal3r_ros.ros.input_checks import StampPolicy

@@ -1,4 +1,4 @@
-"""The metric scale on the ROS side: a scale source (`mapping/scale.py`) fed by the
+"""The metric scale on the ROS side: a scale source (`mapping/planning/scale.py`) fed by the
 engine's events and, for some sources, by ROS inputs (an odometry topic, the right
 camera's CameraInfo).
 
@@ -15,8 +15,10 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo
 
-from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
-from scal3r_ros.mapping.scale import ChunkObservation, baseline_from_projection, make_scale_source
+from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.planning.scale import ChunkObservation
+from scal3r_ros.mapping.planning.scale_sources import make_scale_source
+from scal3r_ros.mapping.planning.stereo import baseline_from_projection
 from scal3r_ros.ros import qos
 from scal3r_ros.ros.outputs import ScaleUpdate, Track
 from scal3r_ros.ros.params import NodeConfig

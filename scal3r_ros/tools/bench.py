@@ -57,14 +57,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scal3r_ros.mapping.backend import ChunkInput
-from scal3r_ros.mapping.backends import build_engine, resolve_device, use_bf16
+from scal3r_ros.mapping.backends.factory import build_engine, resolve_device, use_bf16
+from scal3r_ros.mapping.backends.protocol import ChunkInput
+from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.config import BackendSection, WindowSection
 from scal3r_ros.mapping.engine import EngineConfig
-from scal3r_ros.mapping.frame import Frame, StatsUpdate
+from scal3r_ros.mapping.events import Frame, StatsUpdate
 from scal3r_ros.mapping.memory import host_rss_bytes
-from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive, road_speed_laps
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig, window_problem
 from scal3r_ros.model.preprocess import compute_target_size
 from scal3r_ros.model.scal3r import Scal3R
@@ -640,7 +640,7 @@ def engine_memory(
 ) -> str:
     """Issue 5's engine benchmark: the oracle backend (no network) through the engine,
     host RSS at the checkpoints and the per-window engine overhead by stage."""
-    from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.backends.factory import BackendSpec, make_backend
     from scal3r_ros.mapping.config import MapSection, OracleSection
 
     oracle = OracleSection(

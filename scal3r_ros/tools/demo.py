@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import camera_mount, rigid_inverse
 from scal3r_ros.tools.evaluate import EvalConfig, evaluate_files, format_table

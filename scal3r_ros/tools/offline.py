@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from scal3r_ros.mapping.backend import GCS_MODES
+from scal3r_ros.mapping.backends.protocol import GCS_MODES
 from scal3r_ros.mapping.config import BackendSection, OracleSection, WindowSection
-from scal3r_ros.mapping.synthetic import SyntheticConfig
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig
 
 IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.bmp")  # the official image_patterns
 IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -164,7 +164,7 @@ def bag_source(path: Path, topic: str | None, sel_args: tuple) -> Source:
 
 
 def synthetic_source(cfg: SyntheticConfig) -> tuple[Source, Any]:
-    from scal3r_ros.mapping.synthetic import SyntheticDrive
+    from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 
     drive = SyntheticDrive(cfg)
 
@@ -235,9 +235,9 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     """Map ``source``; write trajectory, map and run.json; returns the run summary."""
     from tqdm import tqdm
 
-    from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+    from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
     from scal3r_ros.mapping.engine import EngineConfig
-    from scal3r_ros.mapping.frame import Frame
+    from scal3r_ros.mapping.events import Frame
     from scal3r_ros.mapping.windowing import window_problem
 
     win = cfg.window
@@ -269,7 +269,7 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_loops = 0
-    from scal3r_ros.mapping.frame import LoopClosureUpdate
+    from scal3r_ros.mapping.events import LoopClosureUpdate
 
     with tqdm(total=source.n, desc="frames", unit="frame", disable=not cfg.progress,
               mininterval=0.5) as bar:  # fmt: skip

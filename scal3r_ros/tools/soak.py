@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, road_speed_laps
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, road_speed_laps
 from scal3r_ros.tools.processes import SyntheticSession, rss_bytes
 
 COLUMNS = ("wall_s", "frames_received", "frames_processed", "queue_length", "frames_dropped",

@@ -9,7 +9,7 @@ parameters in a parameter file (``--config``, default the bundled ``synthetic`` 
 ``scal3r_mapping --config synthetic`` reads; NodeConfig's defaults for what the file does
 not set): the camera takes its defaults from there, so the two agree unless an option
 overrides one side. A node whose oracle is given another drive reports the mismatch
-(``oracle_backend.DriveMismatch``) instead of mapping it.
+(``mapping.backends.oracle.DriveMismatch``) instead of mapping it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive, drive_summary
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive, drive_summary
 from scal3r_ros.ros.conversions import ns_to_stamp, rgb_to_image
 from scal3r_ros.ros.params import NodeConfig
 from scal3r_ros.share import config_file

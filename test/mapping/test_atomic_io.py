@@ -14,7 +14,7 @@ from write_faults import kill_mid_write
 from scal3r_ros.mapping import atomic_io
 from scal3r_ros.mapping.atomic_io import SaveFolder, UnsafePathError, atomic_write
 from scal3r_ros.mapping.map_store import write_ply
-from scal3r_ros.mapping.occupancy import OccupancyConfig, OccupancyGrid
+from scal3r_ros.mapping.planning.occupancy import OccupancyConfig, OccupancyGrid
 from scal3r_ros.mapping.trajectory import write_poses
 
 DEAD_PID = 4_194_305  # above Linux's PID_MAX_LIMIT (2**22): never a live process

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scal3r_ros.mapping.backends import BackendSpec, build_engine, make_backend
+from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
 from scal3r_ros.mapping.config import MapSection, OracleSection, WindowSection
 from scal3r_ros.mapping.engine import EngineConfig
 from scal3r_ros.mapping.loop_closure import LoopClosure

@@ -7,9 +7,10 @@ import pytest
 from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
-from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
+from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import (
+from scal3r_ros.mapping.events import (
     AlignmentReport,
     MapUpdate,
     PointsUpdate,
@@ -17,9 +18,8 @@ from scal3r_ros.mapping.frame import (
     StatsUpdate,
 )
 from scal3r_ros.mapping.map_store import MapConfig
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 N_FRAMES = 120

@@ -5,9 +5,9 @@ import pytest
 import torch
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import AlignmentReport, ChunkFailed
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
+from scal3r_ros.mapping.events import AlignmentReport, ChunkFailed
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 
@@ -50,8 +50,8 @@ def test_a_persistent_failure_skips_the_window_and_reports_the_gap():
 
 @pytest.mark.parametrize("mode", ["causal"])
 def test_failed_window_does_not_touch_the_gcs_state(mode):
-    from scal3r_ros.mapping.backend import ChunkInput
-    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.backends.protocol import ChunkInput
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
 
     backend = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", max_size=56))
     state = backend.new_gcs_state(mode)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import AlignmentReport, PosesUpdate
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.events import AlignmentReport, PosesUpdate
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import ate_sim3
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 
@@ -114,7 +114,7 @@ def test_tail_window_through_the_tiny_network(n):
 def test_flush_retries_a_failing_tail_window(drive):
     """No later window will retry the tail: a transient failure (CUDA out of memory) is
     retried within the flush, up to the attempts allowed."""
-    from scal3r_ros.mapping.frame import ChunkFailed
+    from scal3r_ros.mapping.events import ChunkFailed
 
     failures = []
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import LoopClosureUpdate, MapCorrected, PosesUpdate
+from scal3r_ros.mapping.events import LoopClosureUpdate, MapCorrected, PosesUpdate
 from scal3r_ros.mapping.loop_closure import (
     LoopClosure,
     LoopClosureConfig,
     LoopDetectorConfig,
     OracleDescriptor,
 )
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 from scal3r_ros.mapping.trajectory import ate_sim3
 
 

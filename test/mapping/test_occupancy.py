@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import PointsUpdate, PosesUpdate
-from scal3r_ros.mapping.occupancy import (
+from scal3r_ros.mapping.events import PointsUpdate, PosesUpdate
+from scal3r_ros.mapping.planning.camera_height import CameraHeightScale
+from scal3r_ros.mapping.planning.occupancy import (
     FREE,
     OCCUPIED,
     UNKNOWN,
@@ -17,8 +19,7 @@ from scal3r_ros.mapping.occupancy import (
     TrajectoryGround,
     read_map_server,
 )
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.scale import CameraHeightScale, ChunkObservation, GroundPlane
+from scal3r_ros.mapping.planning.scale import ChunkObservation, GroundPlane
 from scal3r_ros.mapping.sim3 import umeyama
 
 N_FRAMES = 48

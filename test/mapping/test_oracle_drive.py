@@ -15,11 +15,11 @@ import pytest
 from helpers import make_drive, push_and_collect
 from PIL import Image
 
-from scal3r_ros.mapping.backend import ChunkInput
+from scal3r_ros.mapping.backends.oracle import DriveMismatch, OracleBackend, OracleConfig
+from scal3r_ros.mapping.backends.protocol import ChunkInput
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import ChunkFailed, Frame
-from scal3r_ros.mapping.oracle_backend import DriveMismatch, OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+from scal3r_ros.mapping.events import ChunkFailed, Frame
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 
 N = 24  # 16/8 windows: two
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import PosesUpdate, StatsUpdate
-from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.events import PosesUpdate, StatsUpdate
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.windowing import ChunkScheduler, WindowConfig
 from scal3r_ros.model.gcs import run_synchronous
 
@@ -81,7 +81,7 @@ def test_exact_mode_reproduces_the_official_synchronous_schedule(drive):
 
 
 def test_batch_preprocessing_matches_the_official_path_within_one_level():
-    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
 
     rgb = make_drive(n_frames=2, width=621, height=188).render(1)[0]
     out = {}

@@ -7,21 +7,16 @@ import pytest
 from helpers import push_and_collect
 from stereo_drive import StereoDrive
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import PosesUpdate
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.scale import (
-    CameraHeightScale,
-    ChunkObservation,
-    GroundPlane,
-    NoScale,
-    OdometryScale,
-    StereoBaselineScale,
-    baseline_from_projection,
-    make_scale_source,
-)
+from scal3r_ros.mapping.events import PosesUpdate
+from scal3r_ros.mapping.planning.camera_height import CameraHeightScale
+from scal3r_ros.mapping.planning.odometry import OdometryScale
+from scal3r_ros.mapping.planning.scale import ChunkObservation, GroundPlane, NoScale
+from scal3r_ros.mapping.planning.scale_sources import make_scale_source
+from scal3r_ros.mapping.planning.stereo import StereoBaselineScale, baseline_from_projection
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 from scal3r_ros.mapping.sim3 import Sim3, umeyama
-from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
 
 N_FRAMES = 64
 NOISY = OracleConfig(seed=1, depth_noise=0.05, rot_noise_deg=0.5)

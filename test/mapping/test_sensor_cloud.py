@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from helpers import push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import FrameCloudsUpdate
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.sensor_cloud import (
+from scal3r_ros.mapping.events import FrameCloudsUpdate
+from scal3r_ros.mapping.planning.sensor_cloud import (
     SensorCloudBuilder,
     SensorCloudConfig,
     frame_cloud,
 )
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.sim3 import umeyama
-from scal3r_ros.mapping.synthetic import SyntheticDrive
 
 N_FRAMES = 40
 

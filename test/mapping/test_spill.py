@@ -16,6 +16,7 @@ import pytest
 from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping import spill
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
 from scal3r_ros.mapping.loop_closure import (
@@ -24,7 +25,6 @@ from scal3r_ros.mapping.loop_closure import (
     LoopDetectorConfig,
     OracleDescriptor,
 )
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
 
 needs_proc = pytest.mark.skipif(
     spill.process_start_time(os.getpid()) is None, reason="needs /proc start times (Linux)"

@@ -585,7 +585,7 @@ def test_no_checksum_no_hashing(ckpt, hashing):
 def test_backend_spec_passes_the_checksum(ckpt, hashing):
     """The node's `checkpoint_sha256` reaches the loader through BackendSpec: a wrong
     digest stops the start before the file is read (the node exits 2 with this)."""
-    from scal3r_ros.mapping.backends import BackendSpec, make_backend
+    from scal3r_ros.mapping.backends.factory import BackendSpec, make_backend
 
     spec = BackendSpec(kind="scal3r", checkpoint=str(ckpt), checkpoint_sha256="f" * 64,
                        device="cpu", loop_closure=False)  # fmt: skip

@@ -18,7 +18,7 @@ import torch
 from helpers import load_pt
 from PIL import Image
 
-from scal3r_ros.mapping.synthetic import textured_image
+from scal3r_ros.mapping.sim.synthetic import textured_image
 from scal3r_ros.model.preprocess import (
     PreprocessConfig,
     ResizeCrop,

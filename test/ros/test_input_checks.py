@@ -266,9 +266,9 @@ def test_implausible_camera_matrices_are_refused(change, match):
 def test_engine_reset_recomputes_the_network_input_size():
     """After ~/reset the next frame decides the network input size again (a 1x60 first
     frame gave 31080x518 for the whole run)."""
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
     from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-    from scal3r_ros.mapping.frame import Frame
-    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.events import Frame
     from scal3r_ros.mapping.windowing import WindowConfig
 
     backend = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", max_size=56))

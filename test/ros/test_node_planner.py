@@ -10,7 +10,7 @@ from node_harness import NODE, Recorder, mapping_run, node_args
 from scal3r_ros_msgs.srv import SaveMap
 from sensor_msgs.msg import PointCloud2
 
-from scal3r_ros.mapping.occupancy import read_map_server
+from scal3r_ros.mapping.planning.occupancy import read_map_server
 from scal3r_ros.mapping.sim3 import umeyama
 from scal3r_ros.ros.conversions import cloud_to_array
 

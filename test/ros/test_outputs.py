@@ -10,9 +10,9 @@ import pytest
 from sensor_msgs.msg import CameraInfo
 from stereo_drive import StereoDrive
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticConfig
+from scal3r_ros.mapping.sim.synthetic import SyntheticConfig
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
 from scal3r_ros.ros.mount import CameraMount
 from scal3r_ros.ros.outputs.cloud import CloudOutputs

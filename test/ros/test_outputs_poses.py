@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import make_drive
 
-from scal3r_ros.mapping.frame import PosesUpdate
+from scal3r_ros.mapping.events import PosesUpdate
 from scal3r_ros.ros.frames import FrameConverter, camera_mount, matrix_from_quaternion
 from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs, thin_indices
 

@@ -17,9 +17,9 @@ from helpers import make_drive, push_and_collect
 from scal3r_ros_msgs.srv import SaveMap
 from write_faults import kill_mid_write
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.occupancy import OccupancyConfig, OccupancyGrid
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
+from scal3r_ros.mapping.planning.occupancy import OccupancyConfig, OccupancyGrid
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
 from scal3r_ros.ros.outputs.planner import PlannerOutputs
 from scal3r_ros.ros.saving import SAVE_FILES, MapSaver

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers import make_drive, push_and_collect
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
 from scal3r_ros.ros.saving import MapSaver

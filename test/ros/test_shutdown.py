@@ -23,12 +23,12 @@ import pytest
 from helpers import make_drive
 from node_harness import NODE, Recorder, node_args, start_mapping, stop
 
+from scal3r_ros.mapping.backends.oracle import OracleBackend
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-from scal3r_ros.mapping.frame import PosesUpdate
-from scal3r_ros.mapping.oracle_backend import OracleBackend
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.events import PosesUpdate
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.windowing import WindowConfig
-from scal3r_ros.ros.worker import MappingWorker
+from scal3r_ros.mapping.worker import MappingWorker
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 24

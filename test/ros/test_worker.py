@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import make_drive
 
-from scal3r_ros.mapping.frame import Frame, StatsUpdate
-from scal3r_ros.ros.worker import MappingWorker
+from scal3r_ros.mapping.events import Frame, StatsUpdate
+from scal3r_ros.mapping.worker import MappingWorker
 
 
 class FakeEngine:
@@ -147,7 +147,7 @@ def test_bad_settings_rejected():
 
 
 def test_window_failures_reported_by_the_engine_are_counted(make_worker):
-    from scal3r_ros.mapping.frame import ChunkFailed
+    from scal3r_ros.mapping.events import ChunkFailed
 
     class FailingEngine(FakeEngine):
         def push(self, frame):
@@ -197,8 +197,8 @@ def test_stop_with_flush_flushes_after_the_window_in_progress_into_the_given_sin
 
 
 def _oracle_engine(n_frames: int):
+    from scal3r_ros.mapping.backends.oracle import OracleBackend
     from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
-    from scal3r_ros.mapping.oracle_backend import OracleBackend
 
     drive = make_drive(n_frames=n_frames)
     return drive, MappingEngine(EngineConfig.low_latency(), OracleBackend(drive))
@@ -207,7 +207,7 @@ def _oracle_engine(n_frames: int):
 def test_every_processed_frame_has_a_pose_after_a_save_and_after_stop(make_worker):
     """Issue 13: "300 frames processed, 296 poses saved". 16/8 windows end at 16, 24, 32:
     the save after 37 frames and the stop after 45 must hold all of them."""
-    from scal3r_ros.mapping.frame import PosesUpdate
+    from scal3r_ros.mapping.events import PosesUpdate
 
     drive, eng = _oracle_engine(45)
     w, events, errors = make_worker(eng)

@@ -19,7 +19,7 @@ from helpers import DATA, make_drive
 from scipy.spatial.transform import Rotation
 
 from scal3r_ros.mapping import metrics
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.tools import evaluate as ev
 from scal3r_ros.tools.kitti import read_kitti_poses

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scal3r_ros.mapping.synthetic import SyntheticDrive
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive
 from scal3r_ros.tools import offline
 from scal3r_ros.tools.evaluate import read_trajectory
 

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
-from scal3r_ros.mapping.scale import ScaleEstimate
+from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.planning.scale import ScaleEstimate
 
 
 class Output(Protocol):

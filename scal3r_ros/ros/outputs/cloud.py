@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from sensor_msgs.msg import PointCloud2
 
-from scal3r_ros.mapping.frame import MapCorrected, MapUpdate, PointsUpdate
+from scal3r_ros.mapping.events import MapCorrected, MapUpdate, PointsUpdate
 from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.outputs import ScaleUpdate, newest_stamp

@@ -4,7 +4,7 @@
 An `Output`: the engine's events in, on the worker thread. The metric scale comes as a
 `ScaleUpdate` event (estimated in `ros/scale.py`, applied to the converter by the node);
 a rescale or a map correction rebuilds the grid from the whole map. The estimators
-themselves live in `mapping/` (sensor_cloud.py, occupancy.py).
+themselves live in `mapping/planning/` (sensor_cloud.py, occupancy.py).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 
 from scal3r_ros.mapping.atomic_io import SaveFolder
-from scal3r_ros.mapping.frame import (
+from scal3r_ros.mapping.events import (
     FrameCloudsUpdate,
     MapCorrected,
     MapUpdate,
     PointsUpdate,
     PosesUpdate,
 )
-from scal3r_ros.mapping.occupancy import OccupancyConfig, OccupancyGrid, TrajectoryGround
-from scal3r_ros.mapping.sensor_cloud import SensorCloudBuilder, SensorCloudConfig
+from scal3r_ros.mapping.planning.occupancy import OccupancyConfig, OccupancyGrid, TrajectoryGround
+from scal3r_ros.mapping.planning.sensor_cloud import SensorCloudBuilder, SensorCloudConfig
 from scal3r_ros.ros import qos
 from scal3r_ros.ros.conversions import ns_to_stamp, points_to_cloud
 from scal3r_ros.ros.frames import FrameConverter

@@ -28,7 +28,7 @@ from nav_msgs.msg import Path as PathMsg
 from scipy.spatial.transform import Rotation
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.frame import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.frames import FrameConverter, quaternion_from_matrix, rigid_inverse
 from scal3r_ros.ros.outputs import ScaleUpdate, Track

@@ -16,18 +16,18 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from scal3r_ros_msgs.msg import MappingStatus
 
-from scal3r_ros.mapping.frame import (
+from scal3r_ros.mapping.events import (
     AlignmentReport,
     LoopClosureUpdate,
     MapUpdate,
     PosesUpdate,
     StatsUpdate,
 )
+from scal3r_ros.mapping.worker import WorkerStats
 from scal3r_ros.ros import qos
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.outputs import ScaleUpdate
 from scal3r_ros.ros.params import NodeConfig
-from scal3r_ros.ros.worker import WorkerStats
 
 
 def progress_line(msg: MappingStatus) -> str:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from scal3r_ros.mapping.alignment import unproject_depth
-from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
+from scal3r_ros.mapping.sim.synthetic import SyntheticDrive, drive_summary
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.synthetic import SyntheticDrive, drive_summary
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scal3r_ros.mapping.backend import ChunkInput, ChunkPrediction
+from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.model.config import Scal3RConfig
 from scal3r_ros.model.gcm import GCMGrads

@@ -103,8 +103,8 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
         raise ValueError(f"backend must be one of {BACKEND_KINDS}, got {spec.kind!r}")
     loops = make_loop_closure(spec.loop_closure)
     if spec.kind == "oracle":
-        from scal3r_ros.mapping.oracle_backend import OracleBackend, OracleConfig
-        from scal3r_ros.mapping.synthetic import SyntheticConfig, SyntheticDrive
+        from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
+        from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
 
         o = spec.oracle
         drive = SyntheticDrive(
@@ -124,7 +124,7 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
         )
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")
 
-    from scal3r_ros.mapping.scal3r_backend import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
 
     dev = resolve_device(spec.device)
     bf16 = use_bf16(spec.dtype, dev)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scal3r_ros.mapping.alignment import unproject_depth
-from scal3r_ros.mapping.frame import FrameCloudsUpdate
+from scal3r_ros.mapping.events import FrameCloudsUpdate
 from scal3r_ros.mapping.map_store import voxel_downsample
 
 FRAME_SELECTIONS = ("all", "every_n", "newest")

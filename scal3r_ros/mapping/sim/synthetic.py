@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scal3r_ros.mapping.frame import Frame
+from scal3r_ros.mapping.events import Frame
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from scal3r_ros.mapping.engine import MappingEngine
-from scal3r_ros.mapping.frame import ChunkFailed, Frame, MapUpdate, StatsUpdate
+from scal3r_ros.mapping.events import ChunkFailed, Frame, MapUpdate, StatsUpdate
 from scal3r_ros.mapping.memory import release_freed_memory
 
 DROP_POLICIES = ("drop_oldest", "drop_newest")

@@ -1,0 +1,1 @@
+"""Planner outputs computed from the map: metric scale, sensor-frame clouds, occupancy grid."""

@@ -1,0 +1,1 @@
+"""Simulation: the synthetic drive the oracle backend, the demo and the tests use."""
