@@ -23,24 +23,47 @@ def generate_launch_description() -> LaunchDescription:
     config = LaunchConfiguration("config")
     share_config = PathJoinSubstitution([FindPackageShare(PACKAGE), "config"])
     # a bare name means config/<name>.yaml of this package; anything with a "/" is a path
-    params_file = PythonExpression([
-        "'", config, "' if '/' in '", config, "' else '", share_config, "/' + '", config,
-        "' + '.yaml'",
-    ])  # fmt: skip
+    params_file = PythonExpression(
+        [
+            "'",
+            config,
+            "' if '/' in '",
+            config,
+            "' else '",
+            share_config,
+            "/' + '",
+            config,
+            "' + '.yaml'",
+        ]
+    )
     args = [
-        DeclareLaunchArgument("config", default_value="default",
-                              description="parameter file: name in share/scal3r_ros/config "
-                                          "or a path"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
-                              description="camera topic (sensor_msgs/Image)"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="scal3r.pt; empty: ~/.cache/scal3r_ros/scal3r.pt"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="use /clock (true when replaying a bag)"),
+        DeclareLaunchArgument(
+            "config",
+            default_value="default",
+            description="parameter file: name in share/scal3r_ros/config or a path",
+        ),
+        DeclareLaunchArgument(
+            "image_topic",
+            default_value="/camera/image_raw",
+            description="camera topic (sensor_msgs/Image)",
+        ),
+        DeclareLaunchArgument(
+            "checkpoint",
+            default_value="",
+            description="scal3r.pt; empty: ~/.cache/scal3r_ros/scal3r.pt",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            description="use /clock (true when replaying a bag)",
+        ),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
-        DeclareLaunchArgument("bag", default_value="",
-                              description="play this bag with --clock (set use_sim_time:=true)"),
-    ]  # fmt: skip
+        DeclareLaunchArgument(
+            "bag",
+            default_value="",
+            description="play this bag with --clock (set use_sim_time:=true)",
+        ),
+    ]
     node = Node(
         package=PACKAGE,
         executable="scal3r_mapping",
@@ -50,8 +73,9 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             params_file,
             {
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"),
-                                               value_type=bool),
+                "use_sim_time": ParameterValue(
+                    LaunchConfiguration("use_sim_time"), value_type=bool
+                ),
                 "checkpoint": LaunchConfiguration("checkpoint"),
             },
         ],
@@ -59,15 +83,16 @@ def generate_launch_description() -> LaunchDescription:
         # Ctrl-C: the node waits up to shutdown_window_wait (30 s) for the window in
         # progress, then saves; launch's default SIGTERM after 5 s would cut that short
         sigterm_timeout=str(SIGTERM_TIMEOUT_S),
-    )  # fmt: skip
+    )
     rviz = Node(
         package="rviz2",
         executable="rviz2",
         arguments=["-d", PathJoinSubstitution([share_config, "scal3r.rviz"])],
-        parameters=[{"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"),
-                                                    value_type=bool)}],
+        parameters=[
+            {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}
+        ],
         condition=IfCondition(LaunchConfiguration("rviz")),
-    )  # fmt: skip
+    )
     bag = ExecuteProcess(
         cmd=["ros2", "bag", "play", LaunchConfiguration("bag"), "--clock"],
         output="screen",

@@ -88,8 +88,10 @@ def write_tum_subset(seed: int = 7, n_drop: int = 40, jitter_s: float = 0.004) -
         f"{s:.6f} {p[0]:.9f} {p[1]:.9f} {p[2]:.9f} {qq[0]:.9f} {qq[1]:.9f} {qq[2]:.9f} {qq[3]:.9f}"
         for s, p, qq in zip(stamps, M[:, :, 3], q, strict=True)
     ]
-    header = (f"# ORB estimate of KITTI 00 (first 1201 poses), {n_drop} poses left out, "
-              f"stamps = times.txt + U(-{jitter_s}, {jitter_s}) s, seed {seed}\n")  # fmt: skip
+    header = (
+        f"# ORB estimate of KITTI 00 (first 1201 poses), {n_drop} poses left out, "
+        f"stamps = times.txt + U(-{jitter_s}, {jitter_s}) s, seed {seed}\n"
+    )
     TUM_SUBSET.write_text(header + "\n".join(lines) + "\n")
 
 
@@ -124,8 +126,10 @@ def main() -> int:
     def ape(ref, est, align: str) -> dict:
         e = aligned(ref, est, align)
         out = {}
-        for name, rel in (("translation_m", metrics.PoseRelation.translation_part),
-                          ("rotation_deg", metrics.PoseRelation.rotation_angle_deg)):  # fmt: skip
+        for name, rel in (
+            ("translation_m", metrics.PoseRelation.translation_part),
+            ("rotation_deg", metrics.PoseRelation.rotation_angle_deg),
+        ):
             m = metrics.APE(rel)
             m.process_data((ref, e))
             out[name] = stats(m)
@@ -134,12 +138,16 @@ def main() -> int:
     def rpe(ref, est, align, delta, unit, all_pairs, from_ref) -> dict:
         e = aligned(ref, est, align)
         u = metrics.Unit.frames if unit == "frames" else metrics.Unit.meters
-        out = dict(align=align, delta=delta, unit=unit, all_pairs=all_pairs,
-                   pairs_from_reference=from_ref)  # fmt: skip
-        for name, rel in (("translation_m", metrics.PoseRelation.translation_part),
-                          ("rotation_deg", metrics.PoseRelation.rotation_angle_deg)):  # fmt: skip
-            m = metrics.RPE(rel, delta, u, rel_delta_tol=0.1, all_pairs=all_pairs,
-                            pairs_from_reference=from_ref)  # fmt: skip
+        out = dict(
+            align=align, delta=delta, unit=unit, all_pairs=all_pairs, pairs_from_reference=from_ref
+        )
+        for name, rel in (
+            ("translation_m", metrics.PoseRelation.translation_part),
+            ("rotation_deg", metrics.PoseRelation.rotation_angle_deg),
+        ):
+            m = metrics.RPE(
+                rel, delta, u, rel_delta_tol=0.1, all_pairs=all_pairs, pairs_from_reference=from_ref
+            )
             m.process_data((ref, e))
             out[name] = stats(m)
             out["n_pairs"] = len(m.error)

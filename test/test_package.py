@@ -70,3 +70,15 @@ def test_core_layers_import_no_ros_at_runtime():
     count, bad = out.stdout.splitlines()[-2:]
     assert count == "0", f"ROS modules loaded by model/mapping: {bad}"
     assert len(modules) >= 3
+
+
+def test_one_formatter_without_exceptions():
+    """ruff format applies everywhere: no formatter-skip or formatter-off markers."""
+    root = PKG.parent
+    marked = [
+        str(p.relative_to(root))
+        for d in ("scal3r_ros", "test", "launch", "scripts")
+        for p in (root / d).rglob("*.py")
+        if "# fmt: " + "skip" in p.read_text() or "# fmt: " + "off" in p.read_text()
+    ]
+    assert not marked, marked

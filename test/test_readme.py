@@ -35,7 +35,14 @@ def test_readme_names_every_console_script():
 
 
 def test_readme_links_resolve():
-    for target in ("docs/ros_interface.md", "docs/network.md", "docs/benchmarks.md", "docs/architecture.md",
-                   "THIRD_PARTY.md", "LICENSE", "docs/demo_trajectory.png"):  # fmt: skip
+    for target in (
+        "docs/ros_interface.md",
+        "docs/network.md",
+        "docs/benchmarks.md",
+        "docs/architecture.md",
+        "THIRD_PARTY.md",
+        "LICENSE",
+        "docs/demo_trajectory.png",
+    ):
         assert f"({target})" in README, target
         assert (ROOT / target).is_file(), target

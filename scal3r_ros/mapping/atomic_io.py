@@ -194,8 +194,9 @@ class SaveFolder:
     (files of earlier saves), so no file of the user's is ever removed.
     """
 
-    def __init__(self, root: str | Path, name: str,
-                 replaceable: Collection[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, root: str | Path, name: str, replaceable: Collection[str] | None = None
+    ) -> None:
         parts = relative_parts(name)
         self.root = Path(root)
         self.path = self.root.joinpath(*parts)
@@ -300,9 +301,10 @@ class SaveFolder:
         fd = _open_dir_nofollow(self.name, self._parent, create=False)
         try:
             foreign = sorted(
-                n for n in os.listdir(fd)
+                n
+                for n in os.listdir(fd)
                 if n not in self._replaceable and not _TEMP_NAME.fullmatch(n)
-            )  # fmt: skip
+            )
         finally:
             os.close(fd)
         if foreign:
@@ -325,8 +327,7 @@ class SaveFolder:
                 try:
                     os.stat(self.name, dir_fd=self._parent, follow_symlinks=False)
                 except FileNotFoundError:
-                    os.rename(entry, self.name, src_dir_fd=self._parent,
-                              dst_dir_fd=self._parent)  # fmt: skip
+                    os.rename(entry, self.name, src_dir_fd=self._parent, dst_dir_fd=self._parent)
                     continue
             _remove_flat_dir(self._parent, entry)
 

@@ -177,8 +177,9 @@ class MappingEngine:
         with self.clock.stage("prepare"):
             fid = self.scheduler.n_frames
             img, K = self.backend.prepare(frame.image, frame.intrinsics)
-            self.frames.put(fid, StoredFrame(np.ascontiguousarray(img), frame.stamp_ns,
-                                             frame.camera_id, K))  # fmt: skip
+            self.frames.put(
+                fid, StoredFrame(np.ascontiguousarray(img), frame.stamp_ns, frame.camera_id, K)
+            )
             self._stamps.append(int(frame.stamp_ns))
         spec = self.scheduler.push()
         if spec is None:
@@ -289,8 +290,9 @@ class MappingEngine:
         """Map distance travelled between two chunks along the pose graph's chain."""
         return self.pose_graph.path_length(chunk_from, chunk_to)
 
-    def chunk_input(self, frame_ids: list[int] | tuple[int, ...], chunk_id: int,
-                    is_loop: bool = True) -> ChunkInput:  # fmt: skip
+    def chunk_input(
+        self, frame_ids: list[int] | tuple[int, ...], chunk_id: int, is_loop: bool = True
+    ) -> ChunkInput:
         """Network input for arbitrary stored frames (loop chunks), reference first."""
         return self._chunk_input(ChunkSpec(chunk_id, tuple(frame_ids), is_loop))
 
@@ -491,8 +493,9 @@ class MappingEngine:
                 retry = attempt < self.config.max_chunk_attempts
                 if not retry:
                     self._waiting.pop(0)
-                out.append(ChunkFailed(spec.chunk_id, f"{type(exc).__name__}: {exc}", attempt,
-                                       retry))  # fmt: skip
+                out.append(
+                    ChunkFailed(spec.chunk_id, f"{type(exc).__name__}: {exc}", attempt, retry)
+                )
                 if retry:
                     break
                 continue

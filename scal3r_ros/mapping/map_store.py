@@ -241,8 +241,9 @@ def _subset(c: _ChunkCloud, sel: np.ndarray) -> _ChunkCloud:
     return _ChunkCloud(c.xyz[sel], c.rgb[sel], c.conf[sel], c.frame[sel], c.level)
 
 
-def write_ply(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
-              conf: np.ndarray) -> None:  # fmt: skip
+def write_ply(
+    path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray
+) -> None:
     """Binary little-endian PLY with x y z (float) red green blue (uchar) confidence.
 
     ``path``: a path (replaced atomically, `atomic_write`) or an open binary file."""
@@ -250,11 +251,15 @@ def write_ply(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
     rec = np.empty(
         n,
         dtype=[
-            ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-            ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
             ("confidence", "<f4"),
         ],
-    )  # fmt: skip
+    )
     rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     rec["confidence"] = conf
@@ -270,8 +275,9 @@ def write_ply(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
         f.write(rec.tobytes())
 
 
-def write_pcd(path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray,
-              conf: np.ndarray) -> None:  # fmt: skip
+def write_pcd(
+    path: str | Path | BinaryIO, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray
+) -> None:
     """Binary PCD v0.7 with x y z rgb (PCL-packed float) confidence.
 
     ``path``: a path (replaced atomically, `atomic_write`) or an open binary file."""

@@ -271,8 +271,11 @@ class KittiResult:
         for L in self.lengths:
             s = self.segments[self.segments[:, 1] == L]
             if len(s):
-                out[L] = (float(100 * s[:, 2].mean()), float(np.degrees(s[:, 3].mean()) * 100),
-                          len(s))  # fmt: skip
+                out[L] = (
+                    float(100 * s[:, 2].mean()),
+                    float(np.degrees(s[:, 3].mean()) * 100),
+                    len(s),
+                )
             else:
                 out[L] = (float("nan"), float("nan"), 0)
         return out
@@ -322,8 +325,10 @@ def kitti_errors(
                 lasts.append(b)
     if not firsts:
         nan = float("nan")
-        note = (f"ground-truth path is {total:.1f} m, shorter than the shortest segment "
-                f"({min(lengths):g} m): KITTI segment errors are undefined")  # fmt: skip
+        note = (
+            f"ground-truth path is {total:.1f} m, shorter than the shortest segment "
+            f"({min(lengths):g} m): KITTI segment errors are undefined"
+        )
         return KittiResult(nan, nan, lengths, step, np.zeros((0, 4)), total, note)
     a, b, L = np.array(firsts), np.array(lasts), np.array(lens)
     inv = np.linalg.inv  # full inverses as the devkit (KITTI's rotations are not exact)
@@ -334,5 +339,6 @@ def kitti_errors(
     seg = np.stack([a, L, t, r], 1)
     missing = [f"{x:g}" for x in lengths if not np.any(L == x)]
     note = f"no segment of {', '.join(missing)} m (path {total:.1f} m)" if missing else ""
-    return KittiResult(float(100 * t.mean()), float(np.degrees(r.mean()) * 100), lengths, step,
-                       seg, total, note)  # fmt: skip
+    return KittiResult(
+        float(100 * t.mean()), float(np.degrees(r.mean()) * 100), lengths, step, seg, total, note
+    )

@@ -109,8 +109,9 @@ class Trajectory:
         write_poses(path, stamps, c2w, fmt)
 
 
-def write_poses(path: str | Path | BinaryIO, stamps_ns: np.ndarray, c2w: np.ndarray,
-                fmt: str = "tum") -> None:  # fmt: skip
+def write_poses(
+    path: str | Path | BinaryIO, stamps_ns: np.ndarray, c2w: np.ndarray, fmt: str = "tum"
+) -> None:
     """Write poses as TUM (``t x y z qx qy qz qw``, t in s) or KITTI (3x4 row-major).
 
     Both are the plain-text formats ``evo`` reads (``evo_ape tum|kitti``). Rotations are

@@ -111,8 +111,9 @@ class MappingWorker:
             self._queue.append((command, callback))
             self._cond.notify()
 
-    def call(self, fn: Callable[[MappingEngine], object], timeout: float = 60.0,
-             flush: bool = False) -> object:  # fmt: skip
+    def call(
+        self, fn: Callable[[MappingEngine], object], timeout: float = 60.0, flush: bool = False
+    ) -> object:
         """Run ``fn(engine)`` on the worker thread and wait for its result (for saving).
         ``flush``: first map the frames processed after the last full window
         (``engine.flush``, events to the sink), so a save holds every processed frame.
@@ -144,9 +145,13 @@ class MappingWorker:
         """The worker thread is running (after a detaching `stop`: still in a window)."""
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 30.0, flush: bool = False,
-             sink: Callable[[list[MapUpdate]], None] | None = None,
-             interrupt: threading.Event | None = None) -> bool:  # fmt: skip
+    def stop(
+        self,
+        timeout: float = 30.0,
+        flush: bool = False,
+        sink: Callable[[list[MapUpdate]], None] | None = None,
+        interrupt: threading.Event | None = None,
+    ) -> bool:
         """Abandon queued frames (counted) and pending calls, let the window in progress
         finish and join, all within ``timeout`` seconds or until ``interrupt`` is set
         (the user insists: a second Ctrl-C). True if the thread finished.

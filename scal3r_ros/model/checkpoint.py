@@ -794,9 +794,14 @@ def load_checkpoint(
                 if ".ttt.proj." in k:
                     params[k].zero_()
     return LoadReport(
-        path=path, format=fmt, loaded=len(sd), left_at_init=left_at_init, dropped=dropped,
-        cast=cast, sha256=digest,
-    )  # fmt: skip
+        path=path,
+        format=fmt,
+        loaded=len(sd),
+        left_at_init=left_at_init,
+        dropped=dropped,
+        cast=cast,
+        sha256=digest,
+    )
 
 
 def load_scal3r(

@@ -60,9 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_ROS_ARGS_HELP + parameter_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="NAME|PATH",
-                   help="parameter file: a bundled one (default, low_latency, kitti, synthetic) "
-                        "or a path, like the launch file's config argument")  # fmt: skip
+    p.add_argument(
+        "--config",
+        metavar="NAME|PATH",
+        help="parameter file: a bundled one (default, low_latency, kitti, synthetic) "
+        "or a path, like the launch file's config argument",
+    )
     return p
 
 
@@ -75,8 +78,10 @@ def _read_parameter_sources(config: Path | None, ros: RosArguments) -> list[str]
     for path in ([str(config)] if config else []) + ros.param_files:
         got, sections = read_parameter_file(path, ros.node_fqn)
         if sections and not got:
-            warnings.append(f"{path}: no section applies to {ros.node_fqn} (sections: "
-                            f"{', '.join(sections)}); none of its parameters is used")  # fmt: skip
+            warnings.append(
+                f"{path}: no section applies to {ros.node_fqn} (sections: "
+                f"{', '.join(sections)}); none of its parameters is used"
+            )
         settings += got
     for rule in ros.overrides:
         setting = parse_override(rule, ros.node_fqn)
@@ -211,8 +216,12 @@ def _run(
     try:
         rclpy.init(args=rcl_args)
     except Exception as exc:  # rcl refuses an argument (e.g. an unknown --ros-args flag)
-        print(f"[scal3r_mapping] bad ROS arguments ({type(exc).__name__}: {exc}); see "
-              "scal3r_mapping --help", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"[scal3r_mapping] bad ROS arguments ({type(exc).__name__}: {exc}); see "
+            "scal3r_mapping --help",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     for warning in warnings:
         rclpy.logging.get_logger(logger).warning(warning)

@@ -87,8 +87,28 @@ class ImageLimits:
 DEFAULT_LIMITS = ImageLimits()
 
 # Pillow modes of PNG and JPEG files that convert("RGB") handles (at most 4 bytes a pixel)
-_PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
-                        "YCbCr", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # fmt: skip
+_PIL_MODES = frozenset(
+    {
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "I",
+        "I;16",
+        "I;16B",
+        "I;16L",
+        "I;16N",
+        "F",
+    }
+)
 _PIL_FORMATS = ("PNG", "JPEG")  # what image_transport's compressed plugin writes
 
 
@@ -148,8 +168,9 @@ def compressed_to_rgb(
     try:
         img = PILImage.open(io.BytesIO(bytes(msg.data)), formats=_PIL_FORMATS)
     except PILImage.DecompressionBombError as exc:
-        raise ConversionError(f"compressed image ({msg.format}) refused: {exc}",
-                              "image_size") from None  # fmt: skip
+        raise ConversionError(
+            f"compressed image ({msg.format}) refused: {exc}", "image_size"
+        ) from None
     except Exception as exc:
         raise ConversionError(f"cannot decode compressed image ({msg.format}): {exc}") from exc
     with img:

@@ -105,8 +105,9 @@ class InputGate:
         with self._lock:
             return sum(len(c.held) for c in self._cameras.values())
 
-    def offer(self, camera: str, sec: int, nanosec: int, image: np.ndarray,
-              now_ns: int = 0) -> None:  # fmt: skip
+    def offer(
+        self, camera: str, sec: int, nanosec: int, image: np.ndarray, now_ns: int = 0
+    ) -> None:
         """One decoded frame with its header stamp; ``now_ns`` is the node's clock
         (0 when it does not run yet, e.g. sim time before the first /clock)."""
         with self._lock:
@@ -116,9 +117,12 @@ class InputGate:
             stamp = int(sec) * _NS + int(nanosec)
             ahead = self.policy.max_future_s
             if ahead > 0 and now_ns > 0 and stamp > now_ns + ahead * 1e9:
-                self._drop("future_stamp", f"{camera}: stamp {stamp / 1e9:.3f} s is "
-                           f"{(stamp - now_ns) / 1e9:.0f} s ahead of the node's clock (over "
-                           "max_future_stamp_s: camera clock or use_sim_time?)")  # fmt: skip
+                self._drop(
+                    "future_stamp",
+                    f"{camera}: stamp {stamp / 1e9:.3f} s is "
+                    f"{(stamp - now_ns) / 1e9:.0f} s ahead of the node's clock (over "
+                    "max_future_stamp_s: camera clock or use_sim_time?)",
+                )
                 return
             if self._size is not None and _size(image) != self._size:
                 self._drop_size(camera, image)
@@ -126,8 +130,10 @@ class InputGate:
             cam = self._cameras.get(camera)
             if cam is None:
                 if len(self._cameras) >= MAX_CAMERAS:
-                    self._drop("too_many_cameras", f"frame_id {camera!r}: this node already "
-                               f"keeps {MAX_CAMERAS} cameras apart")  # fmt: skip
+                    self._drop(
+                        "too_many_cameras",
+                        f"frame_id {camera!r}: this node already keeps {MAX_CAMERAS} cameras apart",
+                    )
                     return
                 cam = self._cameras[camera] = _Camera()
             self._stamp_rule(camera, cam, _Held(stamp, image))
@@ -222,13 +228,19 @@ class InputGate:
         for h in cam.held:
             if newer is not None:
                 (w, ht), (nw, nh) = _size(h.image), _size(newer.image)
-                self._drop("size_changed", f"{name} is {w}x{ht}, the frames after it "
-                           f"{nw}x{nh} (a stream starts with {n} frames of one size)")  # fmt: skip
+                self._drop(
+                    "size_changed",
+                    f"{name} is {w}x{ht}, the frames after it "
+                    f"{nw}x{nh} (a stream starts with {n} frames of one size)",
+                )
             else:
                 base = "none yet" if cam.last_ns is None else f"{cam.last_ns / 1e9:.3f} s"
-                self._drop("stamp_outlier", f"{name}: stamp {h.stamp_ns / 1e9:.3f} s fits "
-                           f"neither the stream (last stamp: {base}) nor {n} frames in a "
-                           f"row, each within max_stamp_gap_s of the previous")  # fmt: skip
+                self._drop(
+                    "stamp_outlier",
+                    f"{name}: stamp {h.stamp_ns / 1e9:.3f} s fits "
+                    f"neither the stream (last stamp: {base}) nor {n} frames in a "
+                    f"row, each within max_stamp_gap_s of the previous",
+                )
         cam.held.clear()
 
     def _drop_size(self, name: str, image: np.ndarray) -> None:
@@ -261,15 +273,18 @@ def camera_matrix(k: Sequence[float], width: int = 0, height: int = 0) -> np.nda
     if not np.isfinite(K).all():
         raise ValueError("K is not finite")
     if not np.array_equal(K[2], (0.0, 0.0, 1.0)) or K[1, 0] != 0.0:
-        raise ValueError(f"K is not a camera matrix (rows [fx 0 cx] [0 fy cy] [0 0 1]): "
-                         f"{K.ravel().tolist()}")  # fmt: skip
+        raise ValueError(
+            f"K is not a camera matrix (rows [fx 0 cx] [0 fy cy] [0 0 1]): {K.ravel().tolist()}"
+        )
     fx, fy = float(K[0, 0]), float(K[1, 1])
     side = max(int(width), int(height))
     lo, hi = (MIN_FOCAL_RATIO * side, MAX_FOCAL_RATIO * side) if side > 0 else (1.0, 1e6)
     for label, f in (("fx", fx), ("fy", fy)):
         if not lo <= f <= hi:
-            raise ValueError(f"{label} = {f:g} px is implausible for a {width}x{height} image "
-                             f"(expected {lo:g} .. {hi:g})")  # fmt: skip
+            raise ValueError(
+                f"{label} = {f:g} px is implausible for a {width}x{height} image "
+                f"(expected {lo:g} .. {hi:g})"
+            )
     if not 0.5 <= fx / fy <= 2.0:
         raise ValueError(f"fx/fy = {fx / fy:g}: pixels are not that far from square")
     return K
@@ -287,9 +302,16 @@ class ImageInput:
     map reset after a time jump) are counted for the status (`counts`).
     """
 
-    def __init__(self, policy: StampPolicy, limits: ImageLimits,
-                 submit: Callable[[Frame], bool], reset_map: Callable[[], None],
-                 now_ns: Callable[[], int], logger, queue_full: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: StampPolicy,
+        limits: ImageLimits,
+        submit: Callable[[Frame], bool],
+        reset_map: Callable[[], None],
+        now_ns: Callable[[], int],
+        logger,
+        queue_full: str,
+    ) -> None:
         self.limits = limits
         self._submit_frame, self._reset_map, self._now_ns = submit, reset_map, now_ns
         self._log, self._queue_full = logger, queue_full
@@ -310,8 +332,13 @@ class ImageInput:
             self._drop(exc.reason, str(exc))
             return
         header = msg.header
-        self.gate.offer(header.frame_id or "camera", int(header.stamp.sec),
-                        int(header.stamp.nanosec), rgb, self._now_ns())  # fmt: skip
+        self.gate.offer(
+            header.frame_id or "camera",
+            int(header.stamp.sec),
+            int(header.stamp.nanosec),
+            rgb,
+            self._now_ns(),
+        )
 
     def on_camera_info(self, msg) -> None:
         cam = msg.header.frame_id
@@ -321,8 +348,10 @@ class ImageInput:
             self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {exc}")
             return
         if cam not in self._camera_k and len(self._camera_k) >= MAX_CAMERAS:
-            self._notice("bad_camera_info", f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} "
-                         "cameras known already")  # fmt: skip
+            self._notice(
+                "bad_camera_info",
+                f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} cameras known already",
+            )
             return
         self._camera_k[cam] = K
 

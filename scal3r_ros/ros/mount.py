@@ -90,6 +90,12 @@ class CameraMount:
             self.converter.set_mount(T)
             self._log(f"camera mount {self.cfg.base_frame} -> {cam_frame} taken from /tf_static")
         elif self.cfg.publish_camera_tf and publish:
-            self._publish(TFMessage(transforms=[
-                transform_msg(self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp)
-            ]))  # fmt: skip
+            self._publish(
+                TFMessage(
+                    transforms=[
+                        transform_msg(
+                            self.converter.T_base_cam, self.cfg.base_frame, cam_frame, stamp
+                        )
+                    ]
+                )
+            )

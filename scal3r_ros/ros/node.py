@@ -75,9 +75,11 @@ class MappingNode(Node):
         backend = make_backend(backend_spec(cfg))
         self.worker = MappingWorker(
             lambda: build_engine(engine_config(cfg), backend.backend, backend.loop_closure),
-            self._on_worker_events, queue_size=cfg.queue_size, drop_policy=cfg.drop_policy,
+            self._on_worker_events,
+            queue_size=cfg.queue_size,
+            drop_policy=cfg.drop_policy,
             on_error=lambda msg: log.error(f"chunk failed: {msg}"),
-        )  # fmt: skip
+        )
 
         # --- where the map sits: mount, anchor (CameraMount) and scale (ScaleTracker)
         self.converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
@@ -87,29 +89,39 @@ class MappingNode(Node):
 
         # --- inputs
         set_pillow_limit(cfg.max_image_pixels)
-        queue_full = (f"frame queue full ({cfg.queue_size}): dropping the "
-                      f"{'oldest' if cfg.drop_policy == 'drop_oldest' else 'newest'} frame; "
-                      "the worker is slower than the camera")  # fmt: skip
-        self.inputs = ImageInput(cfg.stamp_policy(), cfg.image_limits(), self._submit,
-                                 self._request_reset,
-                                 lambda: self.get_clock().now().nanoseconds, log,
-                                 queue_full)  # fmt: skip
+        queue_full = (
+            f"frame queue full ({cfg.queue_size}): dropping the "
+            f"{'oldest' if cfg.drop_policy == 'drop_oldest' else 'newest'} frame; "
+            "the worker is slower than the camera"
+        )
+        self.inputs = ImageInput(
+            cfg.stamp_policy(),
+            cfg.image_limits(),
+            self._submit,
+            self._request_reset,
+            lambda: self.get_clock().now().nanoseconds,
+            log,
+            queue_full,
+        )
         in_qos = qos.input_profile(cfg.input_qos, cfg.input_qos_depth)
-        for msg_type, topics, decode in ((Image, cfg.image_topics, image_to_rgb),
-                                         (CompressedImage, cfg.compressed_topics,
-                                          compressed_to_rgb)):  # fmt: skip
+        for msg_type, topics, decode in (
+            (Image, cfg.image_topics, image_to_rgb),
+            (CompressedImage, cfg.compressed_topics, compressed_to_rgb),
+        ):
             for topic in topics:
                 self.create_subscription(msg_type, topic, self.inputs.callback(decode), in_qos)
         for topic in cfg.camera_info_topics:
             self.create_subscription(CameraInfo, topic, self.inputs.on_camera_info, in_qos)
         if cfg.use_tf_static:
-            self.create_subscription(TFMessage, "/tf_static", self.mount.on_tf_static,
-                                     qos.TF_STATIC)  # fmt: skip
+            self.create_subscription(
+                TFMessage, "/tf_static", self.mount.on_tf_static, qos.TF_STATIC
+            )
         self._clock_jump = self.get_clock().create_jump_callback(
-            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0),
-                          on_clock_change=False),
+            JumpThreshold(
+                min_forward=None, min_backward=Duration(seconds=-1.0), on_clock_change=False
+            ),
             post_callback=lambda _jump: self.inputs.clock_jumped_back(),
-        )  # fmt: skip
+        )
 
         # --- outputs: each gets every batch of events (worker thread)
         def map_cloud():  # the whole map, for ~/map and grid rebuilds (worker thread)
@@ -119,30 +131,44 @@ class MappingNode(Node):
             return self.create_publisher(msg_type, topic, profile).publish
 
         self.poses = PoseOutputs(
-            self.converter, PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
+            self.converter,
+            PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
             publisher(TFMessage, "/tf", qos.TF),
             publisher(Odometry, "~/odometry", qos.RELIABLE_OUTPUT),
             publisher(PathMsg, "~/path", qos.LATCHED),
-            path_period=cfg.path_publish_period, path_max_poses=cfg.path_max_poses,
-        )  # fmt: skip
+            path_period=cfg.path_publish_period,
+            path_max_poses=cfg.path_max_poses,
+        )
         self.clouds = CloudOutputs(
-            self.converter, cfg.map_frame,
+            self.converter,
+            cfg.map_frame,
             publisher(PointCloud2, "~/cloud", qos.RELIABLE_OUTPUT),
-            publisher(PointCloud2, "~/map", qos.LATCHED), map_cloud, cfg.map_publish_period,
-        )  # fmt: skip
+            publisher(PointCloud2, "~/map", qos.LATCHED),
+            map_cloud,
+            cfg.map_publish_period,
+        )
         self.planner = PlannerOutputs(self, cfg, self.converter, map_cloud)
-        self.status = StatusOutputs(self, cfg, backend.name, backend.device_name,
-                                    self.worker.stats_snapshot, self.inputs.counts,
-                                    self.scale.current())  # fmt: skip
+        self.status = StatusOutputs(
+            self,
+            cfg,
+            backend.name,
+            backend.device_name,
+            self.worker.stats_snapshot,
+            self.inputs.counts,
+            self.scale.current(),
+        )
         self.outputs: list[Output] = [self.poses, self.clouds, self.planner, self.status]
         self.saver = MapSaver(self.converter, self.output_dir, self.planner.save)
 
         # --- services and timers (own group, so a save never blocks image callbacks)
         group = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=group)
-        self.create_service(SaveMap, "~/save_map",
-                            lambda req, res: self.saver.on_request(req, res, self.worker.call),
-                            callback_group=group)  # fmt: skip
+        self.create_service(
+            SaveMap,
+            "~/save_map",
+            lambda req, res: self.saver.on_request(req, res, self.worker.call),
+            callback_group=group,
+        )
         self.create_timer(cfg.status_period, self._on_status_timer, callback_group=group)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -234,9 +260,12 @@ class MappingNode(Node):
         """
         wait = self.cfg.shutdown_window_wait
         if self.worker.alive and not (hurry is not None and hurry.is_set()):
-            self._say("info", f"stopping: mapping the window in progress and the last frames "
-                      f"(at most {wait:g} s, shutdown_window_wait); Ctrl-C again saves "
-                      "without them")  # fmt: skip
+            self._say(
+                "info",
+                f"stopping: mapping the window in progress and the last frames "
+                f"(at most {wait:g} s, shutdown_window_wait); Ctrl-C again saves "
+                "without them",
+            )
         joined = self.worker.stop(timeout=wait, flush=True, interrupt=hurry)
         engine = self.worker.engine
         if engine is None or not self.cfg.save_on_shutdown:

@@ -435,8 +435,9 @@ class NodeConfig(
         if self.input_qos not in QOS_CHOICES:
             problems.append(f"input_qos must be one of {QOS_CHOICES}, got {self.input_qos!r}")
         if self.drop_policy not in ("drop_oldest", "drop_newest"):
-            problems.append(f"drop_policy must be drop_oldest or drop_newest, got "
-                            f"{self.drop_policy!r}")  # fmt: skip
+            problems.append(
+                f"drop_policy must be drop_oldest or drop_newest, got {self.drop_policy!r}"
+            )
         if self.on_time_jump not in TIME_JUMP_POLICIES:
             problems.append(f"on_time_jump must be one of {TIME_JUMP_POLICIES}")
         if not (self.image_topics or self.compressed_topics):
@@ -446,11 +447,14 @@ class NodeConfig(
         if len({self.map_frame, self.odom_frame, self.base_frame}) != 3:
             problems.append("map_frame, odom_frame and base_frame must differ")
         if self.scale_source not in SCALE_SOURCES:
-            problems.append(f"scale_source must be one of {SCALE_SOURCES}, got "
-                            f"{self.scale_source!r}")  # fmt: skip
+            problems.append(
+                f"scale_source must be one of {SCALE_SOURCES}, got {self.scale_source!r}"
+            )
         if self.occupancy_enabled and self.scale_source == "none":
-            problems.append("occupancy_enabled needs a metric scale: set scale_source "
-                            "(camera_height, odometry or stereo)")  # fmt: skip
+            problems.append(
+                "occupancy_enabled needs a metric scale: set scale_source "
+                "(camera_height, odometry or stereo)"
+            )
         if self.sensor_cloud_frames not in ("all", "every_n", "newest"):
             problems.append("sensor_cloud_frames must be all, every_n or newest")
         if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
@@ -473,8 +477,12 @@ class NodeConfig(
         return ImageLimits(self.max_image_pixels, self.min_image_side, self.max_image_aspect)
 
     def stamp_policy(self) -> StampPolicy:
-        return StampPolicy(self.on_time_jump, self.time_jump_min_frames, self.max_stamp_gap_s,
-                           self.max_future_stamp_s)  # fmt: skip
+        return StampPolicy(
+            self.on_time_jump,
+            self.time_jump_min_frames,
+            self.max_stamp_gap_s,
+            self.max_future_stamp_s,
+        )
 
 
 def value_problem(name: str, value: object) -> str | None:
@@ -618,8 +626,18 @@ class RosArguments:
         return self.namespace.rstrip("/") + "/" + self.node_name
 
 
-_ROS_FLAGS_WITH_VALUE = {"-p", "--param", "--params-file", "-r", "--remap", "-e", "--enclave",
-                         "--log-level", "--log-config-file", "--log-file-name"}  # fmt: skip
+_ROS_FLAGS_WITH_VALUE = {
+    "-p",
+    "--param",
+    "--params-file",
+    "-r",
+    "--remap",
+    "-e",
+    "--enclave",
+    "--log-level",
+    "--log-config-file",
+    "--log-file-name",
+}
 
 
 def split_ros_args(argv: list[str]) -> tuple[list[str], RosArguments]:
@@ -724,8 +742,9 @@ def _typed(node: yaml.Node, where: str) -> tuple[Parameter.Type | None, object]:
 def _yaml_error(source: str, exc: yaml.YAMLError, file: bool = True) -> ParameterInputError:
     """One line naming the file (line:column) or the override, and YAML's complaint."""
     mark = getattr(exc, "problem_mark", None)
-    what = " ".join(x for x in (getattr(exc, "context", None), getattr(exc, "problem", None))
-                    if x) or str(exc)  # fmt: skip
+    what = " ".join(
+        x for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x
+    ) or str(exc)
     if mark is None:
         return ParameterInputError(f"{source}: not valid YAML: {what}")
     if file:
@@ -872,8 +891,10 @@ def parameter_help(width: int = 88) -> str:
         dynamic = " (settable while running)" if info["dynamic"] else ""
         lines += textwrap.wrap(
             f"{f.name} = {_literal(getattr(defaults, f.name))}: {info['description']}{dynamic}",
-            width=width, initial_indent="  ", subsequent_indent="      ",
-        )  # fmt: skip
+            width=width,
+            initial_indent="  ",
+            subsequent_indent="      ",
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -15,24 +15,36 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-TF = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.VOLATILE)  # fmt: skip
-TF_STATIC = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
-RELIABLE_OUTPUT = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)  # fmt: skip
+TF = QoSProfile(
+    depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
+TF_STATIC = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+LATCHED = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+RELIABLE_OUTPUT = QoSProfile(
+    depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
 
 
 def input_profile(kind: str, depth: int) -> QoSProfile:
     """QoS of the image subscriptions ('sensor_data' or 'reliable')."""
     if kind == "sensor_data":
-        profile = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in (
-            "reliability", "durability", "history")}, depth=depth)  # fmt: skip
+        profile = QoSProfile(
+            **{
+                k: getattr(qos_profile_sensor_data, k)
+                for k in ("reliability", "durability", "history")
+            },
+            depth=depth,
+        )
         return profile
     if kind == "reliable":
-        return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.VOLATILE)  # fmt: skip
+        return QoSProfile(
+            depth=depth,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
     raise ValueError(f"unknown input QoS {kind!r}")

@@ -21,8 +21,15 @@ from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.outputs.planner import GRID_FILES
 
-SAVE_FILES = ("map.ply", "map.pcd", "trajectory_tum.txt", "trajectory_kitti.txt",
-              "trajectory_camera_tum.txt", "trajectory_camera_kitti.txt", *GRID_FILES)  # fmt: skip
+SAVE_FILES = (
+    "map.ply",
+    "map.pcd",
+    "trajectory_tum.txt",
+    "trajectory_kitti.txt",
+    "trajectory_camera_tum.txt",
+    "trajectory_camera_kitti.txt",
+    *GRID_FILES,
+)
 """Every file a save writes; a save folder holding anything else is never replaced."""
 
 
@@ -41,8 +48,12 @@ class MapSaver:
     """Writes the engine's map and trajectories in the node's frames (``converter``)
     under ``output_dir``; ``extra(folder)`` adds more files to a save (the grid)."""
 
-    def __init__(self, converter: FrameConverter, output_dir: Path,
-                 extra: Callable[[SaveFolder], None] = lambda folder: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        converter: FrameConverter,
+        output_dir: Path,
+        extra: Callable[[SaveFolder], None] = lambda folder: None,
+    ) -> None:
         self.converter, self.output_dir, self.extra = converter, output_dir, extra
 
     def on_request(self, request, response, call: Callable):
@@ -51,24 +62,31 @@ class MapSaver:
         try:
             name = save_name(request.name)  # the name only; folders are checked on writing
             # flush: every frame processed so far gets a pose (and its points) first
-            files = call(lambda engine: self.save(engine, name, request.save_map,
-                                                  request.save_trajectory, root=self.output_dir),
-                         flush=True)  # fmt: skip
+            files = call(
+                lambda engine: self.save(
+                    engine, name, request.save_map, request.save_trajectory, root=self.output_dir
+                ),
+                flush=True,
+            )
             response.success, response.files = True, [str(f) for f in files]
             response.message = f"saved {len(files)} files to {self.output_dir / name}"
         except Exception as exc:
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
 
-    def save_at_shutdown(self, engine: MappingEngine, joined: bool,
-                         say: Callable[[str, str], None]) -> int:  # fmt: skip
+    def save_at_shutdown(
+        self, engine: MappingEngine, joined: bool, say: Callable[[str, str], None]
+    ) -> int:
         """The save when the node stops, in a timestamped folder; the exit code. Never
         "not saving": only a failing write gives 1. ``joined`` False: the window in
         progress was left out (said through ``say(level, text)``)."""
         n = engine.n_chunks
         if not joined:
-            what = f"saving the {n} window{'s' * (n != 1)} mapped so far" if n else (
-                "no window was mapped before it: nothing to save")  # fmt: skip
+            what = (
+                f"saving the {n} window{'s' * (n != 1)} mapped so far"
+                if n
+                else ("no window was mapped before it: nothing to save")
+            )
             say("warning", f"the window in progress is left out (not finished in time); {what}")
         if n == 0:
             return 0
@@ -76,15 +94,24 @@ class MapSaver:
         try:
             files = self.save(engine, name, root=self.output_dir)
         except Exception as exc:  # a full disk, a refused folder: say so, exit 1
-            print(f"[scal3r_mapping] saving to {self.output_dir / name} failed: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[scal3r_mapping] saving to {self.output_dir / name} failed: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
-        print(f"[scal3r_mapping] saved {len(files)} files to {self.output_dir / name}",
-              flush=True)  # fmt: skip
+        print(f"[scal3r_mapping] saved {len(files)} files to {self.output_dir / name}", flush=True)
         return 0
 
-    def save(self, engine: MappingEngine, target: Path | str, save_map: bool = True,
-             save_traj: bool = True, root: Path | None = None) -> list[Path]:  # fmt: skip
+    def save(
+        self,
+        engine: MappingEngine,
+        target: Path | str,
+        save_map: bool = True,
+        save_traj: bool = True,
+        root: Path | None = None,
+    ) -> list[Path]:
         """Write map (PLY, PCD), trajectories (TUM, KITTI) and the grid as one set.
 
         ``target``: a folder name relative to ``root`` (the node: output_dir), or a folder
@@ -120,10 +147,12 @@ class MapSaver:
                 T = self.converter.base_poses(c2w) if len(c2w) else np.zeros((0, 4, 4))
                 C = T @ self.converter.T_base_cam  # T_map_camera (optical axes)
                 C = np.linalg.inv(C[0]) @ C if len(C) else C  # first camera = identity
-                for name, P, fmt in (("trajectory_tum.txt", T, "tum"),
-                                     ("trajectory_kitti.txt", T, "kitti"),
-                                     ("trajectory_camera_tum.txt", C, "tum"),
-                                     ("trajectory_camera_kitti.txt", C, "kitti")):  # fmt: skip
+                for name, P, fmt in (
+                    ("trajectory_tum.txt", T, "tum"),
+                    ("trajectory_kitti.txt", T, "kitti"),
+                    ("trajectory_camera_tum.txt", C, "tum"),
+                    ("trajectory_camera_kitti.txt", C, "kitti"),
+                ):
                     with folder.open(name) as f:
                         write_poses(f, stamps, P, fmt)
             if map_pts is not None:

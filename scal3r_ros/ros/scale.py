@@ -33,17 +33,22 @@ class ScaleTracker:
     def __init__(self, node: Node, cfg: NodeConfig) -> None:
         self.kind = cfg.scale_source
         self.source = make_scale_source(
-            cfg.scale_source, camera_height_m=cfg.camera_height_m,
+            cfg.scale_source,
+            camera_height_m=cfg.camera_height_m,
             odometry_window_s=cfg.scale_odometry_window_s,
             stereo_baseline_m=cfg.stereo_baseline_m or None,
-        )  # fmt: skip
+        )
         self._lock = threading.Lock()
         self._track = Track()  # frame poses (odometry) and cameras (stereo)
         self.scale = 1.0
         self.estimate = self.source.update(ChunkObservation())
         if cfg.scale_source == "odometry":
-            node.create_subscription(Odometry, cfg.scale_odometry_topic, self.on_odometry,
-                                     qos.input_profile("reliable", 100))  # fmt: skip
+            node.create_subscription(
+                Odometry,
+                cfg.scale_odometry_topic,
+                self.on_odometry,
+                qos.input_profile("reliable", 100),
+            )
         if cfg.scale_source == "stereo" and not cfg.stereo_baseline_m:
             if len(cfg.camera_info_topics) < 2:
                 node.get_logger().warning(
@@ -51,9 +56,12 @@ class ScaleTracker:
                     "camera_info topic; the scale stays unknown"
                 )
             else:
-                node.create_subscription(CameraInfo, cfg.camera_info_topics[1],
-                                         self.on_right_info,
-                                         qos.input_profile(cfg.input_qos, 10))  # fmt: skip
+                node.create_subscription(
+                    CameraInfo,
+                    cfg.camera_info_topics[1],
+                    self.on_right_info,
+                    qos.input_profile(cfg.input_qos, 10),
+                )
 
     def on_odometry(self, msg: Odometry) -> None:
         p = msg.pose.pose.position

@@ -121,8 +121,10 @@ def open_bag(path: Path):
         reader = Reader(path)
         reader.open()
     except Exception as exc:
-        raise PlayerError(f"cannot open {path} as a ROS 2 bag (a rosbag2 folder with "
-                          f"metadata.yaml, or an .mcap file): {exc}") from exc  # fmt: skip
+        raise PlayerError(
+            f"cannot open {path} as a ROS 2 bag (a rosbag2 folder with "
+            f"metadata.yaml, or an .mcap file): {exc}"
+        ) from exc
     return reader
 
 
@@ -134,26 +136,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bag", type=Path, help="rosbag2 folder (mcap or sqlite3) or .mcap file")
     p.add_argument("-r", "--rate", type=float, default=1.0, help="playback speed factor")
     p.add_argument("-l", "--loop", action="store_true", help="play again from the start")
-    p.add_argument("--start-offset", type=float, default=0.0,
-                   help="start this many seconds into the bag")  # fmt: skip
-    p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
-                   help="play only these topics")  # fmt: skip
-    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable",
-                   help="reliability of the data publishers (default reliable)")  # fmt: skip
+    p.add_argument(
+        "--start-offset", type=float, default=0.0, help="start this many seconds into the bag"
+    )
+    p.add_argument(
+        "--topics", nargs="+", default=None, metavar="TOPIC", help="play only these topics"
+    )
+    p.add_argument(
+        "--qos",
+        choices=("reliable", "best_effort"),
+        default="reliable",
+        help="reliability of the data publishers (default reliable)",
+    )
     p.add_argument("--qos-depth", type=int, default=100, help="history depth of data topics")
-    p.add_argument("--clock", type=float, nargs="?", const=40.0, default=40.0, metavar="HZ",
-                   help="publish /clock at HZ between messages (default 40)")  # fmt: skip
+    p.add_argument(
+        "--clock",
+        type=float,
+        nargs="?",
+        const=40.0,
+        default=40.0,
+        metavar="HZ",
+        help="publish /clock at HZ between messages (default 40)",
+    )
     p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
-    p.add_argument("--wait-for", nargs="*", default=None, metavar="TOPIC",
-                   help="wait until these topics have a subscriber (bare flag: every image "
-                        "topic) before playing")  # fmt: skip
-    p.add_argument("--require-images", action="store_true",
-                   help="refuse (exit 2) a bag or --topics selection without a "
-                        "sensor_msgs/Image or CompressedImage topic (default: warn)")  # fmt: skip
-    p.add_argument("--wait-timeout", type=float, default=30.0,
-                   help="seconds --wait-for waits at most (then plays anyway)")  # fmt: skip
-    p.add_argument("-d", "--delay", type=float, default=0.0,
-                   help="sleep this many seconds before playing")  # fmt: skip
+    p.add_argument(
+        "--wait-for",
+        nargs="*",
+        default=None,
+        metavar="TOPIC",
+        help="wait until these topics have a subscriber (bare flag: every image "
+        "topic) before playing",
+    )
+    p.add_argument(
+        "--require-images",
+        action="store_true",
+        help="refuse (exit 2) a bag or --topics selection without a "
+        "sensor_msgs/Image or CompressedImage topic (default: warn)",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=30.0,
+        help="seconds --wait-for waits at most (then plays anyway)",
+    )
+    p.add_argument(
+        "-d", "--delay", type=float, default=0.0, help="sleep this many seconds before playing"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     return p
 
@@ -182,8 +210,10 @@ class Player:
         if wanted:
             missing = [t for t in wanted if t not in by_topic]
             if missing:
-                raise PlayerError(f"topics not in the bag: {', '.join(missing)} (the bag has: "
-                                  f"{', '.join(sorted(by_topic))})")  # fmt: skip
+                raise PlayerError(
+                    f"topics not in the bag: {', '.join(missing)} (the bag has: "
+                    f"{', '.join(sorted(by_topic))})"
+                )
         for name, conns in sorted(by_topic.items()):
             if wanted and name not in wanted:
                 continue
@@ -208,11 +238,13 @@ class Player:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
         data_qos = QoSProfile(
-            depth=self.args.qos_depth, history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE if self.args.qos == "reliable"
+            depth=self.args.qos_depth,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE
+            if self.args.qos == "reliable"
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
-        )  # fmt: skip
+        )
         for name, topic in list(self.topics.items()):
             try:
                 cls = message_class(topic.msgtype)
@@ -220,8 +252,10 @@ class Player:
                 self.skipped[name] = f"{topic.msgtype}: {type(exc).__name__}: {exc}"
                 del self.topics[name]
                 continue
-            if topic.recorded and next(self.reader.messages(connections=topic.connections),
-                                       None) is None:  # fmt: skip
+            if (
+                topic.recorded
+                and next(self.reader.messages(connections=topic.connections), None) is None
+            ):
                 self.unreadable[name] = topic.recorded
                 self.skipped[name] = (
                     f"the bag records {topic.recorded} {topic.msgtype} message(s) but none can "
@@ -232,15 +266,20 @@ class Player:
             topic.cls = cls
             if topic.latched:
                 n = sum(c.msgcount for c in topic.connections)
-                qos = QoSProfile(depth=max(1, min(n, 1000)), history=HistoryPolicy.KEEP_LAST,
-                                 reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+                qos = QoSProfile(
+                    depth=max(1, min(n, 1000)),
+                    history=HistoryPolicy.KEEP_LAST,
+                    reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                )
             else:
                 qos = data_qos
             topic.publisher = node.create_publisher(cls, name, qos)
         if not self.topics:
-            raise PlayerError("no topic of the bag can be played: " + "; ".join(
-                f"{t}: {why}" for t, why in self.skipped.items()))  # fmt: skip
+            raise PlayerError(
+                "no topic of the bag can be played: "
+                + "; ".join(f"{t}: {why}" for t, why in self.skipped.items())
+            )
         self._check_images()
 
     def _check_images(self) -> None:
@@ -249,13 +288,16 @@ class Player:
             return
         played = ", ".join(f"{t.name} [{t.msgtype}]" for t in self.topics.values())
         what = "--topics selection" if self.args.topics else "bag"
-        msg = (f"no image topic (sensor_msgs/msg/Image or CompressedImage) in the {what}; "
-               f"playing: {played}: a mapping node gets no frame from it")  # fmt: skip
+        msg = (
+            f"no image topic (sensor_msgs/msg/Image or CompressedImage) in the {what}; "
+            f"playing: {played}: a mapping node gets no frame from it"
+        )
         if self.args.require_images:
             raise PlayerError(msg + " (--require-images)")
         if self.args.wait_for is not None and not self.args.wait_for:
-            raise PlayerError(msg + "; a bare --wait-for waits for image topics: name the "
-                              "topics to wait for")  # fmt: skip
+            raise PlayerError(
+                msg + "; a bare --wait-for waits for image topics: name the topics to wait for"
+            )
         print(f"[scal3r_play_bag] warning: {msg}", file=sys.stderr, flush=True)
 
     def _publish(self, topic: Topic, raw) -> None:
@@ -279,8 +321,7 @@ class Player:
         unknown = [t for t in wanted if t not in self.topics and t != "/clock"]
         if unknown:
             raise PlayerError(f"--wait-for: not played: {', '.join(unknown)}")
-        pubs = {t: (self.clock_pub if t == "/clock" else self.topics[t].publisher)
-                for t in wanted}  # fmt: skip
+        pubs = {t: (self.clock_pub if t == "/clock" else self.topics[t].publisher) for t in wanted}
         if any(p is None for p in pubs.values()):
             raise PlayerError("--wait-for /clock with --no-clock")
         deadline = time.monotonic() + self.args.wait_timeout
@@ -308,8 +349,9 @@ class Player:
 
     def _sleep_until(self, wall_target: float, t_from: int, t_to: int, wall0: float) -> None:
         """Sleep to ``wall_target``, publishing /clock at the clock rate along the way."""
-        period = 1.0 / self.args.clock if self.clock_pub is not None and self.args.clock > 0 \
-            else None  # fmt: skip
+        period = (
+            1.0 / self.args.clock if self.clock_pub is not None and self.args.clock > 0 else None
+        )
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= wall_target:
@@ -336,8 +378,10 @@ class Player:
         self.create_publishers(node)
         start = self.reader.start_time + int(round(self.args.start_offset * NS))
         if start >= self.reader.end_time:
-            raise PlayerError(f"--start-offset {self.args.start_offset} s is past the bag's "
-                              f"end ({self.reader.duration / NS:.3f} s)")  # fmt: skip
+            raise PlayerError(
+                f"--start-offset {self.args.start_offset} s is past the bag's "
+                f"end ({self.reader.duration / NS:.3f} s)"
+            )
 
         static = self.topics.get("/tf_static")
         if static is not None:  # latched, once, before anything else
@@ -347,8 +391,9 @@ class Player:
         self.wait_for_subscribers()
         if self.args.delay > 0:
             self.stop.wait(self.args.delay)
-        play_conns = [c for t in self.topics.values() if t.name != "/tf_static"
-                      for c in t.connections]  # fmt: skip
+        play_conns = [
+            c for t in self.topics.values() if t.name != "/tf_static" for c in t.connections
+        ]
         by_id = {c.id: self.topics[c.topic] for c in play_conns}
         total = sum(c.msgcount for c in play_conns)
         self.wall_start = time.monotonic()
@@ -374,9 +419,13 @@ class Player:
                 self.bag_span = max(self.bag_span, t - (t_first or t))
                 if not self.args.quiet and time.monotonic() >= progress_next:
                     progress_next = time.monotonic() + 1.0
-                    print(f"\r[scal3r_play_bag] loop {self.loops + 1}: {sent}/{total} messages, "
-                          f"bag time {(t - self.reader.start_time) / NS:8.3f} s", end="",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"\r[scal3r_play_bag] loop {self.loops + 1}: {sent}/{total} messages, "
+                        f"bag time {(t - self.reader.start_time) / NS:8.3f} s",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if self.stop.is_set() or sent == 0:
                 break
             self.loops += 1
@@ -410,11 +459,16 @@ class Player:
         ]
         for name in sorted(self.topics):
             t = self.topics[name]
-            failed = (f" ({self.failed[name]} not published: they do not deserialize as "
-                      f"{t.msgtype}; first: {self.first_failure[name]})"
-                      if self.failed[name] else "")  # fmt: skip
-            lines.append(f"  {name} [{t.msgtype}{', latched' if t.latched else ''}]: "
-                         f"{self.counts.get(name, 0)}{failed}")  # fmt: skip
+            failed = (
+                f" ({self.failed[name]} not published: they do not deserialize as "
+                f"{t.msgtype}; first: {self.first_failure[name]})"
+                if self.failed[name]
+                else ""
+            )
+            lines.append(
+                f"  {name} [{t.msgtype}{', latched' if t.latched else ''}]: "
+                f"{self.counts.get(name, 0)}{failed}"
+            )
         for name, why in sorted(self.skipped.items()):
             lines.append(f"  {name}: not played ({why})")
         return "\n".join(lines)
@@ -422,11 +476,15 @@ class Player:
     def problems(self) -> list[str]:
         """Why the playback failed its purpose (exit 1): topics that had messages but
         played none; after a complete pass, also a ``--topics`` topic that played none."""
-        out = [f"{t}: {n} recorded message(s), none readable"
-               for t, n in sorted(self.unreadable.items())]  # fmt: skip
-        out += [f"{t}: all {n} message(s) failed to deserialize as {self.topics[t].msgtype}"
-                for t, n in sorted(self.failed.items())
-                if n and not self.counts.get(t)]  # fmt: skip
+        out = [
+            f"{t}: {n} recorded message(s), none readable"
+            for t, n in sorted(self.unreadable.items())
+        ]
+        out += [
+            f"{t}: all {n} message(s) failed to deserialize as {self.topics[t].msgtype}"
+            for t, n in sorted(self.failed.items())
+            if n and not self.counts.get(t)
+        ]
         if not self.stop.is_set():
             bad = {t.split(":")[0] for t in out}
             out += [
@@ -462,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     player = None
-    rclpy.init(args=["scal3r_play_bag", *ros_args],
-               signal_handler_options=SignalHandlerOptions.NO)  # fmt: skip
+    rclpy.init(args=["scal3r_play_bag", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("scal3r_play_bag")
     code = 0
     try:

@@ -207,15 +207,21 @@ class MessageBuilder:
 
         cfg = NodeConfig()
         converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
-        self.mount = CameraMount(cfg, converter, publisher(TFMessage, "tf_static", 1),
-                                 lambda text: None)  # fmt: skip
+        self.mount = CameraMount(
+            cfg, converter, publisher(TFMessage, "tf_static", 1), lambda text: None
+        )
         self.outputs = [
-            PoseOutputs(converter, PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
-                        publisher(TFMessage, "tf", 10), publisher(Odometry, "odometry", 10),
-                        publisher(PathMsg, "path", 1), path_period=cfg.path_publish_period,
-                        path_max_poses=cfg.path_max_poses),
+            PoseOutputs(
+                converter,
+                PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
+                publisher(TFMessage, "tf", 10),
+                publisher(Odometry, "odometry", 10),
+                publisher(PathMsg, "path", 1),
+                path_period=cfg.path_publish_period,
+                path_max_poses=cfg.path_max_poses,
+            ),
             CloudOutputs(converter, cfg.map_frame, publisher(PointCloud2, "cloud", 10)),
-        ]  # fmt: skip
+        ]
         self.reset()
 
     def reset(self) -> None:
@@ -243,8 +249,14 @@ def _peak_rss_bytes() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: list[Frame],
-                 cfg: BenchConfig, messages: MessageBuilder | None) -> RunResult:  # fmt: skip
+def run_pipeline(
+    name: str,
+    description: str,
+    backend: Scal3RBackend,
+    frames: list[Frame],
+    cfg: BenchConfig,
+    messages: MessageBuilder | None,
+) -> RunResult:
     """Stream ``frames`` through a fresh engine with ``backend``; time every stage.
     ``messages`` None: no ROS, the message stage is not measured (``publish`` is None)
     and the window total and latency exclude it."""
@@ -315,7 +327,7 @@ def run_pipeline(name: str, description: str, backend: Scal3RBackend, frames: li
         },
         peak_gpu_bytes=float(torch.cuda.max_memory_allocated())
         if device.startswith("cuda")
-        else None,  # fmt: skip
+        else None,
         host_peak_rss_bytes=_peak_rss_bytes(),
         rss_at_windows_max_bytes=max(m["rss_bytes"] for m in memory),
         map_points=int(memory[-1]["map_points"]),
@@ -389,8 +401,11 @@ def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: 
     for spec in specs:
         order = [spec.frame_ids[k] for k in spec.network_order]
         rgb = torch.from_numpy(imgs[order]).float()[None]  # (1, S, H, W, 3)
-        meta = dotdict(rgb=rgb.reshape(1, len(order), th * tw, 3).contiguous(),
-                       H=torch.tensor([th]), W=torch.tensor([tw]))  # fmt: skip
+        meta = dotdict(
+            rgb=rgb.reshape(1, len(order), th * tw, 3).contiguous(),
+            H=torch.tensor([th]),
+            W=torch.tensor([tw]),
+        )
         batches.append(dotdict(meta=meta))
     args = dotdict(device=device, streaming_state=0, offload_batches=0, offload_outputs=0)
     _sync(device)
@@ -407,15 +422,25 @@ def run_official(checkout: Path, cfg: BenchConfig, frames: list[Frame], device: 
         name="official",
         description="official scal3r.pipelines.backend.forward: release preprocessing, "
         "layer-synchronous GCS over all windows (offline), all heads, fp32",
-        frames=n, windows=len(specs), wall_s=t_prep + t_net, fps=n / (t_prep + t_net),
+        frames=n,
+        windows=len(specs),
+        wall_s=t_prep + t_net,
+        fps=n / (t_prep + t_net),
         stages_ms={"preprocess": 1e3 * t_prep / len(specs), "infer": 1e3 * t_net / len(specs)},
-        preprocess_ms_per_frame=1e3 * t_prep / n, network_ms_per_window=1e3 * t_net / len(specs),
-        network_fps=n / t_net, latency_s={}, peak_gpu_bytes=peak,
-        host_peak_rss_bytes=_peak_rss_bytes(), rss_at_windows_max_bytes=float(host_rss_bytes()),
-        map_points=0, gcs_state_bytes=0.0,
-        extra={"note": "network and preprocessing only (no alignment/map/messages)",
-               "stand_ins": stand_ins},
-    )  # fmt: skip
+        preprocess_ms_per_frame=1e3 * t_prep / n,
+        network_ms_per_window=1e3 * t_net / len(specs),
+        network_fps=n / t_net,
+        latency_s={},
+        peak_gpu_bytes=peak,
+        host_peak_rss_bytes=_peak_rss_bytes(),
+        rss_at_windows_max_bytes=float(host_rss_bytes()),
+        map_points=0,
+        gcs_state_bytes=0.0,
+        extra={
+            "note": "network and preprocessing only (no alignment/map/messages)",
+            "stand_ins": stand_ins,
+        },
+    )
 
 
 def warm_up(backends: list[Scal3RBackend], frames: list[Frame], n: int) -> None:
@@ -431,8 +456,11 @@ def warm_up(backends: list[Scal3RBackend], frames: list[Frame], n: int) -> None:
 
 def describe(c: Scal3RBackendConfig) -> str:
     """A configuration's column description, from the choices it makes."""
-    prep = ("batched preprocessing (preprocess_batch)" if c.preprocess == "batch"
-            else "official CPU preprocessing (PIL, per frame)")  # fmt: skip
+    prep = (
+        "batched preprocessing (preprocess_batch)"
+        if c.preprocess == "batch"
+        else "official CPU preprocessing (PIL, per frame)"
+    )
     heads = "all heads incl. points" if c.point_head else "heads camera+depth"
     return f"{prep}, {heads}, {'bf16 autocast' if c.autocast_bf16 else 'fp32'}"
 
@@ -442,10 +470,12 @@ def variants(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict, list[str]
     and notes on those left out. Default: ``optimised`` (the node's) and ``official_like``
     (the release's choices). ``--ablation``: from ``official_like`` to ``optimised``, each
     column adding one choice to the previous one."""
-    official_like = Scal3RBackendConfig(device=device, autocast_bf16=False, point_head=True,
-                                        preprocess="reference")  # fmt: skip
-    optimised = Scal3RBackendConfig(device=device, autocast_bf16=bf16, point_head=False,
-                                    preprocess="batch")  # fmt: skip
+    official_like = Scal3RBackendConfig(
+        device=device, autocast_bf16=False, point_head=True, preprocess="reference"
+    )
+    optimised = Scal3RBackendConfig(
+        device=device, autocast_bf16=bf16, point_head=False, preprocess="batch"
+    )
     if not cfg.ablation:
         out = {"optimised": optimised}
         if cfg.baseline:
@@ -516,22 +546,26 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     device = str(dev)
     bf16 = use_bf16(cfg.dtype, dev)
     configs, notes = variants(cfg, device, bf16)
-    drive = SyntheticDrive(SyntheticConfig(width=cfg.width, height=cfg.height,
-                                           n_frames=cfg.frames, seed=cfg.seed))  # fmt: skip
+    drive = SyntheticDrive(
+        SyntheticConfig(width=cfg.width, height=cfg.height, n_frames=cfg.frames, seed=cfg.seed)
+    )
     frames = render_frames(drive, cfg.frames)
     model = build_model(cfg)
     backends = {k: Scal3RBackend(model, c) for k, c in configs.items()}
     no_ros = "--no-ros given" if not cfg.ros else ros_missing()
     messages = None if no_ros else MessageBuilder()
     if no_ros:
-        notes.append(f"ROS messages: not measured ({no_ros}), shown as '{NO_ROS_CELL}'; "
-                     "the window total and the pose latency exclude the message stage")  # fmt: skip
+        notes.append(
+            f"ROS messages: not measured ({no_ros}), shown as '{NO_ROS_CELL}'; "
+            "the window total and the pose latency exclude the message stage"
+        )
     warm_up(list(backends.values()), frames, min(cfg.chunk, 2))
     runs: dict[str, RunResult] = {}
     try:
         for name, backend in backends.items():
-            runs[name] = run_pipeline(name, describe(backend.config), backend, frames, cfg,
-                                      messages)  # fmt: skip
+            runs[name] = run_pipeline(
+                name, describe(backend.config), backend, frames, cfg, messages
+            )
     finally:
         if messages is not None:
             messages.close()
@@ -540,9 +574,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         del backends, model  # room for the official model
         gc.collect()
         runs["official"] = run_official(Path(cfg.official), cfg, frames, device)
-        notes += [f"official: {m} is not installed; a stand-in that raises on use was "
-                  "registered (the official package imports it for image I/O only)"
-                  for m in runs["official"].extra["stand_ins"]]  # fmt: skip
+        notes += [
+            f"official: {m} is not installed; a stand-in that raises on use was "
+            "registered (the official package imports it for image I/O only)"
+            for m in runs["official"].extra["stand_ins"]
+        ]
     # "A_vs_B": how many times faster B is than A. Default: every run vs optimised;
     # ablation: each column vs the previous one, then the first vs the last
     if cfg.ablation:
@@ -600,10 +636,16 @@ def format_table(result: dict[str, Any]) -> str:
     row("FPS network only", lambda r: f"{r['network_fps']:.3g}")
     row("preprocess [ms/frame]", lambda r: f"{r['preprocess_ms_per_frame']:.1f}")
     row("network [ms/window] (GCS/TTT inside)", lambda r: f"{r['network_ms_per_window']:.0f}")
-    for s, label in (("unproject", "unproject"), ("align", "alignment"), ("map", "map"),
-                     ("store", "store (overlap/loop geometry)"), ("loop", "loop detection"),
-                     ("graph", "pose graph"), ("publish", "ROS messages (build+publish)"),
-                     ("window_total", "window total (network..messages)")):  # fmt: skip
+    for s, label in (
+        ("unproject", "unproject"),
+        ("align", "alignment"),
+        ("map", "map"),
+        ("store", "store (overlap/loop geometry)"),
+        ("loop", "loop detection"),
+        ("graph", "pose graph"),
+        ("publish", "ROS messages (build+publish)"),
+        ("window_total", "window total (network..messages)"),
+    ):
         row(f"{label} [ms/window]", lambda r, s=s: _stage_ms(r["stages_ms"][s]))
     row("pose latency mean [s] (computed)", lambda r: f"{r['latency_s']['mean_s']:.2f}")
     row("pose latency max [s] (computed)", lambda r: f"{r['latency_s']['max_s']:.2f}")
@@ -666,10 +708,13 @@ def engine_memory(
         if i + 1 in checkpoints:
             rss[i + 1] = float(host_rss_bytes())
             points[i + 1] = len(engine.map)
-    lines = [f"oracle engine, {width}x{height}, windows {chunk}/{overlap}, {frames} frames, "
-             f"map cap {max_points} points", "",
-             "| frames | host RSS [MiB] | growth vs first | map points |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"oracle engine, {width}x{height}, windows {chunk}/{overlap}, {frames} frames, "
+        f"map cap {max_points} points",
+        "",
+        "| frames | host RSS [MiB] | growth vs first | map points |",
+        "|---|---|---|---|",
+    ]
     first = rss[min(rss)] if rss else 1.0
     for n, r in sorted(rss.items()):
         lines.append(f"| {n} | {r / 2**20:.0f} | {100 * (r / first - 1):+.1f} % | {points[n]} |")
@@ -729,12 +774,18 @@ def conversions(repeats: int = 50) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--conversions", action="store_true",
-                   help="instead: time the node's message conversions (image callback, "
-                        "PointCloud2 build)")  # fmt: skip
-    p.add_argument("--engine-memory", default=None, metavar="N1,N2,...",
-                   help="instead: oracle engine only (no network), host RSS after these "
-                        "frame counts and per-window engine overhead")  # fmt: skip
+    p.add_argument(
+        "--conversions",
+        action="store_true",
+        help="instead: time the node's message conversions (image callback, PointCloud2 build)",
+    )
+    p.add_argument(
+        "--engine-memory",
+        default=None,
+        metavar="N1,N2,...",
+        help="instead: oracle engine only (no network), host RSS after these "
+        "frame counts and per-window engine overhead",
+    )
     p.add_argument("--model", default="scal3r-1b", choices=("scal3r-1b", "tiny"))
     p.add_argument("--checkpoint", default=None, help="scal3r.pt (default: random weights)")
     p.add_argument("--frames", type=int, default=6)
@@ -744,21 +795,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1242)
     p.add_argument("--height", type=int, default=375)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16"),
-                   help="optimised run: auto = bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        choices=("auto", "float32", "bfloat16"),
+        help="optimised run: auto = bf16 autocast on CUDA, fp32 on CPU",
+    )
     p.add_argument("--rate", type=float, default=10.0, help="camera rate for the latency [Hz]")
     p.add_argument("--official", default=None, help="official Scal3R checkout: also run it")
     p.add_argument("--no-baseline", action="store_true", help="skip the official-like run")
-    p.add_argument("--ablation", action="store_true",
-                   help="official_like -> +batch_preprocess -> +depth_heads_only -> optimised, "
-                        "one choice per column, each ratio vs the previous column")  # fmt: skip
-    p.add_argument("--no-ros", action="store_true",
-                   help="do not build/publish ROS messages (as without rclpy): that stage "
-                        "is not measured")  # fmt: skip
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="official_like -> +batch_preprocess -> +depth_heads_only -> optimised, "
+        "one choice per column, each ratio vs the previous column",
+    )
+    p.add_argument(
+        "--no-ros",
+        action="store_true",
+        help="do not build/publish ROS messages (as without rclpy): that stage is not measured",
+    )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-points", type=int, default=2_000_000,
-                   help="--engine-memory: the map store's cap")  # fmt: skip
+    p.add_argument(
+        "--max-points", type=int, default=2_000_000, help="--engine-memory: the map store's cap"
+    )
     a = p.parse_args(argv)
     if problem := window_problem(a.chunk, a.overlap):
         p.error(problem)  # exit 2, the rule of the node and the offline tool
@@ -767,16 +828,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.engine_memory:
         marks = sorted(int(x) for x in a.engine_memory.split(","))
-        print(engine_memory(marks[-1], a.width, a.height, a.chunk, a.overlap, marks,
-                            a.max_points))  # fmt: skip
+        print(engine_memory(marks[-1], a.width, a.height, a.chunk, a.overlap, marks, a.max_points))
         return 0
     cfg = BenchConfig(
-        model=a.model, checkpoint=a.checkpoint, frames=a.frames,
+        model=a.model,
+        checkpoint=a.checkpoint,
+        frames=a.frames,
         window=WindowSection(chunk_size=a.chunk, overlap=a.overlap),
-        backend=BackendSection(device=a.device, dtype=a.dtype), width=a.width, height=a.height,
-        rate=a.rate, official=a.official, baseline=not a.no_baseline, seed=a.seed,
-        ablation=a.ablation, ros=not a.no_ros,
-    )  # fmt: skip
+        backend=BackendSection(device=a.device, dtype=a.dtype),
+        width=a.width,
+        height=a.height,
+        rate=a.rate,
+        official=a.official,
+        baseline=not a.no_baseline,
+        seed=a.seed,
+        ablation=a.ablation,
+        ros=not a.no_ros,
+    )
     try:
         result = run_bench(cfg)
     except (ValueError, RuntimeError, ImportError) as exc:

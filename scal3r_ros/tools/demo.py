@@ -36,8 +36,9 @@ def _checkpoint_present(path: str | None) -> Path | None:
     return p if p.is_file() else None
 
 
-def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str | None,
-             timeout: float) -> dict:  # fmt: skip
+def run_demo(
+    out: Path, frames: int, rate: float, backend: str, checkpoint: str | None, timeout: float
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "demo", ignore_errors=True)  # no stale files from an earlier run
     drive = SyntheticDrive(SyntheticConfig(n_frames=frames))
@@ -56,9 +57,12 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
         if session.status and time.monotonic() - last_print > 5:
             last_print = time.monotonic()
             st = session.status[-1]
-            print(f"[demo] frames {st.frames_processed}/{frames}, chunks "
-                  f"{st.chunks_processed}, map points (live) {st.map_points}, loops "
-                  f"{st.loop_closures}", flush=True)  # fmt: skip
+            print(
+                f"[demo] frames {st.frames_processed}/{frames}, chunks "
+                f"{st.chunks_processed}, map points (live) {st.map_points}, loops "
+                f"{st.loop_closures}",
+                flush=True,
+            )
 
     try:
         session.start(rate)
@@ -86,17 +90,22 @@ def run_demo(out: Path, frames: int, rate: float, backend: str, checkpoint: str 
         "matched_poses": evaluation["n_poses"],
     }
     summary.update(
-        backend=final.backend, device=final.device, frames=frames,
+        backend=final.backend,
+        device=final.device,
+        frames=frames,
         frames_received=int(final.frames_received),
-        frames_processed=int(final.frames_processed), frames_dropped=int(final.frames_dropped),
-        chunks=int(final.chunks_processed), loop_closures=int(final.loop_closures),
+        frames_processed=int(final.frames_processed),
+        frames_dropped=int(final.frames_dropped),
+        chunks=int(final.chunks_processed),
+        loop_closures=int(final.loop_closures),
         # two counts of one map: the node keeps (and publishes on ~/map, and reports in its
         # status) each window's own voxel cloud, so surfaces seen by overlapping windows
         # count once per window; map.ply merges all windows on one voxel grid
         map_points_live=int(final.map_points),
         map_points_saved=ply_vertices(result_dir / "map.ply"),
-        node_exit_code=code, wall_time_s=round(wall, 1),
-    )  # fmt: skip
+        node_exit_code=code,
+        wall_time_s=round(wall, 1),
+    )
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["files"] = sorted(str(p) for p in result_dir.iterdir())
     return summary
@@ -108,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic drive")
     parser.add_argument("--rate", type=float, default=20.0, help="camera rate [frames/s]")
     parser.add_argument("--checkpoint", default=None, help="scal3r.pt (default: the cache)")
-    parser.add_argument("--backend", choices=("auto", "scal3r", "tiny", "oracle"),
-                        default="auto", help="auto: scal3r if the checkpoint exists, "
-                        "else oracle")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "scal3r", "tiny", "oracle"),
+        default="auto",
+        help="auto: scal3r if the checkpoint exists, else oracle",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds for mapping")
     args = parser.parse_args(argv)
 
@@ -122,21 +134,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[demo] using the Scal3R network with {ckpt}", flush=True)
         else:
             backend = "oracle"
-            print("[demo] no Scal3R checkpoint found (see README, 'The Scal3R checkpoint'): "
-                  "running the ORACLE backend instead -- ground-truth geometry with a random "
-                  "gauge per window -- so the whole ROS path (camera -> DDS -> node -> /tf, "
-                  "clouds, services) runs for real, without the network.", flush=True)  # fmt: skip
+            print(
+                "[demo] no Scal3R checkpoint found (see README, 'The Scal3R checkpoint'): "
+                "running the ORACLE backend instead -- ground-truth geometry with a random "
+                "gauge per window -- so the whole ROS path (camera -> DDS -> node -> /tf, "
+                "clouds, services) runs for real, without the network.",
+                flush=True,
+            )
     out = Path(args.out).resolve()
     try:
         summary = run_demo(out, args.frames, args.rate, backend, args.checkpoint, args.timeout)
     except (RuntimeError, TimeoutError) as exc:
         print(f"[demo] failed: {exc}", file=sys.stderr)
         return 1
-    print(f"[demo] {summary['frames_processed']} frames, {summary['chunks']} windows, "
-          f"{summary['loop_closures']} loop closures, {summary['wall_time_s']} s")  # fmt: skip
-    print(f"[demo] map: {summary['map_points_live']:,} points live (the node's ~/map and "
-          f"status: each window's own voxel cloud), {summary['map_points_saved']:,} saved in "
-          f"map.ply (all windows merged on one voxel grid)")  # fmt: skip
+    print(
+        f"[demo] {summary['frames_processed']} frames, {summary['chunks']} windows, "
+        f"{summary['loop_closures']} loop closures, {summary['wall_time_s']} s"
+    )
+    print(
+        f"[demo] map: {summary['map_points_live']:,} points live (the node's ~/map and "
+        f"status: each window's own voxel cloud), {summary['map_points_saved']:,} saved in "
+        f"map.ply (all windows merged on one voxel grid)"
+    )
     print(
         f"[demo] ATE (Sim(3)-aligned) {summary['ate_rmse_m']:.4f} m over a "
         f"{summary['path_length_m']:.0f} m drive ({summary['backend']} backend)"

@@ -188,8 +188,9 @@ def match(est: TrajectoryFile, gt: TrajectoryFile, cfg: EvalConfig) -> tuple[np.
         if len(ie) < 3:
             hint = "check --max-diff / --time-offset"
             if gt.times_file:
-                hint += (" (and --gt-start-time: the time stamp of the first line of "
-                         f"{gt.times_file})")  # fmt: skip
+                hint += (
+                    f" (and --gt-start-time: the time stamp of the first line of {gt.times_file})"
+                )
             raise EvaluationError(
                 f"only {len(ie)} stamps of {est.path or 'the estimate'} match "
                 f"{gt.path or 'the ground truth'} within {cfg.max_diff} s "
@@ -205,8 +206,10 @@ def match(est: TrajectoryFile, gt: TrajectoryFile, cfg: EvalConfig) -> tuple[np.
 
 def _unmatched_message(est: TrajectoryFile, gt: TrajectoryFile) -> str:
     """Why index matching failed and which stamps would match the two by time."""
-    msg = (f"cannot match by index: {len(est.poses)} estimated vs {len(gt.poses)} "
-           "ground-truth poses, and ")  # fmt: skip
+    msg = (
+        f"cannot match by index: {len(est.poses)} estimated vs {len(gt.poses)} "
+        "ground-truth poses, and "
+    )
     missing = [name for name, t in (("estimate", est), ("ground truth", gt)) if t.stamps is None]
     msg += f"the {' and the '.join(missing)} {'have' if len(missing) > 1 else 'has'} no stamps"
     fixes = []
@@ -216,8 +219,10 @@ def _unmatched_message(est: TrajectoryFile, gt: TrajectoryFile) -> str:
         fix += f" ({sibling})" if sibling else ""
         fixes.append(fix + ", or --est-times with a times file of as many lines")
     if gt.stamps is None:
-        fixes.append("give the ground truth's stamps: --gt-times (KITTI: "
-                     "sequences/NN/times.txt) or a TUM file")  # fmt: skip
+        fixes.append(
+            "give the ground truth's stamps: --gt-times (KITTI: "
+            "sequences/NN/times.txt) or a TUM file"
+        )
     return msg + "; to match by time, " + "; ".join(fixes)
 
 
@@ -268,8 +273,14 @@ def _evaluate(est: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> dict:
         a = metrics.ate(est, gt, cfg.align)
     except ValueError as exc:
         raise EvaluationError(f"alignment failed: {exc}") from exc
-    r = metrics.rpe(a.aligned, gt, cfg.rpe_delta, cfg.rpe_unit, cfg.rpe_all_pairs,
-                    pairs_from_reference=cfg.rpe_pairs_from_reference)  # fmt: skip
+    r = metrics.rpe(
+        a.aligned,
+        gt,
+        cfg.rpe_delta,
+        cfg.rpe_unit,
+        cfg.rpe_all_pairs,
+        pairs_from_reference=cfg.rpe_pairs_from_reference,
+    )
     k = metrics.kitti_errors(a.aligned, gt, cfg.kitti_lengths, cfg.kitti_step)
     summary = dict(
         n_poses=len(est),
@@ -321,8 +332,13 @@ def evaluate_files(
     if gt.times_file and est.stamps is not None:
         how += f"; ground-truth stamps: {gt.times_file} + {gt.times_start:.1f} s"
     res = _evaluate(e, g, cfg)
-    summary = dict(estimate=str(est_path), ground_truth=str(gt_path), matched_by=how,
-                   formats=[est.fmt, gt.fmt], **res["summary"])  # fmt: skip
+    summary = dict(
+        estimate=str(est_path),
+        ground_truth=str(gt_path),
+        matched_by=how,
+        formats=[est.fmt, gt.fmt],
+        **res["summary"],
+    )
     if out_dir is not None:
         write_outputs(res, summary, Path(out_dir), cfg)
     return summary
@@ -387,11 +403,19 @@ def plot(res: dict, out: Path, label: str = "estimate") -> dict[str, Path]:
         ax2 = axes[1].twinx()
         ax2.plot(lens, [per[L][1] for L in lens], "rs--", label="rotation [deg/100 m]")
         ax2.set_ylabel("rotation error [deg/100 m]", color="r")
-        axes[1].set_title(f"KITTI segment errors: {k.t_err_pct:.2f} %, "
-                          f"{k.r_err_deg_per_100m:.3f} deg/100 m")  # fmt: skip
+        axes[1].set_title(
+            f"KITTI segment errors: {k.t_err_pct:.2f} %, {k.r_err_deg_per_100m:.3f} deg/100 m"
+        )
     else:
-        axes[1].text(0.5, 0.5, k.note or "no KITTI segment", ha="center", va="center",
-                     transform=axes[1].transAxes, wrap=True)  # fmt: skip
+        axes[1].text(
+            0.5,
+            0.5,
+            k.note or "no KITTI segment",
+            ha="center",
+            va="center",
+            transform=axes[1].transAxes,
+            wrap=True,
+        )
     axes[1].set_xlabel("segment length [m]")
     axes[1].set_ylabel("translation error [%]", color="b")
     axes[1].grid(alpha=0.3)
@@ -443,39 +467,70 @@ def _lengths(text: str) -> tuple[float, ...]:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with the offline tool."""
     g = p.add_argument_group("evaluation")
-    g.add_argument("--align", choices=metrics.ALIGN_MODES, default="sim3",
-                   help="alignment of the estimate before scoring (default sim3: monocular "
-                   "scale is arbitrary; none = as the KITTI devkit)")  # fmt: skip
-    g.add_argument("--max-diff", type=float, default=0.01,
-                   help="max stamp difference (s) when associating by time")  # fmt: skip
-    g.add_argument("--time-offset", type=float, default=0.0,
-                   help="seconds added to the estimate's stamps")  # fmt: skip
-    g.add_argument("--rpe-delta", type=float, default=1.0,
-                   help="RPE pair spacing, in --rpe-unit; RPE is computed after --align "
-                   "(default sim3 = evo_rpe -as; se3 or none = plain evo_rpe)")  # fmt: skip
+    g.add_argument(
+        "--align",
+        choices=metrics.ALIGN_MODES,
+        default="sim3",
+        help="alignment of the estimate before scoring (default sim3: monocular "
+        "scale is arbitrary; none = as the KITTI devkit)",
+    )
+    g.add_argument(
+        "--max-diff",
+        type=float,
+        default=0.01,
+        help="max stamp difference (s) when associating by time",
+    )
+    g.add_argument(
+        "--time-offset", type=float, default=0.0, help="seconds added to the estimate's stamps"
+    )
+    g.add_argument(
+        "--rpe-delta",
+        type=float,
+        default=1.0,
+        help="RPE pair spacing, in --rpe-unit; RPE is computed after --align "
+        "(default sim3 = evo_rpe -as; se3 or none = plain evo_rpe)",
+    )
     g.add_argument("--rpe-unit", choices=("frames", "m"), default="frames")
-    g.add_argument("--rpe-all-pairs", action="store_true",
-                   help="every pose starts a pair (default: consecutive pairs from the "
-                   "first pose, as evo_rpe)")  # fmt: skip
-    g.add_argument("--rpe-pairs-from-reference", "--pairs-from-reference",
-                   dest="rpe_pairs_from_reference", action="store_true",
-                   help="measure --rpe-unit m on the ground truth's path (evo_rpe "
-                   "--pairs_from_reference); default: on the aligned estimate's path, "
-                   "consecutive from the first pose, as evo_rpe")  # fmt: skip
-    g.add_argument("--kitti-lengths", type=_lengths, default=metrics.KITTI_LENGTHS,
-                   help="segment lengths in m (default 100,...,800 as the devkit)")  # fmt: skip
+    g.add_argument(
+        "--rpe-all-pairs",
+        action="store_true",
+        help="every pose starts a pair (default: consecutive pairs from the "
+        "first pose, as evo_rpe)",
+    )
+    g.add_argument(
+        "--rpe-pairs-from-reference",
+        "--pairs-from-reference",
+        dest="rpe_pairs_from_reference",
+        action="store_true",
+        help="measure --rpe-unit m on the ground truth's path (evo_rpe "
+        "--pairs_from_reference); default: on the aligned estimate's path, "
+        "consecutive from the first pose, as evo_rpe",
+    )
+    g.add_argument(
+        "--kitti-lengths",
+        type=_lengths,
+        default=metrics.KITTI_LENGTHS,
+        help="segment lengths in m (default 100,...,800 as the devkit)",
+    )
     g.add_argument("--kitti-step", type=int, default=10, help="first-frame step (frames)")
     g.add_argument("--no-plots", action="store_true")
 
 
 def eval_config(args: argparse.Namespace, label: str = "estimate") -> EvalConfig:
-    return EvalConfig(align=args.align, max_diff=args.max_diff, time_offset=args.time_offset,
-                      rpe_delta=args.rpe_delta, rpe_unit=args.rpe_unit,
-                      rpe_all_pairs=args.rpe_all_pairs,
-                      rpe_pairs_from_reference=args.rpe_pairs_from_reference,
-                      gt_start_time=getattr(args, "gt_start_time", None),
-                      kitti_lengths=tuple(args.kitti_lengths), kitti_step=args.kitti_step,
-                      plots=not args.no_plots, label=label)  # fmt: skip
+    return EvalConfig(
+        align=args.align,
+        max_diff=args.max_diff,
+        time_offset=args.time_offset,
+        rpe_delta=args.rpe_delta,
+        rpe_unit=args.rpe_unit,
+        rpe_all_pairs=args.rpe_all_pairs,
+        rpe_pairs_from_reference=args.rpe_pairs_from_reference,
+        gt_start_time=getattr(args, "gt_start_time", None),
+        kitti_lengths=tuple(args.kitti_lengths),
+        kitti_step=args.kitti_step,
+        plots=not args.no_plots,
+        label=label,
+    )
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -484,30 +539,52 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="scal3r_evaluate", description=__doc__.splitlines()[0], epilog=NODE_FILES,
-        formatter_class=_HelpFormatter)  # fmt: skip
+        prog="scal3r_evaluate",
+        description=__doc__.splitlines()[0],
+        epilog=NODE_FILES,
+        formatter_class=_HelpFormatter,
+    )
     parser.add_argument("estimate", help="estimated trajectory (TUM or KITTI format)")
     parser.add_argument("ground_truth", help="ground-truth trajectory (TUM or KITTI format)")
-    parser.add_argument("--out", default=None, help="folder for evaluation.json and plots "
-                        "(default: beside the estimate, <name>_eval/)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for evaluation.json and plots (default: beside the estimate, <name>_eval/)",
+    )
     parser.add_argument("--est-format", choices=("auto", "tum", "kitti"), default="auto")
     parser.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
-    parser.add_argument("--gt-times", default=None,
-                        help="KITTI times.txt giving the ground truth stamps")  # fmt: skip
-    parser.add_argument("--gt-start-time", type=float, default=None,
-                        help="stamp (s) of --gt-times' zero (scal3r_kitti_to_bag's "
-                        "--start-time); default: 0, or that tool's default "
-                        f"{KITTI_DAY:.0f} when the estimate has epoch stamps")  # fmt: skip
-    parser.add_argument("--est-times", default=None,
-                        help="times.txt giving a KITTI-format estimate its stamps")  # fmt: skip
+    parser.add_argument(
+        "--gt-times", default=None, help="KITTI times.txt giving the ground truth stamps"
+    )
+    parser.add_argument(
+        "--gt-start-time",
+        type=float,
+        default=None,
+        help="stamp (s) of --gt-times' zero (scal3r_kitti_to_bag's "
+        "--start-time); default: 0, or that tool's default "
+        f"{KITTI_DAY:.0f} when the estimate has epoch stamps",
+    )
+    parser.add_argument(
+        "--est-times", default=None, help="times.txt giving a KITTI-format estimate its stamps"
+    )
     add_eval_arguments(parser)
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.estimate).with_name(
-        Path(args.estimate).stem + "_eval")  # fmt: skip
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.estimate).with_name(Path(args.estimate).stem + "_eval")
+    )
     try:
-        summary = evaluate_files(args.estimate, args.ground_truth, out, eval_config(args),
-                                 args.est_format, args.gt_format, args.gt_times,
-                                 args.est_times)  # fmt: skip
+        summary = evaluate_files(
+            args.estimate,
+            args.ground_truth,
+            out,
+            eval_config(args),
+            args.est_format,
+            args.gt_format,
+            args.gt_times,
+            args.est_times,
+        )
     except (EvaluationError, ValueError) as exc:
         print(f"scal3r_evaluate: error: {exc}", file=sys.stderr)
         return 2

@@ -133,8 +133,9 @@ def read_kitti_poses(path: str | Path) -> np.ndarray:
         except ValueError:
             values = []
         if len(values) != 12 or not np.isfinite(values).all():
-            raise KittiError(f"{path}:{n}: expected 12 numbers (a 3x4 pose), got "
-                             f"{line.strip()[:80]!r}")  # fmt: skip
+            raise KittiError(
+                f"{path}:{n}: expected 12 numbers (a 3x4 pose), got {line.strip()[:80]!r}"
+            )
         T = np.eye(4)
         T[:3, :] = np.asarray(values).reshape(3, 4)
         poses.append(T)
@@ -222,8 +223,10 @@ def load_sequence(
         if not folder.is_dir():
             hint = ""
             if (seq / "image_0").is_dir():
-                hint = (" (found image_0/: the grey cameras; the colour images are in "
-                        "data_odometry_color.zip)")  # fmt: skip
+                hint = (
+                    " (found image_0/: the grey cameras; the colour images are in "
+                    "data_odometry_color.zip)"
+                )
             problems.append(f"no {cam}/ folder in {seq}{hint}")
             continue
         files = list_images(folder)
@@ -248,8 +251,9 @@ def load_sequence(
     if times is not None:
         for cam, files in images.items():
             if files and len(files) != len(times):
-                problems.append(f"{seq / 'times.txt'} has {len(times)} times but {cam}/ has "
-                                f"{len(files)} images")  # fmt: skip
+                problems.append(
+                    f"{seq / 'times.txt'} has {len(times)} times but {cam}/ has {len(files)} images"
+                )
     if "image_2" in images and "image_3" in images and images["image_2"] and images["image_3"]:
         left = [p.stem for p in images["image_2"]]
         right_names = [p.stem for p in images["image_3"]]
@@ -263,8 +267,10 @@ def load_sequence(
         try:
             gt = read_kitti_poses(poses_path)
             if times is not None and len(gt) != len(times):
-                problems.append(f"{poses_path} has {len(gt)} poses but {seq / 'times.txt'} "
-                                f"has {len(times)} times")  # fmt: skip
+                problems.append(
+                    f"{poses_path} has {len(gt)} poses but {seq / 'times.txt'} "
+                    f"has {len(times)} times"
+                )
         except KittiError as exc:
             problems.append(str(exc))
 

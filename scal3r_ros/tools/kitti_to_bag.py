@@ -108,23 +108,30 @@ class Messages:
         return bytes(self.store.serialize_cdr(msg, msg.__msgtype__))
 
     def header(self, ns: int, frame_id: str):
-        stamp = self.t["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000,
-                                                       nanosec=ns % 1_000_000_000)  # fmt: skip
+        stamp = self.t["builtin_interfaces/msg/Time"](
+            sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000
+        )
         return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def image(self, ns: int, frame_id: str, rgb: np.ndarray):
         h, w = rgb.shape[:2]
         return self.t["sensor_msgs/msg/Image"](
-            header=self.header(ns, frame_id), height=h, width=w, encoding="rgb8",
-            is_bigendian=0, step=w * 3, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1),
-        )  # fmt: skip
+            header=self.header(ns, frame_id),
+            height=h,
+            width=w,
+            encoding="rgb8",
+            is_bigendian=0,
+            step=w * 3,
+            data=np.ascontiguousarray(rgb, np.uint8).reshape(-1),
+        )
 
     def compressed(self, ns: int, frame_id: str, data: bytes, fmt: str):
         # image_transport's compressed format string: "<original>; <fmt> compressed <enc>"
         return self.t["sensor_msgs/msg/CompressedImage"](
-            header=self.header(ns, frame_id), format=f"rgb8; {fmt} compressed bgr8",
+            header=self.header(ns, frame_id),
+            format=f"rgb8; {fmt} compressed bgr8",
             data=np.frombuffer(data, dtype=np.uint8),
-        )  # fmt: skip
+        )
 
     def camera_info(self, ns: int, frame_id: str, width: int, height: int, K, tx: float):
         P = np.zeros((3, 4))
@@ -134,21 +141,30 @@ class Messages:
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
         )
         return self.t["sensor_msgs/msg/CameraInfo"](
-            header=self.header(ns, frame_id), height=height, width=width,
-            distortion_model="plumb_bob", d=np.zeros(5), k=np.asarray(K, float).reshape(9),
-            r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi,
-        )  # fmt: skip
+            header=self.header(ns, frame_id),
+            height=height,
+            width=width,
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=np.asarray(K, float).reshape(9),
+            r=np.eye(3).reshape(9),
+            p=P.reshape(12),
+            binning_x=0,
+            binning_y=0,
+            roi=roi,
+        )
 
     def transform(self, ns: int, parent: str, child: str, T: np.ndarray):
         t = self.t
         x, y, z, w = _quaternion(T[:3, :3])
         return t["geometry_msgs/msg/TransformStamped"](
-            header=self.header(ns, parent), child_frame_id=child,
+            header=self.header(ns, parent),
+            child_frame_id=child,
             transform=t["geometry_msgs/msg/Transform"](
                 translation=t["geometry_msgs/msg/Vector3"](*map(float, T[:3, 3])),
                 rotation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
             ),
-        )  # fmt: skip
+        )
 
     def tf(self, transforms: list):
         return self.t["tf2_msgs/msg/TFMessage"](transforms=transforms)
@@ -162,7 +178,7 @@ class Messages:
                 position=t["geometry_msgs/msg/Point"](*map(float, T[:3, 3])),
                 orientation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
             ),
-        )  # fmt: skip
+        )
 
     def path(self, ns: int, frame_id: str, poses: list):
         return self.t["nav_msgs/msg/Path"](header=self.header(ns, frame_id), poses=poses)
@@ -180,11 +196,19 @@ def _qos(latched: bool):
     )
 
     zero = QosTime(sec=0, nsec=0)
-    return [Qos(history=QosHistory.KEEP_LAST, depth=1 if latched else 10,
-                reliability=QosReliability.RELIABLE,
-                durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
-                deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
-                liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)]  # fmt: skip
+    return [
+        Qos(
+            history=QosHistory.KEEP_LAST,
+            depth=1 if latched else 10,
+            reliability=QosReliability.RELIABLE,
+            durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
+            deadline=zero,
+            lifespan=zero,
+            liveliness=QosLiveliness.AUTOMATIC,
+            liveliness_lease_duration=zero,
+            avoid_ros_namespace_conventions=False,
+        )
+    ]
 
 
 # ====================================================================== images
@@ -227,8 +251,10 @@ def check_image_headers(seq: KittiSequence, frames: np.ndarray) -> tuple[int, in
             if size is None:
                 size, first = this, files[i]
             elif this != size:
-                raise KittiError(f"image {files[i]} is {this[0]}x{this[1]} but {first} is "
-                                 f"{size[0]}x{size[1]}: all images must have one size")  # fmt: skip
+                raise KittiError(
+                    f"image {files[i]} is {this[0]}x{this[1]} but {first} is "
+                    f"{size[0]}x{size[1]}: all images must have one size"
+                )
     assert size is not None
     return size
 
@@ -279,8 +305,9 @@ def convert(
         conns = {}
 
         def connect(key: str, topic: str, msgtype: str, latched: bool = False) -> None:
-            conn = writer.add_connection(topic, msgtype, typestore=msgs.store,
-                                         offered_qos_profiles=_qos(latched))  # fmt: skip
+            conn = writer.add_connection(
+                topic, msgtype, typestore=msgs.store, offered_qos_profiles=_qos(latched)
+            )
             conns[key] = (topic, conn)
 
         def write(key: str, ns: int, msg) -> None:
@@ -293,8 +320,9 @@ def convert(
             if cam not in seq.images:
                 continue
             if compressed:
-                connect(cam, f"{ns_}/{name}/image_raw/compressed",
-                        "sensor_msgs/msg/CompressedImage")  # fmt: skip
+                connect(
+                    cam, f"{ns_}/{name}/image_raw/compressed", "sensor_msgs/msg/CompressedImage"
+                )
             else:
                 connect(cam, f"{ns_}/{name}/image_raw", "sensor_msgs/msg/Image")
             connect(cam + "_info", f"{ns_}/{name}/camera_info", "sensor_msgs/msg/CameraInfo")
@@ -305,8 +333,11 @@ def convert(
                 connect("tf", "/tf", "tf2_msgs/msg/TFMessage")
 
         t0 = stamps[0]
-        write("tf_static", t0, msgs.tf([msgs.transform(t0, base_frame, CAMERAS[cam], T)
-                                        for cam, T in mounts.items()]))  # fmt: skip
+        write(
+            "tf_static",
+            t0,
+            msgs.tf([msgs.transform(t0, base_frame, CAMERAS[cam], T) for cam, T in mounts.items()]),
+        )
         if gt is not None:
             poses = [msgs.pose(ns, gt_frame, T) for ns, T in zip(stamps, gt, strict=True)]
             write("gt_path", t0, msgs.path(t0, gt_frame, poses))
@@ -317,14 +348,20 @@ def convert(
             tx = -P[0, 0] * baseline if cam == "image_3" else 0.0
             infos[cam] = (P[:, :3].copy(), tx)
 
-        with tqdm(total=len(frames), unit="frame", desc=f"KITTI {seq.name} -> {output.name}",
-                  disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+        with tqdm(
+            total=len(frames),
+            unit="frame",
+            desc=f"KITTI {seq.name} -> {output.name}",
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar:
             for k, (i, ns) in enumerate(zip(frames, stamps, strict=True)):
                 if gt is not None:
                     write("gt_pose", ns, msgs.pose(ns, gt_frame, gt[k]))
                     if gt_tf:
-                        write("tf", ns, msgs.tf([msgs.transform(ns, gt_frame, gt_child_frame,
-                                                                gt[k])]))  # fmt: skip
+                        write(
+                            "tf", ns, msgs.tf([msgs.transform(ns, gt_frame, gt_child_frame, gt[k])])
+                        )
                 for cam, files in seq.images.items():
                     frame_id = CAMERAS[cam]
                     rgb = _load_rgb(files[i])
@@ -384,30 +421,49 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert a KITTI odometry sequence folder (sequences/NN) into a ROS 2 bag.",
     )
     p.add_argument("sequence", type=Path, help="the sequence folder, e.g. dataset/sequences/00")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="bag folder to create (default: ./kitti_NN)")  # fmt: skip
-    p.add_argument("--poses", type=Path, default=None,
-                   help="ground truth (default: <dataset>/poses/NN.txt if present)")  # fmt: skip
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="bag folder to create (default: ./kitti_NN)"
+    )
+    p.add_argument(
+        "--poses",
+        type=Path,
+        default=None,
+        help="ground truth (default: <dataset>/poses/NN.txt if present)",
+    )
     p.add_argument("--no-ground-truth", action="store_true", help="do not write ground truth")
     p.add_argument("--left-only", action="store_true", help="ignore image_3 (right camera)")
     p.add_argument("--start", type=int, default=0, help="first frame index (default 0)")
     p.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, default=None, help="write at most N frames")
-    p.add_argument("--compressed", choices=("png", "jpeg"), default=None,
-                   help="write sensor_msgs/CompressedImage on .../image_raw/compressed "
-                        "(png: KITTI's own files, lossless; jpeg: smaller)")  # fmt: skip
+    p.add_argument(
+        "--compressed",
+        choices=("png", "jpeg"),
+        default=None,
+        help="write sensor_msgs/CompressedImage on .../image_raw/compressed "
+        "(png: KITTI's own files, lossless; jpeg: smaller)",
+    )
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    p.add_argument("--start-time", type=float, default=KITTI_DAY,
-                   help="stamp (s since the epoch) of times.txt's 0 (default %(default).0f, "
-                        "2011-09-30)")  # fmt: skip
+    p.add_argument(
+        "--start-time",
+        type=float,
+        default=KITTI_DAY,
+        help="stamp (s since the epoch) of times.txt's 0 (default %(default).0f, 2011-09-30)",
+    )
     p.add_argument("--namespace", default="/kitti", help="topic prefix (default /kitti)")
     p.add_argument("--base-frame", default="base_link")
-    p.add_argument("--camera-height", type=float, default=1.65,
-                   help="left camera height above base_link in m (default 1.65)")  # fmt: skip
+    p.add_argument(
+        "--camera-height",
+        type=float,
+        default=1.65,
+        help="left camera height above base_link in m (default 1.65)",
+    )
     p.add_argument("--gt-frame", default="map", help="frame of the ground truth (default map)")
-    p.add_argument("--gt-tf", action="store_true",
-                   help="also write ground truth on /tf as <gt-frame> -> base_link_gt")  # fmt: skip
+    p.add_argument(
+        "--gt-tf",
+        action="store_true",
+        help="also write ground truth on /tf as <gt-frame> -> base_link_gt",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -432,12 +488,20 @@ def main(argv: list[str] | None = None) -> int:
         frames = select_frames(len(seq), args.start, args.stride, args.max_frames)
         _prepare_output(output, args.overwrite)
         counts = convert(
-            seq, output, frames, storage=args.storage, compressed=args.compressed,
-            jpeg_quality=args.jpeg_quality, start_time=args.start_time,
-            namespace=args.namespace, base_frame=args.base_frame,
-            camera_height=args.camera_height, gt_frame=args.gt_frame, gt_tf=args.gt_tf,
+            seq,
+            output,
+            frames,
+            storage=args.storage,
+            compressed=args.compressed,
+            jpeg_quality=args.jpeg_quality,
+            start_time=args.start_time,
+            namespace=args.namespace,
+            base_frame=args.base_frame,
+            camera_height=args.camera_height,
+            gt_frame=args.gt_frame,
+            gt_tf=args.gt_tf,
             progress=not args.quiet,
-        )  # fmt: skip
+        )
     except (KittiError, ConversionFailed) as exc:
         print(f"scal3r_kitti_to_bag: error: {exc}", file=sys.stderr)
         return 2

@@ -93,8 +93,9 @@ def image_folder_source(
         for i in sel:
             yield int(stamps_ns[i]), _read_rgb(files[i])
 
-    return Source(str(folder), len(sel), frames, info=dict(kind="images", selected=sel,
-                                                           total=len(files)))  # fmt: skip
+    return Source(
+        str(folder), len(sel), frames, info=dict(kind="images", selected=sel, total=len(files))
+    )
 
 
 def kitti_source(seq_dir: Path, sel_args: tuple) -> Source:
@@ -111,9 +112,14 @@ def kitti_source(seq_dir: Path, sel_args: tuple) -> Source:
         for i in sel:
             yield int(stamps[i]), _read_rgb(files[i])
 
-    return Source(f"KITTI {seq.name}", len(sel), frames,
-                  gt=None if gt is None else gt[sel], gt_name=str(seq.poses_path or ""),
-                  info=dict(kind="kitti", selected=sel, total=len(files)))  # fmt: skip
+    return Source(
+        f"KITTI {seq.name}",
+        len(sel),
+        frames,
+        gt=None if gt is None else gt[sel],
+        gt_name=str(seq.poses_path or ""),
+        info=dict(kind="kitti", selected=sel, total=len(files)),
+    )
 
 
 def _is_bag(path: Path) -> bool:
@@ -134,8 +140,9 @@ def bag_source(path: Path, topic: str | None, sel_args: tuple) -> Source:
         topics = sorted({c.topic for c in conns})
         if topic is None:
             if len(topics) != 1:
-                raise OfflineError(f"{path}: {len(topics)} image topics {topics}; pick one "
-                                   "with --topic")  # fmt: skip
+                raise OfflineError(
+                    f"{path}: {len(topics)} image topics {topics}; pick one with --topic"
+                )
             topic = topics[0]
         elif topic not in topics:
             raise OfflineError(f"{path}: no image topic {topic!r} (image topics: {topics})")
@@ -159,8 +166,12 @@ def bag_source(path: Path, topic: str | None, sel_args: tuple) -> Source:
                 else:
                     yield stamp, image_to_rgb(msg)
 
-    return Source(f"{path} {topic}", len(sel), frames,
-                  info=dict(kind="bag", topic=topic, selected=sel, total=total))  # fmt: skip
+    return Source(
+        f"{path} {topic}",
+        len(sel),
+        frames,
+        info=dict(kind="bag", topic=topic, selected=sel, total=total),
+    )
 
 
 def synthetic_source(cfg: SyntheticConfig) -> tuple[Source, Any]:
@@ -172,10 +183,14 @@ def synthetic_source(cfg: SyntheticConfig) -> tuple[Source, Any]:
         for i in range(drive.n_frames):
             yield drive.stamp_ns(i), drive.render(i)[0]
 
-    src = Source(f"synthetic drive ({cfg.n_frames} frames, seed {cfg.seed})", drive.n_frames,
-                 frames, gt=drive.gt_poses(), gt_name="synthetic ground truth",
-                 info=dict(kind="synthetic", selected=np.arange(drive.n_frames),
-                           total=drive.n_frames))  # fmt: skip
+    src = Source(
+        f"synthetic drive ({cfg.n_frames} frames, seed {cfg.seed})",
+        drive.n_frames,
+        frames,
+        gt=drive.gt_poses(),
+        gt_name="synthetic ground truth",
+        info=dict(kind="synthetic", selected=np.arange(drive.n_frames), total=drive.n_frames),
+    )
     return src, drive
 
 
@@ -271,8 +286,9 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     n_loops = 0
     from scal3r_ros.mapping.events import LoopClosureUpdate
 
-    with tqdm(total=source.n, desc="frames", unit="frame", disable=not cfg.progress,
-              mininterval=0.5) as bar:  # fmt: skip
+    with tqdm(
+        total=source.n, desc="frames", unit="frame", disable=not cfg.progress, mininterval=0.5
+    ) as bar:
         for stamp, rgb in source.frames():
             for u in engine.push(Frame(stamp, "cam0", rgb)):
                 n_loops += isinstance(u, LoopClosureUpdate)
@@ -284,8 +300,12 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     if win.gcs_mode == "exact":
         total = n_chunks(engine.n_frames, win.chunk_size, win.overlap)
         total *= exact_loads_per_chunk(built.backend)
-    with tqdm(total=total, desc="exact GCS" if win.gcs_mode == "exact" else "flush", unit="load",
-              disable=not cfg.progress) as bars["exact"]:  # fmt: skip
+    with tqdm(
+        total=total,
+        desc="exact GCS" if win.gcs_mode == "exact" else "flush",
+        unit="load",
+        disable=not cfg.progress,
+    ) as bars["exact"]:
         for u in engine.flush():
             n_loops += isinstance(u, LoopClosureUpdate)
     elapsed = time.perf_counter() - t0
@@ -322,8 +342,9 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     return summary
 
 
-def evaluate_run(summary: dict, source: Source, gt_file: str | None, gt_format: str,
-                 eval_cfg: Any, out: Path) -> dict | None:  # fmt: skip
+def evaluate_run(
+    summary: dict, source: Source, gt_file: str | None, gt_format: str, eval_cfg: Any, out: Path
+) -> dict | None:
     """Score the run: against ``gt_file`` (TUM: by stamps; KITTI: by input index) or the
     source's own ground truth (by index)."""
     from scal3r_ros.tools import evaluate as ev
@@ -338,8 +359,9 @@ def evaluate_run(summary: dict, source: Source, gt_file: str | None, gt_format: 
             elif len(gt.poses) == len(ids):
                 gt_poses = gt.poses
             else:
-                raise OfflineError(f"{gt_file} has {len(gt.poses)} poses for "
-                                   f"{source.info['total']} input frames")  # fmt: skip
+                raise OfflineError(
+                    f"{gt_file} has {len(gt.poses)} poses for {source.info['total']} input frames"
+                )
             est = ev.TrajectoryFile(c2w, None, "mem")
             e, g, _, how = ev.match(est, ev.TrajectoryFile(gt_poses, None, "kitti"), eval_cfg)
         else:
@@ -351,8 +373,12 @@ def evaluate_run(summary: dict, source: Source, gt_file: str | None, gt_format: 
     else:
         return None
     res = ev._evaluate(e, g, eval_cfg)
-    s = dict(estimate=summary["files"]["trajectory_tum"], ground_truth=gt_name,
-             matched_by=how, **res["summary"])  # fmt: skip
+    s = dict(
+        estimate=summary["files"]["trajectory_tum"],
+        ground_truth=gt_name,
+        matched_by=how,
+        **res["summary"],
+    )
     ev.write_outputs(res, s, out, eval_cfg)
     return s
 
@@ -361,18 +387,29 @@ def evaluate_run(summary: dict, source: Source, gt_file: str | None, gt_format: 
 def _parser() -> argparse.ArgumentParser:
     from scal3r_ros.tools.evaluate import add_eval_arguments
 
-    p = argparse.ArgumentParser(prog="scal3r_offline", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:7]))  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="scal3r_offline",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:7]),
+    )
     p.add_argument("input", nargs="?", help="image folder, KITTI sequence folder or ROS 2 bag")
-    p.add_argument("--synthetic", type=int, metavar="N",
-                   help="map the built-in synthetic drive of N frames instead")  # fmt: skip
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="map the built-in synthetic drive of N frames instead",
+    )
     p.add_argument("--out", default="scal3r_offline_out", help="output folder")
     p.add_argument("--topic", help="bag image topic (default: the only one)")
-    p.add_argument("--backend", choices=("scal3r", "tiny", "oracle"), default=None,
-                   help="scal3r: official checkpoint; tiny: random test network; oracle: "
-                   "synthetic ground truth (default: oracle with --synthetic, else "
-                   "scal3r)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=("scal3r", "tiny", "oracle"),
+        default=None,
+        help="scal3r: official checkpoint; tiny: random test network; oracle: "
+        "synthetic ground truth (default: oracle with --synthetic, else "
+        "scal3r)",
+    )
     p.add_argument("--checkpoint", help="scal3r.pt (default ~/.cache/scal3r_ros/scal3r.pt)")
     backend_d, window_d = OfflineConfig().backend, OfflineConfig().window
     p.add_argument("--device", default=backend_d.device, help="auto | cpu | cuda | cuda:N")
@@ -380,23 +417,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, help="network input long side (official 518)")
     p.add_argument("--chunk-size", type=int, default=window_d.chunk_size)
     p.add_argument("--overlap", type=int, default=window_d.overlap)
-    p.add_argument("--gcs", choices=GCS_MODES, default=window_d.gcs_mode,
-                   help="exact: official layer-synchronous schedule; causal: as the "
-                   "node")  # fmt: skip
+    p.add_argument(
+        "--gcs",
+        choices=GCS_MODES,
+        default=window_d.gcs_mode,
+        help="exact: official layer-synchronous schedule; causal: as the node",
+    )
     p.add_argument("--no-loop-closure", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="tiny weights / synthetic drive seed")
     p.add_argument("--every", type=int, default=1, help="use every k-th frame")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     d = SyntheticConfig()
     p.add_argument("--fps", type=float, default=d.fps, help="image-folder frame rate")
-    p.add_argument("--start-stamp-ns", type=int, default=d.start_stamp_ns,
-                   help="image-folder first stamp")  # fmt: skip
+    p.add_argument(
+        "--start-stamp-ns", type=int, default=d.start_stamp_ns, help="image-folder first stamp"
+    )
     p.add_argument("--times", help="image-folder stamps: KITTI times.txt (seconds)")
     p.add_argument("--width", type=int, default=d.width, help="synthetic/oracle image width")
     p.add_argument("--height", type=int, default=d.height, help="synthetic/oracle height")
-    p.add_argument("--oracle-frames", type=int,
-                   help="frames of the drive the oracle knows (default: the input's "
-                   "count)")  # fmt: skip
+    p.add_argument(
+        "--oracle-frames",
+        type=int,
+        help="frames of the drive the oracle knows (default: the input's count)",
+    )
     p.add_argument("--gt", help="ground truth (TUM: matched by stamps; KITTI: by index)")
     p.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -415,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             raise OfflineError("give an input (image folder, KITTI folder or bag) or --synthetic N")
         backend = args.backend or ("oracle" if args.synthetic else "scal3r")
         if args.synthetic is not None:
-            scfg = SyntheticConfig(n_frames=args.synthetic, width=args.width,
-                                   height=args.height, seed=args.seed)  # fmt: skip
+            scfg = SyntheticConfig(
+                n_frames=args.synthetic, width=args.width, height=args.height, seed=args.seed
+            )
             source, _ = synthetic_source(scfg)
             oracle = scfg
         else:
@@ -433,15 +477,18 @@ def main(argv: list[str] | None = None) -> int:
                     from scal3r_ros.tools.kitti import read_times
 
                     stamps = np.round(read_times(args.times) * 1e9).astype(np.int64)
-                source = image_folder_source(path, stamps, args.fps, args.start_stamp_ns,
-                                             sel_args)  # fmt: skip
+                source = image_folder_source(path, stamps, args.fps, args.start_stamp_ns, sel_args)
             else:
                 raise OfflineError(f"{path}: not an image folder, KITTI folder or ROS 2 bag")
             w, h = args.width, args.height
             if backend == "oracle":  # the drive the frames were rendered from: same size
                 h, w = next(iter(source.frames()))[1].shape[:2]
-            oracle = SyntheticConfig(n_frames=args.oracle_frames or source.info["total"],
-                                     width=w, height=h, seed=args.seed)  # fmt: skip
+            oracle = SyntheticConfig(
+                n_frames=args.oracle_frames or source.info["total"],
+                width=w,
+                height=h,
+                seed=args.seed,
+            )
         backend_section = BackendSection(
             backend=backend, checkpoint=args.checkpoint or "", device=args.device, dtype=args.dtype
         )

@@ -15,9 +15,12 @@ from pathlib import Path
 
 def spawn_module(args: list[str], log: Path) -> subprocess.Popen:
     """``python -m <args>`` with unbuffered output into ``log``."""
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> int:
@@ -47,16 +50,27 @@ class SyntheticSession:
     (or nothing more arrives), save through the node's service, stop everything.
     """
 
-    def __init__(self, out: Path, frames: int, params: dict[str, str], name: str,
-                 laps: float = 1.15) -> None:  # fmt: skip
+    def __init__(
+        self, out: Path, frames: int, params: dict[str, str], name: str, laps: float = 1.15
+    ) -> None:
         import rclpy
         from scal3r_ros_msgs.msg import MappingStatus
 
         self.out, self.frames, self.laps = out, frames, laps
-        args = ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-                "-p", f"oracle_frames:={frames}", "-p", f"oracle_laps:={laps}",
-                "-p", f"output_dir:={out}",
-                "-p", "save_on_shutdown:=false"]  # fmt: skip
+        args = [
+            "scal3r_ros.ros.node",
+            "--config",
+            "synthetic",
+            "--ros-args",
+            "-p",
+            f"oracle_frames:={frames}",
+            "-p",
+            f"oracle_laps:={laps}",
+            "-p",
+            f"output_dir:={out}",
+            "-p",
+            "save_on_shutdown:=false",
+        ]
         for key, value in params.items():
             args += ["-p", f"{key}:={value}"]
         self.node = spawn_module(args, out / "node.log")
@@ -65,9 +79,12 @@ class SyntheticSession:
         rclpy.init(args=[], context=self.context)
         self.watcher = rclpy.create_node(name, context=self.context)
         self.status: list = []  # the newest MappingStatus only
-        self.watcher.create_subscription(MappingStatus, "/scal3r_mapping/status",
-                                         lambda m: self.status.__setitem__(slice(None), [m]),
-                                         10)  # fmt: skip
+        self.watcher.create_subscription(
+            MappingStatus,
+            "/scal3r_mapping/status",
+            lambda m: self.status.__setitem__(slice(None), [m]),
+            10,
+        )
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.watcher)
         self._received = (-1, 0.0)  # frames received, when that last changed
@@ -91,10 +108,19 @@ class SyntheticSession:
     def start(self, rate: float) -> None:
         """Wait for the node, then start the camera."""
         self.spin_until(lambda: bool(self.status), 120, "waiting for the node to start")
-        self.camera = spawn_module(["scal3r_ros.tools.synthetic_camera", "--frames",
-                                    str(self.frames), "--rate", str(rate), "--reliable",
-                                    "--laps", str(self.laps)],
-                                   self.out / "camera.log")  # fmt: skip
+        self.camera = spawn_module(
+            [
+                "scal3r_ros.tools.synthetic_camera",
+                "--frames",
+                str(self.frames),
+                "--rate",
+                str(rate),
+                "--reliable",
+                "--laps",
+                str(self.laps),
+            ],
+            self.out / "camera.log",
+        )
 
     def streamed(self, settle_s: float = 10.0) -> bool:
         """Every frame handled; or the camera is done and nothing arrived for ``settle_s``
@@ -116,8 +142,7 @@ class SyntheticSession:
 
         client = self.watcher.create_client(SaveMap, "/scal3r_mapping/save_map")
         client.wait_for_service(timeout_sec=30)
-        future = client.call_async(SaveMap.Request(name=name, save_map=True,
-                                                   save_trajectory=True))  # fmt: skip
+        future = client.call_async(SaveMap.Request(name=name, save_map=True, save_trajectory=True))
         self.spin_until(future.done, limit, "saving the map")
         return future.result()
 

@@ -41,8 +41,18 @@ from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
 from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, road_speed_laps
 from scal3r_ros.tools.processes import SyntheticSession, rss_bytes
 
-COLUMNS = ("wall_s", "frames_received", "frames_processed", "queue_length", "frames_dropped",
-           "newest_placed_frame", "latency_ms", "node_rss_mb", "map_points", "chunks")  # fmt: skip
+COLUMNS = (
+    "wall_s",
+    "frames_received",
+    "frames_processed",
+    "queue_length",
+    "frames_dropped",
+    "newest_placed_frame",
+    "latency_ms",
+    "node_rss_mb",
+    "map_points",
+    "chunks",
+)
 
 
 @dataclass
@@ -84,14 +94,17 @@ def frames_needed_for_growth(warmup: float) -> int:
     return int(np.ceil(store_fill_frames() / warmup)) if warmup > 0 else 2**62
 
 
-def growth_verdict(growth: float | None, frames: int, warmup: float,
-                   max_growth: float) -> tuple[bool | None, str]:  # fmt: skip
+def growth_verdict(
+    growth: float | None, frames: int, warmup: float, max_growth: float
+) -> tuple[bool | None, str]:
     """(passed, text) of the RSS growth check; passed is None when it does not apply."""
     need = frames_needed_for_growth(warmup)
     if frames < need:
-        return None, (f"run too short ({frames} frames < {need} needed: the "
-                      f"{100 * warmup:g} % warm-up must cover the bounded stores' filling, "
-                      f"{store_fill_frames()} frames)")  # fmt: skip
+        return None, (
+            f"run too short ({frames} frames < {need} needed: the "
+            f"{100 * warmup:g} % warm-up must cover the bounded stores' filling, "
+            f"{store_fill_frames()} frames)"
+        )
     if growth is None:
         return False, "too few samples after warm-up"
     return growth < max_growth, f"{100 * growth:.1f} % (limit {100 * max_growth:g} %)"
@@ -106,8 +119,7 @@ def rss_growth(rows: list[dict], n_frames: int, warmup: float) -> tuple[float, f
     ratio measures that swing, not growth; the peak is still returned and reported.
     """
     after = [r for r in rows if r["frames_processed"] >= warmup * n_frames]
-    early = [r["node_rss_mb"] for r in after
-             if r["frames_processed"] < (warmup + 0.2) * n_frames]  # fmt: skip
+    early = [r["node_rss_mb"] for r in after if r["frames_processed"] < (warmup + 0.2) * n_frames]
     late = [r["node_rss_mb"] for r in after if r["frames_processed"] >= 0.8 * n_frames]
     if len(early) < 2 or len(late) < 2:
         raise RuntimeError("too few samples after warm-up to judge RSS growth")
@@ -158,8 +170,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     x = [r["frames_processed"] for r in rows]
     fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
-    series = (("node_rss_mb", "node RSS [MiB]"), ("queue_length", "queue [frames]"),
-              ("latency_ms", "latency [ms]"), ("map_points", "map points"))  # fmt: skip
+    series = (
+        ("node_rss_mb", "node RSS [MiB]"),
+        ("queue_length", "queue [frames]"),
+        ("latency_ms", "latency [ms]"),
+        ("map_points", "map points"),
+    )
     for ax, (key, label) in zip(axes, series, strict=True):
         ax.plot(x, [r[key] for r in rows], lw=1)
         ax.set_ylabel(label)
@@ -177,8 +193,12 @@ def run_soak(cfg: SoakConfig) -> dict:
     if cfg.domain_id is not None:  # keep other ROS graphs on this machine out
         os.environ["ROS_DOMAIN_ID"] = str(cfg.domain_id)
     backend = "tiny" if cfg.tiny else "oracle"
-    params = {"backend": backend, "max_points": str(cfg.max_points),
-              "chunk_size": str(cfg.chunk), "overlap": str(cfg.overlap)}  # fmt: skip
+    params = {
+        "backend": backend,
+        "max_points": str(cfg.max_points),
+        "chunk_size": str(cfg.chunk),
+        "overlap": str(cfg.overlap),
+    }
     params.update(p.split(":=", 1) for p in cfg.params)
     session = SyntheticSession(out, cfg.frames, params, "scal3r_soak", laps=cfg.drive_laps)
     node = session.node
@@ -201,17 +221,20 @@ def run_soak(cfg: SoakConfig) -> dict:
             bar.update(rows[-1]["frames_processed"] - bar.n)
         if st.frames_processed != progress[0]:
             progress = (st.frames_processed, time.monotonic())
-        elif (st.frames_received > st.frames_processed + st.frames_dropped
-              and time.monotonic() - progress[1] > cfg.stall_s):  # fmt: skip
+        elif (
+            st.frames_received > st.frames_processed + st.frames_dropped
+            and time.monotonic() - progress[1] > cfg.stall_s
+        ):
             log = (out / "node.log").read_text()[-2000:]
-            raise RuntimeError(f"the node stopped processing ({st.frames_processed} "
-                               f"frames) while streaming:\n{log}")  # fmt: skip
+            raise RuntimeError(
+                f"the node stopped processing ({st.frames_processed} "
+                f"frames) while streaming:\n{log}"
+            )
 
     try:
         session.start(cfg.rate)
         t0 = next_sample = time.monotonic()
-        session.spin_until(lambda: session.streamed(cfg.settle_s), timeout, "streaming",
-                           sample)  # fmt: skip
+        session.spin_until(lambda: session.streamed(cfg.settle_s), timeout, "streaming", sample)
         rows.append(_row(session.status[-1], node.pid, t0))
         saved = session.save("soak", 300)
         final = fresh_status(session)
@@ -224,8 +247,9 @@ def run_soak(cfg: SoakConfig) -> dict:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    title = (f"soak: {cfg.frames} frames at {cfg.rate:g} Hz, {backend} backend, "
-             f"map cap {cfg.max_points}")  # fmt: skip
+    title = (
+        f"soak: {cfg.frames} frames at {cfg.rate:g} Hz, {backend} backend, map cap {cfg.max_points}"
+    )
     plot(rows, out / "soak.png", title)
 
     published = camera_published(out / "camera.log")
@@ -332,24 +356,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=d.chunk)
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--period", type=float, default=d.period, help="sampling period [s]")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help="fraction of frames before RSS growth is measured")  # fmt: skip
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="fraction of frames before RSS growth is measured",
+    )
     p.add_argument("--timeout", type=float, default=d.timeout, help="0: 3 x frames/rate + 300")
-    p.add_argument("--domain-id", type=int, default=None,
-                   help="ROS_DOMAIN_ID of node, camera, watcher (default: inherited)")  # fmt: skip
-    p.add_argument("--stall", type=float, default=d.stall_s,
-                   help="fail when no frame is processed for this long [s]")  # fmt: skip
-    p.add_argument("--laps", type=float, default=d.laps,
-                   help="laps of the synthetic ~170 m loop over all frames; 0: road speed, "
-                        "~0.65 m a frame (the demo's)")  # fmt: skip
-    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="extra node parameter (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--domain-id",
+        type=int,
+        default=None,
+        help="ROS_DOMAIN_ID of node, camera, watcher (default: inherited)",
+    )
+    p.add_argument(
+        "--stall",
+        type=float,
+        default=d.stall_s,
+        help="fail when no frame is processed for this long [s]",
+    )
+    p.add_argument(
+        "--laps",
+        type=float,
+        default=d.laps,
+        help="laps of the synthetic ~170 m loop over all frames; 0: road speed, "
+        "~0.65 m a frame (the demo's)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra node parameter (repeatable)",
+    )
     a = p.parse_args(argv)
-    cfg = SoakConfig(frames=a.frames, rate=a.rate, max_points=a.max_points, out=a.out,
-                     tiny=a.tiny, chunk=a.chunk, overlap=a.overlap, period=a.period,
-                     warmup=a.warmup, timeout=a.timeout,
-                     domain_id=a.domain_id, stall_s=a.stall, params=tuple(a.param),
-                     laps=a.laps)  # fmt: skip
+    cfg = SoakConfig(
+        frames=a.frames,
+        rate=a.rate,
+        max_points=a.max_points,
+        out=a.out,
+        tiny=a.tiny,
+        chunk=a.chunk,
+        overlap=a.overlap,
+        period=a.period,
+        warmup=a.warmup,
+        timeout=a.timeout,
+        domain_id=a.domain_id,
+        stall_s=a.stall,
+        params=tuple(a.param),
+        laps=a.laps,
+    )
     try:
         s = run_soak(cfg)
     except (RuntimeError, TimeoutError) as exc:
@@ -358,16 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("[soak] interrupted", file=sys.stderr)
         return 130
-    print(f"[soak] {s['frames_processed']}/{cfg.frames} frames processed in {s['wall_s']} s, "
-          f"{s['frames_dropped']} dropped, queue max {s['queue_max']}, latency median "
-          f"{s['latency_ms_median']:.0f} ms; {s['laps']} laps, {s['loop_closures']} loop "
-          f"closures")  # fmt: skip
+    print(
+        f"[soak] {s['frames_processed']}/{cfg.frames} frames processed in {s['wall_s']} s, "
+        f"{s['frames_dropped']} dropped, queue max {s['queue_max']}, latency median "
+        f"{s['latency_ms_median']:.0f} ms; {s['laps']} laps, {s['loop_closures']} loop "
+        f"closures"
+    )
     growth = s["rss_growth_after_warmup"]
-    print(f"[soak] node RSS level {s['rss_after_warmup_mb']} MiB after warm-up, growth to the "
-          f"last 20 % {'-' if growth is None else f'{100 * growth:.1f}%'} (peak within a "
-          f"window {s['rss_peak_after_warmup_mb']} MiB); trajectory {s['trajectory_lines']}/"
-          f"{s['frames_placed_expected']} frames; "
-          f"map {s['map_points_saved']} points (cap {cfg.max_points})")  # fmt: skip
+    print(
+        f"[soak] node RSS level {s['rss_after_warmup_mb']} MiB after warm-up, growth to the "
+        f"last 20 % {'-' if growth is None else f'{100 * growth:.1f}%'} (peak within a "
+        f"window {s['rss_peak_after_warmup_mb']} MiB); trajectory {s['trajectory_lines']}/"
+        f"{s['frames_placed_expected']} frames; "
+        f"map {s['map_points_saved']} points (cap {cfg.max_points})"
+    )
     for k, ok in s["checks"].items():
         verdict = "n/a " if ok is None else "PASS" if ok else "FAIL"
         why = f": {s['rss_growth_check']}" if k == "rss_growth_below_limit" else ""

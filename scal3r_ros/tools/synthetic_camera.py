@@ -33,8 +33,13 @@ from scal3r_ros.ros.params import NodeConfig
 from scal3r_ros.share import config_file
 
 # camera option -> the node parameter that defines the same property of the drive
-DRIVE_PARAMETERS = {"frames": "oracle_frames", "laps": "oracle_laps", "seed": "oracle_seed",
-                    "width": "oracle_width", "height": "oracle_height"}  # fmt: skip
+DRIVE_PARAMETERS = {
+    "frames": "oracle_frames",
+    "laps": "oracle_laps",
+    "seed": "oracle_seed",
+    "width": "oracle_width",
+    "height": "oracle_height",
+}
 
 
 def drive_parameters(config: str = "synthetic") -> dict[str, Any]:
@@ -63,8 +68,20 @@ def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
     K = drive.K
     msg.k = [float(v) for v in K.ravel()]
-    msg.p = [float(K[0, 0]), 0.0, float(K[0, 2]), 0.0, 0.0, float(K[1, 1]), float(K[1, 2]), 0.0,
-             0.0, 0.0, 1.0, 0.0]  # fmt: skip
+    msg.p = [
+        float(K[0, 0]),
+        0.0,
+        float(K[0, 2]),
+        0.0,
+        0.0,
+        float(K[1, 1]),
+        float(K[1, 2]),
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+        0.0,
+    ]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.d = [0.0] * 5
     return msg
@@ -72,24 +89,38 @@ def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="synthetic", metavar="NAME|PATH",
-                        help="the node's parameter file whose oracle_* parameters define the "
-                        "drive (default: synthetic, as `scal3r_mapping --config synthetic`); "
-                        "the options below override it")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default="synthetic",
+        metavar="NAME|PATH",
+        help="the node's parameter file whose oracle_* parameters define the "
+        "drive (default: synthetic, as `scal3r_mapping --config synthetic`); "
+        "the options below override it",
+    )
     parser.add_argument("--frames", type=int, help="frames of the drive (oracle_frames)")
     parser.add_argument("--width", type=int, help="image width (oracle_width)")
     parser.add_argument("--height", type=int, help="image height (oracle_height)")
     parser.add_argument("--seed", type=int, help="scene seed (oracle_seed)")
-    parser.add_argument("--laps", type=float, help="laps of the ~170 m loop driven over all "
-                        "frames, > 1: revisits (oracle_laps)")  # fmt: skip
+    parser.add_argument(
+        "--laps",
+        type=float,
+        help="laps of the ~170 m loop driven over all frames, > 1: revisits (oracle_laps)",
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (wall)")
     parser.add_argument("--topic", default="/camera/image_raw")
     parser.add_argument("--frame-id", default="camera_optical")
     parser.add_argument("--clock", action="store_true", help="also publish /clock")
-    parser.add_argument("--reliable", action="store_true", help="reliable QoS (default: "
-                        "best effort, like camera drivers)")  # fmt: skip
-    parser.add_argument("--wait-subscribers", type=float, default=10.0,
-                        help="seconds to wait for a subscriber before streaming")  # fmt: skip
+    parser.add_argument(
+        "--reliable",
+        action="store_true",
+        help="reliable QoS (default: best effort, like camera drivers)",
+    )
+    parser.add_argument(
+        "--wait-subscribers",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a subscriber before streaming",
+    )
     args, ros_args = parser.parse_known_args(argv)
     try:
         drive_args = drive_parameters(args.config)
@@ -97,19 +128,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[scal3r_synthetic_camera] --config: {exc}", file=sys.stderr)
         return 2
     drive_args.update({k: v for k, v in vars(args).items() if k in drive_args and v is not None})
-    drive = SyntheticDrive(SyntheticConfig(n_frames=drive_args["frames"],
-                                           width=drive_args["width"],
-                                           height=drive_args["height"], seed=drive_args["seed"],
-                                           extra_laps=drive_args["laps"] - 1.0))  # fmt: skip
-    print(f"[scal3r_synthetic_camera] the drive of --config {args.config}: "
-          f"{drive_summary(drive.config)}", flush=True)  # fmt: skip
+    drive = SyntheticDrive(
+        SyntheticConfig(
+            n_frames=drive_args["frames"],
+            width=drive_args["width"],
+            height=drive_args["height"],
+            seed=drive_args["seed"],
+            extra_laps=drive_args["laps"] - 1.0,
+        )
+    )
+    print(
+        f"[scal3r_synthetic_camera] the drive of --config {args.config}: "
+        f"{drive_summary(drive.config)}",
+        flush=True,
+    )
 
     rclpy.init(args=ros_args)
     node = rclpy.create_node("scal3r_synthetic_camera")
     # reliable: a deep history, so a busy subscriber gets every frame rather than the newest
-    qos = QoSProfile(depth=200 if args.reliable else 10,
-                     reliability=ReliabilityPolicy.RELIABLE if args.reliable
-                     else ReliabilityPolicy.BEST_EFFORT)  # fmt: skip
+    qos = QoSProfile(
+        depth=200 if args.reliable else 10,
+        reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT,
+    )
     pub = node.create_publisher(Image, args.topic, qos)
     info_topic = args.topic.rsplit("/", 1)[0] + "/camera_info"
     pub_info = node.create_publisher(CameraInfo, info_topic, qos)

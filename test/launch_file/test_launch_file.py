@@ -20,8 +20,11 @@ STANDIN = pathlib.Path(__file__).parent / "standin"
 
 @pytest.fixture
 def description():
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in
-             ("launch", "launch_ros")}  # fmt: skip
+    saved = {
+        k: sys.modules.pop(k)
+        for k in list(sys.modules)
+        if k.split(".")[0] in ("launch", "launch_ros")
+    }
     sys.path.insert(0, str(STANDIN))
     try:
         spec = importlib.util.spec_from_file_location(
@@ -57,31 +60,47 @@ def perform(sub, args: dict[str, str]) -> str:
 
 
 def launch_args(description, **overrides) -> dict[str, str]:
-    args = {e.name: e.default_value for e in description.entities
-            if type(e).__name__ == "DeclareLaunchArgument"}  # fmt: skip
+    args = {
+        e.name: e.default_value
+        for e in description.entities
+        if type(e).__name__ == "DeclareLaunchArgument"
+    }
     assert set(overrides) <= set(args), set(overrides) - set(args)
     return {**args, **overrides}
 
 
 def entity(description, kind: str, executable: str | None = None):
-    found = [e for e in description.entities if type(e).__name__ == kind
-             and (executable is None or e.kwargs.get("executable") == executable)]  # fmt: skip
+    found = [
+        e
+        for e in description.entities
+        if type(e).__name__ == kind
+        and (executable is None or e.kwargs.get("executable") == executable)
+    ]
     assert len(found) == 1
     return found[0]
 
 
 def test_arguments_and_defaults(description):
     args = launch_args(description)
-    assert args == {"config": "default", "image_topic": "/camera/image_raw", "checkpoint": "",
-                    "use_sim_time": "false", "rviz": "false", "bag": ""}  # fmt: skip
+    assert args == {
+        "config": "default",
+        "image_topic": "/camera/image_raw",
+        "checkpoint": "",
+        "use_sim_time": "false",
+        "rviz": "false",
+        "bag": "",
+    }
 
 
-@pytest.mark.parametrize("config, expected", [
-    ("default", ROOT / "config" / "default.yaml"),
-    ("kitti", ROOT / "config" / "kitti.yaml"),
-    ("low_latency", ROOT / "config" / "low_latency.yaml"),
-    ("/opt/my/params.yaml", pathlib.Path("/opt/my/params.yaml")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("default", ROOT / "config" / "default.yaml"),
+        ("kitti", ROOT / "config" / "kitti.yaml"),
+        ("low_latency", ROOT / "config" / "low_latency.yaml"),
+        ("/opt/my/params.yaml", pathlib.Path("/opt/my/params.yaml")),
+    ],
+)
 def test_node_gets_the_parameter_file_and_overrides(description, config, expected):
     node = entity(description, "Node", "scal3r_mapping")
     kw = node.kwargs
@@ -95,8 +114,10 @@ def test_node_gets_the_parameter_file_and_overrides(description, config, expecte
     assert overrides["use_sim_time"].value_type is bool
     assert perform(overrides["use_sim_time"].value, args) == "true"
     assert perform(overrides["checkpoint"], args) == "/w/s.pt"
-    remap = [(a, perform(b, launch_args(description, image_topic="/kitti/img")))
-             for a, b in kw["remappings"]]  # fmt: skip
+    remap = [
+        (a, perform(b, launch_args(description, image_topic="/kitti/img")))
+        for a, b in kw["remappings"]
+    ]
     assert remap == [("/camera/image_raw", "/kitti/img")]
 
 
@@ -149,9 +170,14 @@ def test_rviz_config_shows_the_node_outputs_in_map():
     rviz = yaml.safe_load((ROOT / "config" / "scal3r.rviz").read_text())["Visualization Manager"]
     assert rviz["Global Options"]["Fixed Frame"] == "map"
     topics = {d["Topic"]["Value"]: d for d in rviz["Displays"] if "Topic" in d}
-    assert set(topics) == {"/scal3r_mapping/map", "/scal3r_mapping/cloud",
-                           "/scal3r_mapping/path", "/scal3r_mapping/odometry",
-                           "/scal3r_mapping/grid", "/scal3r_mapping/sensor_cloud"}  # fmt: skip
+    assert set(topics) == {
+        "/scal3r_mapping/map",
+        "/scal3r_mapping/cloud",
+        "/scal3r_mapping/path",
+        "/scal3r_mapping/odometry",
+        "/scal3r_mapping/grid",
+        "/scal3r_mapping/sensor_cloud",
+    }
     # latched outputs need a transient-local subscription, or RViz shows nothing
     for latched in ("/scal3r_mapping/map", "/scal3r_mapping/path", "/scal3r_mapping/grid"):
         assert topics[latched]["Topic"]["Durability Policy"] == "Transient Local"

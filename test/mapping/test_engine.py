@@ -36,8 +36,9 @@ def run(
     return eng, backend, push_and_collect(eng, drive)
 
 
-def true_chunk_to_world(drive: SyntheticDrive, eng: MappingEngine, oracle: OracleBackend,
-                        cid: int) -> Sim3:  # fmt: skip
+def true_chunk_to_world(
+    drive: SyntheticDrive, eng: MappingEngine, oracle: OracleBackend, cid: int
+) -> Sim3:
     """Chunk coords = gauge(inv(gt_ref) x_world)  =>  chunk -> world = gt_ref . gauge^-1."""
     frames = eng.chunk_frames(cid)
     ref = frames[len(frames) and (int(np.ceil(len(frames) / 2)) - 1)]
@@ -84,8 +85,9 @@ def test_map_points_lie_on_the_true_surface(drive, exact_run):
 
 def test_events_are_consistent(exact_run):
     eng, _, events = exact_run
-    new = np.concatenate([e.frame_ids for e in events if isinstance(e, PosesUpdate)
-                          and not e.corrected])  # fmt: skip
+    new = np.concatenate(
+        [e.frame_ids for e in events if isinstance(e, PosesUpdate) and not e.corrected]
+    )
     assert sorted(new.tolist()) == list(range(N_FRAMES))  # each frame announced once
     handed = [e for e in events if isinstance(e, PosesUpdate) and e.reason == "overlap"]
     assert handed and all(len(e.frame_ids) == 4 for e in handed)  # half of the 8 overlap
@@ -132,8 +134,9 @@ def _corrupt_overlap(kind: str, bad_chunk: int):
     return corrupt
 
 
-@pytest.mark.parametrize(("kind", "reason"), [("nan", "too_few_points"),
-                                              ("garbage", "low_inlier_ratio")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("nan", "too_few_points"), ("garbage", "low_inlier_ratio")]
+)
 def test_degenerate_overlap_is_reported_and_does_not_corrupt_the_map(drive, kind, reason):
     bad = 5
     eng, _, events = run(drive, OracleConfig(seed=4, corrupt=_corrupt_overlap(kind, bad)))

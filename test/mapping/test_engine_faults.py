@@ -21,8 +21,9 @@ def run(drive, fail_times: int):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return pred
 
-    eng = MappingEngine(EngineConfig.low_latency(),
-                        OracleBackend(drive, OracleConfig(corrupt=corrupt)))  # fmt: skip
+    eng = MappingEngine(
+        EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(corrupt=corrupt))
+    )
     events = push_and_collect(eng, drive)
     return eng, events
 
@@ -56,8 +57,9 @@ def test_failed_window_does_not_touch_the_gcs_state(mode):
     backend = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", max_size=56))
     state = backend.new_gcs_state(mode)
     rng = np.random.default_rng(0)
-    imgs = np.stack([backend.prepare(rng.integers(0, 255, (20, 60, 3), np.uint8), None)[0]
-                     for _ in range(3)])  # fmt: skip
+    imgs = np.stack(
+        [backend.prepare(rng.integers(0, 255, (20, 60, 3), np.uint8), None)[0] for _ in range(3)]
+    )
     chunk = ChunkInput(0, np.arange(3), np.arange(3), imgs)
     backend.infer(chunk, state)
     before = {k: [t.clone() for t in g] for k, g in state.sums.items()}

@@ -51,8 +51,12 @@ def test_flush_places_every_frame_of_a_stream(drive, n):
     full = max(range(16, n + 1, 8), default=0)  # frames placed by full windows
     assert len(eng.poses()[0]) == full
     events = eng.flush()
-    new = [f for e in events if isinstance(e, PosesUpdate) and not e.corrected
-           for f in e.frame_ids.tolist()]  # fmt: skip
+    new = [
+        f
+        for e in events
+        if isinstance(e, PosesUpdate) and not e.corrected
+        for f in e.frame_ids.tolist()
+    ]
     assert new == list(range(full, n))  # announced as new poses
     reports = [e for e in events if isinstance(e, AlignmentReport)]
     assert all(r.ok for r in reports)  # the tail window aligned on its overlap frames
@@ -80,16 +84,22 @@ def test_mapping_goes_on_after_a_flush(drive):
     eng.flush()  # frames 32..42 as a window
     assert len(eng.poses()[0]) == 43
     events = push_and_collect(eng, map(drive.frame, range(43, N)), flush=False)
-    moved = [f for e in events if isinstance(e, PosesUpdate) and e.reason == "overlap"
-             for f in e.frame_ids.tolist()]  # fmt: skip
+    moved = [
+        f
+        for e in events
+        if isinstance(e, PosesUpdate) and e.reason == "overlap"
+        for f in e.frame_ids.tolist()
+    ]
     assert set(range(39, 43)) <= set(moved)  # the flushed window's newest frames moved on
     eng.flush()
     assert_consistent(eng, drive, N)
 
 
 def test_exact_mode_flush_places_every_frame(drive):
-    eng = MappingEngine(EngineConfig.low_latency(gcs_mode="exact", loop_closure=False),
-                        OracleBackend(drive, OracleConfig(seed=2)))  # fmt: skip
+    eng = MappingEngine(
+        EngineConfig.low_latency(gcs_mode="exact", loop_closure=False),
+        OracleBackend(drive, OracleConfig(seed=2)),
+    )
     push_and_collect(eng, map(drive.frame, range(N)), flush=False)
     assert len(eng.poses()[0]) == 0
     eng.flush()
@@ -124,8 +134,10 @@ def test_flush_retries_a_failing_tail_window(drive):
             raise RuntimeError("CUDA out of memory (simulated)")
         return pred
 
-    eng = MappingEngine(EngineConfig.low_latency(loop_closure=False),
-                        OracleBackend(drive, OracleConfig(seed=3, corrupt=fail_once)))  # fmt: skip
+    eng = MappingEngine(
+        EngineConfig.low_latency(loop_closure=False),
+        OracleBackend(drive, OracleConfig(seed=3, corrupt=fail_once)),
+    )
     push_and_collect(eng, map(drive.frame, range(N)), flush=False)
     events = eng.flush()
     failed = [e for e in events if isinstance(e, ChunkFailed)]

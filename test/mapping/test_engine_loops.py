@@ -25,10 +25,12 @@ def test_loop_closure_lowers_drift_and_rejects_a_false_loop():
     for use in (False, True):
         lc = None
         if use:
-            lc = LoopClosure(LoopClosureConfig(
-                detector=LoopDetectorConfig(use_nms=False),
-                descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
-            ))  # fmt: skip
+            lc = LoopClosure(
+                LoopClosureConfig(
+                    detector=LoopDetectorConfig(use_nms=False),
+                    descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
+                )
+            )
         eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, oracle), lc)
 
         def false_loop(_events, lc=lc, eng=eng) -> None:
@@ -41,8 +43,13 @@ def test_loop_closure_lowers_drift_and_rejects_a_false_loop():
         if use:
             loops = [e for e in events if isinstance(e, LoopClosureUpdate)]
             assert loops and all(e.frame_ids[0] > 90 for e in loops)  # only the true revisit
-            assert any(r[:2] == (64, 20) and r[2].startswith("inconsistent") or
-                       r[:2] == (64, 20) and "alignment" in r[2] for r in lc.rejected)  # fmt: skip
+            assert any(
+                r[:2] == (64, 20)
+                and r[2].startswith("inconsistent")
+                or r[:2] == (64, 20)
+                and "alignment" in r[2]
+                for r in lc.rejected
+            )
             assert (64, 20) not in lc.accepted
             assert any(isinstance(e, MapCorrected) for e in events)
             assert any(isinstance(e, PosesUpdate) and e.reason == "loop_closure" for e in events)

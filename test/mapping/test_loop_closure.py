@@ -144,8 +144,7 @@ def test_add_many_equals_frame_by_frame(batch):
     got += many.flush()
     assert len(ref) >= 3  # two extra laps: several revisits survive NMS
     assert [(c.later, c.earlier) for c in got] == [(c.later, c.earlier) for c in ref]
-    np.testing.assert_allclose([c.similarity for c in got], [c.similarity for c in ref],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose([c.similarity for c in got], [c.similarity for c in ref], atol=1e-5)
     np.testing.assert_array_equal(many.frame_ids, one.frame_ids)
     with pytest.raises(ValueError):
         many.add_many([5, 6], descs[:2])  # frame indices must increase

@@ -25,8 +25,10 @@ N = 24  # 16/8 windows: two
 
 
 def run(oracle_drive: SyntheticDrive, frames: list[Frame]) -> tuple[MappingEngine, list]:
-    eng = MappingEngine(EngineConfig.low_latency(loop_closure=False),
-                        OracleBackend(oracle_drive, OracleConfig(seed=1)))  # fmt: skip
+    eng = MappingEngine(
+        EngineConfig.low_latency(loop_closure=False),
+        OracleBackend(oracle_drive, OracleConfig(seed=1)),
+    )
     events = push_and_collect(eng, frames)
     return eng, events
 

@@ -74,8 +74,9 @@ def test_camera_height_recovers_true_scale(exact, noisy):
 def _drop_ground(o: ChunkObservation, plane: GroundPlane, scale: float) -> ChunkObservation:
     """The same chunk with every point within 0.5 m of the ground removed."""
     keep = plane.height(o.points) * scale > 0.5
-    return ChunkObservation(o.stamps_ns, o.camera_ids, o.c2w, o.points[keep],
-                            o.confidence[keep], o.chunk_c2w)  # fmt: skip
+    return ChunkObservation(
+        o.stamps_ns, o.camera_ids, o.c2w, o.points[keep], o.confidence[keep], o.chunk_c2w
+    )
 
 
 def test_camera_height_falls_back_without_ground(exact):
@@ -106,8 +107,14 @@ def test_outliers_are_gated_and_changes_rate_limited(exact):
     for o in obs[:4]:
         good = src.update(o)
     # a chunk whose geometry is 3x too large: measured scale 1/3 -> rejected
-    big = ChunkObservation(o.stamps_ns, o.camera_ids, o.c2w, obs[4].points * 3,
-                           obs[4].confidence, obs[4].chunk_c2w.copy())  # fmt: skip
+    big = ChunkObservation(
+        o.stamps_ns,
+        o.camera_ids,
+        o.c2w,
+        obs[4].points * 3,
+        obs[4].confidence,
+        obs[4].chunk_c2w.copy(),
+    )
     big.chunk_c2w[:, :3, 3] *= 3
     e = src.update(big)
     assert not e.ok and "outlier" in e.status and e.scale == good.scale
@@ -177,8 +184,9 @@ def test_stereo_recovers_true_scale():
     nob = StereoBaselineScale(None)
     e2 = [nob.update(o) for o in obs][-1]
     assert not e2.ok and "missing stereo baseline" in e2.status and e2.scale == 1.0
-    nob.set_baseline(baseline_from_projection([700.0, 0, 600, -700.0 * 0.54, 0, 700, 180, 0,
-                                               0, 0, 1, 0]))  # fmt: skip
+    nob.set_baseline(
+        baseline_from_projection([700.0, 0, 600, -700.0 * 0.54, 0, 700, 180, 0, 0, 0, 1, 0])
+    )
     assert nob.config.baseline_m == pytest.approx(0.54)
     assert abs(nob.update().scale / true - 1) < 0.05
     mono = StereoBaselineScale(0.54)
@@ -209,8 +217,11 @@ def test_no_scale_and_factory():
 def test_ground_plane_transformed():
     rng = np.random.default_rng(0)
     plane = GroundPlane(np.array([0.0, -1.0, 0.0]), 1.5)  # y = 1.5, "up" = -y
-    S = Sim3(2.5, Sim3.from_matrix(np.eye(4)).R @ np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]]),
-             np.array([1.0, 2.0, 3.0]))  # fmt: skip
+    S = Sim3(
+        2.5,
+        Sim3.from_matrix(np.eye(4)).R @ np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]]),
+        np.array([1.0, 2.0, 3.0]),
+    )
     p2 = plane.transformed(S.apply)
     x = rng.normal(size=(20, 3))
     np.testing.assert_allclose(p2.height(S.apply(x)), 2.5 * plane.height(x), atol=1e-9)

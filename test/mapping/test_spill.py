@@ -113,8 +113,9 @@ CHILD = textwrap.dedent(
 
 
 def _child(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), mode],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), mode], stdout=subprocess.PIPE, text=True
+    )
     folder = Path(proc.stdout.readline().strip())
     assert folder.parent == tmp_path / f"scal3r_ros-{os.getuid()}", folder
     return proc, folder
@@ -183,10 +184,12 @@ def test_protected_frames_are_never_deleted(tmp_path):
 def _loop_run(tmp_path: Path, cap: int | None, gcs_mode: str = "causal"):
     drive = make_drive(n_frames=120, seed=0)
     od = OracleDescriptor(length_scale=3.0)
-    lc = LoopClosure(LoopClosureConfig(
-        detector=LoopDetectorConfig(use_nms=False),
-        descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
-    ))  # fmt: skip
+    lc = LoopClosure(
+        LoopClosureConfig(
+            detector=LoopDetectorConfig(use_nms=False),
+            descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
+        )
+    )
     frames = FrameStoreConfig(ram_frames=16, max_spill_bytes=cap, spill_dir=str(tmp_path))
     cfg = EngineConfig.low_latency(frames=frames, gcs_mode=gcs_mode)
     eng = MappingEngine(cfg, OracleBackend(drive, OracleConfig(drift_yaw_deg_per_frame=0.15)), lc)

@@ -51,8 +51,17 @@ def _read_ply(path):
     end = raw.index(b"end_header\n") + len(b"end_header\n")
     header = raw[:end].decode()
     n = int(header.split("element vertex ")[1].split()[0])
-    dt = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"),
-                   ("b", "u1"), ("c", "<f4")])  # fmt: skip
+    dt = np.dtype(
+        [
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("r", "u1"),
+            ("g", "u1"),
+            ("b", "u1"),
+            ("c", "<f4"),
+        ]
+    )
     return header, np.frombuffer(raw[end:], dtype=dt, count=n)
 
 

@@ -398,8 +398,14 @@ def test_explicit_missing_path_never_downloads(tmp_path):
 
 
 # ----------------------------------------------------------------------------- record sizes
-def _rewrite_zip(src: Path, dst: Path, *, shorten: str | None = None, drop: str | None = None,
-                 compression: int = zipfile.ZIP_STORED) -> None:  # fmt: skip
+def _rewrite_zip(
+    src: Path,
+    dst: Path,
+    *,
+    shorten: str | None = None,
+    drop: str | None = None,
+    compression: int = zipfile.ZIP_STORED,
+) -> None:
     """Copy a torch zip checkpoint entry by entry (a consistent central directory), with
     one storage record (``data/<key>``) cut to half its bytes or left out."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
@@ -587,8 +593,13 @@ def test_backend_spec_passes_the_checksum(ckpt, hashing):
     digest stops the start before the file is read (the node exits 2 with this)."""
     from scal3r_ros.mapping.backends.factory import BackendSpec, make_backend
 
-    spec = BackendSpec(kind="scal3r", checkpoint=str(ckpt), checkpoint_sha256="f" * 64,
-                       device="cpu", loop_closure=False)  # fmt: skip
+    spec = BackendSpec(
+        kind="scal3r",
+        checkpoint=str(ckpt),
+        checkpoint_sha256="f" * 64,
+        device="cpu",
+        loop_closure=False,
+    )
     with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
         make_backend(spec)
     assert hashing == ["sha256"]

@@ -78,8 +78,9 @@ def mapping_run(
 class Recorder:
     """A node in the test process that records every output of the mapping node."""
 
-    LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+    LATCHED = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
 
     def __init__(self, name: str = "recorder") -> None:
         self.context = rclpy.Context()

@@ -202,8 +202,10 @@ def test_pillow_limit_follows_max_image_pixels(png_bomb, monkeypatch):
             warnings.simplefilter("error")  # between 1x and 2x Pillow's limit: no warning
             set_pillow_limit(1_000_000)
             with pytest.raises(ConversionError, match="max_image_pixels"):
-                compressed_to_rgb(encoded(np.zeros((1000, 1500, 3), np.uint8), "PNG"),
-                                  ImageLimits(max_pixels=1_000_000))  # fmt: skip
+                compressed_to_rgb(
+                    encoded(np.zeros((1000, 1500, 3), np.uint8), "PNG"),
+                    ImageLimits(max_pixels=1_000_000),
+                )
 
 
 def test_cloud_fields_and_rgb_packing():

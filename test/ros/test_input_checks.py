@@ -304,8 +304,15 @@ def test_one_image_handler_per_decoder_counts_drops_and_submits_with_intrinsics(
     from scal3r_ros.ros.input_checks import ImageInput
 
     got, resets, log = [], [], _Log()
-    inputs = ImageInput(StampPolicy(), DEFAULT_LIMITS, lambda f: got.append(f) or len(got) < 2,
-                        lambda: resets.append(1), lambda: NOW, log, "queue full")  # fmt: skip
+    inputs = ImageInput(
+        StampPolicy(),
+        DEFAULT_LIMITS,
+        lambda f: got.append(f) or len(got) < 2,
+        lambda: resets.append(1),
+        lambda: NOW,
+        log,
+        "queue full",
+    )
     on_raw, on_compressed = inputs.callback(image_to_rgb), inputs.callback(compressed_to_rgb)
     info = CameraInfo(width=160, height=48, k=[100.0, 0, 80, 0, 100.0, 24, 0, 0, 1])
     info.header.frame_id = "cam"

@@ -85,9 +85,16 @@ def test_run_time_changes_are_validated_like_start_values():
 
 def test_nan_camera_mount_exits_2_at_start(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", *node_args(tmp_path, backend="oracle"), "-p",
-         "camera_rpy:=[.nan, 0.0, 0.0]"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            *node_args(tmp_path, backend="oracle"),
+            "-p",
+            "camera_rpy:=[.nan, 0.0, 0.0]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "camera_rpy must be finite" in proc.stderr and "Traceback" not in proc.stderr

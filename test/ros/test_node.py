@@ -37,22 +37,33 @@ def _ns(stamp) -> int:
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("node")
     rec = Recorder()
-    args = node_args(out / "maps", backend="oracle", chunk_size=CHUNK, overlap=OVERLAP,
-                     input_qos="reliable",
-                     input_qos_depth=200, map_publish_period=0.2, status_period=0.2,
-                     oracle_frames=N_FRAMES)  # fmt: skip
+    args = node_args(
+        out / "maps",
+        backend="oracle",
+        chunk_size=CHUNK,
+        overlap=OVERLAP,
+        input_qos="reliable",
+        input_qos_depth=200,
+        map_publish_period=0.2,
+        status_period=0.2,
+        oracle_frames=N_FRAMES,
+    )
     try:
         with mapping_run(rec, args, out, ["--frames", str(N_FRAMES), "--rate", "40"]) as node:
 
             def done() -> bool:
                 st = rec.last(f"{NODE}/status")
-                return (st is not None and st.frames_processed >= N_FRAMES
-                        and st.chunks_processed >= 7)  # fmt: skip
+                return (
+                    st is not None and st.frames_processed >= N_FRAMES and st.chunks_processed >= 7
+                )
 
             def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
                 path = rec.last(f"{NODE}/path")
-                return (path is not None and len(path.poses) == N_FRAMES
-                        and len(rec.msgs[f"{NODE}/odometry"]) >= N_FRAMES)  # fmt: skip
+                return (
+                    path is not None
+                    and len(path.poses) == N_FRAMES
+                    and len(rec.msgs[f"{NODE}/odometry"]) >= N_FRAMES
+                )
 
             ok = rec.spin_until(done, 120, [node])
             assert ok, "node did not process the stream:\n" + (out / "node.log").read_text()
@@ -66,13 +77,18 @@ def test_tf_chain_is_map_odom_base_with_image_stamps(run):
     rec, _, _ = run
     pairs = {(t.header.frame_id, t.child_frame_id) for m in rec.msgs["/tf"] for t in m.transforms}
     assert pairs == {("map", "odom"), ("odom", "base_link")}
-    static = {(t.header.frame_id, t.child_frame_id)
-              for m in rec.msgs["/tf_static"] for t in m.transforms}  # fmt: skip
+    static = {
+        (t.header.frame_id, t.child_frame_id) for m in rec.msgs["/tf_static"] for t in m.transforms
+    }
     assert ("base_link", "camera_optical") in static
     drive = make_drive(n_frames=N_FRAMES)
     image_stamps = {drive.stamp_ns(i) for i in range(N_FRAMES)}
-    base_stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
-                   if t.child_frame_id == "base_link"}  # fmt: skip
+    base_stamps = {
+        _ns(t.header.stamp)
+        for m in rec.msgs["/tf"]
+        for t in m.transforms
+        if t.child_frame_id == "base_link"
+    }
     assert base_stamps == image_stamps
 
 
@@ -106,8 +122,9 @@ def test_odometry_agrees_with_tf(run):
     assert len(odoms) == N_FRAMES
     for o in odoms:
         assert o.header.frame_id == "odom" and o.child_frame_id == "base_link"
-        np.testing.assert_allclose(_T(o.pose.pose.position, o.pose.pose.orientation),
-                                   tf[_ns(o.header.stamp)], atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            _T(o.pose.pose.position, o.pose.pose.orientation), tf[_ns(o.header.stamp)], atol=1e-6
+        )
     speeds = [o.twist.twist.linear.x for o in odoms[1:]]
     assert np.median(speeds) > 0  # driving forward along base_link x
 
@@ -161,9 +178,14 @@ def test_save_service_writes_files_and_refuses_escapes(run):
     )
     assert res.success, res.message
     names = sorted(p.split("/")[-1] for p in res.files)
-    assert names == ["map.pcd", "map.ply", "trajectory_camera_kitti.txt",
-                     "trajectory_camera_tum.txt", "trajectory_kitti.txt",
-                     "trajectory_tum.txt"]  # fmt: skip
+    assert names == [
+        "map.pcd",
+        "map.ply",
+        "trajectory_camera_kitti.txt",
+        "trajectory_camera_tum.txt",
+        "trajectory_kitti.txt",
+        "trajectory_tum.txt",
+    ]
     tum = np.loadtxt(out / "maps" / "run1" / "trajectory_tum.txt")
     assert tum.shape == (N_FRAMES, 8)
     assert (out / "maps" / "run1" / "map.ply").read_bytes().startswith(b"ply")
@@ -192,14 +214,17 @@ def test_dynamic_parameters_apply_and_read_only_ones_are_refused(run):
         req = SetParameters.Request(parameters=[Parameter(name=name, value=value)])
         return rec.call(SetParameters, f"{NODE}/set_parameters", req).results[0]
 
-    ok = set_param("map_publish_period", ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
-                                                        double_value=5.0))  # fmt: skip
+    ok = set_param(
+        "map_publish_period", ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=5.0)
+    )
     assert ok.successful
-    bad = set_param("on_time_jump", ParameterValue(type=ParameterType.PARAMETER_STRING,
-                                                   string_value="explode"))  # fmt: skip
+    bad = set_param(
+        "on_time_jump", ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="explode")
+    )
     assert not bad.successful and "on_time_jump" in bad.reason
-    ro = set_param("chunk_size", ParameterValue(type=ParameterType.PARAMETER_INTEGER,
-                                                integer_value=10))  # fmt: skip
+    ro = set_param(
+        "chunk_size", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=10)
+    )
     assert not ro.successful
     desc = rec.call(
         DescribeParameters,

@@ -34,8 +34,11 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def _node(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "scal3r_ros.ros.node", *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
 
 
 def _yaml(tmp_path, body: str, name: str = "params.yaml"):
@@ -45,8 +48,12 @@ def _yaml(tmp_path, body: str, name: str = "params.yaml"):
 
 
 # ------------------------------------------------------------------------- help
-HELP_ARGVS = [["--help"], ["-h"], ["--ros-args", "--help"],
-              ["--config", "synthetic", "--ros-args", "-p", "a:=1", "-h"]]  # fmt: skip
+HELP_ARGVS = [
+    ["--help"],
+    ["-h"],
+    ["--ros-args", "--help"],
+    ["--config", "synthetic", "--ros-args", "-p", "a:=1", "-h"],
+]
 
 
 @pytest.mark.parametrize("argv", HELP_ARGVS)
@@ -129,12 +136,15 @@ def test_file_value_of_the_wrong_type_is_refused(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------- -p overrides
-@pytest.mark.parametrize("rule, expected", [
-    ("chunk_size:=abc", "chunk_size must be an integer; -p chunk_size:=abc gives a string"),
-    ("chunk_size:=20.0", "chunk_size must be an integer; -p chunk_size:=20.0 gives a float"),
-    ("camera_xyz:=[0,0,1]", "camera_xyz must be a list of floats"),
-    ("loop_closure:=maybe", "loop_closure must be true or false"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("chunk_size:=abc", "chunk_size must be an integer; -p chunk_size:=abc gives a string"),
+        ("chunk_size:=20.0", "chunk_size must be an integer; -p chunk_size:=20.0 gives a float"),
+        ("camera_xyz:=[0,0,1]", "camera_xyz must be a list of floats"),
+        ("loop_closure:=maybe", "loop_closure must be true or false"),
+    ],
+)
 def test_override_of_the_wrong_type_is_refused_with_or_without_config(rule, expected, capsys):
     """rcl keeps a file's `chunk_size: 16` next to `-p chunk_size:=abc` and rclpy takes the
     integer: without this check the override vanished when --config was given."""
@@ -151,19 +161,49 @@ def test_malformed_override_is_refused(rule, capsys):
 
 def test_override_applies_over_the_config_file(tmp_path):
     # synthetic.yaml sets chunk_size 16, overlap 8: both overrides must reach the node
-    proc = _node(["--config", "synthetic", "--ros-args", "-p", "chunk_size:=12",
-                  "-p", "overlap:=12", "-p", f"output_dir:={tmp_path}"], tmp_path)  # fmt: skip
+    proc = _node(
+        [
+            "--config",
+            "synthetic",
+            "--ros-args",
+            "-p",
+            "chunk_size:=12",
+            "-p",
+            "overlap:=12",
+            "-p",
+            f"output_dir:={tmp_path}",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2 and "chunk_size=12, overlap=12" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------- unknown names
 def test_unknown_parameters_are_warned_about_with_a_suggestion(tmp_path):
-    path = _yaml(tmp_path, "/**:\n  ros__parameters:\n    backend: oracle\n    chunk_sise: 16\n"
-                           "other_node:\n  ros__parameters:\n    not_ours: 1\n")  # fmt: skip
+    path = _yaml(
+        tmp_path,
+        "/**:\n  ros__parameters:\n    backend: oracle\n    chunk_sise: 16\n"
+        "other_node:\n  ros__parameters:\n    not_ours: 1\n",
+    )
     # chunk_size == overlap: the node refuses to start right after the warnings
-    proc = _node(["--config", str(path), "--ros-args", "-p", "overlpa:=3", "-p", "chunk_size:=8",
-                  "-p", "overlap:=8", "-p", "use_sim_time:=false",
-                  "-p", f"output_dir:={tmp_path}"], tmp_path)  # fmt: skip
+    proc = _node(
+        [
+            "--config",
+            str(path),
+            "--ros-args",
+            "-p",
+            "overlpa:=3",
+            "-p",
+            "chunk_size:=8",
+            "-p",
+            "overlap:=8",
+            "-p",
+            "use_sim_time:=false",
+            "-p",
+            f"output_dir:={tmp_path}",
+        ],
+        tmp_path,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "chunk_size=8, overlap=8" in log, log
     assert "WARN" in log and "unknown parameter 'chunk_sise'" in log and str(path) in log
@@ -175,8 +215,13 @@ def test_unknown_parameters_are_warned_about_with_a_suggestion(tmp_path):
 
 
 def test_check_settings_warns_only_on_unknown_names():
-    rules = ("chunk_size:=40", "chunk_sise:=40", "xyzzy:=1", "use_sim_time:=true",
-             "qos_overrides./camera.subscription.depth:=5")  # fmt: skip
+    rules = (
+        "chunk_size:=40",
+        "chunk_sise:=40",
+        "xyzzy:=1",
+        "use_sim_time:=true",
+        "qos_overrides./camera.subscription.depth:=5",
+    )
     settings = [parse_override(r) for r in rules]
     errors, warnings = check_settings(settings)
     assert errors == []
@@ -185,15 +230,27 @@ def test_check_settings_warns_only_on_unknown_names():
 
 
 # ------------------------------------------------------------------------- typing as rcl
-@pytest.mark.parametrize("text, ptype, value", [
-    ("16", T.INTEGER, 16), ("-3", T.INTEGER, -3), ("0x10", T.INTEGER, 16),
-    ("1.5", T.DOUBLE, 1.5), ("1e-3", T.DOUBLE, 1e-3), ("-.inf", T.DOUBLE, float("-inf")),
-    ("true", T.BOOL, True), ("y", T.BOOL, True), ("Off", T.BOOL, False),
-    ("abc", T.STRING, "abc"), ("'16'", T.STRING, "16"), ('"true"', T.STRING, "true"),
-    ("1_000", T.STRING, "1_000"),
-    ("[0.0, 1.5]", T.DOUBLE_ARRAY, [0.0, 1.5]), ("['/a', '/b']", T.STRING_ARRAY, ["/a", "/b"]),
-    ("[]", None, []),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, ptype, value",
+    [
+        ("16", T.INTEGER, 16),
+        ("-3", T.INTEGER, -3),
+        ("0x10", T.INTEGER, 16),
+        ("1.5", T.DOUBLE, 1.5),
+        ("1e-3", T.DOUBLE, 1e-3),
+        ("-.inf", T.DOUBLE, float("-inf")),
+        ("true", T.BOOL, True),
+        ("y", T.BOOL, True),
+        ("Off", T.BOOL, False),
+        ("abc", T.STRING, "abc"),
+        ("'16'", T.STRING, "16"),
+        ('"true"', T.STRING, "true"),
+        ("1_000", T.STRING, "1_000"),
+        ("[0.0, 1.5]", T.DOUBLE_ARRAY, [0.0, 1.5]),
+        ("['/a', '/b']", T.STRING_ARRAY, ["/a", "/b"]),
+        ("[]", None, []),
+    ],
+)
 def test_override_values_are_typed_as_rcl_types_them(text, ptype, value):
     """rcl's own rules (rcl_yaml_param_parser), not PyYAML's: `1e-3` is a double, `y` a bool."""
     s = parse_override(f"name:={text}")
@@ -201,10 +258,13 @@ def test_override_values_are_typed_as_rcl_types_them(text, ptype, value):
 
 
 def test_node_sections_and_prefixes_select_what_applies(tmp_path):
-    path = _yaml(tmp_path, "/**:\n  ros__parameters:\n    chunk_size: 30\n"
-                           "/robot/scal3r_mapping:\n  ros__parameters:\n    overlap: 10\n"
-                           "scal3r_mapping:\n  ros__parameters:\n    nested:\n      depth: 2\n"
-                           "camera:\n  ros__parameters:\n    fps: 10\n")  # fmt: skip
+    path = _yaml(
+        tmp_path,
+        "/**:\n  ros__parameters:\n    chunk_size: 30\n"
+        "/robot/scal3r_mapping:\n  ros__parameters:\n    overlap: 10\n"
+        "scal3r_mapping:\n  ros__parameters:\n    nested:\n      depth: 2\n"
+        "camera:\n  ros__parameters:\n    fps: 10\n",
+    )
     settings, sections = read_parameter_file(path, "/scal3r_mapping")
     assert {s.name for s in settings} == {"chunk_size", "nested.depth"}
     assert sections == ["/**", "/robot/scal3r_mapping", "/scal3r_mapping", "/camera"]
@@ -215,14 +275,41 @@ def test_node_sections_and_prefixes_select_what_applies(tmp_path):
 
 
 def test_split_ros_args_keeps_every_ros_token():
-    own, ros = split_ros_args(["--config", "kitti", "--ros-args", "-p", "a:=1", "--params-file",
-                               "f.yaml", "-r", "__node:=mapper", "-r", "__ns:=/robot",
-                               "--log-level", "debug", "--", "extra"])  # fmt: skip
+    own, ros = split_ros_args(
+        [
+            "--config",
+            "kitti",
+            "--ros-args",
+            "-p",
+            "a:=1",
+            "--params-file",
+            "f.yaml",
+            "-r",
+            "__node:=mapper",
+            "-r",
+            "__ns:=/robot",
+            "--log-level",
+            "debug",
+            "--",
+            "extra",
+        ]
+    )
     assert own == ["--config", "kitti", "extra"] and not ros.help
     assert ros.overrides == ["a:=1"] and ros.param_files == ["f.yaml"]
     assert ros.node_fqn == "/robot/mapper"
-    assert ros.tokens == ["--ros-args", "-p", "a:=1", "--params-file", "f.yaml",
-                          "-r", "__node:=mapper", "-r", "__ns:=/robot",
-                          "--log-level", "debug", "--"]  # fmt: skip
+    assert ros.tokens == [
+        "--ros-args",
+        "-p",
+        "a:=1",
+        "--params-file",
+        "f.yaml",
+        "-r",
+        "__node:=mapper",
+        "-r",
+        "__ns:=/robot",
+        "--log-level",
+        "debug",
+        "--",
+    ]
     with pytest.raises(ParameterInputError, match="-p needs a value"):
         split_ros_args(["--ros-args", "-p"])

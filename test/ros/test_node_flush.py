@@ -20,9 +20,16 @@ N_FRAMES = 45
 
 def test_sigint_saves_a_pose_for_every_processed_frame(tmp_path):
     rec = Recorder("flush_tester")
-    args = node_args(tmp_path / "maps", backend="oracle", chunk_size=16, overlap=8,
-                     input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                     oracle_frames=N_FRAMES)  # fmt: skip
+    args = node_args(
+        tmp_path / "maps",
+        backend="oracle",
+        chunk_size=16,
+        overlap=8,
+        input_qos="reliable",
+        input_qos_depth=200,
+        status_period=0.2,
+        oracle_frames=N_FRAMES,
+    )
     try:
         with mapping_run(rec, args, tmp_path, ["--frames", str(N_FRAMES), "--rate", "40"]) as node:
 

@@ -24,14 +24,25 @@ def run(tmp_path_factory):
     rec = Recorder("planner_recorder")
     rec.subscribe(f"{NODE}/sensor_cloud", PointCloud2)
     rec.subscribe(f"{NODE}/grid", OccupancyGrid, Recorder.LATCHED)
-    args = node_args(out / "maps", backend="oracle", chunk_size=16, overlap=8,
-                     input_qos="reliable",
-                     input_qos_depth=200, status_period=0.2, map_publish_period=0.2,
-                     oracle_frames=N, oracle_depth_noise=0.02,
-                     scale_source="camera_height", camera_height_m=1.65,
-                     sensor_cloud_enabled=True, sensor_cloud_frames="every_n",
-                     sensor_cloud_every_n=4, occupancy_enabled=True,
-                     occupancy_resolution=0.25)  # fmt: skip
+    args = node_args(
+        out / "maps",
+        backend="oracle",
+        chunk_size=16,
+        overlap=8,
+        input_qos="reliable",
+        input_qos_depth=200,
+        status_period=0.2,
+        map_publish_period=0.2,
+        oracle_frames=N,
+        oracle_depth_noise=0.02,
+        scale_source="camera_height",
+        camera_height_m=1.65,
+        sensor_cloud_enabled=True,
+        sensor_cloud_frames="every_n",
+        sensor_cloud_every_n=4,
+        occupancy_enabled=True,
+        occupancy_resolution=0.25,
+    )
     try:
         with mapping_run(rec, args, out, ["--frames", str(N), "--rate", "40"]) as node:
 
@@ -41,9 +52,12 @@ def run(tmp_path_factory):
 
             def delivered() -> bool:  # the last window's messages have arrived (no fixed sleep)
                 path = rec.last(f"{NODE}/path")
-                return (path is not None and len(path.poses) == N
-                        and len(rec.msgs[f"{NODE}/sensor_cloud"]) >= N // 4 - 2
-                        and rec.last(f"{NODE}/grid") is not None)  # fmt: skip
+                return (
+                    path is not None
+                    and len(path.poses) == N
+                    and len(rec.msgs[f"{NODE}/sensor_cloud"]) >= N // 4 - 2
+                    and rec.last(f"{NODE}/grid") is not None
+                )
 
             ok = rec.spin_until(done, 180, [node])
             assert ok, (out / "node.log").read_text()

@@ -31,10 +31,19 @@ def _stamp(ns: int) -> Time:
 
 
 def test_progress_line_names_every_number():
-    msg = MappingStatus(frames_received=120, frames_processed=104, frames_dropped=2,
-                        chunks_processed=6, queue_length=3, queue_capacity=64,
-                        map_points=832164, fps=9.84, latency_ms=1234.0, loop_closures=1,
-                        state_text="mapping")  # fmt: skip
+    msg = MappingStatus(
+        frames_received=120,
+        frames_processed=104,
+        frames_dropped=2,
+        chunks_processed=6,
+        queue_length=3,
+        queue_capacity=64,
+        map_points=832164,
+        fps=9.84,
+        latency_ms=1234.0,
+        loop_closures=1,
+        state_text="mapping",
+    )
     line = progress_line(msg)
     assert line == (
         "mapping: frames 120 in, 104 processed, 2 dropped (queue 3/64); "
@@ -42,25 +51,39 @@ def test_progress_line_names_every_number():
     )
     assert PROGRESS.match(line)
     msg.latency_ms = 1.7e12  # image stamps of another clock (a bag without use_sim_time)
-    assert progress_line(msg).endswith("latency unknown (image stamps are not on this node's "
-                                       "clock: use_sim_time?), 1 loop closure")  # fmt: skip
+    assert progress_line(msg).endswith(
+        "latency unknown (image stamps are not on this node's clock: use_sim_time?), 1 loop closure"
+    )
 
 
 def test_node_logs_progress_while_mapping_and_not_when_off(tmp_path):
     log = tmp_path / "node.log"
     rec = Recorder("progress_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.1,
-                           progress_log_period=0.3, map_publish_period=0.2,
-                           oracle_frames=N, save_on_shutdown=False), log)  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="oracle",
+            chunk_size=8,
+            overlap=4,
+            input_qos="reliable",
+            input_qos_depth=200,
+            status_period=0.1,
+            progress_log_period=0.3,
+            map_publish_period=0.2,
+            oracle_frames=N,
+            save_on_shutdown=False,
+        ),
+        log,
+    )
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
     drive = make_drive(n_frames=N)
 
     def send(frames) -> None:
         for i in frames:
-            pub.publish(rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)),
-                                     "camera_optical"))  # fmt: skip
+            pub.publish(
+                rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), "camera_optical")
+            )
             rec.spin_until(lambda: False, 0.02)
 
     def lines() -> list[re.Match]:
@@ -81,10 +104,13 @@ def test_node_logs_progress_while_mapping_and_not_when_off(tmp_path):
         assert int(first[2]) <= N // 2 and int(first[4]) == 0  # in; nothing dropped
 
         # 0: off (a dynamic parameter)
-        off = Parameter(name="progress_log_period", value=ParameterValue(
-            type=ParameterType.PARAMETER_DOUBLE, double_value=0.0))  # fmt: skip
-        result = rec.call(SetParameters, f"{NODE}/set_parameters",
-                          SetParameters.Request(parameters=[off]))  # fmt: skip
+        off = Parameter(
+            name="progress_log_period",
+            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.0),
+        )
+        result = rec.call(
+            SetParameters, f"{NODE}/set_parameters", SetParameters.Request(parameters=[off])
+        )
         assert result.results[0].successful
         send(range(N // 2, N))
 

@@ -45,17 +45,29 @@ def _camera_publishers(rec: Recorder):
 
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable",
-                           input_qos_depth=200, status_period=0.2, oracle_frames=40,
-                           compressed_topics=["/camera/compressed"],
-                           camera_info_topics=["/camera/camera_info"]),
-                 tmp_path / "node.log")  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="oracle",
+            chunk_size=8,
+            overlap=4,
+            input_qos="reliable",
+            input_qos_depth=200,
+            status_period=0.2,
+            oracle_frames=40,
+            compressed_topics=["/camera/compressed"],
+            camera_info_topics=["/camera/camera_info"],
+        ),
+        tmp_path / "node.log",
+    )
     pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
     try:
-        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
-                              and pub_c.get_subscription_count() > 0, 60, [node])  # fmt: skip
+        assert rec.spin_until(
+            lambda: pub.get_subscription_count() > 0 and pub_c.get_subscription_count() > 0,
+            60,
+            [node],
+        )
 
         def good(i: int) -> Image:
             return rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), "camera_optical")
@@ -79,8 +91,9 @@ def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
         bad = good(6)
         bad.data = bytes(100)
         send(bad)  # truncated data
-        odd = rgb_to_image(np.zeros((30, 50, 3), np.uint8), _stamp(drive.stamp_ns(6)),
-                           "camera_optical")  # fmt: skip
+        odd = rgb_to_image(
+            np.zeros((30, 50, 3), np.uint8), _stamp(drive.stamp_ns(6)), "camera_optical"
+        )
         send(odd)  # size changes mid-stream
         corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg")
         corrupt.header.stamp, corrupt.header.frame_id = _stamp(drive.stamp_ns(6)), "camera_optical"
@@ -130,8 +143,10 @@ def test_missing_or_corrupt_checkpoint_exits_nonzero_with_a_clear_message(tmp_pa
         ckpt.write_bytes(content)
     proc = subprocess.run(
         [sys.executable, "-m", *node_args(tmp_path, backend="scal3r", checkpoint=str(ckpt))],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot start" in proc.stderr and str(ckpt) in proc.stderr
     if content is None:
@@ -141,8 +156,10 @@ def test_missing_or_corrupt_checkpoint_exits_nonzero_with_a_clear_message(tmp_pa
 def test_invalid_parameters_exit_nonzero(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", *node_args(tmp_path, backend="oracle", chunk_size=8, overlap=8)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "chunk_size > overlap" in proc.stderr
 
 
@@ -150,18 +167,29 @@ def test_invalid_parameters_exit_nonzero(tmp_path):
 def test_tiny_network_node_with_queue_overflow(tmp_path):
     """The real network path (tiny random weights) in the node; a burst overflows the queue."""
     rec = Recorder("tiny_tester")
-    node = start(node_args(tmp_path / "maps", backend="tiny", chunk_size=4, overlap=2,
-                           queue_size=4, input_qos="reliable",
-                           input_qos_depth=200, status_period=0.2,
-                           loop_closure=False), tmp_path / "node.log")  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="tiny",
+            chunk_size=4,
+            overlap=2,
+            queue_size=4,
+            input_qos="reliable",
+            input_qos_depth=200,
+            status_period=0.2,
+            loop_closure=False,
+        ),
+        tmp_path / "node.log",
+    )
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
     drive = make_drive(n_frames=30)
     try:
         assert rec.spin_until(lambda: pub.get_subscription_count() > 0, 60, [node])
         for i in range(30):  # a burst far faster than a CPU network chunk
-            pub.publish(rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)),
-                                     "camera_optical"))  # fmt: skip
+            pub.publish(
+                rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), "camera_optical")
+            )
             rec.spin_until(lambda: False, 0.01)
 
         def settled() -> bool:
@@ -187,10 +215,22 @@ def test_tiny_network_node_with_queue_overflow(tmp_path):
 def test_config_option_loads_a_bundled_parameter_file(tmp_path):
     # synthetic.yaml sets chunk_size 16 (default 60); an overlap of 16 must then be refused
     proc = subprocess.run(
-        [sys.executable, "-m", "scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-         "-p", "overlap:=16", "-p", f"output_dir:={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scal3r_ros.ros.node",
+            "--config",
+            "synthetic",
+            "--ros-args",
+            "-p",
+            "overlap:=16",
+            "-p",
+            f"output_dir:={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "chunk_size=16, overlap=16" in proc.stderr, proc.stderr
 
 
@@ -211,19 +251,35 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
     NaN run-time parameter are each refused and counted; the map is never reset, every
     window succeeds (oracle backend) and every good frame is in the saved trajectory."""
     rec = Recorder("hostile_input_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                           oracle_frames=40, on_time_jump="reset",
-                           compressed_topics=["/camera/compressed"],
-                           camera_info_topics=["/camera/camera_info"]),
-                 tmp_path / "node.log")  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="oracle",
+            chunk_size=8,
+            overlap=4,
+            input_qos="reliable",
+            input_qos_depth=200,
+            status_period=0.2,
+            oracle_frames=40,
+            on_time_jump="reset",
+            compressed_topics=["/camera/compressed"],
+            camera_info_topics=["/camera/camera_info"],
+        ),
+        tmp_path / "node.log",
+    )
     pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
     cam = "camera_optical"
     try:
-        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
-                              and pub_c.get_subscription_count() > 0
-                              and pub_info.get_subscription_count() > 0, 60, [node])  # fmt: skip
+        assert rec.spin_until(
+            lambda: (
+                pub.get_subscription_count() > 0
+                and pub_c.get_subscription_count() > 0
+                and pub_info.get_subscription_count() > 0
+            ),
+            60,
+            [node],
+        )
 
         def send(msg, publisher=pub) -> None:
             publisher.publish(msg)
@@ -257,12 +313,15 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
         # a second frame_id of another size on the same topic (item 9)
         for i in range(20, 30):
             send(good(i))
-            other = rgb_to_image(np.zeros((48, 64, 3), np.uint8), _stamp(drive.stamp_ns(i)),
-                                 "other_camera")  # fmt: skip
+            other = rgb_to_image(
+                np.zeros((48, 64, 3), np.uint8), _stamp(drive.stamp_ns(i)), "other_camera"
+            )
             send(other)
         # invalid CameraInfo (item 10)
-        for k in ([1e-300, 0.0, 80.0, 0.0, 1e-300, 24.0, 0.0, 0.0, 1.0],
-                  [100.0, 0.0, 80.0, 0.0, 100.0, 24.0, 0.0, 0.0, 0.0]):  # fmt: skip
+        for k in (
+            [1e-300, 0.0, 80.0, 0.0, 1e-300, 24.0, 0.0, 0.0, 1.0],
+            [100.0, 0.0, 80.0, 0.0, 100.0, 24.0, 0.0, 0.0, 0.0],
+        ):
             info = CameraInfo(width=160, height=48, k=k)
             info.header.frame_id = cam
             send(info, pub_info)
@@ -271,15 +330,22 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
         req = SetParameters.Request(parameters=[Parameter(name="map_publish_period", value=nan)])
         res = rec.call(SetParameters, f"{NODE}/set_parameters", req)
         assert not res.results[0].successful
-        got = rec.call(GetParameters, f"{NODE}/get_parameters",
-                       GetParameters.Request(names=["map_publish_period"]))  # fmt: skip
+        got = rec.call(
+            GetParameters,
+            f"{NODE}/get_parameters",
+            GetParameters.Request(names=["map_publish_period"]),
+        )
         assert got.values[0].double_value == 2.0
 
         def settled() -> bool:
             v, st = _diag_values(rec), rec.last(f"{NODE}/status")
-            return (st is not None and st.frames_processed == 30 and st.queue_length == 0
-                    and v.get("bad_camera_info") == "2"
-                    and v.get("dropped_size_changed") == "10")  # fmt: skip
+            return (
+                st is not None
+                and st.frames_processed == 30
+                and st.queue_length == 0
+                and v.get("bad_camera_info") == "2"
+                and v.get("dropped_size_changed") == "10"
+            )
 
         assert rec.spin_until(settled, 90, [node]), (
             _diag_values(rec),
@@ -309,17 +375,31 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
     from rosgraph_msgs.msg import Clock
 
     rec = Recorder("clock_jump_tester")
-    node = start(node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                           input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                           oracle_frames=40, on_time_jump="reset", use_sim_time=True),
-                 tmp_path / "node.log")  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="oracle",
+            chunk_size=8,
+            overlap=4,
+            input_qos="reliable",
+            input_qos_depth=200,
+            status_period=0.2,
+            oracle_frames=40,
+            on_time_jump="reset",
+            use_sim_time=True,
+        ),
+        tmp_path / "node.log",
+    )
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)
     pub_clock = rec.node.create_publisher(Clock, "/clock", qos)
     drive = make_drive(n_frames=40)
     try:
-        assert rec.spin_until(lambda: pub.get_subscription_count() > 0
-                              and pub_clock.get_subscription_count() > 0, 60, [node])  # fmt: skip
+        assert rec.spin_until(
+            lambda: pub.get_subscription_count() > 0 and pub_clock.get_subscription_count() > 0,
+            60,
+            [node],
+        )
 
         clock = [0]
 
@@ -331,8 +411,9 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
 
         def send(i: int) -> None:
             tick(drive.stamp_ns(i))
-            pub.publish(rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)),
-                                     "camera_optical"))  # fmt: skip
+            pub.publish(
+                rgb_to_image(drive.render(i)[0], _stamp(drive.stamp_ns(i)), "camera_optical")
+            )
             rec.spin_until(lambda: False, 0.03)
 
         def node_clock_is(lo: int, hi: int, step: int = 50_000_000) -> bool:
@@ -350,8 +431,9 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
         # small steps and a wide window: a loaded node may take many ticks to publish
         # (its status timer runs every 0.2 s of this clock, i.e. every 20 ticks)
         assert rec.spin_until(lambda: node_clock_is(0, end, 10_000_000), 60, [node])
-        pub.publish(rgb_to_image(drive.render(0)[0], _stamp(drive.stamp_ns(0)),
-                                 "camera_optical"))  # ... and so do the stamps  # fmt: skip
+        pub.publish(
+            rgb_to_image(drive.render(0)[0], _stamp(drive.stamp_ns(0)), "camera_optical")
+        )  # ... and so do the stamps
 
         def reset_seen() -> bool:
             tick()

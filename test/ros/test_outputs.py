@@ -49,8 +49,7 @@ def _path_T(path) -> np.ndarray:
 
 def test_a_metric_scale_reaches_every_published_pose_and_the_map_as_an_event():
     drive = StereoDrive(SyntheticConfig(n_frames=32, seed=0), baseline=0.54)
-    engine = MappingEngine(EngineConfig.low_latency(),
-                           OracleBackend(drive, NOISY))  # fmt: skip
+    engine = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, NOISY))
     # no baseline parameter: it comes with the right camera's CameraInfo, later
     cfg = NodeConfig(scale_source="stereo", camera_info_topics=["/left/info", "/right/info"])
     node = _StandIn()
@@ -68,17 +67,17 @@ def test_a_metric_scale_reaches_every_published_pose_and_the_map_as_an_event():
 
     outputs = [
         PoseOutputs(conv, PoseFrames(), tf.append, odom.append, paths.append, path_period=0.0),
-        CloudOutputs(conv, "map", clouds.append, maps.append,
-                     map_cloud, period=1e9),
-    ]  # fmt: skip
+        CloudOutputs(conv, "map", clouds.append, maps.append, map_cloud, period=1e9),
+    ]
     updates = []
     for i in range(drive.n_frames):
         events = engine.push(drive.frame(i))
         if not events:
             continue
         if len(updates) == 3:  # the baseline arrives: 0.54 m
-            scale.on_right_info(CameraInfo(p=[700.0, 0, 600, -700.0 * 0.54, 0, 700, 180, 0,
-                                              0, 0, 1, 0]))  # fmt: skip
+            scale.on_right_info(
+                CameraInfo(p=[700.0, 0, 600, -700.0 * 0.54, 0, 700, 180, 0, 0, 0, 1, 0])
+            )
         mount.on_events(events)
         update = scale.on_events(events)
         conv.scale = update.scale

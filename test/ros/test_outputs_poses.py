@@ -25,9 +25,15 @@ class Sink:
     def __init__(self, max_poses: int = 0, period: float = 1.0) -> None:
         self.tf, self.odom, self.path = [], [], []
         conv = FrameConverter(camera_mount())
-        self.out = PoseOutputs(conv, PoseFrames(), self.tf.append, self.odom.append,
-                               self.path.append, path_period=period,
-                               path_max_poses=max_poses)  # fmt: skip
+        self.out = PoseOutputs(
+            conv,
+            PoseFrames(),
+            self.tf.append,
+            self.odom.append,
+            self.path.append,
+            path_period=period,
+            path_max_poses=max_poses,
+        )
         self.drive = make_drive(n_frames=400)
         conv.set_anchor(self.drive.gt_pose(0))
 
@@ -59,8 +65,11 @@ def test_odometry_keeps_first_estimates_and_map_odom_absorbs_corrections():
     # new frames: odometry continues from the published (uncorrected) chain
     s.event(range(16, 24), shift=1.0)
     assert len(s.odom) == 24
-    np.testing.assert_allclose(_T(s.odom[16].pose.pose)[:3, 3], odom_before[-1][:3, 3]
-                               + (s.out._T[16] - s.out._T[15])[:3, 3], atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        _T(s.odom[16].pose.pose)[:3, 3],
+        odom_before[-1][:3, 3] + (s.out._T[16] - s.out._T[15])[:3, 3],
+        atol=1e-6,
+    )
     # twist from consecutive frames: the synthetic car drives forward
     assert s.odom[20].twist.twist.linear.x > 0.5
 

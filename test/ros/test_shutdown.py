@@ -48,10 +48,19 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
     """Node + camera; returns once the first window is mapped and later frames came in
     (so the second window is in flight, or will be the final flush: both take 600 s)."""
     rec = Recorder("shutdown_tester")
-    args = node_args(tmp_path / "maps", backend="oracle", chunk_size=8, overlap=4,
-                     input_qos="reliable", input_qos_depth=200, status_period=0.2,
-                     oracle_frames=N_FRAMES, oracle_window_delays=delays,
-                     shutdown_window_wait=wait_s, loop_closure=False)  # fmt: skip
+    args = node_args(
+        tmp_path / "maps",
+        backend="oracle",
+        chunk_size=8,
+        overlap=4,
+        input_qos="reliable",
+        input_qos_depth=200,
+        status_period=0.2,
+        oracle_frames=N_FRAMES,
+        oracle_window_delays=delays,
+        shutdown_window_wait=wait_s,
+        loop_closure=False,
+    )
     try:
         camera_args = ["--frames", str(N_FRAMES), "--rate", "40"]
         node, camera = start_mapping(rec, args, tmp_path, camera_args, HANG_GUARD_S)

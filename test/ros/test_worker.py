@@ -79,8 +79,9 @@ def test_frames_flow_in_order_and_events_reach_the_sink(make_worker):
     assert w.stats.dropped_total == 0
 
 
-@pytest.mark.parametrize("policy, kept", [("drop_oldest", [0, 7, 8, 9]),
-                                          ("drop_newest", [0, 1, 2, 3])])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy, kept", [("drop_oldest", [0, 7, 8, 9]), ("drop_newest", [0, 1, 2, 3])]
+)
 def test_full_queue_drops_by_policy_and_counts(make_worker, policy, kept):
     eng = FakeEngine()
     eng.gate.clear()  # worker stuck on frame 0

@@ -58,9 +58,13 @@ class Listener:
         self.node = rclpy.create_node("bag_listener", context=self.context)
         self.msgs: dict[str, list] = defaultdict(list)
         for topic, typ in topics.items():
-            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL if topic in latched
-                             else DurabilityPolicy.VOLATILE)  # fmt: skip
+            qos = QoSProfile(
+                depth=1000,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL
+                if topic in latched
+                else DurabilityPolicy.VOLATILE,
+            )
             self.node.create_subscription(typ, topic, lambda m, t=topic: self._on(t, m), qos)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -99,9 +103,11 @@ class Listener:
 def _play(bag: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "scal3r_ros.tools.bag_player", str(bag), "-q", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )  # fmt: skip
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
@@ -120,9 +126,15 @@ def _listener(extra: dict | None = None) -> Listener:
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
 
-    topics = {f"{LEFT}/image_raw": Image, f"{LEFT}/camera_info": CameraInfo,
-              f"{RIGHT}/image_raw": Image, "/clock": Clock, "/tf_static": TFMessage,
-              GT_PATH: PathMsg, **(extra or {})}  # fmt: skip
+    topics = {
+        f"{LEFT}/image_raw": Image,
+        f"{LEFT}/camera_info": CameraInfo,
+        f"{RIGHT}/image_raw": Image,
+        "/clock": Clock,
+        "/tf_static": TFMessage,
+        GT_PATH: PathMsg,
+        **(extra or {}),
+    }
     return Listener(topics, latched=("/tf_static", GT_PATH))
 
 
@@ -134,8 +146,13 @@ def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
     rate = 4.0
     proc = _play(bag, "--rate", str(rate), *WAIT)
     try:
-        ok = rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/image_raw"]) >= N
-                            and len(rec.msgs[f"{RIGHT}/image_raw"]) >= N, 60, proc)  # fmt: skip
+        ok = rec.spin_until(
+            lambda: (
+                len(rec.msgs[f"{LEFT}/image_raw"]) >= N and len(rec.msgs[f"{RIGHT}/image_raw"]) >= N
+            ),
+            60,
+            proc,
+        )
         code, out = _finish(proc)
         assert ok and code == 0, out
         # the last /clock tick may still be on its way (no fixed wait: a loaded machine)
@@ -150,7 +167,11 @@ def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
     assert rec.stamps(f"{LEFT}/camera_info") == expected
     img = rec.msgs[f"{LEFT}/image_raw"][3][1]
     assert (img.width, img.height, img.encoding, img.header.frame_id) == (
-        64, 20, "rgb8", "camera_color_left")  # fmt: skip
+        64,
+        20,
+        "rgb8",
+        "camera_color_left",
+    )
     # /clock: monotone, from the bag's start to its last message
     clock = rec.stamps("/clock")
     assert clock == sorted(clock) and clock[0] == expected[0] and clock[-1] == expected[-1]
@@ -158,9 +179,8 @@ def test_plays_images_camera_info_tf_static_and_clock_in_order(bag):
     # (the player sends it just before the message; cross-topic arrival order is not
     # observable here: an executor takes ready subscriptions in its own order)
     # latched topics, once
-    (_, tf), = rec.msgs["/tf_static"]  # fmt: skip
-    assert {t.child_frame_id for t in tf.transforms} == {"camera_color_left",
-                                                         "camera_color_right"}  # fmt: skip
+    ((_, tf),) = rec.msgs["/tf_static"]
+    assert {t.child_frame_id for t in tf.transforms} == {"camera_color_left", "camera_color_right"}
     assert len(rec.msgs[GT_PATH]) == 1 and len(rec.msgs[GT_PATH][0][1].poses) == N
     # paced at the chosen rate: the player never sends faster than the bag at x rate (its
     # own wall time; arrival times at this listener depend on the machine's load)
@@ -196,14 +216,31 @@ def test_loop_jumps_back_and_sigint_exits_cleanly(bag):
 def test_start_offset_and_topic_filter(bag):
     rec = _listener()
     offset = 2.5 * FRAME_DT  # frames 3.. remain
-    proc = _play(bag, "--rate", "10", "--start-offset", str(offset), "--topics",
-                 f"{LEFT}/image_raw", f"{LEFT}/camera_info", "/tf_static", "--wait-for",
-                 f"{LEFT}/image_raw", f"{LEFT}/camera_info", "/clock")  # fmt: skip
+    proc = _play(
+        bag,
+        "--rate",
+        "10",
+        "--start-offset",
+        str(offset),
+        "--topics",
+        f"{LEFT}/image_raw",
+        f"{LEFT}/camera_info",
+        "/tf_static",
+        "--wait-for",
+        f"{LEFT}/image_raw",
+        f"{LEFT}/camera_info",
+        "/clock",
+    )
     try:
         code, out = _finish(proc, timeout=60)
         # the player exits once its reliable samples are acknowledged; take them all in
-        rec.spin_until(lambda: len(rec.msgs[f"{LEFT}/camera_info"]) >= N - 3
-                       and len(rec.msgs[f"{LEFT}/image_raw"]) >= N - 3, 30)  # fmt: skip
+        rec.spin_until(
+            lambda: (
+                len(rec.msgs[f"{LEFT}/camera_info"]) >= N - 3
+                and len(rec.msgs[f"{LEFT}/image_raw"]) >= N - 3
+            ),
+            30,
+        )
     finally:
         rec.close()
     assert code == 0, out
@@ -237,11 +274,23 @@ def test_sqlite3_compressed_bag_and_ros_args_remap(bag, tmp_path):
 
     seq = make_kitti_dataset(tmp_path / "ds", n_frames=4, width=64, height=20, stereo=False)
     out = tmp_path / "sq"
-    assert kitti_to_bag([str(seq), "-o", str(out), "-q", "--storage", "sqlite3",
-                         "--compressed", "png"]) == 0  # fmt: skip
+    assert (
+        kitti_to_bag(
+            [str(seq), "-o", str(out), "-q", "--storage", "sqlite3", "--compressed", "png"]
+        )
+        == 0
+    )
     rec = Listener({"/remapped": CompressedImage})
-    proc = _play(out, "--rate", "10", "--wait-for", f"{LEFT}/image_raw/compressed",
-                 "--ros-args", "-r", f"{LEFT}/image_raw/compressed:=/remapped")  # fmt: skip
+    proc = _play(
+        out,
+        "--rate",
+        "10",
+        "--wait-for",
+        f"{LEFT}/image_raw/compressed",
+        "--ros-args",
+        "-r",
+        f"{LEFT}/image_raw/compressed:=/remapped",
+    )
     try:
         code, out_text = _finish(proc, timeout=60)
         rec.spin_until(lambda: len(rec.msgs["/remapped"]) >= 4, 30)  # acknowledged: take them in
@@ -265,8 +314,12 @@ def test_sqlite3_compressed_bag_and_ros_args_remap(bag, tmp_path):
 )
 def test_bad_input_exit_2(bag, tmp_path, args, expected):
     args = [a.format(tmp=tmp_path, bag=bag) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "scal3r_ros.tools.bag_player", *args],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "scal3r_ros.tools.bag_player", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
 
 
@@ -313,8 +366,9 @@ def _image(i: int) -> bytes:
     return _raw(m)
 
 
-def _write_bag(path: Path, topics: dict[str, tuple[str, list[bytes]]],
-               storage: str = "sqlite3") -> Path:  # fmt: skip
+def _write_bag(
+    path: Path, topics: dict[str, tuple[str, list[bytes]]], storage: str = "sqlite3"
+) -> Path:
     """A rosbag2 folder: topic -> (type, raw CDR messages one second apart)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -351,26 +405,43 @@ def _relabel(bag: Path, topic: str, new_type: str, *, metadata: bool, storage: b
 
 
 def _run(bag: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scal3r_ros.tools.bag_player", str(bag), "-q",
-                           "--rate", "50", *args], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scal3r_ros.tools.bag_player",
+            str(bag),
+            "-q",
+            "--rate",
+            "50",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_bag_without_images_warns_or_fails(tmp_path):
     """A Nav2-like bag (odometry and TF only): a node waiting for images would wait
     forever, so the player says so; --require-images and a bare --wait-for refuse it."""
-    bag = _write_bag(tmp_path / "nav2", {
-        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(4)]),
-        "/tf": ("tf2_msgs/msg/TFMessage", [_tf(i) for i in range(4)]),
-    })  # fmt: skip
+    bag = _write_bag(
+        tmp_path / "nav2",
+        {
+            "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(4)]),
+            "/tf": ("tf2_msgs/msg/TFMessage", [_tf(i) for i in range(4)]),
+        },
+    )
     played = _run(bag)
     assert played.returncode == 0, played.stderr
     assert "warning: no image topic (sensor_msgs/msg/Image or CompressedImage) in the bag" in (
         played.stderr
     )
     assert "/odom [nav_msgs/msg/Odometry]: 4" in played.stdout
-    refusals = {"--require-images": "(--require-images)",
-                "--wait-for": "a bare --wait-for waits for image topics"}  # fmt: skip
+    refusals = {
+        "--require-images": "(--require-images)",
+        "--wait-for": "a bare --wait-for waits for image topics",
+    }
     for flag, expected in refusals.items():
         args = [flag]
         refused = _run(bag, *args)
@@ -378,10 +449,14 @@ def test_bag_without_images_warns_or_fails(tmp_path):
         assert "error: no image topic" in refused.stderr and expected in refused.stderr
         assert "done" not in refused.stdout  # nothing was played
     # a bag with an image topic is not warned about, with or without --require-images
-    with_images = _write_bag(tmp_path / "cam", {
-        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
-        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
-    }, storage="mcap")  # fmt: skip
+    with_images = _write_bag(
+        tmp_path / "cam",
+        {
+            "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+            "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
+        },
+        storage="mcap",
+    )
     ok = _run(with_images, "--require-images")
     assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
     assert "/cam/image_raw [sensor_msgs/msg/Image]: 3" in ok.stdout
@@ -394,12 +469,20 @@ def test_bag_without_images_warns_or_fails(tmp_path):
 def test_type_changed_in_one_place_is_reported(tmp_path, where):
     """The type changed in metadata.yaml or in the db3 only: rosbags reads none of the
     topic's messages (the player used to play 0 of them, exit 0, without a word)."""
-    bag = _write_bag(tmp_path / "bag", {
-        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
-        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
-    })  # fmt: skip
-    _relabel(bag, "/odom", "sensor_msgs/msg/Imu", metadata=where == "metadata",
-             storage=where == "storage")  # fmt: skip
+    bag = _write_bag(
+        tmp_path / "bag",
+        {
+            "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+            "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(3)]),
+        },
+    )
+    _relabel(
+        bag,
+        "/odom",
+        "sensor_msgs/msg/Imu",
+        metadata=where == "metadata",
+        storage=where == "storage",
+    )
     run = _run(bag)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "/cam/image_raw [sensor_msgs/msg/Image]: 3" in run.stdout
@@ -413,10 +496,13 @@ def test_type_changed_in_one_place_is_reported(tmp_path, where):
 def test_type_changed_everywhere_counts_deserialisation_failures(tmp_path):
     """Relabelled consistently (metadata and db3), the messages read but are not of the
     type: each is checked, not published, and counted; exit 1 when none played."""
-    bag = _write_bag(tmp_path / "bag", {
-        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
-        "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(5)]),
-    })  # fmt: skip
+    bag = _write_bag(
+        tmp_path / "bag",
+        {
+            "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(3)]),
+            "/odom": ("nav_msgs/msg/Odometry", [_odometry(i) for i in range(5)]),
+        },
+    )
     _relabel(bag, "/odom", "sensor_msgs/msg/Imu", metadata=True, storage=True)
     run = _run(bag)
     assert run.returncode == 1, run.stdout + run.stderr
@@ -427,8 +513,7 @@ def test_type_changed_everywhere_counts_deserialisation_failures(tmp_path):
     )
     # an image topic relabelled: --require-images still sees an image topic, but the
     # requested topic plays nothing
-    _relabel(bag, "/cam/image_raw", "sensor_msgs/msg/CompressedImage", metadata=True,
-             storage=True)  # fmt: skip
+    _relabel(bag, "/cam/image_raw", "sensor_msgs/msg/CompressedImage", metadata=True, storage=True)
     run = _run(bag, "--topics", "/cam/image_raw", "--require-images")
     assert run.returncode == 1, run.stdout + run.stderr
     assert "/cam/image_raw: all 3 message(s) failed" in run.stderr
@@ -439,10 +524,14 @@ def test_some_bad_messages_are_counted_and_the_rest_played(tmp_path):
     msgs = list(good)
     msgs[2] = good[2][: len(good[2]) // 2]  # cut short
     msgs[4] = _image(4)  # another type
-    bag = _write_bag(tmp_path / "bag", {
-        "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(2)]),
-        "/odom": ("nav_msgs/msg/Odometry", msgs),
-    }, storage="mcap")  # fmt: skip
+    bag = _write_bag(
+        tmp_path / "bag",
+        {
+            "/cam/image_raw": ("sensor_msgs/msg/Image", [_image(i) for i in range(2)]),
+            "/odom": ("nav_msgs/msg/Odometry", msgs),
+        },
+        storage="mcap",
+    )
     run = _run(bag)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "/odom [nav_msgs/msg/Odometry]: 4 (2 not published" in run.stdout
@@ -470,30 +559,50 @@ def test_kitti_bag_to_mapping_node_with_sim_time(bag, tmp_path):
     from node_harness import NODE, Recorder, node_args, start, stop
 
     rec = Recorder("kitti_e2e")
-    node = start(node_args(tmp_path / "maps", backend="tiny", chunk_size=4, overlap=2,
-                           use_sim_time=True, input_qos="reliable", loop_closure=False,
-                           image_topics=[f"{LEFT}/image_raw"],
-                           camera_info_topics=[f"{LEFT}/camera_info"],
-                           camera_frame="camera_color_left", status_period=0.2),
-                 tmp_path / "node.log")  # fmt: skip
+    node = start(
+        node_args(
+            tmp_path / "maps",
+            backend="tiny",
+            chunk_size=4,
+            overlap=2,
+            use_sim_time=True,
+            input_qos="reliable",
+            loop_closure=False,
+            image_topics=[f"{LEFT}/image_raw"],
+            camera_info_topics=[f"{LEFT}/camera_info"],
+            camera_frame="camera_color_left",
+            status_period=0.2,
+        ),
+        tmp_path / "node.log",
+    )
     player = None
     try:
-        assert rec.spin_until(lambda: rec.node.count_publishers(f"{NODE}/status") > 0, 60,
-                              [node]), (tmp_path / "node.log").read_text()  # fmt: skip
-        player = _play(bag, "--rate", "2", "--wait-for", f"{LEFT}/image_raw",
-                       f"{LEFT}/camera_info", "/clock")  # fmt: skip
+        assert rec.spin_until(
+            lambda: rec.node.count_publishers(f"{NODE}/status") > 0, 60, [node]
+        ), (tmp_path / "node.log").read_text()
+        player = _play(
+            bag, "--rate", "2", "--wait-for", f"{LEFT}/image_raw", f"{LEFT}/camera_info", "/clock"
+        )
 
         def mapped() -> bool:
-            stamps = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
-                      if t.child_frame_id == "base_link"}  # fmt: skip
+            stamps = {
+                _ns(t.header.stamp)
+                for m in rec.msgs["/tf"]
+                for t in m.transforms
+                if t.child_frame_id == "base_link"
+            }
             return len(stamps) >= N
 
         ok = rec.spin_until(mapped, 240, [node])
         assert ok, (tmp_path / "node.log").read_text()
         code, out = _finish(player)
         assert code == 0, out
-        base = {_ns(t.header.stamp) for m in rec.msgs["/tf"] for t in m.transforms
-                if t.child_frame_id == "base_link"}  # fmt: skip
+        base = {
+            _ns(t.header.stamp)
+            for m in rec.msgs["/tf"]
+            for t in m.transforms
+            if t.child_frame_id == "base_link"
+        }
         assert base == {_stamp(i) for i in range(N)}
         log = (tmp_path / "node.log").read_text()
         assert "camera mount base_link -> camera_color_left taken from /tf_static" in log

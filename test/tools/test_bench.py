@@ -19,8 +19,24 @@ from scal3r_ros.tools import bench
 @pytest.mark.ros
 def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--model", "tiny", "--frames", "8", "--chunk", "4", "--overlap", "2",
-            "--width", "160", "--height", "48", "--device", "cpu", "--json", str(out)]  # fmt: skip
+    argv = [
+        "--model",
+        "tiny",
+        "--frames",
+        "8",
+        "--chunk",
+        "4",
+        "--overlap",
+        "2",
+        "--width",
+        "160",
+        "--height",
+        "48",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"optimised", "official_like"}
@@ -157,8 +173,21 @@ def test_bench_refuses_a_window_the_node_refuses(overlap, capsys):
 
 def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "ablation.json"
-    argv = [*TINY, "--frames", "6", "--chunk", "4", "--overlap", "2", "--ablation", "--no-ros",
-            "--dtype", "bfloat16", "--json", str(out)]  # fmt: skip
+    argv = [
+        *TINY,
+        "--frames",
+        "6",
+        "--chunk",
+        "4",
+        "--overlap",
+        "2",
+        "--ablation",
+        "--no-ros",
+        "--dtype",
+        "bfloat16",
+        "--json",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["runs"]) == ABLATION
@@ -183,8 +212,19 @@ def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
 
 def test_bench_without_ros_marks_the_message_stage(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "noros.json"
-    argv = [*TINY, "--frames", "4", "--chunk", "2", "--overlap", "1", "--no-baseline",
-            "--no-ros", "--json", str(out)]  # fmt: skip
+    argv = [
+        *TINY,
+        "--frames",
+        "4",
+        "--chunk",
+        "2",
+        "--overlap",
+        "1",
+        "--no-baseline",
+        "--no-ros",
+        "--json",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["runs"]) == ["optimised"] and result["ratios"] == {}
@@ -207,13 +247,28 @@ def test_missing_rclpy_is_reported_not_raised(monkeypatch):
 
 def test_device_check_script_parses_and_its_bench_flags_exist():
     assert subprocess.run(["bash", "-n", str(DEVICE_CHECK)], check=False).returncode == 0
-    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "device_prepare.sh")],
-                          check=False).returncode == 0  # fmt: skip
+    assert (
+        subprocess.run(
+            ["bash", "-n", str(REPO / "scripts" / "device_prepare.sh")], check=False
+        ).returncode
+        == 0
+    )
     text = DEVICE_CHECK.read_text()
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text.split("bench() {", 1)[1]))
-    parser_flags = {"--no-ros", "--device", "--model", "--width", "--height", "--json",
-                    "--frames", "--chunk", "--overlap", "--ablation", "--official",
-                    "--no-baseline"}  # fmt: skip
+    parser_flags = {
+        "--no-ros",
+        "--device",
+        "--model",
+        "--width",
+        "--height",
+        "--json",
+        "--frames",
+        "--chunk",
+        "--overlap",
+        "--ablation",
+        "--official",
+        "--no-baseline",
+    }
     assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
 
 
@@ -222,16 +277,43 @@ def test_device_check_dry_run_on_cpu(tmp_path):
     """The GPU script end to end with the tiny model on CPU: every output, at most 8 files."""
     out = tmp_path / "out"
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this python
-    env = dict(os.environ, OUT=str(out), DEVICE="cpu", MODEL="tiny", WIDTH="160", HEIGHT="48",
-               FRAMES="6", CHUNK="4", OVERLAP="2", FRAMES_LOW="6", LOW_CHUNK="4",
-               LOW_OVERLAP="2", TESTS="test/model/test_gcm.py",
-               OMP_NUM_THREADS="1", PATH=path)  # fmt: skip
-    proc = subprocess.run(["bash", str(DEVICE_CHECK)], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        DEVICE="cpu",
+        MODEL="tiny",
+        WIDTH="160",
+        HEIGHT="48",
+        FRAMES="6",
+        CHUNK="4",
+        OVERLAP="2",
+        FRAMES_LOW="6",
+        LOW_CHUNK="4",
+        LOW_OVERLAP="2",
+        TESTS="test/model/test_gcm.py",
+        OMP_NUM_THREADS="1",
+        PATH=path,
+    )
+    proc = subprocess.run(
+        ["bash", str(DEVICE_CHECK)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["machine.txt", "tests.log", "log.txt", "summary.md",
-                            "bench_main.json", "bench_lowlatency.json"])  # fmt: skip
+    assert files == sorted(
+        [
+            "machine.txt",
+            "tests.log",
+            "log.txt",
+            "summary.md",
+            "bench_main.json",
+            "bench_lowlatency.json",
+        ]
+    )
     assert len(files) <= 8
     main = json.loads((out / "bench_main.json").read_text())
     assert list(main["runs"]) == ABLATION[:-1]  # CPU: no bf16 step

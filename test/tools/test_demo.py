@@ -29,8 +29,15 @@ def test_demo_writes_map_trajectory_plot_and_ate(tmp_path, capsys, monkeypatch):
     assert f"{live:,} points live" in out and f"{saved:,} saved in map.ply" in out
     # a drifting oracle (0.15 deg/frame bends) stays within a few % of the path
     assert summary["ate_rmse_m"] < 0.05 * summary["path_length_m"]
-    for name in ("map.ply", "map.pcd", "trajectory_tum.txt", "trajectory_kitti.txt",
-                 "trajectory.png", "errors.png", "evaluation.json"):  # fmt: skip
+    for name in (
+        "map.ply",
+        "map.pcd",
+        "trajectory_tum.txt",
+        "trajectory_kitti.txt",
+        "trajectory.png",
+        "errors.png",
+        "evaluation.json",
+    ):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     # the README names every file the demo writes (its first screen promises that)
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -101,9 +101,14 @@ def test_rpe_matches_evo_on_kitti00(kitti, case):
     s = ev.evaluate_poses(est, gt, cfg)
     _assert_rpe(s, case)
     # the pairs themselves: evo's delta_ids are the second index of each pair
-    r = metrics.rpe(metrics.ate(est, gt, case["align"]).aligned, gt, case["delta"],
-                    case["unit"], case["all_pairs"],
-                    pairs_from_reference=case["pairs_from_reference"])  # fmt: skip
+    r = metrics.rpe(
+        metrics.ate(est, gt, case["align"]).aligned,
+        gt,
+        case["delta"],
+        case["unit"],
+        case["all_pairs"],
+        pairs_from_reference=case["pairs_from_reference"],
+    )
     if case["all_pairs"]:
         assert int(r.pairs[:, 1].sum()) == case["delta_ids_sum"]
     else:
@@ -115,8 +120,10 @@ def test_default_rpe_takes_metre_pairs_on_the_estimate_path_as_evo(kitti):
     """Defaults = evo_rpe's defaults (pairs on the estimate); the reference convention is
     an option, and on real data the two differ by more than the tolerance."""
     gt, est = kitti
-    by_key = {(c["align"], c["delta"], c["unit"], c["all_pairs"], c["pairs_from_reference"]): c
-              for c in EVO["kitti00"]["rpe"]}  # fmt: skip
+    by_key = {
+        (c["align"], c["delta"], c["unit"], c["all_pairs"], c["pairs_from_reference"]): c
+        for c in EVO["kitti00"]["rpe"]
+    }
     s = ev.evaluate_poses(est, gt, ev.EvalConfig(rpe_delta=100, rpe_unit="m", plots=False))
     default = by_key[("sim3", 100.0, "m", False, False)]
     from_ref = by_key[("sim3", 100.0, "m", False, True)]
@@ -236,8 +243,9 @@ def test_short_sequence_reports_nan_and_says_why(tmp_path):
     assert js["kitti"]["t_err_pct"] is None
     assert "nan" in ev.format_table(s)
     # custom short lengths give real numbers (exact estimate: zero error)
-    s2 = ev.evaluate_files(tmp_path / "est.txt", tmp_path / "gt.txt", None,
-                           ev.EvalConfig(kitti_lengths=(5.0, 10.0)))  # fmt: skip
+    s2 = ev.evaluate_files(
+        tmp_path / "est.txt", tmp_path / "gt.txt", None, ev.EvalConfig(kitti_lengths=(5.0, 10.0))
+    )
     assert s2["kitti"]["n_segments"] > 0 and s2["kitti"]["t_err_pct"] < 1e-9
 
 
@@ -250,8 +258,10 @@ def _noisy_estimate(drive: SyntheticDrive, seed: int = 1):
     keep = np.sort(rng.choice(n, size=n - 12, replace=False))
     est = gt[keep].copy()
     est[:, :3, 3] += rng.normal(scale=0.15, size=(len(keep), 3))
-    est[:, :3, :3] = Rotation.from_rotvec(rng.normal(scale=0.01, size=(len(keep), 3))
-                                          ).as_matrix() @ est[:, :3, :3]  # fmt: skip
+    est[:, :3, :3] = (
+        Rotation.from_rotvec(rng.normal(scale=0.01, size=(len(keep), 3))).as_matrix()
+        @ est[:, :3, :3]
+    )
     G = metrics.Sim3(0.37, Rotation.from_euler("xyz", [0.3, -1.0, 2.0]).as_matrix(), [5, -2, 1])
     est = metrics.apply_alignment(G, est)
     stamps = np.array([drive.stamp_ns(i) for i in keep]) + rng.integers(-4, 5, len(keep)) * 10**6
@@ -264,8 +274,12 @@ def test_tum_association_pairs_the_right_poses(tmp_path):
     gt_stamps = np.array([drive.stamp_ns(i) for i in range(drive.n_frames)])
     write_poses(tmp_path / "gt.txt", gt_stamps, drive.gt_poses(), "tum")
     write_poses(tmp_path / "est.txt", stamps, est, "tum")
-    s = ev.evaluate_files(tmp_path / "est.txt", tmp_path / "gt.txt", tmp_path / "o",
-                          ev.EvalConfig(kitti_lengths=(20.0, 40.0)))  # fmt: skip
+    s = ev.evaluate_files(
+        tmp_path / "est.txt",
+        tmp_path / "gt.txt",
+        tmp_path / "o",
+        ev.EvalConfig(kitti_lengths=(20.0, 40.0)),
+    )
     assert s["n_poses"] == len(keep)
     # the same numbers as the known association (the files hold 9 decimals)
     known = metrics.ate(est, drive.gt_poses()[keep], "sim3")
@@ -291,8 +305,9 @@ def test_kitti_gt_with_times_associates_a_tum_estimate(tmp_path):
     sel = np.arange(0, len(gt), 3)
     stamps = np.round(t[sel] * 1e9).astype(np.int64)
     write_poses(tmp_path / "est.txt", stamps, gt[sel], "tum")
-    s = ev.evaluate_files(tmp_path / "est.txt", GT, None, ev.EvalConfig(plots=False),
-                          gt_times=TIMES)  # fmt: skip
+    s = ev.evaluate_files(
+        tmp_path / "est.txt", GT, None, ev.EvalConfig(plots=False), gt_times=TIMES
+    )
     assert s["n_poses"] == len(sel) and s["ate"]["translation_m"]["rmse"] < 1e-6
     with pytest.raises(ev.EvaluationError, match="cannot match by index") as err:
         ev.evaluate_files(tmp_path / "est.txt", GT, None, ev.EvalConfig(plots=False))
@@ -345,14 +360,17 @@ def test_tail_missing_run_matches_by_stamps(tmp_path, capsys):
         assert _close(s["ate"][part]["rmse"], expected["ate"][part]["rmse"], rel=1e-6)
     assert _close(s["kitti"]["t_err_pct"], expected["kitti"]["t_err_pct"], rel=1e-6)
     # an explicit start time that does not fit: no match, and the message says why
-    assert ev.main([str(tum), str(GT), "--gt-times", str(TIMES), "--gt-start-time", "0",
-                    "--no-plots"]) == 2  # fmt: skip
+    assert (
+        ev.main([str(tum), str(GT), "--gt-times", str(TIMES), "--gt-start-time", "0", "--no-plots"])
+        == 2
+    )
     assert "--gt-start-time" in capsys.readouterr().err
     # the KITTI file with its own times file (same base as the ground truth's): by time
     times = tmp_path / "est_times.txt"
     times.write_text("".join(TIMES.read_text().splitlines(keepends=True)[:n]))
-    s2 = ev.evaluate_files(kitti, GT, None, ev.EvalConfig(plots=False), gt_times=TIMES,
-                           est_times=times)  # fmt: skip
+    s2 = ev.evaluate_files(
+        kitti, GT, None, ev.EvalConfig(plots=False), gt_times=TIMES, est_times=times
+    )
     assert s2["n_poses"] == n and _close(
         s2["ate"]["translation_m"]["rmse"], expected["ate"]["translation_m"]["rmse"], rel=1e-6
     )

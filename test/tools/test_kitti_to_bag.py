@@ -99,8 +99,10 @@ def test_topics_match_the_kitti_config():
 
 def test_images_stamps_and_frames(stereo_bag, dataset):
     msgs = _read(stereo_bag)
-    for topic, folder, frame in ((LEFT, "image_2", "camera_color_left"),
-                                 (RIGHT, "image_3", "camera_color_right")):  # fmt: skip
+    for topic, folder, frame in (
+        (LEFT, "image_2", "camera_color_left"),
+        (RIGHT, "image_3", "camera_color_right"),
+    ):
         images = msgs[f"{topic}/image_raw"]
         infos = msgs[f"{topic}/camera_info"]
         for i, ((t, img, _), (ti, info, _)) in enumerate(zip(images, infos, strict=True)):
@@ -183,8 +185,9 @@ def test_rclpy_deserializes_the_bag_as_ros_messages(stereo_bag):
     assert (img.width, img.height, img.encoding) == (W, H, "rgb8")
     assert img.header.frame_id == "camera_color_left"
     assert img.header.stamp.sec * 10**9 + img.header.stamp.nanosec == _expected_stamp(2)
-    np.testing.assert_array_equal(np.frombuffer(bytes(img.data), np.uint8),
-                                  msgs[f"{LEFT}/image_raw"][2][1].data)  # fmt: skip
+    np.testing.assert_array_equal(
+        np.frombuffer(bytes(img.data), np.uint8), msgs[f"{LEFT}/image_raw"][2][1].data
+    )
     info = deserialize_message(msgs[f"{RIGHT}/camera_info"][0][2], CameraInfo)
     assert info.p[3] < 0 and info.k[0] == pytest.approx(scaled_projection("P3", W, H)[0, 0])
     tf = deserialize_message(msgs["/tf_static"][0][2], TFMessage)
@@ -206,9 +209,30 @@ def test_rclpy_deserializes_the_bag_as_ros_messages(stereo_bag):
 
 def test_sqlite3_compressed_png_left_only_with_selection(dataset, tmp_path):
     bag = tmp_path / "sel"
-    assert main([str(dataset), "-o", str(bag), "-q", "--storage", "sqlite3", "--compressed",
-                 "png", "--left-only", "--start", "1", "--stride", "2", "--max-frames", "2",
-                 "--start-time", "100.5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(dataset),
+                "-o",
+                str(bag),
+                "-q",
+                "--storage",
+                "sqlite3",
+                "--compressed",
+                "png",
+                "--left-only",
+                "--start",
+                "1",
+                "--stride",
+                "2",
+                "--max-frames",
+                "2",
+                "--start-time",
+                "100.5",
+            ]
+        )
+        == 0
+    )
     assert _storage(bag) == "sqlite3"
     with Reader(bag) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
@@ -229,12 +253,29 @@ def test_sqlite3_compressed_png_left_only_with_selection(dataset, tmp_path):
 
 
 def test_jpeg_and_gt_tf_and_explicit_poses(dataset, tmp_path):
-    seq_copy = make_kitti_dataset(tmp_path / "nogt", n_frames=N, width=W, height=H,
-                                  with_poses=False)  # fmt: skip
+    seq_copy = make_kitti_dataset(
+        tmp_path / "nogt", n_frames=N, width=W, height=H, with_poses=False
+    )
     bag = tmp_path / "jpeg"
     poses = dataset.parent.parent / "poses" / "00.txt"
-    assert main([str(seq_copy), "-o", str(bag), "-q", "--compressed", "jpeg", "--poses",
-                 str(poses), "--gt-tf", "--gt-frame", "world"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(seq_copy),
+                "-o",
+                str(bag),
+                "-q",
+                "--compressed",
+                "jpeg",
+                "--poses",
+                str(poses),
+                "--gt-tf",
+                "--gt-frame",
+                "world",
+            ]
+        )
+        == 0
+    )
     msgs = _read(bag)
     m = msgs[f"{LEFT}/image_raw/compressed"][0][1]
     assert m.format == "rgb8; jpeg compressed bgr8"
@@ -250,8 +291,9 @@ def test_jpeg_and_gt_tf_and_explicit_poses(dataset, tmp_path):
 
 
 def test_without_poses_there_is_no_ground_truth(tmp_path):
-    seq = make_kitti_dataset(tmp_path / "ds", n_frames=3, width=W, height=H, stereo=False,
-                             with_poses=False)  # fmt: skip
+    seq = make_kitti_dataset(
+        tmp_path / "ds", n_frames=3, width=W, height=H, stereo=False, with_poses=False
+    )
     assert main([str(seq), "-o", str(tmp_path / "b"), "-q"]) == 0
     msgs = _read(tmp_path / "b")
     assert set(msgs) == {"/tf_static", f"{LEFT}/image_raw", f"{LEFT}/camera_info"}
@@ -351,10 +393,26 @@ def _break(case: str, seq: Path, root: Path) -> tuple[list[str], str]:
     raise AssertionError(case)
 
 
-CASES = ["no_image_2", "empty_image_2", "no_times", "times_count", "times_not_increasing",
-         "times_garbage", "no_calib", "calib_malformed", "calib_no_p3", "image_3_mismatch",
-         "unreadable_image", "truncated_image", "size_mismatch", "poses_count", "poses_malformed",
-         "explicit_poses_missing", "no_folder", "start_past_end"]  # fmt: skip
+CASES = [
+    "no_image_2",
+    "empty_image_2",
+    "no_times",
+    "times_count",
+    "times_not_increasing",
+    "times_garbage",
+    "no_calib",
+    "calib_malformed",
+    "calib_no_p3",
+    "image_3_mismatch",
+    "unreadable_image",
+    "truncated_image",
+    "size_mismatch",
+    "poses_count",
+    "poses_malformed",
+    "explicit_poses_missing",
+    "no_folder",
+    "start_past_end",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -398,13 +456,15 @@ def test_existing_output_is_refused_unless_overwrite(dataset, tmp_path, capsys):
 
 def test_console_script_exit_code_and_progress_bar(dataset, tmp_path):
     run = [sys.executable, "-m", "scal3r_ros.tools.kitti_to_bag"]
-    ok = subprocess.run([*run, str(dataset), "-o", str(tmp_path / "b")], capture_output=True,
-                        text=True, timeout=120)  # fmt: skip
+    ok = subprocess.run(
+        [*run, str(dataset), "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert "5/5" in ok.stderr and "frame" in ok.stderr  # tqdm
     assert "wrote" in ok.stdout and "/kitti/camera_color_left/image_raw: 5" in ok.stdout
-    bad = subprocess.run([*run, str(tmp_path / "missing")], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [*run, str(tmp_path / "missing")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "sequence folder not found" in bad.stderr
 
 

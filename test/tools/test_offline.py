@@ -73,8 +73,18 @@ def test_image_folder_with_tum_and_kitti_ground_truth(tmp_path, drive):
     drive.save_gt(tmp_path / "gt_tum.txt", "tum")
     drive.save_gt(tmp_path / "gt_kitti.txt", "kitti")
     out = tmp_path / "run_tum"
-    rc = offline.main([str(imgs), "--backend", "oracle", "--gt", str(tmp_path / "gt_tum.txt"),
-                       "--out", str(out), *SMALL])  # fmt: skip
+    rc = offline.main(
+        [
+            str(imgs),
+            "--backend",
+            "oracle",
+            "--gt",
+            str(tmp_path / "gt_tum.txt"),
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
     assert rc == 0
     _check_outputs(out, N)
     ev = json.loads((out / "evaluation.json").read_text())
@@ -86,8 +96,20 @@ def test_image_folder_with_tum_and_kitti_ground_truth(tmp_path, drive):
 
     # KITTI ground truth (no stamps): matched by input index, also when subsampling
     out2 = tmp_path / "run_kitti"
-    rc = offline.main([str(imgs), "--backend", "oracle", "--gt", str(tmp_path / "gt_kitti.txt"),
-                       "--every", "2", "--out", str(out2), *SMALL])  # fmt: skip
+    rc = offline.main(
+        [
+            str(imgs),
+            "--backend",
+            "oracle",
+            "--gt",
+            str(tmp_path / "gt_kitti.txt"),
+            "--every",
+            "2",
+            "--out",
+            str(out2),
+            *SMALL,
+        ]
+    )
     assert rc == 0
     ev2 = json.loads((out2 / "evaluation.json").read_text())
     assert ev2["n_poses"] == N // 2 and ev2["matched_by"].startswith("index")
@@ -113,8 +135,15 @@ def test_bag_input_with_topic_choice(tmp_path, drive):
             rgb = drive.render(i)[0]
             bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # bgr8: the decoder must swap back
             h, wd = rgb.shape[:2]
-            msg = Img(header=hdr, height=h, width=wd, encoding="bgr8", is_bigendian=0,
-                      step=wd * 3, data=bgr.ravel())  # fmt: skip
+            msg = Img(
+                header=hdr,
+                height=h,
+                width=wd,
+                encoding="bgr8",
+                is_bigendian=0,
+                step=wd * 3,
+                data=bgr.ravel(),
+            )
             w.write(c_raw, s + 5_000_000, ts.serialize_cdr(msg, Img.__msgtype__))
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG")
@@ -125,8 +154,20 @@ def test_bag_input_with_topic_choice(tmp_path, drive):
     assert offline.main([str(bag), "--backend", "oracle", "--out", str(tmp_path / "x")]) == 2
     for topic in ("/cam/image_raw", "/cam/image_raw/compressed"):
         out = tmp_path / topic.replace("/", "_")
-        rc = offline.main([str(bag), "--topic", topic, "--backend", "oracle", "--gt",
-                           str(tmp_path / "gt.txt"), "--out", str(out), *SMALL])  # fmt: skip
+        rc = offline.main(
+            [
+                str(bag),
+                "--topic",
+                topic,
+                "--backend",
+                "oracle",
+                "--gt",
+                str(tmp_path / "gt.txt"),
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
         assert rc == 0
         _check_outputs(out, N)
         ev = json.loads((out / "evaluation.json").read_text())
@@ -156,10 +197,28 @@ def test_tiny_network_exact_mode(tmp_path):
     pipeline runs and writes parseable outputs (its poses are meaningless)."""
     out = tmp_path / "tiny"
     t0 = time.perf_counter()
-    rc = offline.main(["--synthetic", "12", "--backend", "tiny", "--device", "cpu",
-                       "--max-size", "70", "--chunk-size", "8", "--overlap", "4",
-                       "--no-loop-closure", "--kitti-lengths", "5", "--out", str(out),
-                       "--no-progress"])  # fmt: skip
+    rc = offline.main(
+        [
+            "--synthetic",
+            "12",
+            "--backend",
+            "tiny",
+            "--device",
+            "cpu",
+            "--max-size",
+            "70",
+            "--chunk-size",
+            "8",
+            "--overlap",
+            "4",
+            "--no-loop-closure",
+            "--kitti-lengths",
+            "5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     elapsed = time.perf_counter() - t0
     assert rc == 0, elapsed
     run = json.loads((out / "run.json").read_text())
@@ -174,9 +233,27 @@ def test_kitti_sequence_folder_uses_its_times_and_ground_truth(tmp_path):
 
     seq = make_kitti_dataset(tmp_path / "kitti", n_frames=12, width=64, height=20)
     out = tmp_path / "k"
-    rc = offline.main([str(seq), "--backend", "tiny", "--device", "cpu", "--max-size", "70",
-                       "--chunk-size", "8", "--overlap", "4", "--no-loop-closure",
-                       "--kitti-lengths", "2", "--out", str(out), "--no-progress"])  # fmt: skip
+    rc = offline.main(
+        [
+            str(seq),
+            "--backend",
+            "tiny",
+            "--device",
+            "cpu",
+            "--max-size",
+            "70",
+            "--chunk-size",
+            "8",
+            "--overlap",
+            "4",
+            "--no-loop-closure",
+            "--kitti-lengths",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     est = read_trajectory(out / "trajectory_tum.txt")
     assert np.allclose(est.stamps, np.arange(12) * FRAME_DT, atol=1e-6)  # times.txt
@@ -192,15 +269,26 @@ def test_scal3r_backend_without_a_usable_checkpoint_exits_2(tmp_path, monkeypatc
     monkeypatch.setenv("SCAL3R_ROS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SCAL3R_CHECKPOINT", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ["--synthetic", "5", "--backend", "scal3r", "--out", str(tmp_path / "o"),
-            "--no-progress"]  # fmt: skip
+    args = [
+        "--synthetic",
+        "5",
+        "--backend",
+        "scal3r",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     ckpt = tmp_path / "cache" / "scal3r.pt"
     if content is not None:
         ckpt = tmp_path / "mine.pt"
         ckpt.write_bytes(content)
         args += ["--checkpoint", str(ckpt)]
-    proc = subprocess.run([sys.executable, "-m", "scal3r_ros.tools.offline", *args],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "scal3r_ros.tools.offline", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "scal3r_offline: error:" in proc.stderr
     assert str(ckpt) in proc.stderr

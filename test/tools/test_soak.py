@@ -34,9 +34,11 @@ def test_rss_growth_compares_levels_not_the_swing_within_a_window():
     # a real leak: the level itself rises by 25 %
     leak = [{"frames_processed": f, "node_rss_mb": 200.0 + (f - 20) * 0.75} for f in range(20, 100)]
     growth, base, _ = soak.rss_growth(leak, n_frames=100, warmup=0.2)
-    assert growth == pytest.approx(np.median([200 + (f - 20) * 0.75 for f in range(80, 100)])
-                                    / np.median([200 + (f - 20) * 0.75 for f in range(20, 40)])
-                                    - 1)  # fmt: skip
+    assert growth == pytest.approx(
+        np.median([200 + (f - 20) * 0.75 for f in range(80, 100)])
+        / np.median([200 + (f - 20) * 0.75 for f in range(20, 40)])
+        - 1
+    )
     assert growth > 0.2
 
 
@@ -44,8 +46,24 @@ def test_rss_growth_compares_levels_not_the_swing_within_a_window():
 @pytest.mark.slow
 def test_soak_small_run(tmp_path, capsys):
     out = tmp_path / "soak"
-    argv = ["--frames", "150", "--rate", "20", "--max-points", "50000", "--out", str(out),
-            "--period", "0.5", "--stall", "60", "--timeout", "240", "--laps", "2"]  # fmt: skip
+    argv = [
+        "--frames",
+        "150",
+        "--rate",
+        "20",
+        "--max-points",
+        "50000",
+        "--out",
+        str(out),
+        "--period",
+        "0.5",
+        "--stall",
+        "60",
+        "--timeout",
+        "240",
+        "--laps",
+        "2",
+    ]
     code = soak.main(argv)
     printed = capsys.readouterr().out
     log = out / "node.log"
@@ -59,8 +77,13 @@ def test_soak_small_run(tmp_path, capsys):
     assert checks["rss_growth_below_limit"] is None and summary["passed"] and code == 0
     assert "n/a  rss_growth_below_limit: run too short (150 frames < 10000" in printed
     assert summary["rss_growth_check"].startswith("run too short")
-    for name in ("no_drops", "all_frames_published_and_received", "trajectory_complete",
-                 "map_saved_within_cap", "node_exit_clean"):  # fmt: skip
+    for name in (
+        "no_drops",
+        "all_frames_published_and_received",
+        "trajectory_complete",
+        "map_saved_within_cap",
+        "node_exit_clean",
+    ):
         assert checks[name], (name, summary)
     assert summary["trajectory_lines"] == 150  # 16/8 windows end at 144: the save flushed
     assert summary["laps"] == 2.0  # node and camera drive the same two laps

@@ -29,12 +29,19 @@ def test_camera_defaults_are_the_synthetic_config_of_the_node():
 
 def test_a_parameter_file_defines_the_drive_and_defaults_fill_the_rest(tmp_path):
     f = tmp_path / "mine.yaml"
-    f.write_text("scal3r_mapping:\n  ros__parameters:\n    oracle_frames: 77\n"
-                 "    oracle_laps: 2\n    chunk_size: 16\n")  # fmt: skip
+    f.write_text(
+        "scal3r_mapping:\n  ros__parameters:\n    oracle_frames: 77\n"
+        "    oracle_laps: 2\n    chunk_size: 16\n"
+    )
     got = synthetic_camera.drive_parameters(str(f))
     d = NodeConfig()
-    assert got == {"frames": 77, "laps": 2.0, "seed": d.oracle_seed, "width": d.oracle_width,
-                   "height": d.oracle_height}  # fmt: skip
+    assert got == {
+        "frames": 77,
+        "laps": 2.0,
+        "seed": d.oracle_seed,
+        "width": d.oracle_width,
+        "height": d.oracle_height,
+    }
 
 
 def test_a_missing_or_broken_config_exits_2(tmp_path, capsys):
@@ -48,9 +55,18 @@ def test_a_missing_or_broken_config_exits_2(tmp_path, capsys):
 
 def _synthetic_node(out: Path) -> list[str]:
     """The node as the README runs it (``--config synthetic``), writing under ``out``."""
-    return ["scal3r_ros.ros.node", "--config", "synthetic", "--ros-args",
-            "-p", f"output_dir:={out}", "-p", "save_on_shutdown:=false",
-            "-p", "status_period:=0.2"]  # fmt: skip
+    return [
+        "scal3r_ros.ros.node",
+        "--config",
+        "synthetic",
+        "--ros-args",
+        "-p",
+        f"output_dir:={out}",
+        "-p",
+        "save_on_shutdown:=false",
+        "-p",
+        "status_period:=0.2",
+    ]
 
 
 @pytest.mark.ros

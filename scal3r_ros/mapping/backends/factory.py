@@ -139,7 +139,11 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
         return BuiltBackend(backend, loops, "tiny", _device_name(dev))
     from scal3r_ros.model.checkpoint import load_scal3r
 
-    model, _report = load_scal3r(spec.checkpoint, "scal3r-1b", device="cpu",
-                                 download=spec.allow_download,
-                                 sha256=spec.checkpoint_sha256)  # fmt: skip
+    model, _report = load_scal3r(
+        spec.checkpoint,
+        "scal3r-1b",
+        device="cpu",
+        download=spec.allow_download,
+        sha256=spec.checkpoint_sha256,
+    )
     return BuiltBackend(Scal3RBackend(model, cfg), loops, "scal3r-1b", _device_name(dev))

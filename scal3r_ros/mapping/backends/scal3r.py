@@ -80,8 +80,9 @@ class Scal3RBackend:
         self.target_hw: tuple[int, int] | None = None
 
     @staticmethod
-    def from_config(model_cfg: str | Scal3RConfig, config: Scal3RBackendConfig | None = None,
-                    seed: int = 0) -> Scal3RBackend:  # fmt: skip
+    def from_config(
+        model_cfg: str | Scal3RConfig, config: Scal3RBackendConfig | None = None, seed: int = 0
+    ) -> Scal3RBackend:
         """Random-weight network (tests, benchmarks); load a checkpoint for real use."""
         torch.manual_seed(seed)
         return Scal3RBackend(Scal3R(model_cfg), config)
@@ -122,9 +123,11 @@ class Scal3RBackend:
         pending = _PendingSums(gcs_state) if gcs_state is not None else None
         try:
             out = self.model.forward_chunk(
-                self._tensor(chunk.images), sync=pending, heads=self._heads(),
+                self._tensor(chunk.images),
+                sync=pending,
+                heads=self._heads(),
                 autocast_dtype=self._autocast(),
-            )  # fmt: skip
+            )
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # give the retry a defragmented device
@@ -139,9 +142,11 @@ class Scal3RBackend:
         for load in chunks:
             chunk = load()
             out = self.model.forward_chunk(
-                self._tensor(chunk.images), grad_sums=sums, heads=self._heads(),
+                self._tensor(chunk.images),
+                grad_sums=sums,
+                heads=self._heads(),
                 autocast_dtype=self._autocast(),
-            )  # fmt: skip
+            )
             yield self._prediction(out, chunk)
 
     @torch.inference_mode()

@@ -114,6 +114,9 @@ class SensorCloudBuilder:
             xyz, conf = frame_cloud(
                 event.depth[k], event.confidence[k], event.intrinsics[k], scale, self.config
             )
-            out.append(SensorCloud(int(event.frame_ids[k]), int(event.stamps_ns[k]),
-                                   event.camera_ids[k], xyz, conf))  # fmt: skip
+            out.append(
+                SensorCloud(
+                    int(event.frame_ids[k]), int(event.stamps_ns[k]), event.camera_ids[k], xyz, conf
+                )
+            )
         return out

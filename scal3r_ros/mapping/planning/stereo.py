@@ -61,8 +61,9 @@ class StereoBaselineScale(ScaleSourceBase):
         self.config.baseline_m = baseline_m
 
     def add_poses(self, stamps_ns: np.ndarray, camera_ids: Sequence[str], centres: np.ndarray):
-        for t, cam, c in zip(stamps_ns, camera_ids, np.asarray(centres).reshape(-1, 3),
-                             strict=True):  # fmt: skip
+        for t, cam, c in zip(
+            stamps_ns, camera_ids, np.asarray(centres).reshape(-1, 3), strict=True
+        ):
             self._poses.setdefault(str(cam), {})[int(t)] = np.asarray(c, dtype=np.float64)
 
     def pair_distances(self) -> np.ndarray:

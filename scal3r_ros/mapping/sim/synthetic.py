@@ -57,8 +57,10 @@ class SyntheticConfig:
 def drive_summary(config: SyntheticConfig) -> str:
     """The parameters that define a drive, as the camera's options and the node's oracle_*
     parameters name them (frames, laps, seed, size): for messages about which drive."""
-    return (f"{config.n_frames} frames, {1.0 + config.extra_laps:g} laps, seed {config.seed}, "
-            f"{config.width}x{config.height}")  # fmt: skip
+    return (
+        f"{config.n_frames} frames, {1.0 + config.extra_laps:g} laps, seed {config.seed}, "
+        f"{config.width}x{config.height}"
+    )
 
 
 def road_speed_laps(n_frames: int) -> float:

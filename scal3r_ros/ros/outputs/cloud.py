@@ -58,11 +58,15 @@ class CloudOutputs:
                 self._dirty = True
                 self._last_pub = -np.inf  # re-publish the moved map now
         now = time.monotonic()
-        if (self._map_cloud is None or self._pub_map is None or not self._dirty
-                or self.period <= 0 or now - self._last_pub < self.period):  # fmt: skip
+        if (
+            self._map_cloud is None
+            or self._pub_map is None
+            or not self._dirty
+            or self.period <= 0
+            or now - self._last_pub < self.period
+        ):
             return
         xyz, rgb, conf = self._map_cloud()
-        self._pub_map(points_to_cloud(self.converter.points(xyz), rgb, conf, stamp,
-                                      self.map_frame))  # fmt: skip
+        self._pub_map(points_to_cloud(self.converter.points(xyz), rgb, conf, stamp, self.map_frame))
         self._dirty = False
         self._last_pub = now

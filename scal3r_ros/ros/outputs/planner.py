@@ -40,24 +40,42 @@ GRID_FILES = ("grid.pgm", "grid.yaml")  # in a save's folder (map_server's pair)
 class PlannerOutputs:
     """~/sensor_cloud and ~/grid, each when enabled (an `Output`)."""
 
-    def __init__(self, node: Node, cfg: NodeConfig, converter: FrameConverter,
-                 map_cloud: MapCloud) -> None:  # fmt: skip
+    def __init__(
+        self, node: Node, cfg: NodeConfig, converter: FrameConverter, map_cloud: MapCloud
+    ) -> None:
         self.cfg, self.converter, self._map_cloud = cfg, converter, map_cloud
         self.period = cfg.map_publish_period
-        self.clouds = SensorCloudBuilder(SensorCloudConfig(
-            frames=cfg.sensor_cloud_frames, every_n=cfg.sensor_cloud_every_n,
-            voxel_size=cfg.sensor_cloud_voxel_size, max_points=cfg.sensor_cloud_max_points,
-            max_depth=cfg.sensor_cloud_max_depth,
-        )) if cfg.sensor_cloud_enabled else None  # fmt: skip
-        self.grid = OccupancyGrid(OccupancyConfig(
-            resolution=cfg.occupancy_resolution, ground_band=cfg.occupancy_ground_band,
-            obstacle_min=cfg.occupancy_obstacle_min, obstacle_max=cfg.occupancy_obstacle_max,
-        )) if cfg.occupancy_enabled else None  # fmt: skip
-        self.pub_sensor = (node.create_publisher(PointCloud2, "~/sensor_cloud",
-                                                 qos.RELIABLE_OUTPUT)
-                           if self.clouds else None)  # fmt: skip
-        self.pub_grid = (node.create_publisher(GridMsg, "~/grid", qos.LATCHED)
-                         if self.grid else None)  # fmt: skip
+        self.clouds = (
+            SensorCloudBuilder(
+                SensorCloudConfig(
+                    frames=cfg.sensor_cloud_frames,
+                    every_n=cfg.sensor_cloud_every_n,
+                    voxel_size=cfg.sensor_cloud_voxel_size,
+                    max_points=cfg.sensor_cloud_max_points,
+                    max_depth=cfg.sensor_cloud_max_depth,
+                )
+            )
+            if cfg.sensor_cloud_enabled
+            else None
+        )
+        self.grid = (
+            OccupancyGrid(
+                OccupancyConfig(
+                    resolution=cfg.occupancy_resolution,
+                    ground_band=cfg.occupancy_ground_band,
+                    obstacle_min=cfg.occupancy_obstacle_min,
+                    obstacle_max=cfg.occupancy_obstacle_max,
+                )
+            )
+            if cfg.occupancy_enabled
+            else None
+        )
+        self.pub_sensor = (
+            node.create_publisher(PointCloud2, "~/sensor_cloud", qos.RELIABLE_OUTPUT)
+            if self.clouds
+            else None
+        )
+        self.pub_grid = node.create_publisher(GridMsg, "~/grid", qos.LATCHED) if self.grid else None
         self.reset()
 
     def reset(self) -> None:
@@ -91,8 +109,9 @@ class PlannerOutputs:
     def _publish_sensor_clouds(self, ev: FrameCloudsUpdate) -> None:
         for c in self.clouds.build(ev, self.converter.scale):
             frame = self.cfg.camera_frame or c.camera_id
-            self.pub_sensor.publish(points_to_cloud(c.xyz, None, c.confidence,
-                                                    ns_to_stamp(c.stamp_ns), frame))  # fmt: skip
+            self.pub_sensor.publish(
+                points_to_cloud(c.xyz, None, c.confidence, ns_to_stamp(c.stamp_ns), frame)
+            )
 
     def _ground(self):
         if self._plane is not None:
@@ -107,16 +126,20 @@ class PlannerOutputs:
         if rebuild or any(isinstance(e, MapCorrected) for e in events):
             _, _, c2w = self._track.poses()
             xyz, _, _ = self._map_cloud()
-            self.grid.rebuild(self.converter.points(xyz), ground,
-                              self.converter.points(c2w[:, :3, 3]))  # fmt: skip
+            self.grid.rebuild(
+                self.converter.points(xyz), ground, self.converter.points(c2w[:, :3, 3])
+            )
         else:
-            cams = [e.c2w[:, :3, 3] for e in events if isinstance(e, PosesUpdate) and
-                    not e.corrected]  # fmt: skip
+            cams = [
+                e.c2w[:, :3, 3] for e in events if isinstance(e, PosesUpdate) and not e.corrected
+            ]
             for e in events:
                 if isinstance(e, PointsUpdate) and len(e.xyz):
-                    self.grid.integrate(self.converter.points(e.xyz), ground,
-                                        self.converter.points(np.concatenate(cams))
-                                        if cams else None)  # fmt: skip
+                    self.grid.integrate(
+                        self.converter.points(e.xyz),
+                        ground,
+                        self.converter.points(np.concatenate(cams)) if cams else None,
+                    )
         self._grid_dirty = True
 
     def _publish_grid(self, stamp) -> None:

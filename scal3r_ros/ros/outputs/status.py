@@ -48,15 +48,20 @@ class StatusOutputs:
     """~/status, /diagnostics and the progress line (an `Output`). ``worker_stats`` and
     ``input_counts`` return copies; ``scale`` is the estimate before the first window."""
 
-    def __init__(self, node: Node, cfg: NodeConfig, backend: str, device: str,
-                 worker_stats: Callable[[], tuple[WorkerStats, int]],
-                 input_counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
-                 scale: ScaleUpdate) -> None:  # fmt: skip
+    def __init__(
+        self,
+        node: Node,
+        cfg: NodeConfig,
+        backend: str,
+        device: str,
+        worker_stats: Callable[[], tuple[WorkerStats, int]],
+        input_counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
+        scale: ScaleUpdate,
+    ) -> None:
         self.cfg, self.backend, self.device = cfg, backend, device
         self._node, self._worker_stats, self._input_counts = node, worker_stats, input_counts
         self._pub = node.create_publisher(MappingStatus, "~/status", qos.RELIABLE_OUTPUT)
-        self._pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics",
-                                               qos.RELIABLE_OUTPUT)  # fmt: skip
+        self._pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics", qos.RELIABLE_OUTPUT)
         self._lock = threading.Lock()  # worker thread (events) vs timer (publish)
         self._progress_at = time.monotonic()  # progress is logged from here on
         self._progress_counts: tuple[int, ...] | None = None
@@ -150,24 +155,34 @@ class StatusOutputs:
             level = DiagnosticStatus.WARN
             parts = [f"{k} {v}" for k, v in sorted(notices.items())]
             if drops:
-                parts.insert(0, "dropped frames: " + ", ".join(
-                    f"{k} {v}" for k, v in sorted(drops.items())))  # fmt: skip
+                parts.insert(
+                    0, "dropped frames: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+                )
             text = "; ".join(parts)
         elif self.cfg.scale_source != "none" and not est.ok:
             level, text = DiagnosticStatus.WARN, f"scale: {est.status}"
         diag.level, diag.message = level, text
         values = {
-            "frames_received": msg.frames_received, "frames_processed": msg.frames_processed,
-            "frames_dropped": msg.frames_dropped, "chunks": msg.chunks_processed,
-            "queue_length": msg.queue_length, "queue_capacity": msg.queue_capacity,
-            "latency_ms": f"{msg.latency_ms:.1f}", "chunk_time_ms": f"{msg.chunk_time_ms:.1f}",
-            "gpu_memory_mb": f"{msg.gpu_memory_mb:.1f}", "host_rss_mb": f"{msg.host_rss_mb:.1f}",
-            "map_points": msg.map_points, "loop_closures": msg.loop_closures,
-            "degenerate_alignments": degenerate, "backend": msg.backend,
-            "gcs_mode": msg.gcs_mode, "scale_source": msg.scale_source,
-            "scale": f"{msg.scale:.6g}", "scale_confidence": f"{msg.scale_confidence:.2f}",
+            "frames_received": msg.frames_received,
+            "frames_processed": msg.frames_processed,
+            "frames_dropped": msg.frames_dropped,
+            "chunks": msg.chunks_processed,
+            "queue_length": msg.queue_length,
+            "queue_capacity": msg.queue_capacity,
+            "latency_ms": f"{msg.latency_ms:.1f}",
+            "chunk_time_ms": f"{msg.chunk_time_ms:.1f}",
+            "gpu_memory_mb": f"{msg.gpu_memory_mb:.1f}",
+            "host_rss_mb": f"{msg.host_rss_mb:.1f}",
+            "map_points": msg.map_points,
+            "loop_closures": msg.loop_closures,
+            "degenerate_alignments": degenerate,
+            "backend": msg.backend,
+            "gcs_mode": msg.gcs_mode,
+            "scale_source": msg.scale_source,
+            "scale": f"{msg.scale:.6g}",
+            "scale_confidence": f"{msg.scale_confidence:.2f}",
             "scale_status": est.status,
-        }  # fmt: skip
+        }
         values.update({f"dropped_{k}": v for k, v in drops.items()})
         values.update(notices)
         diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
@@ -185,8 +200,12 @@ class StatusOutputs:
         if period <= 0 or now - self._progress_at < period:
             return
         self._progress_at = now
-        counts = (msg.frames_received, msg.frames_processed, msg.frames_dropped,
-                  msg.chunks_processed)  # fmt: skip
+        counts = (
+            msg.frames_received,
+            msg.frames_processed,
+            msg.frames_dropped,
+            msg.chunks_processed,
+        )
         if msg.frames_received == 0:
             topics = ", ".join(self.cfg.image_topics + self.cfg.compressed_topics)
             self._node.get_logger().info(f"waiting for images on {topics} (none received yet)")
