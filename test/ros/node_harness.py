@@ -39,6 +39,16 @@ def node_args(output_dir, **params) -> list[str]:
     return args
 
 
+# what the cross-process tests run the node with: the oracle (no checkpoint), a reliable and
+# deep input (no frame lost to QoS on a loaded machine)
+ORACLE_NODE = {"backend": "oracle", "input_qos": "reliable", "input_qos_depth": 200}
+
+
+def oracle_node_args(output_dir, **params) -> list[str]:
+    """`node_args` with `ORACLE_NODE` (``params`` add to or override it)."""
+    return node_args(output_dir, **{**ORACLE_NODE, **params})
+
+
 def start_mapping(
     rec: Recorder, args: list[str], log_dir: FsPath, camera: list[str], up_timeout: float = 60.0
 ) -> tuple[subprocess.Popen, subprocess.Popen]:

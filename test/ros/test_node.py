@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import make_drive
-from node_harness import NODE, Recorder, mapping_run, node_args, stop
+from node_harness import NODE, Recorder, mapping_run, oracle_node_args, stop
 from scal3r_ros_msgs.srv import SaveMap
 from std_srvs.srv import Trigger
 
@@ -37,13 +37,10 @@ def _ns(stamp) -> int:
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("node")
     rec = Recorder()
-    args = node_args(
+    args = oracle_node_args(
         out / "maps",
-        backend="oracle",
         chunk_size=CHUNK,
         overlap=OVERLAP,
-        input_qos="reliable",
-        input_qos_depth=200,
         map_publish_period=0.2,
         status_period=0.2,
         oracle_frames=N_FRAMES,

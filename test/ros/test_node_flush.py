@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import make_drive
-from node_harness import NODE, Recorder, mapping_run, node_args, stop
+from node_harness import NODE, Recorder, mapping_run, oracle_node_args, stop
 
 pytestmark = pytest.mark.ros
 N_FRAMES = 45
@@ -20,13 +20,10 @@ N_FRAMES = 45
 
 def test_sigint_saves_a_pose_for_every_processed_frame(tmp_path):
     rec = Recorder("flush_tester")
-    args = node_args(
+    args = oracle_node_args(
         tmp_path / "maps",
-        backend="oracle",
         chunk_size=16,
         overlap=8,
-        input_qos="reliable",
-        input_qos_depth=200,
         status_period=0.2,
         oracle_frames=N_FRAMES,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import make_drive
 from nav_msgs.msg import OccupancyGrid
-from node_harness import NODE, Recorder, mapping_run, node_args
+from node_harness import NODE, Recorder, mapping_run, oracle_node_args
 from scal3r_ros_msgs.srv import SaveMap
 from sensor_msgs.msg import PointCloud2
 
@@ -24,13 +24,10 @@ def run(tmp_path_factory):
     rec = Recorder("planner_recorder")
     rec.subscribe(f"{NODE}/sensor_cloud", PointCloud2)
     rec.subscribe(f"{NODE}/grid", OccupancyGrid, Recorder.LATCHED)
-    args = node_args(
+    args = oracle_node_args(
         out / "maps",
-        backend="oracle",
         chunk_size=16,
         overlap=8,
-        input_qos="reliable",
-        input_qos_depth=200,
         status_period=0.2,
         map_publish_period=0.2,
         oracle_frames=N,

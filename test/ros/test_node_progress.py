@@ -8,7 +8,7 @@ import re
 import pytest
 from builtin_interfaces.msg import Time
 from helpers import make_drive
-from node_harness import NODE, Recorder, node_args, start, stop
+from node_harness import NODE, Recorder, oracle_node_args, start, stop
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -60,13 +60,10 @@ def test_node_logs_progress_while_mapping_and_not_when_off(tmp_path):
     log = tmp_path / "node.log"
     rec = Recorder("progress_tester")
     node = start(
-        node_args(
+        oracle_node_args(
             tmp_path / "maps",
-            backend="oracle",
             chunk_size=8,
             overlap=4,
-            input_qos="reliable",
-            input_qos_depth=200,
             status_period=0.1,
             progress_log_period=0.3,
             map_publish_period=0.2,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from helpers import make_drive
-from node_harness import NODE, Recorder, node_args, start, stop
+from node_harness import NODE, Recorder, node_args, oracle_node_args, start, stop
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -46,13 +46,10 @@ def _camera_publishers(rec: Recorder):
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
     node = start(
-        node_args(
+        oracle_node_args(
             tmp_path / "maps",
-            backend="oracle",
             chunk_size=8,
             overlap=4,
-            input_qos="reliable",
-            input_qos_depth=200,
             status_period=0.2,
             oracle_frames=40,
             compressed_topics=["/camera/compressed"],
@@ -252,13 +249,10 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
     window succeeds (oracle backend) and every good frame is in the saved trajectory."""
     rec = Recorder("hostile_input_tester")
     node = start(
-        node_args(
+        oracle_node_args(
             tmp_path / "maps",
-            backend="oracle",
             chunk_size=8,
             overlap=4,
-            input_qos="reliable",
-            input_qos_depth=200,
             status_period=0.2,
             oracle_frames=40,
             on_time_jump="reset",
@@ -376,13 +370,10 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
 
     rec = Recorder("clock_jump_tester")
     node = start(
-        node_args(
+        oracle_node_args(
             tmp_path / "maps",
-            backend="oracle",
             chunk_size=8,
             overlap=4,
-            input_qos="reliable",
-            input_qos_depth=200,
             status_period=0.2,
             oracle_frames=40,
             on_time_jump="reset",

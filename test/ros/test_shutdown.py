@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_drive
-from node_harness import NODE, Recorder, node_args, start_mapping, stop
+from node_harness import NODE, Recorder, oracle_node_args, start_mapping, stop
 
 from scal3r_ros.mapping.backends.oracle import OracleBackend
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
@@ -48,13 +48,10 @@ def _run_until_second_window(tmp_path: Path, delays: str, wait_s: float):
     """Node + camera; returns once the first window is mapped and later frames came in
     (so the second window is in flight, or will be the final flush: both take 600 s)."""
     rec = Recorder("shutdown_tester")
-    args = node_args(
+    args = oracle_node_args(
         tmp_path / "maps",
-        backend="oracle",
         chunk_size=8,
         overlap=4,
-        input_qos="reliable",
-        input_qos_depth=200,
         status_period=0.2,
         oracle_frames=N_FRAMES,
         oracle_window_delays=delays,
