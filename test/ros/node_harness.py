@@ -26,7 +26,9 @@ def start(args: list[str], log_path) -> subprocess.Popen:
     return spawn_module(args, log_path)
 
 
-def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+def stop(proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGINT, SIGKILL after ``timeout``: longer than the node's own bound on a stop
+    (``shutdown_window_wait``, 30 s, then the save), so only a hang is killed."""
     return stop_process(proc, timeout)
 
 

@@ -609,7 +609,7 @@ def test_kitti_bag_to_mapping_node_with_sim_time(bag, tmp_path):
         # sim time: the node's clock (diagnostics stamps) is the bag's /clock, not the wall
         diag = [_ns(m.header.stamp) for m in rec.msgs["/diagnostics"]]
         assert diag and all(_stamp(0) <= t <= _stamp(N - 1) for t in diag), diag
-        assert stop(node) == 0
+        assert stop(node) == 0, (tmp_path / "node.log").read_text()[-4000:]
     finally:
         if player is not None and player.poll() is None:
             player.kill()
