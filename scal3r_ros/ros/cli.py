@@ -240,7 +240,10 @@ def _run(
     executor.add_node(node)
     code, clean = 1, True
     try:
-        executor.spin()
+        # not executor.spin(): with use_sim_time and a stopped /clock (a bag that ended)
+        # nothing may wake the wait set, and a signal must still end the spinning
+        while rclpy.ok() and not signals.count:
+            executor.spin_once(timeout_sec=0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
