@@ -31,14 +31,16 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from scal3r_ros.mapping.config import WindowSection
 from scal3r_ros.mapping.loop_closure import LoopDetectorConfig
 from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, road_speed_laps
+from scal3r_ros.mapping.windowing import window_problem
 from scal3r_ros.tools.processes import SyntheticSession, rss_bytes
 
 COLUMNS = (
@@ -62,8 +64,10 @@ class SoakConfig:
     max_points: int = 200_000  # the map store's cap
     out: str = "output/soak"
     tiny: bool = False  # tiny random network instead of the oracle
-    chunk: int = 16
-    overlap: int = 8
+    # the node's window section (the low-latency 16/8 layout: a soak runs for hours on a CPU)
+    window: WindowSection = field(
+        default_factory=lambda: WindowSection(chunk_size=16, overlap=8, gcs_mode="causal")
+    )
     period: float = 1.0  # sampling period [s]
     warmup: float = 0.2  # fraction of the frames before RSS growth is measured
     max_growth: float = 0.10
@@ -196,8 +200,8 @@ def run_soak(cfg: SoakConfig) -> dict:
     params = {
         "backend": backend,
         "max_points": str(cfg.max_points),
-        "chunk_size": str(cfg.chunk),
-        "overlap": str(cfg.overlap),
+        "chunk_size": str(cfg.window.chunk_size),
+        "overlap": str(cfg.window.overlap),
     }
     params.update(p.split(":=", 1) for p in cfg.params)
     session = SyntheticSession(out, cfg.frames, params, "scal3r_soak", laps=cfg.drive_laps)
@@ -353,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-points", type=int, default=d.max_points, help="map cap [points]")
     p.add_argument("--out", default=d.out, help="output directory")
     p.add_argument("--tiny", action="store_true", help="tiny random network, not the oracle")
-    p.add_argument("--chunk", type=int, default=d.chunk)
-    p.add_argument("--overlap", type=int, default=d.overlap)
+    p.add_argument("--chunk", type=int, default=d.window.chunk_size, help="frames per window")
+    p.add_argument("--overlap", type=int, default=d.window.overlap, help="frames shared")
     p.add_argument("--period", type=float, default=d.period, help="sampling period [s]")
     p.add_argument(
         "--warmup",
@@ -390,14 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         help="extra node parameter (repeatable)",
     )
     a = p.parse_args(argv)
+    if problem := window_problem(a.chunk, a.overlap):
+        p.error(problem)
     cfg = SoakConfig(
         frames=a.frames,
         rate=a.rate,
         max_points=a.max_points,
         out=a.out,
         tiny=a.tiny,
-        chunk=a.chunk,
-        overlap=a.overlap,
+        window=replace(d.window, chunk_size=a.chunk, overlap=a.overlap),
         period=a.period,
         warmup=a.warmup,
         timeout=a.timeout,

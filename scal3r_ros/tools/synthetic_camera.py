@@ -6,7 +6,7 @@ node tests; also handy to try the node without a camera or a bag.
 
 The drive (frames, laps, seed, image size) is defined once, by the node's ``oracle_*``
 parameters in a parameter file (``--config``, default the bundled ``synthetic`` that
-``scal3r_mapping --config synthetic`` reads; NodeConfig's defaults for what the file does
+``scal3r_mapping --config synthetic`` reads; the oracle section's defaults for what the file does
 not set): the camera takes its defaults from there, so the two agree unless an option
 overrides one side. A node whose oracle is given another drive reports the mismatch
 (``mapping.backends.oracle.DriveMismatch``) instead of mapping it.
@@ -27,9 +27,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 
+from scal3r_ros.mapping.config import OracleSection
 from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive, drive_summary
 from scal3r_ros.ros.conversions import ns_to_stamp, rgb_to_image
-from scal3r_ros.ros.params import NodeConfig
 from scal3r_ros.share import config_file
 
 # camera option -> the node parameter that defines the same property of the drive
@@ -44,9 +44,9 @@ DRIVE_PARAMETERS = {
 
 def drive_parameters(config: str = "synthetic") -> dict[str, Any]:
     """The drive a node started with ``--config <config>`` expects, keyed by camera option:
-    the file's ``oracle_*`` parameters (any node section), NodeConfig's defaults for the
+    the file's ``oracle_*`` parameters (any node section), the oracle section's defaults for the
     rest. Raises FileNotFoundError / ValueError for a missing or unreadable file."""
-    defaults = NodeConfig()
+    defaults = OracleSection()
     values = {opt: getattr(defaults, name) for opt, name in DRIVE_PARAMETERS.items()}
     path = config_file(config)
     try:
