@@ -275,41 +275,12 @@ def test_node_sections_and_prefixes_select_what_applies(tmp_path):
 
 
 def test_split_ros_args_keeps_every_ros_token():
-    own, ros = split_ros_args(
-        [
-            "--config",
-            "kitti",
-            "--ros-args",
-            "-p",
-            "a:=1",
-            "--params-file",
-            "f.yaml",
-            "-r",
-            "__node:=mapper",
-            "-r",
-            "__ns:=/robot",
-            "--log-level",
-            "debug",
-            "--",
-            "extra",
-        ]
-    )
+    ros_tokens = ["--ros-args", "-p", "a:=1", "--params-file", "f.yaml", "-r", "__node:=mapper"]
+    ros_tokens += ["-r", "__ns:=/robot", "--log-level", "debug", "--"]
+    own, ros = split_ros_args(["--config", "kitti", *ros_tokens, "extra"])
     assert own == ["--config", "kitti", "extra"] and not ros.help
     assert ros.overrides == ["a:=1"] and ros.param_files == ["f.yaml"]
     assert ros.node_fqn == "/robot/mapper"
-    assert ros.tokens == [
-        "--ros-args",
-        "-p",
-        "a:=1",
-        "--params-file",
-        "f.yaml",
-        "-r",
-        "__node:=mapper",
-        "-r",
-        "__ns:=/robot",
-        "--log-level",
-        "debug",
-        "--",
-    ]
+    assert ros.tokens == ros_tokens
     with pytest.raises(ParameterInputError, match="-p needs a value"):
         split_ros_args(["--ros-args", "-p"])

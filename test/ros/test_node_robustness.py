@@ -43,19 +43,20 @@ def _camera_publishers(rec: Recorder):
     )
 
 
+def _start_small_oracle(tmp_path, **params):
+    """An oracle node on a 40-frame drive, 8/4 windows, status every 0.2 s, reliable input."""
+    args = oracle_node_args(
+        tmp_path / "maps", chunk_size=8, overlap=4, status_period=0.2, oracle_frames=40, **params
+    )
+    return start(args, tmp_path / "node.log")
+
+
 def test_bad_input_is_counted_and_the_node_keeps_mapping(tmp_path):
     rec = Recorder("bad_input_tester")
-    node = start(
-        oracle_node_args(
-            tmp_path / "maps",
-            chunk_size=8,
-            overlap=4,
-            status_period=0.2,
-            oracle_frames=40,
-            compressed_topics=["/camera/compressed"],
-            camera_info_topics=["/camera/camera_info"],
-        ),
-        tmp_path / "node.log",
+    node = _start_small_oracle(
+        tmp_path,
+        compressed_topics=["/camera/compressed"],
+        camera_info_topics=["/camera/camera_info"],
     )
     pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
@@ -248,18 +249,11 @@ def test_hostile_input_costs_one_frame_each_and_the_map_survives(tmp_path):
     NaN run-time parameter are each refused and counted; the map is never reset, every
     window succeeds (oracle backend) and every good frame is in the saved trajectory."""
     rec = Recorder("hostile_input_tester")
-    node = start(
-        oracle_node_args(
-            tmp_path / "maps",
-            chunk_size=8,
-            overlap=4,
-            status_period=0.2,
-            oracle_frames=40,
-            on_time_jump="reset",
-            compressed_topics=["/camera/compressed"],
-            camera_info_topics=["/camera/camera_info"],
-        ),
-        tmp_path / "node.log",
+    node = _start_small_oracle(
+        tmp_path,
+        on_time_jump="reset",
+        compressed_topics=["/camera/compressed"],
+        camera_info_topics=["/camera/camera_info"],
     )
     pub, pub_c, pub_info = _camera_publishers(rec)
     drive = make_drive(n_frames=40)
@@ -369,17 +363,10 @@ def test_a_clock_jump_back_resets_at_the_first_older_frame(tmp_path):
     from rosgraph_msgs.msg import Clock
 
     rec = Recorder("clock_jump_tester")
-    node = start(
-        oracle_node_args(
-            tmp_path / "maps",
-            chunk_size=8,
-            overlap=4,
-            status_period=0.2,
-            oracle_frames=40,
-            on_time_jump="reset",
-            use_sim_time=True,
-        ),
-        tmp_path / "node.log",
+    node = _start_small_oracle(
+        tmp_path,
+        on_time_jump="reset",
+        use_sim_time=True,
     )
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     pub = rec.node.create_publisher(Image, "/camera/image_raw", qos)

@@ -24,6 +24,9 @@ from scal3r_ros.tools.evaluate import read_trajectory
 
 N = 60  # frames of the small drives below (chunks 16/8 -> 7 chunks)
 SMALL = ["--chunk-size", "16", "--overlap", "8", "--kitti-lengths", "10,20", "--no-progress"]
+# the random tiny network on CPU, small inputs, 8/4 windows (its poses are meaningless)
+TINY = ["--backend", "tiny", "--device", "cpu", "--max-size", "70", "--chunk-size", "8"]
+TINY += ["--overlap", "4", "--no-loop-closure", "--no-progress"]
 
 
 def _ply_vertex_count(path: Path) -> int:
@@ -201,22 +204,11 @@ def test_tiny_network_exact_mode(tmp_path):
         [
             "--synthetic",
             "12",
-            "--backend",
-            "tiny",
-            "--device",
-            "cpu",
-            "--max-size",
-            "70",
-            "--chunk-size",
-            "8",
-            "--overlap",
-            "4",
-            "--no-loop-closure",
+            *TINY,
             "--kitti-lengths",
             "5",
             "--out",
             str(out),
-            "--no-progress",
         ]
     )
     elapsed = time.perf_counter() - t0
@@ -236,22 +228,11 @@ def test_kitti_sequence_folder_uses_its_times_and_ground_truth(tmp_path):
     rc = offline.main(
         [
             str(seq),
-            "--backend",
-            "tiny",
-            "--device",
-            "cpu",
-            "--max-size",
-            "70",
-            "--chunk-size",
-            "8",
-            "--overlap",
-            "4",
-            "--no-loop-closure",
+            *TINY,
             "--kitti-lengths",
             "2",
             "--out",
             str(out),
-            "--no-progress",
         ]
     )
     assert rc == 0
