@@ -78,6 +78,19 @@ class Edge:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class PositionPrior:
+    """A position of a point fixed in a chunk measured in an external frame (a GNSS fix of a
+    camera centre in ENU): ``F(G_node(point_chunk)) ~ position`` with per-axis ``sigmas``."""
+
+    node: int
+    point_chunk: np.ndarray  # (3,) chunk coordinates
+    position: np.ndarray  # (3,) in the external frame
+    sigmas: np.ndarray  # (3,) frame units
+    robust_k: float | None  # Huber width in sigmas; None: plain Gaussian
+    frame: str  # the external frame's name (``Sim3PoseGraph.add_frame``)
+
+
 _KERNELS = {
     "huber": gtsam.noiseModel.mEstimator.Huber,
     "cauchy": gtsam.noiseModel.mEstimator.Cauchy,
@@ -119,6 +132,9 @@ class Sim3PoseGraph:
         self._values: dict[int, Sim3] = {}
         self._order: list[int] = []
         self.edges: list[Edge] = []
+        self.position_priors: list[PositionPrior] = []
+        self._frames: dict[str, int] = {}  # external frame name -> gtsam key
+        self._frame_values: dict[str, Sim3] = {}
         self._anchor: int | None = None
         self._isam: gtsam.ISAM2 | None = None
         self._pending_graph = gtsam.NonlinearFactorGraph()
@@ -224,6 +240,79 @@ class Sim3PoseGraph:
         """Loop edge from chunk ``later`` (A) to chunk ``earlier`` (B): ``G_A = G_B @ T``."""
         return self.add_edge(later, earlier, T_earlier_later, LOOP, robust_k, **info)
 
+    def add_frame(self, name: str, initial: Sim3, prior_sigmas: np.ndarray | None = None) -> None:
+        """An external frame as a variable: ``initial`` maps map coordinates into it (e.g.
+        ``map -> enu``); ``prior_sigmas`` (7, tangent order) keeps it weakly determined
+        while few measurements tie it to the chunks (None: no prior)."""
+        if name in self._frames:
+            raise ValueError(f"frame {name!r} already in the graph")
+        key = gtsam.symbol("f", len(self._frames))
+        self._frames[name] = key
+        self._frame_values[name] = initial
+        self._pending_values.insert(key, to_gtsam(initial))
+        if prior_sigmas is not None:
+            noise = gtsam.noiseModel.Diagonal.Sigmas(np.asarray(prior_sigmas, np.float64))
+            self._add_factor(gtsam.PriorFactorSimilarity3(key, to_gtsam(initial), noise))
+
+    def frame(self, name: str) -> Sim3:
+        """Current estimate of an external frame (map -> frame)."""
+        return self._frame_values[name]
+
+    def add_position_prior(
+        self,
+        node: int,
+        point_chunk: np.ndarray,
+        position: np.ndarray,
+        sigmas: float | np.ndarray,
+        frame: str,
+        robust_k: float | None = 2.0,
+    ) -> int:
+        """A position measured in an external ``frame`` (GNSS in ENU) of a point of chunk
+        ``node`` (its camera centre): the factor ``F(G_node(point_chunk)) - position``,
+        ``F`` = the frame's map -> frame Sim(3), whitened by ``sigmas`` (frame units, metres
+        for ENU), under a Huber kernel ``robust_k`` sigmas wide so a jump (multipath) is
+        down-weighted instead of bending the trajectory. Returns the prior's index."""
+        node = int(node)
+        if node not in self._values:
+            raise KeyError(f"node {node} not in the graph")
+        if frame not in self._frames:
+            raise KeyError(f"frame {frame!r} not in the graph (add_frame first)")
+        p = np.asarray(point_chunk, dtype=np.float64).reshape(3)
+        z = np.asarray(position, dtype=np.float64).reshape(3)
+        sig = np.broadcast_to(np.asarray(sigmas, dtype=np.float64), (3,)).copy()
+        if not (np.isfinite(p).all() and np.isfinite(z).all() and (sig > 0).all()):
+            raise ValueError("position prior needs finite points and positive sigmas")
+        noise: gtsam.noiseModel.Base = gtsam.noiseModel.Diagonal.Sigmas(sig)
+        if robust_k is not None:
+            noise = gtsam.noiseModel.Robust.Create(
+                gtsam.noiseModel.mEstimator.Huber.Create(float(robust_k)), noise
+            )
+
+        def error(factor: gtsam.CustomFactor, values: gtsam.Values, H: list | None) -> np.ndarray:
+            F = values.atSimilarity3(factor.keys()[0])
+            G = values.atSimilarity3(factor.keys()[1])
+            if H is None:
+                return F.transformFrom(G.transformFrom(p)) - z
+            JG = np.zeros((3, 7), order="F")
+            JF = np.zeros((3, 7), order="F")
+            Jq = np.zeros((3, 3), order="F")
+            q = G.transformFrom(p, JG)
+            e = F.transformFrom(q, JF, Jq) - z
+            H[0] = JF
+            H[1] = Jq @ JG
+            return e
+
+        keys = [self._frames[frame], node]
+        self._add_factor(gtsam.CustomFactor(noise, keys, error))
+        self.position_priors.append(PositionPrior(node, p, z, sig, robust_k, frame))
+        return len(self.position_priors) - 1
+
+    def position_residual(self, index: int) -> np.ndarray:
+        """Residual ``F(G(point)) - position`` of a position prior at the estimate."""
+        pp = self.position_priors[index]
+        q = self._values[pp.node].apply(pp.point_chunk[None])
+        return self._frame_values[pp.frame].apply(q)[0] - pp.position
+
     def hops(self, a: int, b: int) -> int:
         """Number of chunks between two nodes in insertion order."""
         return abs(self._order.index(a) - self._order.index(b))
@@ -292,6 +381,9 @@ class Sim3PoseGraph:
         else:
             result = self._optimize_lm()
         self._values = {n: from_gtsam(result.atSimilarity3(n)) for n in self._order}
+        self._frame_values = {
+            name: from_gtsam(result.atSimilarity3(key)) for name, key in self._frames.items()
+        }
         self.last_optimize_s = time.perf_counter() - t0
         return dict(self._values)
 
@@ -299,6 +391,8 @@ class Sim3PoseGraph:
         v = gtsam.Values()
         for n in self._order:
             v.insert(n, to_gtsam(self._values[n]))
+        for name, key in self._frames.items():
+            v.insert(key, to_gtsam(self._frame_values[name]))
         return v
 
     def _optimize_lm(self) -> gtsam.Values:

@@ -11,7 +11,7 @@ from scal3r_ros.mapping.pose_graph import (
     from_gtsam,
     to_gtsam,
 )
-from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.sim3 import Sim3, umeyama
 
 
 def random_sim3(rng: np.random.Generator) -> Sim3:
@@ -176,3 +176,97 @@ def test_optimize_time_100_chunks():
     pg.optimize()
     # measured ~0.01 s on 2 CPU cores; generous bound
     assert time.perf_counter() - t0 < 2.0
+
+
+# ------------------------------------------------------------ external frame + GNSS priors
+ENU_TRUE = Sim3(
+    5.0, Rotation.from_euler("xz", [90, 30], degrees=True).as_matrix(), np.r_[100, 200, 3]
+)
+CAMERA_POINTS = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 1.0]])  # per chunk
+
+
+def gnss_graph(gt, meas, sigma_m: float, seed: int, jumps: float = 0.0, robust_k=2.0):
+    """A drifted chain plus noisy ENU fixes of three points per chunk; the map -> ENU frame
+    starts at the Umeyama fit of the (drifted) chain to the fixes, as a node would."""
+    rng = np.random.default_rng(seed)
+    pg = chain_graph(gt, meas)
+    fixes = []
+    for k, g in enumerate(gt):
+        for p in CAMERA_POINTS:
+            z = ENU_TRUE.apply(g.apply(p[None]))[0] + rng.normal(0, sigma_m, 3)
+            if jumps and rng.uniform() < jumps:
+                z = z + np.r_[40.0, -30.0, 0.0]  # multipath: tens of metres off
+            fixes.append((k, p, z))
+    est = pg.estimates()
+    src = np.array([est[k].apply(p[None])[0] for k, p, _ in fixes])
+    pg.add_frame("enu", umeyama(src, np.array([z for *_, z in fixes])))
+    for k, p, z in fixes:
+        pg.add_position_prior(k, p, z, sigma_m, "enu", robust_k=robust_k)
+    return pg
+
+
+def enu_rmse(pg: Sim3PoseGraph, gt) -> float:
+    """Camera-centre error in metres, each side in ENU by its own frame estimate."""
+    est, F = pg.estimates(), pg.frame("enu")
+    e = [
+        F.apply(est[k].apply(CAMERA_POINTS))[0] - ENU_TRUE.apply(g.apply(CAMERA_POINTS))[0]
+        for k, g in enumerate(gt)
+    ]
+    return float(np.sqrt((np.array(e) ** 2).sum(1).mean()))
+
+
+def test_position_prior_jacobians_match_numeric_differences():
+    gt, meas = drifted_circle(4, seed=3)
+    pg = chain_graph(gt, meas)
+    pg.add_frame("enu", ENU_TRUE)
+    pg.add_position_prior(2, np.r_[0.3, -0.2, 1.0], np.r_[120.0, 190, 5], 1.0, "enu", robust_k=None)
+    factor = pg._graph.at(pg._graph.size() - 1)
+    values = pg._initial_values()
+    A, b = factor.linearize(values).jacobian()
+    keys = factor.keys()
+    e0 = factor.unwhitenedError(values)
+    num = []
+    for key in keys:
+        for i in range(7):
+            d = np.zeros(7)
+            d[i] = 1e-6
+            v = gtsam.Values(values)
+            v.update(key, values.atSimilarity3(key).retract(d))
+            num.append((factor.unwhitenedError(v) - e0) / 1e-6)
+    np.testing.assert_allclose(A, np.array(num).T, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(-b, e0, atol=1e-9)
+
+
+def test_gnss_priors_bound_the_drift_near_the_fix_noise():
+    gt, meas = drifted_circle(30, seed=5, drift=3.0)
+    pg = gnss_graph(gt, meas, sigma_m=2.0, seed=1)
+    before = enu_rmse(pg, gt)
+    pg.optimize()
+    after = enu_rmse(pg, gt)
+    assert before > 10.0  # the drifted chain, best global fit: tens of metres off
+    assert after < 2.5, (before, after)  # near the fix noise (2 m per axis: 3.5 m per fix)
+    r = np.array([np.linalg.norm(pg.position_residual(i)) for i in range(len(pg.position_priors))])
+    assert np.median(r) < 2.0 * np.sqrt(3)
+
+
+def test_gnss_jumps_are_down_weighted_by_the_kernel():
+    gt, meas = drifted_circle(30, seed=5, drift=3.0)
+    clean = gnss_graph(gt, meas, sigma_m=2.0, seed=1)
+    robust = gnss_graph(gt, meas, sigma_m=2.0, seed=1, jumps=0.1)
+    plain = gnss_graph(gt, meas, sigma_m=2.0, seed=1, jumps=0.1, robust_k=None)
+    for pg in (clean, robust, plain):
+        pg.optimize()
+    assert enu_rmse(robust, gt) < 1.5 * enu_rmse(clean, gt) + 0.5
+    assert enu_rmse(plain, gt) > 1.5 * enu_rmse(robust, gt)  # without the kernel: pulled
+
+
+def test_a_position_prior_needs_a_known_frame_and_finite_values():
+    gt, meas = drifted_circle(3)
+    pg = chain_graph(gt, meas)
+    with pytest.raises(KeyError, match="add_frame"):
+        pg.add_position_prior(0, np.zeros(3), np.zeros(3), 1.0, "enu")
+    pg.add_frame("enu", Sim3.identity())
+    with pytest.raises(ValueError, match="finite"):
+        pg.add_position_prior(0, np.zeros(3), np.r_[np.nan, 0, 0], 1.0, "enu")
+    with pytest.raises(KeyError, match="node 7"):
+        pg.add_position_prior(7, np.zeros(3), np.zeros(3), 1.0, "enu")
