@@ -133,6 +133,7 @@ class Sim3PoseGraph:
         self._order: list[int] = []
         self.edges: list[Edge] = []
         self.position_priors: list[PositionPrior] = []
+        self.motions: list[tuple[int, int, str]] = []  # relative-motion factors (a, b, frame)
         self._frames: dict[str, int] = {}  # external frame name -> gtsam key
         self._frame_values: dict[str, Sim3] = {}
         self._anchor: int | None = None
@@ -306,6 +307,69 @@ class Sim3PoseGraph:
         self._add_factor(gtsam.CustomFactor(noise, keys, error))
         self.position_priors.append(PositionPrior(node, p, z, sig, robust_k, frame))
         return len(self.position_priors) - 1
+
+    def add_relative_motion(
+        self,
+        node_a: int,
+        c2w_a: np.ndarray,
+        node_b: int,
+        c2w_b: np.ndarray,
+        motion_ab: np.ndarray,
+        sigmas: np.ndarray,
+        frame: str,
+        robust_k: float | None = 3.0,
+    ) -> int:
+        """A metric rigid motion measured between two cameras (wheel or visual-inertial
+        odometry): camera ``c2w_a`` of chunk ``node_a`` to camera ``c2w_b`` of chunk
+        ``node_b`` (4x4, chunk coordinates) moved by ``motion_ab`` (4x4 rigid, metres, in
+        camera a's axes). Only the scale of ``frame`` enters (metres per map unit), so
+        odometry and GNSS share one metric scale. ``sigmas``: (6,) rotation [rad] then
+        translation [m]; Huber kernel ``robust_k`` sigmas wide. Returns the factor's index."""
+        for n in (node_a, node_b):
+            if int(n) not in self._values:
+                raise KeyError(f"node {n} not in the graph")
+        if frame not in self._frames:
+            raise KeyError(f"frame {frame!r} not in the graph (add_frame first)")
+        Ca, Cb = (gtsam.Pose3(np.asarray(c, np.float64)) for c in (c2w_a, c2w_b))
+        meas = gtsam.Pose3(np.asarray(motion_ab, np.float64))
+        sig = np.asarray(sigmas, dtype=np.float64).reshape(6)
+        if not ((sig > 0).all() and np.isfinite(motion_ab).all()):
+            raise ValueError("relative motion needs a finite motion and positive sigmas")
+        noise: gtsam.noiseModel.Base = gtsam.noiseModel.Diagonal.Sigmas(sig)
+        if robust_k is not None:
+            noise = gtsam.noiseModel.Robust.Create(
+                gtsam.noiseModel.mEstimator.Huber.Create(float(robust_k)), noise
+            )
+
+        def predicted(F: gtsam.Similarity3, Ga: gtsam.Similarity3, Gb: gtsam.Similarity3):
+            A, B = Ga.transformFrom(Ca), Gb.transformFrom(Cb)  # scale-normalised camera poses
+            ca = Ga.transformFrom(Ca.translation())
+            cb = Gb.transformFrom(Cb.translation())
+            t = F.scale() * (A.rotation().unrotate(cb - ca))
+            return gtsam.Pose3(A.rotation().between(B.rotation()), t)
+
+        def err(F, Ga, Gb) -> np.ndarray:
+            return gtsam.Pose3.Logmap(meas.between(predicted(F, Ga, Gb)))
+
+        def error(factor: gtsam.CustomFactor, values: gtsam.Values, H: list | None) -> np.ndarray:
+            x = [values.atSimilarity3(k) for k in factor.keys()]
+            e = err(*x)
+            if H is not None:  # central differences on the manifold (7 dof per key)
+                for i in range(3):
+                    J = np.zeros((6, 7))
+                    for d in range(7):
+                        step = np.zeros(7)
+                        step[d] = 1e-6
+                        xp, xm = list(x), list(x)
+                        xp[i], xm[i] = x[i].retract(step), x[i].retract(-step)
+                        J[:, d] = (err(*xp) - err(*xm)) / 2e-6
+                    H[i] = J
+            return e
+
+        keys = [self._frames[frame], int(node_a), int(node_b)]
+        self._add_factor(gtsam.CustomFactor(noise, keys, error))
+        self.motions.append((int(node_a), int(node_b), frame))
+        return len(self.motions) - 1
 
     def position_residual(self, index: int) -> np.ndarray:
         """Residual ``F(G(point)) - position`` of a position prior at the estimate."""
