@@ -38,6 +38,7 @@ setup(
         "rosbags>=0.10,<0.12",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "pymap3d>=3.0,<4",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "evo>=1.28", "opencv-python-headless>=4.8"],
