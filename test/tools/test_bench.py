@@ -37,7 +37,7 @@ def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
         "--json",
         str(out),
     ]
-    assert bench.main(argv) == 0
+    assert bench.main([*argv, "--rate", "40"]) == 0
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"optimised", "official_like"}
     stride = result["window_stride"]
@@ -45,21 +45,26 @@ def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
     for run in result["runs"].values():
         assert set(bench.STAGES) <= set(run["stages_ms"])
         assert all(v >= 0 for v in run["stages_ms"].values())
+        assert run["stages_ms"]["publish"] > 0  # the node's outputs built the messages
         assert run["fps"] > 0 and run["network_fps"] > 0
         assert run["frames"] == 8
         # 8 frames in 4/2 windows: [0,4), [2,6), [4,8); the engine places every window
-        assert run["windows"] == 3
+        assert run["windows"] == 3 and run["steady_windows"] == 2
         assert run["map_points"] > 0
-        assert run["peak_gpu_bytes"] is None  # CPU
+        assert run["peak_gpu_bytes"] is None and run["peak_gpu_reserved_bytes"] is None  # CPU
         assert run["host_peak_rss_bytes"] > 0
-        # latency = fill wait (stride / rate) + measured window time
-        lat = run["latency_s"]
-        assert lat["fill_wait_s"] == pytest.approx(stride / result["config"]["rate"])
-        assert lat["max_s"] >= lat["mean_s"] > lat["fill_wait_s"]
+    assert result["memory"]["host_rss_after_start_bytes"] > 0
+    # measured latency (the node's column only): a window's oldest new frame waits at
+    # least for the stride's other frames to arrive at the camera rate
+    lat = result["runs"]["optimised"]["latency_s"]
+    assert lat["rate_hz"] == 40 and lat["frames"] == 4  # frames 4..7: steady windows
+    assert lat["max_s"] >= lat["mean_s"] > 0
+    assert lat["max_s"] >= (stride - 1) / 40
+    assert result["runs"]["official_like"]["latency_s"] == {}
     ratio = result["ratios"]["official_like_vs_optimised"]
     assert ratio["fps_end_to_end"] > 0 and ratio["network_time"] > 0
     printed = capsys.readouterr().out
-    assert "FPS end to end" in printed and "pose latency" in printed
+    assert "FPS end to end, steady" in printed and "pose latency max [s] (measured)" in printed
     assert result["table_markdown"] in printed
 
 
@@ -154,6 +159,9 @@ def test_bench_config_takes_window_and_device_from_the_sections_and_records_them
         "seed",
         "ablation",
         "ros",
+        "network_ms",
+        "workers",
+        "latency",
     ]
     assert (record["chunk"], record["overlap"], record["device"], record["dtype"]) == (
         8,
@@ -183,6 +191,7 @@ def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
         "2",
         "--ablation",
         "--no-ros",
+        "--no-latency",
         "--dtype",
         "bfloat16",
         "--json",
@@ -228,15 +237,17 @@ def test_bench_without_ros_marks_the_message_stage(tmp_path, capsys, one_torch_t
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["runs"]) == ["optimised"] and result["ratios"] == {}
-    stages = result["runs"]["optimised"]["stages_ms"]
+    run = result["runs"]["optimised"]
+    stages = run["stages_ms"]
     assert stages["publish"] is None
-    # the window total is the engine stages alone
-    engine = sum(stages[s] for s in bench.ENGINE_STAGES)
-    assert stages["window_total"] == pytest.approx(engine, rel=1e-6)
+    # what no stage covers: the steady window time less the measured stages alone
+    measured = sum(v for v in stages.values() if v is not None)
+    assert run["outside_ms"] == pytest.approx(run["steady_window_ms"] - measured, rel=1e-9)
     assert any("ROS messages: not measured (--no-ros given)" in n for n in result["notes"])
     printed = capsys.readouterr().out
     assert "| ROS messages (build+publish) [ms/window] | n/a (no rclpy) |" in printed
     assert "exclude the message stage" in printed
+    assert "| pose latency mean [s] (measured) |" in printed
 
 
 def test_missing_rclpy_is_reported_not_raised(monkeypatch):

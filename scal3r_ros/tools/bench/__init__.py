@@ -232,7 +232,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         pairs = [*zip(ours[:-1], ours[1:], strict=True), (ours[0], best)]
     else:
         pairs = [(k, best) for k in ours if k != best]
-    pairs += [(k, best) for k in runs if k not in ours and k != best]
+    # the worker modes of the node's configuration: serial -> pipelined
+    for col in node_cols[1:]:
+        a, b = node_cols[0], col
+        pairs.append((b, a) if runs[a].worker == "pipelined" else (a, b))
+    pairs += [(k, best) for k in runs if k not in ours and k not in node_cols]
     result_runs = {k: asdict(r) for k, r in runs.items()}
     ratios = {f"{a}_vs_{b}": speedup(result_runs[a], result_runs[b]) for a, b in pairs}
     return {
