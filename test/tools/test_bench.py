@@ -265,7 +265,8 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         == 0
     )
     text = DEVICE_CHECK.read_text()
-    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text.split("bench() {", 1)[1]))
+    bench_part, summary_part = text.split("bench() {", 1)[1].split("6. summary.md", 1)
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", bench_part))
     parser_flags = {
         "--no-ros",
         "--device",
@@ -279,8 +280,14 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         "--ablation",
         "--official",
         "--no-baseline",
+        "--rate",
+        "--workers",
     }
     assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
+    # the targets table: scal3r_ros.tools.bench.report's own options
+    report_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", summary_part))
+    assert report_flags == {"--main", "--lowlatency", "--parity"}, report_flags
+    assert "python3 -m scal3r_ros.tools.bench.report" in summary_part
 
 
 @pytest.mark.slow
@@ -302,6 +309,8 @@ def test_device_check_dry_run_on_cpu(tmp_path):
         LOW_CHUNK="4",
         LOW_OVERLAP="2",
         TESTS="test/model/test_gcm.py",
+        PARITY="test/model/test_parity.py::test_fixture_is_small_and_tiny",
+        RATE="50",
         OMP_NUM_THREADS="1",
         PATH=path,
     )
@@ -319,6 +328,7 @@ def test_device_check_dry_run_on_cpu(tmp_path):
         [
             "machine.txt",
             "tests.log",
+            "parity.log",
             "log.txt",
             "summary.md",
             "bench_main.json",
@@ -327,7 +337,17 @@ def test_device_check_dry_run_on_cpu(tmp_path):
     )
     assert len(files) <= 8
     main = json.loads((out / "bench_main.json").read_text())
-    assert list(main["runs"]) == ABLATION[:-1]  # CPU: no bf16 step
+    modes = ["pipelined", "serial"] if bench.runs.pipelined_available() else ["serial"]
+    assert [r["worker"] for r in main["runs"].values()] == modes  # WORKERS=all
+    assert all(r["latency_s"]["frames"] > 0 for r in main["runs"].values())
+    low = json.loads((out / "bench_lowlatency.json").read_text())
+    assert list(low["runs"]) == ["optimised"] and low["config"]["chunk"] == 4
     summary = (out / "summary.md").read_text()
     assert "| official | skipped |" in summary and "n/a (no rclpy)" in summary
-    assert main["table_markdown"] in summary
+    assert main["table_markdown"] in summary and low["table_markdown"] in summary
+    # the targets table first, with the device and the date, and the parity result
+    targets = summary.split("| step | exit code |", 1)[0]
+    assert "| target (issue 14) | goal | measured | met |" in targets
+    assert main["machine"]["device_name"] in targets
+    assert "| parity fixtures, fp32 | all pass | " in targets
+    assert "| parity | 0 |" in summary  # the parity step passed

@@ -280,7 +280,8 @@ def test_targets_table_shows_each_target_with_its_measured_value(tmp_path, one_t
     r = main["runs"]["optimised"]
     table = report.targets_table(main, main, "5 passed in 1.0s")
     assert main["machine"]["device_name"] in table and main["machine"]["date"] in table
-    assert f"| end-to-end FPS, steady (60/30) | >= 40 | {r['fps']:.1f} |" in table
+    assert f"| end-to-end FPS, steady (4/2) | >= 40 | {r['fps']:.1f} |" in table
+    assert f"| 4/2 preset FPS, steady | >= 25 | {r['fps']:.1f} |" in table
     assert f"| {r['latency_s']['max_s']:.2f} s |" in table
     assert "| ratio vs official forward, same run | >= 6x | n/a | - |" in table
     assert "| parity fixtures, fp32 | all pass | 5 passed in 1.0s | yes |" in table

@@ -302,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers",
         default=None,
-        help="worker modes of the node's configuration, comma-separated (serial, pipelined); "
-        "default: the node's mode, both with --network-ms",
+        help="worker modes of the node's configuration, comma-separated (serial, pipelined), "
+        "or all (those this build has, the node's first); default: the node's mode, all "
+        "with --network-ms",
     )
     p.add_argument("--official", default=None, help="official Scal3R checkout: also run it")
     p.add_argument("--no-baseline", action="store_true", help="skip the official-like run")
@@ -346,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.workers is None:
         workers = default_workers(both=a.network_ms is not None or a.model == "oracle")
+    elif a.workers == "all":
+        workers = default_workers(both=True)[::-1]  # the node's (pipelined) first
     else:
         workers = tuple(w.strip() for w in a.workers.split(",") if w.strip())
     cfg = BenchConfig(
