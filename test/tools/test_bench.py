@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from scal3r_ros.tools import bench
 
@@ -102,16 +101,6 @@ TINY = ["--model", "tiny", "--width", "160", "--height", "48", "--device", "cpu"
 ABLATION = ["official_like", "+batch_preprocess", "+depth_heads_only", "optimised"]
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_CHECK = REPO / "scripts" / "device_check.sh"
-
-
-@pytest.fixture
-def one_torch_thread():
-    """The tiny network is fast on one thread; two OpenMP threads on a shared 2-core
-    machine can be ten times slower (the timings are not asserted, only the structure)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_ablation_columns_each_add_one_choice():

@@ -13,21 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.tools import bench
 from scal3r_ros.tools.bench import report, runs
 
-TINY = ["--model", "tiny", "--width", "160", "--height", "48", "--device", "cpu", "--no-ros"]
-
-
-@pytest.fixture
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+SMALL = ["--width", "160", "--height", "48", "--device", "cpu", "--no-ros"]
+TINY = ["--model", "tiny", *SMALL]
 
 
 def _run(tmp_path: Path, *argv: str) -> dict:
@@ -190,13 +182,7 @@ def test_oracle_under_network_ms_counts_loop_verifications(tmp_path):
         "oracle",
         "--network-ms",
         "30",
-        "--width",
-        "160",
-        "--height",
-        "48",
-        "--device",
-        "cpu",
-        "--no-ros",
+        *SMALL,
         "--frames",
         "24",
         "--chunk",
