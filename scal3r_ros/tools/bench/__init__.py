@@ -78,9 +78,9 @@ MODELS = ("scal3r-1b", "tiny", "oracle")
 
 
 def _backends(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict[str, Any], dict, list]:
-    """{variant: backend} in column order, the oracle's drive config (or None), notes.
-    A variant named "" is the single backend of ``--network-ms`` / ``--model oracle``,
-    whose columns are named after the worker mode alone."""
+    """{variant: backend} in column order, {variant: description}, notes. A variant named
+    "" is the single backend of ``--network-ms`` / ``--model oracle``, whose columns are
+    named after the worker mode alone."""
     notes: list[str] = []
     if cfg.model == "oracle" or cfg.network_ms is not None:
         if cfg.model == "oracle":
@@ -123,15 +123,18 @@ def _backends(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict[str, Any]
 
 
 def _frames(cfg: BenchConfig, backends: dict[str, Any]) -> list:
-    inner = getattr(backends.get(""), "inner", backends.get(""))
-    drive = getattr(inner, "drive", None)  # the oracle knows its drive: frames from it
+    """The stream: the oracle's own drive when the oracle is the backend (its depth then
+    rendered before any timing), else the synthetic drive of ``cfg``."""
+    single = backends.get("")
+    oracle = getattr(single, "inner", single)  # under --network-ms: the timed backend's
+    drive = getattr(oracle, "drive", None)
     if drive is None:
         drive = SyntheticDrive(
             SyntheticConfig(width=cfg.width, height=cfg.height, n_frames=cfg.frames, seed=cfg.seed)
         )
+        return render_frames(drive, cfg.frames)
     frames = render_frames(drive, cfg.frames)
-    if drive is not None and hasattr(inner, "drive"):
-        fill_oracle_cache(inner, frames, cfg.chunk)
+    fill_oracle_cache(oracle, frames, cfg.chunk)
     return frames
 
 
@@ -179,9 +182,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         )
     for backend in backends.values():
         warm_up(backend, frames, cfg)
+    # the node's configuration: its column(s) get every worker mode and the latency pass
     node = "optimised" if "optimised" in backends else list(backends)[-1]
-    if "" in backends:
-        node = ""
     runs: dict[str, RunResult] = {}
     streams: dict[str, Any] = {}
     columns: list[tuple[str, str, str]] = []  # (column, variant, worker mode)
