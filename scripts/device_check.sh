@@ -235,7 +235,7 @@ targets=$TMP/targets.md
 if [ -f "$OUT/bench_main.json" ]; then
   low=()
   [ -f "$OUT/bench_lowlatency.json" ] && low=(--lowlatency "$OUT/bench_lowlatency.json")
-  python3 -m scal3r_ros.tools.bench.report --main "$OUT/bench_main.json" "${low[@]}" \
+  python3 -m scal3r_ros.tools.bench.targets --main "$OUT/bench_main.json" "${low[@]}" \
     --parity "$OUT/parity.log" >"$targets" 2>>"$LOG" || echo "targets table failed (log.txt)" >"$targets"
 else
   echo "no targets table: the main benchmark wrote no JSON" >"$targets"

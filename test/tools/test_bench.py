@@ -273,10 +273,10 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         "--workers",
     }
     assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
-    # the targets table: scal3r_ros.tools.bench.report's own options
+    # the targets table: scal3r_ros.tools.bench.targets's own options
     report_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", summary_part))
     assert report_flags == {"--main", "--lowlatency", "--parity"}, report_flags
-    assert "python3 -m scal3r_ros.tools.bench.report" in summary_part
+    assert "python3 -m scal3r_ros.tools.bench.targets" in summary_part
 
 
 @pytest.mark.slow

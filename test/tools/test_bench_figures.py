@@ -16,7 +16,7 @@ import pytest
 
 from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.tools import bench
-from scal3r_ros.tools.bench import report, runs
+from scal3r_ros.tools.bench import runs, targets
 
 SMALL = ["--width", "160", "--height", "48", "--device", "cpu", "--no-ros"]
 TINY = ["--model", "tiny", *SMALL]
@@ -264,7 +264,7 @@ def test_user_mistakes_exit_2_with_a_message(argv, message, capsys):
 def test_targets_table_shows_each_target_with_its_measured_value(tmp_path, one_torch_thread):
     main = _run(tmp_path, *TINY, "--frames", "6", "--no-baseline", "--rate", "50")
     r = main["runs"]["optimised"]
-    table = report.targets_table(main, main, "5 passed in 1.0s")
+    table = targets.targets_table(main, main, "5 passed in 1.0s")
     assert main["machine"]["device_name"] in table and main["machine"]["date"] in table
     assert f"| end-to-end FPS, steady (4/2) | >= 40 | {r['fps']:.1f} |" in table
     assert f"| 4/2 preset FPS, steady | >= 25 | {r['fps']:.1f} |" in table
@@ -275,13 +275,13 @@ def test_targets_table_shows_each_target_with_its_measured_value(tmp_path, one_t
     rss = main["memory"]["host_rss_after_start_bytes"]
     assert f"| host RSS after start | <= 4 GB | {rss / 1e9:.2f} GB |" in table
     assert "| parity fixtures, fp32 | all pass | 1 failed, 2 passed | NO |" in (
-        report.targets_table(main, None, "1 failed, 2 passed")
+        targets.targets_table(main, None, "1 failed, 2 passed")
     )
 
 
 def test_targets_cli_reads_the_device_check_files(tmp_path, capsys):
     log = tmp_path / "parity.log"
     log.write_text("....\n4 passed in 2.1s\n")
-    assert report.pytest_summary(log) == "4 passed in 2.1s"
-    assert report.main(["--main", str(tmp_path / "missing.json")]) == 2
+    assert targets.pytest_summary(log) == "4 passed in 2.1s"
+    assert targets.main(["--main", str(tmp_path / "missing.json")]) == 2
     assert "cannot read the results" in capsys.readouterr().err

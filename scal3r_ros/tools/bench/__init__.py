@@ -20,7 +20,8 @@ pipeline is real, so the worker's overlap of network and post-processing is meas
 a CPU machine (columns: the worker modes).
 
 Modules: ``runs`` (our pipeline's passes and figures), ``official`` (the official
-forward), ``report`` (tables, ratios, the device check's targets table), ``memory``
+forward), ``report`` (tables, ratios), ``targets`` (the device check's targets table),
+``memory``
 (RSS, GPU memory, ``--engine-memory``), ``messages`` (the ROS output stage),
 ``conversions`` (``--conversions``).
 """
@@ -253,7 +254,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="scal3r_bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "--conversions",
         action="store_true",
