@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# Every GPU number of issue 8 in one go, on a lent GPU machine (docs/benchmarks.md,
+# Every GPU target of issue 14 in one call, on a lent GPU machine (docs/benchmarks.md,
 # "GPU runs (device_check.sh)"). Run from the repository root, after
 # scripts/device_prepare.sh filled .device/ on a normal machine (carry ".device"):
 #
 #   bash scripts/device_check.sh
 #
-# Needs only python3 with torch, numpy, scipy, tqdm, pillow, pyyaml and pytest (no ROS:
-# the benchmarks run with --no-ros). gtsam (and pypose for the official code) come as
-# wheels from .device/wheels when missing; the package is used from the tree (PYTHONPATH).
-# Steps, each under its own time limit so one slow step cannot eat the lease:
+# Needs only python3 with torch and numpy beside what the GPU image has (scipy, tqdm,
+# pillow, pyyaml, pytest; no ROS: the benchmarks run with --no-ros). gtsam (and pypose for
+# the official code) come as wheels from .device/wheels when missing; the package is used
+# from the tree (PYTHONPATH). Steps, each under its own time limit so one slow step cannot
+# eat the lease:
 #   1. wheels: install .device/wheels into a temporary folder if gtsam is missing
 #   2. machine.txt: nvidia-smi, python/torch/CUDA versions, what is importable
 #   3. tests.log: python3 -m pytest -q -m gpu test/model (a failure does not stop the script)
-#   4. bench_main.json: scal3r-1b, 1242x375, windows 60/30, --ablation (FRAMES frames)
-#   5. bench_lowlatency.json: windows 16/8 (FRAMES_LOW frames)
-#   6. bench_official.json: with --official .device/Scal3R, 60/30 (only if that folder exists)
-#   7. summary.md: step status, machine info, the test result line and every table
+#      parity.log: the parity fixtures in fp32 (test/model/test_parity.py), exact
+#   4. bench_main.json: scal3r-1b, 1242x375, windows 60/30, bf16 (dtype auto on CUDA):
+#      steady FPS end to end, pose latency measured at 10 Hz with queueing, peak GPU memory
+#      allocated and reserved, host RSS after start, every worker mode (pipelined and
+#      serial, their poses compared) and, if .device/Scal3R exists, the official forward on
+#      the same frames in the same process (the ratio)
+#   5. bench_lowlatency.json: the 16/8 preset, FPS and latency (FRAMES_LOW frames)
+#   6. summary.md: the targets table (device, date, each target and its measured value),
+#      step status, machine info, the test result lines and every bench table
 # Everything goes to $OUT (at most 8 files: the device returns no more). The exit status is
-# 0 when every step that ran passed.
+# 0 when every step that ran passed (a target missed is a "NO" in the table, not a failure).
 #
 # Settings (environment variables; defaults for the GPU run):
-#   OUT=output/device_check  DEVICE=cuda  MODEL=scal3r-1b  WIDTH=1242  HEIGHT=375
+#   OUT=output/device_check  DEVICE=cuda  MODEL=scal3r-1b  WIDTH=1242  HEIGHT=375  RATE=10
 #   FRAMES=180 CHUNK=60 OVERLAP=30    FRAMES_LOW=96 LOW_CHUNK=16 LOW_OVERLAP=8
-#   FRAMES_OFFICIAL=120    WHEELS=.device/wheels  OFFICIAL=.device/Scal3R  TESTS=test/model
-#   time limits [s]: T_PIP=30 T_TESTS=45 T_MAIN=210 T_LOW=90 T_OFFICIAL=100 (sum 475 s)
+#   WORKERS=all (every worker mode of this build)   WHEELS=.device/wheels
+#   OFFICIAL=.device/Scal3R  TESTS=test/model  PARITY=test/model/test_parity.py
+#   time limits [s]: T_PIP=30 T_TESTS=45 T_PARITY=60 T_MAIN=300 T_LOW=120 (sum 555 s)
 # CPU smoke test (tiny model, a few frames):
 #   DEVICE=cpu MODEL=tiny WIDTH=160 HEIGHT=48 FRAMES=8 CHUNK=4 OVERLAP=2 FRAMES_LOW=8 \
 #     LOW_CHUNK=4 LOW_OVERLAP=2 bash scripts/device_check.sh
@@ -42,20 +49,22 @@ OVERLAP=${OVERLAP:-30}
 FRAMES_LOW=${FRAMES_LOW:-96}
 LOW_CHUNK=${LOW_CHUNK:-16}
 LOW_OVERLAP=${LOW_OVERLAP:-8}
-FRAMES_OFFICIAL=${FRAMES_OFFICIAL:-120}
+RATE=${RATE:-10}
+WORKERS=${WORKERS:-all}
+PARITY=${PARITY:-test/model/test_parity.py}
 WHEELS=${WHEELS:-.device/wheels}
 OFFICIAL=${OFFICIAL:-.device/Scal3R}
 TESTS=${TESTS:-test/model}
 T_PIP=${T_PIP:-30}
 T_TESTS=${T_TESTS:-45}
-T_MAIN=${T_MAIN:-210}
-T_LOW=${T_LOW:-90}
-T_OFFICIAL=${T_OFFICIAL:-100}
+T_PARITY=${T_PARITY:-60}
+T_MAIN=${T_MAIN:-300}
+T_LOW=${T_LOW:-120}
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 # only this script's own files (never the whole folder: OUT may be anything)
-rm -f "$OUT"/{machine.txt,tests.log,log.txt,summary.md} "$OUT"/bench_{main,lowlatency,official}.json
+rm -f "$OUT"/{machine.txt,tests.log,parity.log,log.txt,summary.md} "$OUT"/bench_{main,lowlatency}.json
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 SITE=$TMP/site  # where the carried wheels are installed (outside $OUT and the tree)
@@ -136,10 +145,10 @@ for name in ("numpy", "scipy", "PIL", "tqdm", "yaml", "pytest", "gtsam", "pypose
 PY
   echo
   echo "settings: DEVICE=$DEVICE MODEL=$MODEL ${WIDTH}x$HEIGHT FRAMES=$FRAMES $CHUNK/$OVERLAP" \
-    "FRAMES_LOW=$FRAMES_LOW $LOW_CHUNK/$LOW_OVERLAP FRAMES_OFFICIAL=$FRAMES_OFFICIAL" \
-    "OFFICIAL=$OFFICIAL WHEELS=$WHEELS TESTS=$TESTS"
-  echo "time limits [s]: pip $T_PIP, tests $T_TESTS, main $T_MAIN, low-latency $T_LOW," \
-    "official $T_OFFICIAL"
+    "FRAMES_LOW=$FRAMES_LOW $LOW_CHUNK/$LOW_OVERLAP RATE=$RATE WORKERS=$WORKERS" \
+    "OFFICIAL=$OFFICIAL WHEELS=$WHEELS TESTS=$TESTS PARITY=$PARITY"
+  echo "time limits [s]: pip $T_PIP, tests $T_TESTS, parity $T_PARITY, main $T_MAIN," \
+    "low-latency $T_LOW"
 } >"$OUT/machine.txt"
 status machine 0 $((SECONDS - t0)) "machine.txt"
 {
@@ -153,30 +162,34 @@ status machine 0 $((SECONDS - t0)) "machine.txt"
   echo
 } >"$SUMMARY"
 
-# ---------------------------------------------------------------- 3. GPU tests
-t0=$SECONDS
+# ---------------------------------------------------------------- 3. GPU tests, parity
+pytest_step() {  # pytest_step NAME LOG LIMIT PYTEST_ARGS...
+  local name=$1 log=$2 limit=$3 rc=0 t=$SECONDS line
+  shift 3
+  say "$name: pytest $* (limit ${limit}s)"
+  timeout -k 10 "$limit" python3 -m pytest -q -p no:cacheprovider "$@" >"$log" 2>&1 || rc=$?
+  echo "exit code: $rc (124: timed out after ${limit}s)" >>"$log"
+  line=$(grep -E '[0-9]+ (passed|failed|skipped|deselected|errors?)|no tests ran' "$log" |
+    tail -n 1 || true)
+  status "$name" "$rc" $((SECONDS - t)) "${line:-no pytest summary line}"
+  {
+    echo "## $name"
+    echo
+    echo "\`python3 -m pytest -q $*\`: exit code $rc; ${line:-no pytest summary line}"
+    echo
+  } >>"$SUMMARY"
+}
 read -ra tests <<<"$TESTS"
-rc=0
-say "pytest -m gpu ${tests[*]} (limit ${T_TESTS}s)"
-timeout -k 10 "$T_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu "${tests[@]}" \
-  >"$OUT/tests.log" 2>&1 || rc=$?
-echo "exit code: $rc (124: timed out after ${T_TESTS}s)" >>"$OUT/tests.log"
-line=$(grep -E '[0-9]+ (passed|failed|skipped|deselected|errors?)|no tests ran' "$OUT/tests.log" |
-  tail -n 1 || true)
-status tests "$rc" $((SECONDS - t0)) "${line:-no pytest summary line}"
-{
-  echo "## GPU tests"
-  echo
-  echo "\`python3 -m pytest -q -m gpu ${tests[*]}\`: exit code $rc; ${line:-no pytest summary line}"
-  echo
-} >>"$SUMMARY"
+read -ra parity <<<"$PARITY"
+pytest_step tests "$OUT/tests.log" "$T_TESTS" -m gpu "${tests[@]}"
+pytest_step parity "$OUT/parity.log" "$T_PARITY" "${parity[@]}"
 
-# ---------------------------------------------------------------- 4-6. benchmarks
+# ---------------------------------------------------------------- 4-5. benchmarks
 bench() {  # bench NAME LIMIT BENCH_ARGS...
   local name=$1 limit=$2 rc=0 t=$SECONDS
   shift 2
   local cmd=(python3 -m scal3r_ros.tools.bench --no-ros --device "$DEVICE" --model "$MODEL"
-    --width "$WIDTH" --height "$HEIGHT" --json "$OUT/bench_$name.json" "$@")
+    --width "$WIDTH" --height "$HEIGHT" --rate "$RATE" --json "$OUT/bench_$name.json" "$@")
   say "$name: ${cmd[*]} (limit ${limit}s)"
   timeout -k 15 "$limit" "${cmd[@]}" >"$TMP/$name.out" 2>"$TMP/$name.err" || rc=$?
   {
@@ -201,22 +214,36 @@ bench() {  # bench NAME LIMIT BENCH_ARGS...
     "$([ -f "$OUT/bench_$name.json" ] && echo "bench_$name.json" || echo "no JSON written")"
 }
 
-bench main "$T_MAIN" --frames "$FRAMES" --chunk "$CHUNK" --overlap "$OVERLAP" --ablation
-bench lowlatency "$T_LOW" --frames "$FRAMES_LOW" --chunk "$LOW_CHUNK" --overlap "$LOW_OVERLAP"
+official=()
 if [ "$MODEL" != scal3r-1b ]; then
   status official skipped 0 "--official needs MODEL=scal3r-1b"
 elif [ ! -d "$OFFICIAL" ]; then
   status official skipped 0 "no official checkout at $OFFICIAL (scripts/device_prepare.sh --official PATH)"
   say "official: skipped, no $OFFICIAL (scripts/device_prepare.sh --official PATH, carry .device)"
 else
-  # official_like is in the main run already: here only optimised and the official forward
-  bench official "$T_OFFICIAL" --frames "$FRAMES_OFFICIAL" --chunk "$CHUNK" \
-    --overlap "$OVERLAP" --official "$OFFICIAL" --no-baseline
+  official=(--official "$OFFICIAL")  # in the main run: the ratio is measured in one process
+  status official 0 0 "in the main run, on the same frames"
 fi
+# the node's configuration only (no official_like column): the targets are about it
+bench main "$T_MAIN" --frames "$FRAMES" --chunk "$CHUNK" --overlap "$OVERLAP" --no-baseline \
+  --workers "$WORKERS" "${official[@]}"
+bench lowlatency "$T_LOW" --frames "$FRAMES_LOW" --chunk "$LOW_CHUNK" --overlap "$LOW_OVERLAP" \
+  --no-baseline
 
-# ---------------------------------------------------------------- 7. summary.md
+# ---------------------------------------------------------------- 6. summary.md
+targets=$TMP/targets.md
+if [ -f "$OUT/bench_main.json" ]; then
+  low=()
+  [ -f "$OUT/bench_lowlatency.json" ] && low=(--lowlatency "$OUT/bench_lowlatency.json")
+  python3 -m scal3r_ros.tools.bench.targets --main "$OUT/bench_main.json" "${low[@]}" \
+    --parity "$OUT/parity.log" >"$targets" 2>>"$LOG" || echo "targets table failed (log.txt)" >"$targets"
+else
+  echo "no targets table: the main benchmark wrote no JSON" >"$targets"
+fi
 {
   echo "# device_check: $(date -Is), $((SECONDS - START)) s in all"
+  echo
+  cat "$targets"
   echo
   echo "| step | exit code | s | note |"
   echo "|---|---|---|---|"

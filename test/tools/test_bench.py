@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from scal3r_ros.tools import bench
 
@@ -37,7 +36,7 @@ def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
         "--json",
         str(out),
     ]
-    assert bench.main(argv) == 0
+    assert bench.main([*argv, "--rate", "40"]) == 0
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"optimised", "official_like"}
     stride = result["window_stride"]
@@ -45,21 +44,26 @@ def test_bench_tiny_json_has_every_stage(tmp_path, capsys):
     for run in result["runs"].values():
         assert set(bench.STAGES) <= set(run["stages_ms"])
         assert all(v >= 0 for v in run["stages_ms"].values())
+        assert run["stages_ms"]["publish"] > 0  # the node's outputs built the messages
         assert run["fps"] > 0 and run["network_fps"] > 0
         assert run["frames"] == 8
         # 8 frames in 4/2 windows: [0,4), [2,6), [4,8); the engine places every window
-        assert run["windows"] == 3
+        assert run["windows"] == 3 and run["steady_windows"] == 2
         assert run["map_points"] > 0
-        assert run["peak_gpu_bytes"] is None  # CPU
+        assert run["peak_gpu_bytes"] is None and run["peak_gpu_reserved_bytes"] is None  # CPU
         assert run["host_peak_rss_bytes"] > 0
-        # latency = fill wait (stride / rate) + measured window time
-        lat = run["latency_s"]
-        assert lat["fill_wait_s"] == pytest.approx(stride / result["config"]["rate"])
-        assert lat["max_s"] >= lat["mean_s"] > lat["fill_wait_s"]
+    assert result["memory"]["host_rss_after_start_bytes"] > 0
+    # measured latency (the node's column only): a window's oldest new frame waits at
+    # least for the stride's other frames to arrive at the camera rate
+    lat = result["runs"]["optimised"]["latency_s"]
+    assert lat["rate_hz"] == 40 and lat["frames"] == 4  # frames 4..7: steady windows
+    assert lat["max_s"] >= lat["mean_s"] > 0
+    assert lat["max_s"] >= (stride - 1) / 40
+    assert result["runs"]["official_like"]["latency_s"] == {}
     ratio = result["ratios"]["official_like_vs_optimised"]
     assert ratio["fps_end_to_end"] > 0 and ratio["network_time"] > 0
     printed = capsys.readouterr().out
-    assert "FPS end to end" in printed and "pose latency" in printed
+    assert "FPS end to end, steady" in printed and "pose latency max [s] (measured)" in printed
     assert result["table_markdown"] in printed
 
 
@@ -97,16 +101,6 @@ TINY = ["--model", "tiny", "--width", "160", "--height", "48", "--device", "cpu"
 ABLATION = ["official_like", "+batch_preprocess", "+depth_heads_only", "optimised"]
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_CHECK = REPO / "scripts" / "device_check.sh"
-
-
-@pytest.fixture
-def one_torch_thread():
-    """The tiny network is fast on one thread; two OpenMP threads on a shared 2-core
-    machine can be ten times slower (the timings are not asserted, only the structure)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_ablation_columns_each_add_one_choice():
@@ -154,6 +148,9 @@ def test_bench_config_takes_window_and_device_from_the_sections_and_records_them
         "seed",
         "ablation",
         "ros",
+        "network_ms",
+        "workers",
+        "latency",
     ]
     assert (record["chunk"], record["overlap"], record["device"], record["dtype"]) == (
         8,
@@ -183,6 +180,7 @@ def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
         "2",
         "--ablation",
         "--no-ros",
+        "--no-latency",
         "--dtype",
         "bfloat16",
         "--json",
@@ -228,15 +226,17 @@ def test_bench_without_ros_marks_the_message_stage(tmp_path, capsys, one_torch_t
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["runs"]) == ["optimised"] and result["ratios"] == {}
-    stages = result["runs"]["optimised"]["stages_ms"]
+    run = result["runs"]["optimised"]
+    stages = run["stages_ms"]
     assert stages["publish"] is None
-    # the window total is the engine stages alone
-    engine = sum(stages[s] for s in bench.ENGINE_STAGES)
-    assert stages["window_total"] == pytest.approx(engine, rel=1e-6)
+    # what no stage covers: the steady window time less the measured stages alone
+    measured = sum(v for v in stages.values() if v is not None)
+    assert run["outside_ms"] == pytest.approx(run["steady_window_ms"] - measured, rel=1e-9)
     assert any("ROS messages: not measured (--no-ros given)" in n for n in result["notes"])
     printed = capsys.readouterr().out
     assert "| ROS messages (build+publish) [ms/window] | n/a (no rclpy) |" in printed
     assert "exclude the message stage" in printed
+    assert "| pose latency mean [s] (measured) |" in printed
 
 
 def test_missing_rclpy_is_reported_not_raised(monkeypatch):
@@ -254,7 +254,8 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         == 0
     )
     text = DEVICE_CHECK.read_text()
-    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text.split("bench() {", 1)[1]))
+    bench_part, summary_part = text.split("bench() {", 1)[1].split("6. summary.md", 1)
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", bench_part))
     parser_flags = {
         "--no-ros",
         "--device",
@@ -268,8 +269,14 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         "--ablation",
         "--official",
         "--no-baseline",
+        "--rate",
+        "--workers",
     }
     assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
+    # the targets table: scal3r_ros.tools.bench.targets's own options
+    report_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", summary_part))
+    assert report_flags == {"--main", "--lowlatency", "--parity"}, report_flags
+    assert "python3 -m scal3r_ros.tools.bench.targets" in summary_part
 
 
 @pytest.mark.slow
@@ -291,6 +298,8 @@ def test_device_check_dry_run_on_cpu(tmp_path):
         LOW_CHUNK="4",
         LOW_OVERLAP="2",
         TESTS="test/model/test_gcm.py",
+        PARITY="test/model/test_parity.py::test_fixture_is_small_and_tiny",
+        RATE="50",
         OMP_NUM_THREADS="1",
         PATH=path,
     )
@@ -308,6 +317,7 @@ def test_device_check_dry_run_on_cpu(tmp_path):
         [
             "machine.txt",
             "tests.log",
+            "parity.log",
             "log.txt",
             "summary.md",
             "bench_main.json",
@@ -316,7 +326,17 @@ def test_device_check_dry_run_on_cpu(tmp_path):
     )
     assert len(files) <= 8
     main = json.loads((out / "bench_main.json").read_text())
-    assert list(main["runs"]) == ABLATION[:-1]  # CPU: no bf16 step
+    modes = ["pipelined", "serial"] if bench.runs.pipelined_available() else ["serial"]
+    assert [r["worker"] for r in main["runs"].values()] == modes  # WORKERS=all
+    assert all(r["latency_s"]["frames"] > 0 for r in main["runs"].values())
+    low = json.loads((out / "bench_lowlatency.json").read_text())
+    assert list(low["runs"]) == ["optimised"] and low["config"]["chunk"] == 4
     summary = (out / "summary.md").read_text()
     assert "| official | skipped |" in summary and "n/a (no rclpy)" in summary
-    assert main["table_markdown"] in summary
+    assert main["table_markdown"] in summary and low["table_markdown"] in summary
+    # the targets table first, with the device and the date, and the parity result
+    targets = summary.split("| step | exit code |", 1)[0]
+    assert "| target (issue 14) | goal | measured | met |" in targets
+    assert main["machine"]["device_name"] in targets
+    assert "| parity fixtures, fp32 | all pass | " in targets
+    assert "| parity | 0 |" in summary  # the parity step passed
