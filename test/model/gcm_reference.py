@@ -1,0 +1,112 @@
+"""The GCM gradient as it was before the memory rewrite (issue 14), kept as the test reference.
+
+``GCMLayer.gradient`` now frees its temporaries early and works in place; it must stay bitwise
+equal to this straightforward transcription of the official closed form.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from scal3r_ros.model.gcm import GCMGrads, GCMLayer, silu_backprop
+from scal3r_ros.model.layers.rope import RopeTables
+
+
+def reference_gradient(
+    layer: GCMLayer, x: Tensor, pos: Tensor | RopeTables | None = None
+) -> GCMGrads:
+    """The pre-issue-14 ``GCMLayer.gradient`` (every temporary alive until the end)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x if x.dtype == layer.w0.dtype else x.to(layer.w0.dtype)
+        B, L, D = x.shape
+        h, d = layer.num_heads, layer.head_dim
+        qkv = layer.qkv(x).reshape(B, L, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q = layer.q_norm(q)
+        k = layer.k_norm(k)
+        if layer.rope is not None and pos is not None:
+            q = layer.rope(q, pos)
+            k = layer.rope(k, pos)
+        k, v = k.reshape(B * h, L, d), v.reshape(B * h, L, d)
+        lrs = F.softplus(layer.lrs(x.float()).float() + layer.inv_base_lr)
+        lrs = lrs.reshape(B, L, 3, h, 1).permute(2, 0, 3, 1, 4).reshape(3, B * h, L, 1)
+        lr0, lr1, lr2 = lrs[0], lrs[1], lrs[2]
+        w0, w1, w2 = (w.repeat(B, 1, 1) for w in (layer.w0, layer.w1, layer.w2))
+        gate_before_act = k @ w0
+        hide_before_mul = k @ w2
+        hidden = F.silu(gate_before_act) * hide_before_mul
+        dhidden = v @ w1.transpose(-1, -2)
+        dhide_before_mul = dhidden * F.silu(gate_before_act)
+        dgate = dhidden * hide_before_mul
+        dgate_before_act = silu_backprop(dgate, gate_before_act)
+        g0 = (k * lr0).transpose(-1, -2) @ dgate_before_act
+        g1 = (hidden * lr1).transpose(-1, -2) @ v
+        g2 = (k * lr2).transpose(-1, -2) @ dhide_before_mul
+    return GCMGrads(g0, g1, g2)
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the mode and still alive (CPU or GPU).
+
+    Why: torch has no allocator statistics on the CPU and tracemalloc does not see its buffers.
+    Every op's outputs pass through here; a storage first seen as an output (not one of the op's
+    inputs or a storage already counted) is a new allocation, counted until the last tensor
+    object on it is garbage collected. In-place results and views add no bytes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._owned: dict[int, list[int]] = {}  # storage ptr -> [tensor objects, nbytes]
+        self._seen: set[int] = set()  # ids of tensor objects already counted
+
+    def _release(self, ptr: int) -> None:
+        entry = self._owned.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self._owned[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs or {}))
+            if isinstance(t, Tensor)
+        }
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, Tensor) or id(t) in self._seen:
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in self._owned:
+                self._owned[ptr][0] += 1
+            elif ptr in inputs or storage.nbytes() == 0:
+                continue  # a view / in-place result of a tensor made outside the mode
+            else:
+                self._owned[ptr] = [1, storage.nbytes()]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self._seen.add(id(t))
+            weakref.finalize(t, self._forget, id(t), ptr)
+        return out
+
+    def _forget(self, ident: int, ptr: int) -> None:
+        self._seen.discard(ident)
+        self._release(ptr)
+
+
+def peak_live_bytes(fn, *args, **kwargs) -> tuple[int, object]:
+    """``(peak bytes allocated and alive during fn(*args), result)``; see PeakLiveBytes."""
+    with PeakLiveBytes() as mode:
+        result = fn(*args, **kwargs)
+    return mode.peak, result
