@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from scal3r_ros.model import Scal3R, run_synchronous
+from scal3r_ros.model import CheckpointError, Scal3R, load_scal3r, run_synchronous
+from scal3r_ros.model.config import (
+    CameraHeadConfig,
+    DinoConfig,
+    DPTHeadConfig,
+    GCMConfig,
+    Scal3RConfig,
+    TrunkConfig,
+)
 from scal3r_ros.model.scal3r import autocast_weight_names
 
 BF16 = torch.bfloat16
@@ -111,3 +123,112 @@ def test_drop_heads_keeps_results_and_frees_parameters(tiny):
         slim.forward_chunk(x, heads=("camera", "points"))
     with pytest.raises(ValueError, match="unknown"):
         slim.drop_heads(("camera", "normals"))
+
+
+# ----------------------------------------------------------------------------- streamed loading
+def test_streamed_load_keeps_asked_heads_and_holds_bf16(tmp_path, tiny):
+    path = tmp_path / "scal3r.pt"
+    torch.save(tiny.state_dict(), path)
+    slim, rep = load_scal3r(
+        path, "tiny", heads=("camera", "depth"), autocast_dtype=BF16, device="cpu"
+    )
+    assert rep.format == "scal3r" and slim.available_heads() == ("camera", "depth")
+    assert slim.held_dtype == BF16
+    low = set(autocast_weight_names(slim))
+    ref = tiny.state_dict()
+    for k, v in slim.state_dict().items():
+        assert v.dtype == (BF16 if k in low else torch.float32), k
+        assert torch.equal(v, ref[k].to(v.dtype)), k
+    assert not any(t.is_meta for t in [*slim.parameters(), *slim.buffers()])
+    with torch.no_grad():
+        x = _images(3, 5)
+        out = slim.forward_chunk(x, autocast_dtype=BF16)
+        want = tiny.forward_chunk(x, autocast_dtype=BF16, heads=("camera", "depth"))
+    _assert_same(out, want, FIELDS)
+    full, _ = load_scal3r(path, "tiny")  # defaults: everything, fp32, as before
+    assert full.held_dtype is None and full.available_heads() == ("camera", "depth", "points")
+    for k, v in full.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, ref[k])
+
+
+def test_streamed_load_still_checks_the_whole_file(tmp_path, tiny):
+    """Keys of a head that is not kept must still be there: a broken file is refused."""
+    sd = tiny.state_dict()
+    sd.pop(next(k for k in sd if k.startswith("xyz_decoder.")))
+    path = tmp_path / "short.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_scal3r(path, "tiny", heads=("camera", "depth"))
+
+
+MID = Scal3RConfig(  # ~430 MB fp32: big enough for RSS to show, small enough for a test
+    name="mid",
+    trunk=TrunkConfig(
+        embed_dim=512,
+        depth=8,
+        num_heads=8,
+        intermediate_layer_idx=(1, 3, 5, 7),
+        dino=DinoConfig(embed_dim=512, depth=8, num_heads=8),
+        gcm=GCMConfig(layers=(5, 7)),
+    ),
+    camera_head=CameraHeadConfig(trunk_depth=1, num_heads=8),
+    dpt_head=DPTHeadConfig(features=64, out_channels=(64, 128, 256, 256)),
+)
+
+_RSS_PROBE = """
+import json, sys, torch
+from scal3r_ros.model.checkpoint import load_scal3r
+sys.path.insert(0, {here!r})
+from test_model_memory import MID
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+before = status("VmRSS:")
+if sys.argv[1] == "old":  # load as before issue 14 (whole fp32 model), then slim it
+    model, _ = load_scal3r(sys.argv[2], MID)
+    model.drop_heads(("camera", "depth"))
+    model.hold_autocast_weights(torch.bfloat16)
+else:
+    kept = ("camera", "depth")
+    model, _ = load_scal3r(sys.argv[2], MID, heads=kept, autocast_dtype=torch.bfloat16)
+print(json.dumps({{"peak": status("VmHWM:") - before, "after": status("VmRSS:") - before}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_streamed_load_releases_the_file_pages(tmp_path):
+    """Peak RSS growth of loading a ~430 MB checkpoint into a slim bf16 model: the streamed
+    loader drops each cast tensor's file pages after the copy, so the peak holds the bf16 copies
+    but not the fp32 file; the old way (load, then cast) held both. Measured, not timed."""
+    with torch.device("meta"):
+        meta = Scal3R(MID)
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "mid.pt"
+    torch.save({k: torch.randn(v.shape, generator=g) for k, v in meta.state_dict().items()}, path)
+    size = path.stat().st_size
+    params = dict(meta.named_parameters())
+    cast_fp32 = sum(params[n].numel() * 4 for n in autocast_weight_names(meta))
+    here = str(Path(__file__).parent)
+    got = {}
+    for mode in ("old", "new"):
+        run = subprocess.run(
+            [sys.executable, "-c", _RSS_PROBE.format(here=here), mode, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr
+        got[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+    # the old way reads every cast tensor's pages and keeps them with the bf16 copies
+    assert got["old"]["peak"] > cast_fp32
+    # the new way holds the bf16 copies (cast_fp32 / 2) plus a constant, not the file
+    assert got["new"]["peak"] < got["old"]["peak"] - cast_fp32 / 2
+    assert got["new"]["peak"] < 0.7 * size
+    print(
+        f"file {size / 2**20:.0f} MiB: peak RSS growth old {got['old']['peak'] / 2**20:.0f} "
+        f"MiB, new {got['new']['peak'] / 2**20:.0f} MiB"
+    )
