@@ -1,0 +1,265 @@
+"""Memory of one Scal3R window on a device: the figures issue 14 sets targets for.
+
+``python -m scal3r_ros.model.memcheck --device cuda`` builds ``scal3r-1b`` the way the node does
+(only the camera and depth heads; under bf16 autocast the trunk's Linear/Conv weights held in
+bf16; built on the device: random weights, or a checkpoint streamed tensor by tensor) and runs
+one causal window (60 frames of a 1242x375 camera = 154x518 at the network) after a warm-up
+window. It prints, as text and as one JSON line (``MEMCHECK {...}``):
+
+* host RSS growth of the build (``VmHWM``) and the host RSS after it,
+* device memory of the weights, and the allocated / reserved peaks of the window,
+* with ``--baseline``: the same window with the model as before issue 14 (fp32 weights, all
+  three heads) for comparison,
+* with ``--gcm-check`` (run from a source checkout): one GCM gradient at the window's real size,
+  its allocated peak, and whether it is bitwise equal to the written-out form kept in
+  ``test/model/gcm_reference.py``.
+
+Nothing here runs in the node; it is the device check's memory probe (``scripts/device_check.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_scal3r
+from .gcs import GCSState
+from .preprocess import compute_target_size
+from .scal3r import Scal3R
+
+__all__ = ["MemcheckConfig", "host_rss", "main", "measure_window"]
+
+MIB = 2**20
+KEPT_HEADS = ("camera", "depth")  # what the engine reads (it aligns with depth)
+
+
+@dataclass
+class MemcheckConfig:
+    device: str = "cuda"
+    frames: int = 60
+    camera_hw: tuple[int, int] = (375, 1242)  # KITTI-sized camera
+    model: str = "scal3r-1b"
+    checkpoint: str | None = None  # None: random weights (memory does not depend on values)
+    bf16: bool = True
+    baseline: bool = False  # also the pre-issue-14 model (fp32 weights, all heads)
+    gcm_check: bool = False  # GCM gradient peak + bitwise check against the test reference
+    seed: int = 0
+
+
+def host_rss() -> tuple[int, int]:
+    """``(VmRSS, VmHWM)`` of this process in bytes (0, 0 where /proc is missing)."""
+    got = {"VmRSS:": 0, "VmHWM:": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in got:
+                got[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return got["VmRSS:"], got["VmHWM:"]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _reset_peak(dev: torch.device) -> None:
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _allocated(dev: torch.device) -> dict[str, float]:
+    if dev.type != "cuda":
+        return {}
+    return {
+        "allocated_mib": torch.cuda.memory_allocated(dev) / MIB,
+        "peak_allocated_mib": torch.cuda.max_memory_allocated(dev) / MIB,
+        "peak_reserved_mib": torch.cuda.max_memory_reserved(dev) / MIB,
+    }
+
+
+def build_model(cfg: MemcheckConfig, slim: bool) -> tuple[Scal3R, dict[str, float]]:
+    """The model as the node builds it (``slim``) or as before issue 14; with the host RSS
+    growth of the build (peak and after) and its time."""
+    dev = torch.device(cfg.device)
+    heads = KEPT_HEADS if slim else None
+    low = torch.bfloat16 if (slim and cfg.bf16) else None
+    rss0, _ = host_rss()
+    t0 = time.perf_counter()
+    if cfg.checkpoint:
+        model, _ = load_scal3r(
+            cfg.checkpoint, cfg.model, device=dev, heads=heads, autocast_dtype=low
+        )
+    else:
+        torch.manual_seed(cfg.seed)
+        with torch.device(dev):
+            model = Scal3R(cfg.model)
+        if heads is not None:
+            model.drop_heads(heads)
+        if low is not None:
+            model.hold_autocast_weights(low)
+        model.eval()
+    _sync(dev)
+    rss1, hwm = host_rss()
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return model, {
+        "build_s": time.perf_counter() - t0,
+        "host_rss_growth_peak_mib": (hwm - rss0) / MIB,
+        "host_rss_after_mib": rss1 / MIB,
+        "weights_mib": weights / MIB,
+    }
+
+
+def run_window(model: Scal3R, cfg: MemcheckConfig, heads: tuple[str, ...]) -> dict[str, float]:
+    """One causal window after a warm-up one; the device peaks of the measured window."""
+    dev = torch.device(cfg.device)
+    h, w = compute_target_size(*cfg.camera_hw, 518, 14)
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    images = torch.rand(1, cfg.frames, 3, h, w, generator=g, device=dev)
+    state = GCSState()
+    amp = torch.bfloat16 if cfg.bf16 else None
+    with torch.inference_mode():
+        model.forward_chunk(images, sync=state.sync, heads=heads, autocast_dtype=amp)
+        _reset_peak(dev)
+        t0 = time.perf_counter()
+        out = model.forward_chunk(images, sync=state.sync, heads=heads, autocast_dtype=amp)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+    del out
+    return {"network_input_hw": [h, w], "window_s": seconds, **_allocated(dev)}
+
+
+def gcm_gradient_check(model: Scal3R, cfg: MemcheckConfig) -> dict[str, Any]:
+    """One GCM gradient at the window's real size: allocated peak of the current code and of the
+    written-out reference (from ``test/model`` of a source checkout), and bitwise equality."""
+    dev = torch.device(cfg.device)
+    agg = model.agg_regator
+    layer = agg.gcm(agg.gcm_layers[0])
+    h, w = compute_target_size(*cfg.camera_hw, 518, 14)
+    gh, gw = h // agg.patch_size, w // agg.patch_size
+    g = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    x = torch.randn(1, cfg.frames * gh * gw, layer.dim, generator=g, device=dev)
+    pos = agg.position_getter(cfg.frames, gh, gw, device=dev).reshape(1, -1, 2) + 1
+    tables = layer.rope_tables(pos, max(gh, gw) + 1)
+    out: dict[str, Any] = {"tokens": x.shape[1]}
+    with torch.inference_mode():
+        _reset_peak(dev)
+        base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+        new = layer.gradient(x, tables)
+        _sync(dev)
+        if dev.type == "cuda":
+            out["new_peak_mib"] = (torch.cuda.max_memory_allocated(dev) - base) / MIB
+        here = Path(__file__).resolve().parents[2] / "test" / "model"
+        if not (here / "gcm_reference.py").is_file():
+            out["reference"] = "not found (run from a source checkout)"
+            return out
+        sys.path.insert(0, str(here))
+        try:
+            from gcm_reference import reference_gradient
+        finally:
+            sys.path.remove(str(here))
+        _reset_peak(dev)
+        base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+        ref = reference_gradient(layer, x, tables)
+        _sync(dev)
+        if dev.type == "cuda":
+            out["reference_peak_mib"] = (torch.cuda.max_memory_allocated(dev) - base) / MIB
+        out["bitwise_equal"] = all(torch.equal(a, b) for a, b in zip(new, ref, strict=True))
+    return out
+
+
+def measure_window(cfg: MemcheckConfig) -> dict[str, Any]:
+    """All figures of the memory probe (see the module docstring)."""
+    dev = torch.device(cfg.device)
+    result: dict[str, Any] = {"config": asdict(cfg)}
+    if dev.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(dev)
+    model, build = build_model(cfg, slim=True)
+    result["slim"] = {"build": build, "window": run_window(model, cfg, KEPT_HEADS)}
+    if cfg.gcm_check:
+        result["gcm_gradient"] = gcm_gradient_check(model, cfg)
+    del model
+    _reset_peak(dev)
+    if cfg.baseline:
+        model, build = build_model(cfg, slim=False)
+        result["before_issue14"] = {
+            "build": build,
+            "window": run_window(model, cfg, ("camera", "depth", "points")),
+        }
+        del model
+        _reset_peak(dev)
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    for name in ("slim", "before_issue14"):
+        if name not in result:
+            continue
+        b, w = result[name]["build"], result[name]["window"]
+        print(
+            f"{name}: weights {b['weights_mib']:.0f} MiB, build {b['build_s']:.1f} s, host RSS "
+            f"growth peak {b['host_rss_growth_peak_mib']:.0f} MiB (after: "
+            f"{b['host_rss_after_mib']:.0f} MiB); window {w['window_s'] * 1e3:.0f} ms, "
+            f"peak allocated {w.get('peak_allocated_mib', float('nan')):.0f} MiB, "
+            f"peak reserved {w.get('peak_reserved_mib', float('nan')):.0f} MiB"
+        )
+    if "gcm_gradient" in result:
+        print(f"gcm_gradient: {result['gcm_gradient']}")
+    print("MEMCHECK " + json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scal3r_ros.model.memcheck", description=__doc__)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--camera", default="1242x375", help="camera WIDTHxHEIGHT")
+    p.add_argument("--model", default="scal3r-1b")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--baseline", action="store_true", help="also the pre-issue-14 model")
+    p.add_argument("--gcm-check", action="store_true", help="GCM gradient peak + bitwise check")
+    a = p.parse_args(argv)
+    try:
+        width, height = (int(v) for v in a.camera.lower().split("x"))
+        if a.frames < 2 or width < 14 or height < 14:
+            raise ValueError
+    except ValueError:
+        p.error(
+            f"--camera must be WIDTHxHEIGHT (at least 14x14) and --frames >= 2, got "
+            f"{a.camera!r} and {a.frames}"
+        )
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print("memcheck: CUDA is not available here", file=sys.stderr)
+        return 2
+    cfg = MemcheckConfig(
+        device=a.device,
+        frames=a.frames,
+        camera_hw=(height, width),
+        model=a.model,
+        checkpoint=a.checkpoint,
+        bf16=not a.fp32,
+        baseline=a.baseline,
+        gcm_check=a.gcm_check,
+    )
+    try:
+        _print(measure_window(cfg))
+    except (CheckpointError, KeyError) as e:
+        print(f"memcheck: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

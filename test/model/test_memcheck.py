@@ -1,0 +1,31 @@
+"""The device check's memory probe runs end to end (here on the CPU with the tiny network)."""
+
+from __future__ import annotations
+
+import json
+
+from scal3r_ros.model.memcheck import main
+
+
+def test_memcheck_tiny_on_cpu(capsys):
+    argv = ["--device", "cpu", "--model", "tiny", "--frames", "2", "--camera", "518x42"]
+    assert main([*argv, "--fp32", "--baseline", "--gcm-check"]) == 0
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if s.startswith("MEMCHECK "))
+    result = json.loads(line[len("MEMCHECK ") :])
+    slim, before = result["slim"], result["before_issue14"]
+    assert slim["window"]["network_input_hw"] == [42, 518]
+    assert slim["build"]["weights_mib"] < before["build"]["weights_mib"]  # no point head
+    assert result["gcm_gradient"]["bitwise_equal"] is True
+    assert result["gcm_gradient"]["tokens"] == 2 * 3 * 37
+
+
+def test_memcheck_bad_arguments_exit_2(capsys):
+    assert main(["--device", "cpu", "--model", "nope", "--frames", "2", "--camera", "28x28"]) == 2
+    assert "unknown Scal3R preset" in capsys.readouterr().err
+    try:
+        main(["--camera", "wide"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a bad --camera must exit 2")
