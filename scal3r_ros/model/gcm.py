@@ -266,15 +266,26 @@ class GCMLayer(nn.Module):
         return FastWeights(*out)
 
     def apply(self, x: Tensor, fast: FastWeights, pos: Tensor | RopeTables | None = None) -> Tensor:
-        """Residual update for patch tokens ``x`` (B, L, D) with fast weights ``fast``."""
+        """Residual update for patch tokens ``x`` (B, L, D) with fast weights ``fast``.
+
+        ``silu(q W0) * (q W2)`` and the modulation run in place (two hidden-sized buffers at a
+        time instead of three; same operations on the same operands, so bitwise the same).
+        """
         B, L, D = x.shape
         with _no_autocast(x.device):
             x = self._as_param_dtype(x)
             q, _, _ = self._qkv(x, pos, need_v=False)
-            o = (F.silu(q @ fast.w0) * (q @ fast.w2)) @ fast.w1  # (B*h, L, d)
+            del x
+            hidden = F.silu(q @ fast.w0, inplace=True)
+            hidden.mul_(q @ fast.w2)
+            del q
+            o = hidden @ fast.w1  # (B*h, L, d)
+            del hidden
             o = self.o_norm(o)
             o = o.reshape(B, self.num_heads, L, self.head_dim).transpose(1, 2).reshape(B, L, D)
             if not self.use_modulation:
                 return self.proj(o)
             shift, scale, gate = self.proj(o).chunk(3, dim=-1)
-            return gate * (self.a_norm(o) * (1 + scale) + shift)
+            out = self.a_norm(o)
+            del o
+            return out.mul_(1 + scale).add_(shift).mul_(gate)  # gate * (LN(o) * (1 + s) + shift)

@@ -1,7 +1,7 @@
-"""The GCM gradient as it was before the memory rewrite (issue 14), kept as the test reference.
+"""The GCM gradient and apply as they were before the memory rewrite (issue 14): test reference.
 
-``GCMLayer.gradient`` now frees its temporaries early and works in place; it must stay bitwise
-equal to this straightforward transcription of the official closed form.
+``GCMLayer.gradient`` / ``GCMLayer.apply`` now free their temporaries early and work in place;
+they must stay bitwise equal to these straightforward transcriptions of the official code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from scal3r_ros.model.gcm import GCMGrads, GCMLayer, silu_backprop
+from scal3r_ros.model.gcm import FastWeights, GCMGrads, GCMLayer, silu_backprop
 from scal3r_ros.model.layers.rope import RopeTables
 
 
@@ -49,6 +49,28 @@ def reference_gradient(
         g1 = (hidden * lr1).transpose(-1, -2) @ v
         g2 = (k * lr2).transpose(-1, -2) @ dhide_before_mul
     return GCMGrads(g0, g1, g2)
+
+
+def reference_apply(
+    layer: GCMLayer, x: Tensor, fast: FastWeights, pos: Tensor | RopeTables | None = None
+) -> Tensor:
+    """The pre-issue-14 ``GCMLayer.apply`` (out-of-place throughout)."""
+    B, L, D = x.shape
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x if x.dtype == layer.w0.dtype else x.to(layer.w0.dtype)
+        h, d = layer.num_heads, layer.head_dim
+        qkv = layer.qkv(x).reshape(B, L, 3, h, d).permute(2, 0, 3, 1, 4)
+        q = layer.q_norm(qkv[0])
+        if layer.rope is not None and pos is not None:
+            q = layer.rope(q, pos)
+        q = q.reshape(B * h, L, d)
+        o = (F.silu(q @ fast.w0) * (q @ fast.w2)) @ fast.w1
+        o = layer.o_norm(o)
+        o = o.reshape(B, h, L, d).transpose(1, 2).reshape(B, L, D)
+        if not layer.use_modulation:
+            return layer.proj(o)
+        shift, scale, gate = layer.proj(o).chunk(3, dim=-1)
+        return gate * (layer.a_norm(o) * (1 + scale) + shift)
 
 
 class PeakLiveBytes(TorchDispatchMode):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gcm_reference import peak_live_bytes, reference_gradient
+from gcm_reference import peak_live_bytes, reference_apply, reference_gradient
 
 from scal3r_ros.model.gcm import GCMLayer
 from scal3r_ros.model.layers import PositionGetter, RotaryPositionEmbedding2D
@@ -68,3 +68,31 @@ def test_gradient_peak_memory_below_half_of_reference():
     assert new_peak < 0.5 * ref_peak
     for a, b in zip(new, ref, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"d{s[0]}h{s[1]}f{s[2]}")
+def test_apply_bitwise_equal_to_reference(size, autocast):
+    layer, x, tables = _layer_and_input(*size)
+    with torch.no_grad():
+        layer.proj.weight.normal_(std=0.2)
+        layer.proj.bias.normal_(std=0.2)
+        fast = layer.update(layer.gradient(x, tables))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            new = layer.apply(x, fast, tables)
+            ref = reference_apply(layer, x, fast, tables)
+    assert new.dtype == ref.dtype == torch.float32
+    assert torch.equal(new, ref) and bool(new.abs().max() > 0)
+
+
+def test_apply_peak_memory_below_reference():
+    layer, x, tables = _layer_and_input(128, 1, 8, (11, 37))
+    with torch.no_grad():
+        fast = layer.update(layer.gradient(x, tables))
+        new_peak, new = peak_live_bytes(layer.apply, x, fast, tables)
+        ref_peak, ref = peak_live_bytes(reference_apply, layer, x, fast, tables)
+    hidden = x.shape[1] * 4 * x.shape[2] * 4
+    print(f"apply peak: new {new_peak / hidden:.2f}, reference {ref_peak / hidden:.2f} hidden")
+    assert ref_peak >= 3 * hidden
+    assert new_peak <= ref_peak - hidden  # one hidden-sized buffer less at the peak
+    assert torch.equal(new, ref)
