@@ -14,6 +14,9 @@ window. It prints, as text and as one JSON line (``MEMCHECK {...}``):
   its allocated peak, and whether it is bitwise equal to the written-out form kept in
   ``test/model/gcm_reference.py``.
 
+``--estimate`` needs no device: it sizes the same window under ``FakeTensorMode``
+(:func:`estimate_window`: weights plus the peak of live activations, i.e. the allocated peak).
+
 Nothing here runs in the node; it is the device check's memory probe (``scripts/device_check.sh``).
 """
 
@@ -24,18 +27,30 @@ import gc
 import json
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .checkpoint import CheckpointError, load_scal3r
 from .gcs import GCSState
 from .preprocess import compute_target_size
 from .scal3r import Scal3R
 
-__all__ = ["MemcheckConfig", "host_rss", "main", "measure_window"]
+__all__ = [
+    "MemcheckConfig",
+    "PeakLiveBytes",
+    "estimate_window",
+    "host_rss",
+    "main",
+    "measure_window",
+    "peak_live_bytes",
+]
 
 MIB = 2**20
 KEPT_HEADS = ("camera", "depth")  # what the engine reads (it aligns with depth)
@@ -52,6 +67,71 @@ class MemcheckConfig:
     baseline: bool = False  # also the pre-issue-14 model (fp32 weights, all heads)
     gcm_check: bool = False  # GCM gradient peak + bitwise check against the test reference
     seed: int = 0
+
+
+def _storage_key(t: Tensor) -> int:
+    """The identity of a tensor's storage (its StorageImpl), also for meta and fake tensors."""
+    return t.untyped_storage()._cdata
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the mode and still alive (CPU or GPU).
+
+    Why: torch has no allocator statistics on the CPU and tracemalloc does not see its buffers.
+    Under ``FakeTensorMode`` (entered first) it sizes a computation without running it.
+    Every op's outputs pass through here; a storage first seen as an output (not one of the op's
+    inputs or a storage already counted) is a new allocation, counted until the last tensor
+    object on it is garbage collected. In-place results and views add no bytes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._owned: dict[int, list[int]] = {}  # storage key -> [tensor objects, nbytes]
+        self._seen: set[int] = set()  # ids of tensor objects already counted
+
+    def _release(self, ptr: int) -> None:
+        entry = self._owned.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self._owned[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {
+            _storage_key(t) for t in tree_leaves((args, kwargs or {})) if isinstance(t, Tensor)
+        }
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, Tensor) or id(t) in self._seen:
+                continue
+            storage = t.untyped_storage()
+            ptr = _storage_key(t)
+            if ptr in self._owned:
+                self._owned[ptr][0] += 1
+            elif ptr in inputs or storage.nbytes() == 0:
+                continue  # a view / in-place result of a tensor made outside the mode
+            else:
+                self._owned[ptr] = [1, storage.nbytes()]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self._seen.add(id(t))
+            weakref.finalize(t, self._forget, id(t), ptr)
+        return out
+
+    def _forget(self, ident: int, ptr: int) -> None:
+        self._seen.discard(ident)
+        self._release(ptr)
+
+
+def peak_live_bytes(fn, *args, **kwargs) -> tuple[int, object]:
+    """``(peak bytes allocated and alive during fn(*args), result)``; see PeakLiveBytes."""
+    with PeakLiveBytes() as mode:
+        result = fn(*args, **kwargs)
+    return mode.peak, result
 
 
 def host_rss() -> tuple[int, int]:
@@ -167,7 +247,7 @@ def gcm_gradient_check(model: Scal3R, cfg: MemcheckConfig) -> dict[str, Any]:
             return out
         sys.path.insert(0, str(here))
         try:
-            from gcm_reference import reference_gradient
+            from gcm_reference import reference_apply, reference_gradient
         finally:
             sys.path.remove(str(here))
         _reset_peak(dev)
@@ -177,7 +257,51 @@ def gcm_gradient_check(model: Scal3R, cfg: MemcheckConfig) -> dict[str, Any]:
         if dev.type == "cuda":
             out["reference_peak_mib"] = (torch.cuda.max_memory_allocated(dev) - base) / MIB
         out["bitwise_equal"] = all(torch.equal(a, b) for a, b in zip(new, ref, strict=True))
+        del ref
+        fast = layer.update(new)
+        out["apply_bitwise_equal"] = torch.equal(
+            layer.apply(x, fast, tables), reference_apply(layer, x, fast, tables)
+        )
     return out
+
+
+def estimate_window(cfg: MemcheckConfig, slim: bool = True) -> dict[str, float]:
+    """Device-free estimate of one window's device memory, in MiB: the model (``slim``: as the
+    node builds it; otherwise fp32 weights and all heads, as before issue 14) is built on the
+    meta device and one window runs under ``FakeTensorMode`` (shapes and dtypes only, nothing
+    computed, seconds on a CPU), CPU autocast standing in for the GPU's, while
+    :class:`PeakLiveBytes` counts what is allocated and alive.
+
+    Not modelled: the caching allocator's rounding and fragmentation (``reserved``), kernel
+    workspaces, and where CUDA autocast's policy differs from the CPU's (layer norms on bf16
+    input; in this trunk their inputs are the fp32 residual stream). Checked against the H200
+    figures of issue 14 (60 frames, 1242x375, bf16): the pre-issue-14 code (written-out GCM
+    gradient, fp32 weights, all heads) estimates 10,579 MiB (measured 10,575), with the
+    early-free gradient 8,210 (quick GPU test 8,352), and with bf16-held weights 6,479 (6,659).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    h, w = compute_target_size(*cfg.camera_hw, 518, 14)
+    heads = KEPT_HEADS if slim else ("camera", "depth", "points")
+    with torch.device("meta"):
+        model = Scal3R(cfg.model).eval()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device="cpu")
+        model.agg_regator.reset_buffers("cpu")
+        if slim:
+            model.drop_heads(heads)
+            if cfg.bf16:
+                model.hold_autocast_weights(torch.bfloat16)
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        images = torch.empty(1, cfg.frames, 3, h, w)
+        amp = torch.bfloat16 if cfg.bf16 else None
+        with torch.inference_mode(), PeakLiveBytes() as peak:
+            model.forward_chunk(images, sync=GCSState().sync, heads=heads, autocast_dtype=amp)
+    return {
+        "weights_mib": weights / MIB,
+        "activations_peak_mib": peak.peak / MIB,
+        "peak_allocated_mib": (weights + peak.peak) / MIB,
+    }
 
 
 def measure_window(cfg: MemcheckConfig) -> dict[str, Any]:
@@ -230,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--baseline", action="store_true", help="also the pre-issue-14 model")
     p.add_argument("--gcm-check", action="store_true", help="GCM gradient peak + bitwise check")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="no device needed: size one window under FakeTensorMode (allocated peak only)",
+    )
     a = p.parse_args(argv)
     try:
         width, height = (int(v) for v in a.camera.lower().split("x"))
@@ -240,6 +369,22 @@ def main(argv: list[str] | None = None) -> int:
             f"--camera must be WIDTHxHEIGHT (at least 14x14) and --frames >= 2, got "
             f"{a.camera!r} and {a.frames}"
         )
+    if a.estimate:
+        cfg = MemcheckConfig(
+            device="cpu", frames=a.frames, camera_hw=(height, width), model=a.model, bf16=not a.fp32
+        )
+        try:
+            result = {"config": asdict(cfg), "estimate": estimate_window(cfg, slim=True)}
+            if a.baseline:
+                result["estimate_before_issue14_weights"] = estimate_window(cfg, slim=False)
+        except KeyError as e:
+            print(f"memcheck: {e}", file=sys.stderr)
+            return 2
+        for k, v in result.items():
+            if k != "config":
+                print(f"{k}: " + ", ".join(f"{n} {x:.0f}" for n, x in v.items()))
+        print("MEMCHECK " + json.dumps(result))
+        return 0
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("memcheck: CUDA is not available here", file=sys.stderr)
         return 2

@@ -6,13 +6,9 @@ they must stay bitwise equal to these straightforward transcriptions of the offi
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from scal3r_ros.model.gcm import FastWeights, GCMGrads, GCMLayer, silu_backprop
 from scal3r_ros.model.layers.rope import RopeTables
@@ -71,64 +67,3 @@ def reference_apply(
             return layer.proj(o)
         shift, scale, gate = layer.proj(o).chunk(3, dim=-1)
         return gate * (layer.a_norm(o) * (1 + scale) + shift)
-
-
-class PeakLiveBytes(TorchDispatchMode):
-    """Peak bytes of tensor storage allocated inside the mode and still alive (CPU or GPU).
-
-    Why: torch has no allocator statistics on the CPU and tracemalloc does not see its buffers.
-    Every op's outputs pass through here; a storage first seen as an output (not one of the op's
-    inputs or a storage already counted) is a new allocation, counted until the last tensor
-    object on it is garbage collected. In-place results and views add no bytes.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._owned: dict[int, list[int]] = {}  # storage ptr -> [tensor objects, nbytes]
-        self._seen: set[int] = set()  # ids of tensor objects already counted
-
-    def _release(self, ptr: int) -> None:
-        entry = self._owned.get(ptr)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.live -= entry[1]
-            del self._owned[ptr]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs or {}))
-            if isinstance(t, Tensor)
-        }
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if not isinstance(t, Tensor) or id(t) in self._seen:
-                continue
-            storage = t.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr in self._owned:
-                self._owned[ptr][0] += 1
-            elif ptr in inputs or storage.nbytes() == 0:
-                continue  # a view / in-place result of a tensor made outside the mode
-            else:
-                self._owned[ptr] = [1, storage.nbytes()]
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-            self._seen.add(id(t))
-            weakref.finalize(t, self._forget, id(t), ptr)
-        return out
-
-    def _forget(self, ident: int, ptr: int) -> None:
-        self._seen.discard(ident)
-        self._release(ptr)
-
-
-def peak_live_bytes(fn, *args, **kwargs) -> tuple[int, object]:
-    """``(peak bytes allocated and alive during fn(*args), result)``; see PeakLiveBytes."""
-    with PeakLiveBytes() as mode:
-        result = fn(*args, **kwargs)
-    return mode.peak, result

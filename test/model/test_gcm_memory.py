@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gcm_reference import peak_live_bytes, reference_apply, reference_gradient
+from gcm_reference import reference_apply, reference_gradient
 
 from scal3r_ros.model.gcm import GCMLayer
 from scal3r_ros.model.layers import PositionGetter, RotaryPositionEmbedding2D
+from scal3r_ros.model.memcheck import peak_live_bytes
 
 
 def _layer_and_input(dim: int, heads: int, frames: int, grid: tuple[int, int], seed: int = 0):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scal3r_ros.model.memcheck import main
 
 
@@ -17,6 +19,7 @@ def test_memcheck_tiny_on_cpu(capsys):
     assert slim["window"]["network_input_hw"] == [42, 518]
     assert slim["build"]["weights_mib"] < before["build"]["weights_mib"]  # no point head
     assert result["gcm_gradient"]["bitwise_equal"] is True
+    assert result["gcm_gradient"]["apply_bitwise_equal"] is True
     assert result["gcm_gradient"]["tokens"] == 2 * 3 * 37
 
 
@@ -29,3 +32,15 @@ def test_memcheck_bad_arguments_exit_2(capsys):
         assert e.code == 2
     else:
         raise AssertionError("a bad --camera must exit 2")
+
+
+def test_memcheck_estimate_needs_no_device(capsys):
+    argv = ["--estimate", "--baseline", "--model", "tiny", "--frames", "2", "--camera", "518x42"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    result = json.loads(line[len("MEMCHECK ") :])
+    slim, before = result["estimate"], result["estimate_before_issue14_weights"]
+    assert 0 < slim["weights_mib"] < before["weights_mib"]  # bf16 trunk, no point head
+    assert slim["activations_peak_mib"] > 0
+    total = slim["weights_mib"] + slim["activations_peak_mib"]
+    assert slim["peak_allocated_mib"] == pytest.approx(total)
