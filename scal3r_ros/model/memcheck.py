@@ -6,7 +6,10 @@ bf16; built on the device: random weights, or a checkpoint streamed tensor by te
 one causal window (60 frames of a 1242x375 camera = 154x518 at the network) after a warm-up
 window. It prints, as text and as one JSON line (``MEMCHECK {...}``):
 
-* host RSS growth of the build (``VmHWM``) and the host RSS after it,
+* host RSS growth of the build (``VmHWM``, restarted before it) and the host RSS after it
+  (random weights built on the device, or a checkpoint: ``--checkpoint``, or a random one
+  written first with ``--random-checkpoint``; the baseline then loads it as the factory did
+  before issue 14, on the host first),
 * device memory of the weights, and the allocated / reserved peaks of the window,
 * with ``--baseline``: the same window with the model as before issue 14 (fp32 weights, all
   three heads) for comparison,
@@ -28,7 +31,7 @@ import json
 import sys
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,7 @@ class MemcheckConfig:
     camera_hw: tuple[int, int] = (375, 1242)  # KITTI-sized camera
     model: str = "scal3r-1b"
     checkpoint: str | None = None  # None: random weights (memory does not depend on values)
+    random_checkpoint: str | None = None  # write a random checkpoint here (once), load it
     bf16: bool = True
     baseline: bool = False  # also the pre-issue-14 model (fp32 weights, all heads)
     gcm_check: bool = False  # GCM gradient peak + bitwise check against the test reference
@@ -147,6 +151,32 @@ def host_rss() -> tuple[int, int]:
     return got["VmRSS:"], got["VmHWM:"]
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's ``VmHWM`` at its current RSS (Linux ``clear_refs``), so a later
+    peak belongs to what ran after; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def write_random_checkpoint(path: str | Path, cfg: MemcheckConfig) -> Path:
+    """A random-weight checkpoint of ``cfg.model`` in the release format (plain fp32 state
+    dict), built on ``cfg.device`` and saved from there tensor by tensor, so the streamed
+    loader can be measured without the real file (memory does not depend on the values)."""
+    path = Path(path)
+    dev = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    with torch.device(dev):
+        model = Scal3R(cfg.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    del model
+    _reset_peak(dev)
+    return path
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -176,12 +206,17 @@ def build_model(cfg: MemcheckConfig, slim: bool) -> tuple[Scal3R, dict[str, floa
     dev = torch.device(cfg.device)
     heads = KEPT_HEADS if slim else None
     low = torch.bfloat16 if (slim and cfg.bf16) else None
+    gc.collect()
+    reset_peak_rss()
     rss0, _ = host_rss()
     t0 = time.perf_counter()
-    if cfg.checkpoint:
+    if cfg.checkpoint and slim:  # streamed onto the device (this issue)
         model, _ = load_scal3r(
             cfg.checkpoint, cfg.model, device=dev, heads=heads, autocast_dtype=low
         )
+    elif cfg.checkpoint:  # as the factory did before: the whole fp32 model on the host first
+        model, _ = load_scal3r(cfg.checkpoint, cfg.model, device="cpu")
+        model = model.to(dev)
     else:
         torch.manual_seed(cfg.seed)
         with torch.device(dev):
@@ -310,6 +345,10 @@ def measure_window(cfg: MemcheckConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"config": asdict(cfg)}
     if dev.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(dev)
+    if cfg.random_checkpoint:
+        if not Path(cfg.random_checkpoint).is_file():
+            write_random_checkpoint(cfg.random_checkpoint, cfg)
+        cfg = replace(cfg, checkpoint=cfg.random_checkpoint)
     model, build = build_model(cfg, slim=True)
     result["slim"] = {"build": build, "window": run_window(model, cfg, KEPT_HEADS)}
     if cfg.gcm_check:
@@ -351,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera", default="1242x375", help="camera WIDTHxHEIGHT")
     p.add_argument("--model", default="scal3r-1b")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument(
+        "--random-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="write a random-weight checkpoint to PATH (unless it exists) and load it the "
+        "node's way (streamed) and, with --baseline, the old way (host first)",
+    )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--baseline", action="store_true", help="also the pre-issue-14 model")
     p.add_argument("--gcm-check", action="store_true", help="GCM gradient peak + bitwise check")
@@ -394,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         camera_hw=(height, width),
         model=a.model,
         checkpoint=a.checkpoint,
+        random_checkpoint=a.random_checkpoint,
         bf16=not a.fp32,
         baseline=a.baseline,
         gcm_check=a.gcm_check,

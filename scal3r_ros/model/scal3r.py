@@ -173,7 +173,8 @@ class Scal3R(nn.Module):
     # ------------------------------------------------------------------ heads
     @torch.no_grad()
     def decode(self, state: ChunkState, heads: Sequence[str] | None = None) -> Scal3ROutput:
-        """Run the requested heads (default all) on a chunk whose trunk has finished."""
+        """Run the requested heads (default: all the model has) on a chunk whose trunk has
+        finished."""
         heads = self.available_heads() if heads is None else tuple(heads)
         unknown = set(heads) - set(HEADS)
         if unknown:

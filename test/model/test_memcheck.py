@@ -9,9 +9,12 @@ import pytest
 from scal3r_ros.model.memcheck import main
 
 
-def test_memcheck_tiny_on_cpu(capsys):
+def test_memcheck_tiny_on_cpu(capsys, tmp_path):
     argv = ["--device", "cpu", "--model", "tiny", "--frames", "2", "--camera", "518x42"]
+    ckpt = tmp_path / "random.pt"
+    argv += ["--random-checkpoint", str(ckpt)]
     assert main([*argv, "--fp32", "--baseline", "--gcm-check"]) == 0
+    assert ckpt.is_file()  # written once, then loaded by both builds
     out = capsys.readouterr().out
     line = next(s for s in out.splitlines() if s.startswith("MEMCHECK "))
     result = json.loads(line[len("MEMCHECK ") :])
@@ -21,6 +24,8 @@ def test_memcheck_tiny_on_cpu(capsys):
     assert result["gcm_gradient"]["bitwise_equal"] is True
     assert result["gcm_gradient"]["apply_bitwise_equal"] is True
     assert result["gcm_gradient"]["tokens"] == 2 * 3 * 37
+    assert result["config"]["random_checkpoint"] == str(ckpt)
+    assert slim["build"]["host_rss_growth_peak_mib"] >= 0
 
 
 def test_memcheck_bad_arguments_exit_2(capsys):
