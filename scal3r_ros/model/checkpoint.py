@@ -47,6 +47,7 @@ absent and downloading is allowed (``huggingface_hub`` importable, ``download`` 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -54,10 +55,11 @@ import pickle
 import re
 import shlex
 import struct
+import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,16 +367,50 @@ def _first(items, n: int = _MAX_LISTED) -> str:
     return s + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def _torch_load(path: Path):
+def _torch_load(path: Path) -> tuple[object, bool]:
+    """``(object, memory-mapped?)``."""
     if _records_checked(path):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as e:
             # legacy (non-zip) files cannot be memory-mapped
             if "mmap" not in str(e) and "zipfile" not in str(e).lower():
                 raise
     # torch's copying reader checks every record's size itself
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True), False
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MADV_DONTNEED = 4  # Linux
+
+
+def _release_pages(t: Tensor) -> None:
+    """Drop the resident pages of a memory-mapped checkpoint tensor once it has been copied.
+
+    Why: pages of a file mapping that were read count in the process RSS until the whole
+    mapping goes, i.e. after the last tensor of the file; streaming a 5 GB checkpoint to a GPU
+    would otherwise hold all of it. The mapping is private and never written, so dropping its
+    pages loses nothing (a later read fetches them from the file again). Only whole pages
+    inside the tensor's bytes are dropped. Best effort: a no-op off Linux.
+    """
+    if not sys.platform.startswith("linux") or t.device.type != "cpu":
+        return
+    storage = t.untyped_storage()
+    start = -(-storage.data_ptr() // _PAGE) * _PAGE
+    end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _LIBC
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
@@ -597,7 +633,13 @@ def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a checkpoint file safely -> flat ``{name: tensor}`` (wrappers/prefixes removed)."""
+    return _read_state_dict(path)[0]
+
+
+def _read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], bool]:
+    """:func:`read_state_dict` and whether its tensors are mapped from the file."""
     path = Path(path)
+    mapped = False
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -610,7 +652,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 ) from e
             obj = load_file(str(path), device="cpu")
         else:
-            obj = _torch_load(path)
+            obj, mapped = _torch_load(path)
     except CheckpointError:
         raise
     except (
@@ -628,7 +670,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: {_read_failure(e)}") from None
     except Exception as e:  # e.g. safetensors' SafetensorError
         raise CheckpointError(f"{path}: {_read_failure(e)}") from None
-    return _strip_prefixes(_unwrap(obj, path))
+    return _strip_prefixes(_unwrap(obj, path)), mapped
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -701,6 +743,7 @@ def _check(
     fmt: str,
     strict_dtype: bool,
     dropped: list[str],
+    cast_now: bool = True,
 ) -> tuple[dict[str, Tensor], list[str], list[str]]:
     missing = [k for k in expected if k not in sd]
     left_at_init: list[str] = []
@@ -722,7 +765,8 @@ def _check(
                 dtypes.append(f"{k}: file {v.dtype} vs model {ref.dtype}")
                 continue
             cast.append(k)
-            v = v.to(ref.dtype)
+            if cast_now:
+                v = v.to(ref.dtype)
         out[k] = v
     problems = []
     if missing:
@@ -815,33 +859,74 @@ def load_scal3r(
     format: str = "auto",
     zero_gcm: bool = False,
     sha256: str | None = None,
+    heads: Sequence[str] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ):
     """Build :class:`Scal3R` for ``cfg`` and load a checkpoint into it; returns ``(model,
     report)`` with the model in eval mode on ``device``.
 
-    Scal3R checkpoints are loaded without random initialisation (the model is built on the meta
-    device and the tensors are adopted); VGGT checkpoints need the GCM layers' init, so the model
-    is built on CPU first.
+    ``heads`` (names from ``HEADS``; None: all) keeps only those heads: the others are neither
+    read from the file nor built. ``autocast_dtype`` (e.g. ``torch.bfloat16``: the model will
+    only run under that autocast) stores the trunk weights autocast casts anyway in that dtype
+    (:meth:`Scal3R.hold_autocast_weights`).
+
+    Scal3R checkpoints are built on the meta device (no random initialisation) and streamed
+    onto ``device`` tensor by tensor from the memory-mapped file: each tensor is copied (and
+    cast) on its own and its pages of the file are released after the copy, so host memory
+    never holds a copy of the whole model when the device is a GPU (on the CPU, tensors that
+    need no cast stay mapped from the file and are paged in when used). VGGT checkpoints need
+    the GCM layers' random init, so that model is built on the CPU first.
     """
-    from .scal3r import Scal3R
+    from .scal3r import Scal3R, autocast_weight_names
 
     path = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
     verify_checksum(path, sha256, cache_dir=cache_dir)  # before reading anything of it
-    if format == "auto":
-        fmt = detect_format(read_state_dict(path))
-    else:
+    if format != "auto" and format != "scal3r":
         fmt = format
-    if fmt == "scal3r":
-        with torch.device("meta"):
-            model = Scal3R(cfg)
-        report = load_checkpoint(
-            model, path, format="scal3r", assign=True, sha256=sha256, cache_dir=cache_dir
-        )
-        model.agg_regator.reset_buffers()
     else:
+        sd, mapped = _read_state_dict(path)
+        fmt = detect_format(sd) if format == "auto" else format
+    if fmt != "scal3r":
         model = Scal3R(cfg)
         report = load_checkpoint(
             model, path, format=fmt, zero_gcm=zero_gcm, sha256=sha256, cache_dir=cache_dir
         )
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        if heads is not None:
+            model.drop_heads(heads)
+        if autocast_dtype is not None:
+            model.hold_autocast_weights(autocast_dtype)
+        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        return model.eval(), report
+
+    with torch.device("meta"):
+        model = Scal3R(cfg)
+    sd, _, cast = _check(
+        path, sd, model.state_dict(keep_vars=True), "scal3r", False, [], cast_now=False
+    )
+    if heads is not None:
+        model.drop_heads(heads)
+    wanted = model.state_dict(keep_vars=True)
+    low = set(autocast_weight_names(model)) if autocast_dtype is not None else set()
+    dev = torch.device(device)
+    on_device: dict[str, Tensor] = {}
+    for name in list(sd):
+        src = sd.pop(name)  # no reference is left behind: the mapping can go at the end
+        if name not in wanted:
+            continue
+        target = autocast_dtype if name in low else (dtype or wanted[name].dtype)
+        t = src.to(device=dev, dtype=target)
+        if mapped and t.untyped_storage().data_ptr() != src.untyped_storage().data_ptr():
+            _release_pages(src)
+        on_device[name] = t
+        del src, t
+    try:
+        model.load_state_dict(on_device, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: load_state_dict failed: {e}") from e
+    del on_device
+    model.agg_regator.reset_buffers(dev)
+    if autocast_dtype is not None:
+        model.hold_autocast_weights(autocast_dtype)  # records the dtype; nothing left to cast
+    digest = verify_checksum(path, sha256, cache_dir=cache_dir)
+    report = LoadReport(path=path, format="scal3r", loaded=len(wanted), cast=cast, sha256=digest)
     return model.eval(), report

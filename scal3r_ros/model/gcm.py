@@ -166,19 +166,24 @@ class GCMLayer(nn.Module):
             return None
         return self.rope.tables(pos, self.head_dim, torch.float32, max_position)
 
-    def _qkv(self, x: Tensor, pos: Tensor | RopeTables | None, need_v: bool):
+    def _qkv(
+        self, x: Tensor, pos: Tensor | RopeTables | None, need_v: bool, need_q: bool = True
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``q`` (apply) and/or ``k, v`` (gradient), each ``(B*h, L, d)``; the others None."""
         B, L, D = x.shape
         h, d = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, L, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, L, d)
         q, k, v = qkv.unbind(0)
-        q = self.q_norm(q)
+        del qkv
+        q = self.q_norm(q) if need_q else None
         if need_v:
             k = self.k_norm(k)
         if self.rope is not None and pos is not None:
-            q = self.rope(q, pos)
+            if need_q:
+                q = self.rope(q, pos)
             if need_v:
                 k = self.rope(k, pos)
-        q = q.reshape(B * h, L, d)
+        q = q.reshape(B * h, L, d) if need_q else None
         if not need_v:
             return q, None, None
         return q, k.reshape(B * h, L, d), v.reshape(B * h, L, d)
@@ -200,22 +205,47 @@ class GCMLayer(nn.Module):
 
     # ------------------------------------------------------------------ the three stages
     def gradient(self, x: Tensor, pos: Tensor | RopeTables | None = None) -> GCMGrads:
-        """Raw fast-weight gradients of patch tokens ``x`` (B, L, D) against the learned init."""
+        """Raw fast-weight gradients of patch tokens ``x`` (B, L, D) against the learned init.
+
+        Memory (issue 14): the closed form needs ten ``(B*h, L, dh)`` temporaries when written
+        out (4 GB at a 60-frame 1242x375 window); here each is freed as soon as its last use
+        is done and the element-wise steps run in place, so at most four exist at a time.
+        Every value is produced by the same operation on the same operands as the written-out
+        form (``a * b`` and ``b.mul_(a)`` round alike, ``1 - s`` is ``(-s) + 1`` exactly), so
+        the result is bitwise equal to it (tested against the kept reference).
+        """
         with _no_autocast(x.device):
             x = self._as_param_dtype(x)
-            q, k, v = self._qkv(x, pos, need_v=True)
+            _, k, v = self._qkv(x, pos, need_v=True, need_q=False)
             lr0, lr1, lr2 = self._lrs(x)
-            w0, w1, w2 = self.initial_weights(x.shape[0])
+            del x
+            w0, w1, w2 = self.initial_weights(k.shape[0] // self.num_heads)
             gate_before_act = k @ w0
             hide_before_mul = k @ w2
-            hidden = F.silu(gate_before_act) * hide_before_mul
+            act = F.silu(gate_before_act)
+            # g1 = (silu(gate) * hide * lr1)^T v, first, so `hidden` dies before dhidden exists
+            hidden = act * hide_before_mul
+            g1 = hidden.mul_(lr1).transpose(-1, -2) @ v
+            del hidden
             dhidden = v @ w1.transpose(-1, -2)
-            dhide_before_mul = dhidden * F.silu(gate_before_act)
-            dgate = dhidden * hide_before_mul
-            dgate_before_act = silu_backprop(dgate, gate_before_act)
-            g0 = (k * lr0).transpose(-1, -2) @ dgate_before_act
-            g1 = (hidden * lr1).transpose(-1, -2) @ v
+            del v
+            # g2 = (k * lr2)^T (dhidden * silu(gate))
+            dhide_before_mul = act.mul_(dhidden)
+            del act
             g2 = (k * lr2).transpose(-1, -2) @ dhide_before_mul
+            del dhide_before_mul
+            # g0 = (k * lr0)^T silu'(gate; dhidden * hide): dy * s * (1 + x * (1 - s))
+            dgate = dhidden.mul_(hide_before_mul)
+            del dhidden, hide_before_mul
+            sigma = torch.sigmoid(gate_before_act)
+            dgate.mul_(sigma)  # dy * s
+            one_minus = sigma.neg_().add_(1)  # 1 - s
+            del sigma
+            tail = gate_before_act.mul_(one_minus).add_(1)  # 1 + x * (1 - s)
+            del gate_before_act, one_minus
+            dgate_before_act = dgate.mul_(tail)
+            del dgate, tail
+            g0 = (k * lr0).transpose(-1, -2) @ dgate_before_act
         return GCMGrads(g0, g1, g2)
 
     def update(
@@ -236,15 +266,26 @@ class GCMLayer(nn.Module):
         return FastWeights(*out)
 
     def apply(self, x: Tensor, fast: FastWeights, pos: Tensor | RopeTables | None = None) -> Tensor:
-        """Residual update for patch tokens ``x`` (B, L, D) with fast weights ``fast``."""
+        """Residual update for patch tokens ``x`` (B, L, D) with fast weights ``fast``.
+
+        ``silu(q W0) * (q W2)`` and the modulation run in place (two hidden-sized buffers at a
+        time instead of three; same operations on the same operands, so bitwise the same).
+        """
         B, L, D = x.shape
         with _no_autocast(x.device):
             x = self._as_param_dtype(x)
             q, _, _ = self._qkv(x, pos, need_v=False)
-            o = (F.silu(q @ fast.w0) * (q @ fast.w2)) @ fast.w1  # (B*h, L, d)
+            del x
+            hidden = F.silu(q @ fast.w0, inplace=True)
+            hidden.mul_(q @ fast.w2)
+            del q
+            o = hidden @ fast.w1  # (B*h, L, d)
+            del hidden
             o = self.o_norm(o)
             o = o.reshape(B, self.num_heads, L, self.head_dim).transpose(1, 2).reshape(B, L, D)
             if not self.use_modulation:
                 return self.proj(o)
             shift, scale, gate = self.proj(o).chunk(3, dim=-1)
-            return gate * (self.a_norm(o) * (1 + scale) + shift)
+            out = self.a_norm(o)
+            del o
+            return out.mul_(1 + scale).add_(shift).mul_(gate)  # gate * (LN(o) * (1 + s) + shift)

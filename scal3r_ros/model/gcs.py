@@ -126,6 +126,7 @@ def run_synchronous(
     if len(chunks) == 0:
         return []
     device = chunks[0].device
+    model.check_autocast(autocast_dtype)
     own: list[dict[int, GCMGrads]] = [{} for _ in chunks]
     sums: dict[int, GCMGrads] = {}
     fast: dict[int, FastWeights] = {}

@@ -16,6 +16,11 @@ Entry points (all inference-only):
 dtype policy (as the official, ``--test_use_amp`` off): everything fp32 except the Newton-Schulz
 iteration of the GCM update (bf16). ``autocast_dtype=torch.bfloat16`` runs the trunk blocks under
 autocast (official AMP path); the GCM work and the heads always run with autocast disabled.
+Under autocast every trunk Linear/Conv weight is cast to bf16 at each call anyway, so
+:meth:`Scal3R.hold_autocast_weights` may keep those weights in bf16 (half their memory, no cast
+copies, bitwise the same results); everything else (GCM fast weights and projections, norms,
+LayerScale, tokens, pos-embed, heads) stays fp32. A model holding bf16 weights only runs with
+``autocast_dtype=torch.bfloat16``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,25 @@ from .heads.camera_head import CameraHead
 from .heads.dpt_head import DPTHead
 from .pose_encoding import pose_encoding_to_extri_intri
 
-__all__ = ["HEADS", "Scal3R", "Scal3ROutput"]
+__all__ = ["HEAD_MODULES", "HEADS", "Scal3R", "Scal3ROutput", "autocast_weight_names"]
 
 HEADS = ("camera", "depth", "points")
+HEAD_MODULES = {"camera": "cam_decoder", "depth": "dpt_decoder", "points": "xyz_decoder"}
+
+
+def autocast_weight_names(model: nn.Module) -> list[str]:
+    """Parameter names autocast casts to its lower precision at every call: the weight and bias
+    of each ``nn.Linear``/``nn.Conv2d`` of the trunk (``agg_regator``: DINOv2 patch embedding and
+    blocks, frame/global blocks) except the GCM layers, which run with autocast disabled (the
+    official keeps them, their fast weights and updates fp32). The heads run without autocast.
+    Works on a meta-device model (the loader uses it to pick each tensor's dtype)."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        if not mod_name.startswith("agg_regator.") or ".ttt." in f"{mod_name}.":
+            continue
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            names += [f"{mod_name}.{p}" for p, t in mod.named_parameters(recurse=False)]
+    return names
 
 
 @dataclass
@@ -103,15 +124,64 @@ class Scal3R(nn.Module):
         )
         self.xyz_decoder = DPTHead(output_dim=4, activation="inv_log", **common)
         self.dpt_decoder = DPTHead(output_dim=2, activation="exp", **common)
+        self.held_dtype: torch.dtype | None = None  # see hold_autocast_weights
+
+    # ------------------------------------------------------------------ memory
+    @torch.no_grad()
+    def hold_autocast_weights(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Keep the trunk weights autocast would cast (:func:`autocast_weight_names`) in
+        ``dtype``; returns the bytes saved. Results under ``autocast_dtype=dtype`` are bitwise
+        those of the fp32 weights (autocast's cast and this one round alike), with half the
+        weight memory and no per-call cast copies. Afterwards the model refuses to run without
+        that autocast (the fp32 path would need the dropped precision)."""
+        if self.held_dtype not in (None, dtype):
+            raise ValueError(f"weights are already held in {self.held_dtype}")
+        params = dict(self.named_parameters())
+        saved = 0
+        for name in autocast_weight_names(self):
+            p = params[name]
+            if p.dtype != dtype:
+                saved += p.numel() * (p.element_size() - dtype.itemsize)
+                p.data = p.data.to(dtype)
+        self.held_dtype = dtype
+        return saved
+
+    def check_autocast(self, autocast_dtype: torch.dtype | None) -> None:
+        """Raise when weights held in a lower precision would run outside their autocast."""
+        if self.held_dtype is not None and autocast_dtype != self.held_dtype:
+            raise ValueError(
+                f"the trunk weights are held in {self.held_dtype} (hold_autocast_weights): run "
+                f"with autocast_dtype={self.held_dtype}, not {autocast_dtype}"
+            )
+
+    def drop_heads(self, keep: Sequence[str]) -> list[str]:
+        """Remove the heads not in ``keep`` (names from :data:`HEADS`) to free their memory;
+        returns the removed head names. A removed head cannot be decoded any more."""
+        unknown = set(keep) - set(HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
+        dropped = []
+        for head, attr in HEAD_MODULES.items():
+            if head not in keep and getattr(self, attr, None) is not None:
+                setattr(self, attr, None)
+                dropped.append(head)
+        return dropped
+
+    def available_heads(self) -> tuple[str, ...]:
+        return tuple(h for h in HEADS if getattr(self, HEAD_MODULES[h], None) is not None)
 
     # ------------------------------------------------------------------ heads
     @torch.no_grad()
     def decode(self, state: ChunkState, heads: Sequence[str] | None = None) -> Scal3ROutput:
-        """Run the requested heads (default all) on a chunk whose trunk has finished."""
-        heads = HEADS if heads is None else tuple(heads)
+        """Run the requested heads (default: all the model has) on a chunk whose trunk has
+        finished."""
+        heads = self.available_heads() if heads is None else tuple(heads)
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
+        missing = set(heads) - set(self.available_heads())
+        if missing:
+            raise ValueError(f"heads {sorted(missing)} were dropped from this model (drop_heads)")
         agg = self.agg_regator
         if state.next_layer != agg.depth:
             raise RuntimeError(f"trunk stopped at layer {state.next_layer} of {agg.depth}")
@@ -168,6 +238,7 @@ class Scal3R(nn.Module):
         """
         if images.ndim == 4:
             images = images.unsqueeze(0)
+        self.check_autocast(autocast_dtype)
         agg = self.agg_regator
         own: dict[int, GCMGrads] = {}
         used: dict[int, GCMGrads] = {}

@@ -26,11 +26,17 @@ class BackendSpec:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
     seed: int = 0  # random weights of the tiny network
     loop_closure: bool = True  # build the loop-closure component (thumbnail retrieval)
+    point_head: bool = False  # keep the point head (engine use_point_head); off: not loaded
     oracle: OracleSection = field(default_factory=OracleSection)  # the oracle's drive
 
     @classmethod
     def from_sections(
-        cls, backend: BackendSection, oracle: OracleSection, loop_closure: bool, seed: int = 0
+        cls,
+        backend: BackendSection,
+        oracle: OracleSection,
+        loop_closure: bool,
+        seed: int = 0,
+        point_head: bool = False,
     ) -> BackendSpec:
         """The spec of the config tree's backend and oracle sections (empty checkpoint
         strings mean the defaults, as the node's parameters say)."""
@@ -44,6 +50,7 @@ class BackendSpec:
             seed=seed,
             loop_closure=loop_closure,
             oracle=oracle,
+            point_head=point_head,
         )
 
 
@@ -128,22 +135,28 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
 
     dev = resolve_device(spec.device)
     bf16 = use_bf16(spec.dtype, dev)
-    # on a GPU, preprocess there too (bit-exact with the official CPU path)
+    # on a GPU, preprocess there too (bit-exact with the official CPU path); the model keeps
+    # only the heads the engine reads and, under bf16 autocast, its trunk weights in bf16
     cfg = Scal3RBackendConfig(
         device=str(dev),
         autocast_bf16=bf16,
         preprocess="batch" if dev.type == "cuda" else "reference",
+        point_head=spec.point_head,
+        slim_model=True,
     )
     if spec.kind == "tiny":
         backend = Scal3RBackend.from_config("tiny", cfg, seed=spec.seed)
         return BuiltBackend(backend, loops, "tiny", _device_name(dev))
     from scal3r_ros.model.checkpoint import load_scal3r
 
+    # streamed onto the device tensor by tensor from the memory-mapped file (no host copy)
     model, _report = load_scal3r(
         spec.checkpoint,
         "scal3r-1b",
-        device="cpu",
+        device=dev,
         download=spec.allow_download,
         sha256=spec.checkpoint_sha256,
+        heads=cfg.heads,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
     )
     return BuiltBackend(Scal3RBackend(model, cfg), loops, "scal3r-1b", _device_name(dev))

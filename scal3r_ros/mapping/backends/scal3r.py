@@ -20,6 +20,7 @@ official path quantises to 8 bits anyway.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,23 +70,45 @@ class Scal3RBackendConfig:
     # "reference": the official CPU path (PIL, frame by frame); "batch": preprocess_batch on
     # the backend's device (bit-exact on CUDA, within 1/255 with the CPU kernels)
     preprocess: str = "reference"
+    # drop the heads this backend never reads and, with autocast_bf16, hold the trunk weights
+    # autocast casts anyway in bf16 (same results, less memory); changes the model in place,
+    # so a model shared with a backend of other settings must not be slimmed
+    slim_model: bool = False
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads this backend reads."""
+        return ("camera", "depth", "points") if self.point_head else ("camera", "depth")
 
 
 class Scal3RBackend:
     """Wraps a constructed (and, in production, checkpoint-loaded) ``Scal3R`` model."""
 
     def __init__(self, model: Scal3R, config: Scal3RBackendConfig | None = None) -> None:
-        self.config = config or Scal3RBackendConfig()
-        self.model = model.to(self.config.device).eval()
+        self.config = c = config or Scal3RBackendConfig()
+        if c.slim_model:  # before the move: only what is kept goes to the device
+            model.drop_heads(c.heads)
+            if c.autocast_bf16:
+                model.hold_autocast_weights(torch.bfloat16)
+        model.check_autocast(self._autocast())
+        missing = set(c.heads) - set(model.available_heads())
+        if missing:
+            raise ValueError(f"the model has no {sorted(missing)} head (dropped); rebuild it")
+        self.model = model.to(c.device).eval()
         self.target_hw: tuple[int, int] | None = None
 
     @staticmethod
     def from_config(
         model_cfg: str | Scal3RConfig, config: Scal3RBackendConfig | None = None, seed: int = 0
     ) -> Scal3RBackend:
-        """Random-weight network (tests, benchmarks); load a checkpoint for real use."""
+        """Random-weight network (tests, benchmarks); load a checkpoint for real use. Built
+        directly on the backend's device (no host copy of a large network; on a GPU the random
+        values differ from a CPU build with the same seed)."""
+        config = config or Scal3RBackendConfig()
         torch.manual_seed(seed)
-        return Scal3RBackend(Scal3R(model_cfg), config)
+        with torch.device(config.device):
+            model = Scal3R(model_cfg)
+        return Scal3RBackend(model, config)
 
     # ------------------------------------------------------------ protocol
     def prepare(
@@ -156,15 +179,19 @@ class Scal3RBackend:
         layers = sorted(agg.gcm_layers)
         sums: dict = {}
         fast: dict = {}
+        dtype = self._autocast()  # the trunk runs as in the final pass (gcs.run_synchronous)
+        device_type = torch.device(self.config.device).type
         for layer in layers:
             total = None
             for load in chunks:
-                st = agg.prepare(self._tensor(load().images))
-                for j in range(layer + 1):
-                    agg.forward_layer(st, j)
-                    if j in fast:
-                        agg.gcm_apply(st, j, fast[j])
-                g = agg.gcm_gradient(st, layer)
+                amp = torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
+                with amp:
+                    st = agg.prepare(self._tensor(load().images))
+                    for j in range(layer + 1):
+                        agg.forward_layer(st, j)
+                        if j in fast:
+                            agg.gcm_apply(st, j, fast[j])
+                    g = agg.gcm_gradient(st, layer)
                 total = g if total is None else total.add_(g)
                 del st, g
             sums[layer] = total
@@ -173,7 +200,7 @@ class Scal3RBackend:
 
     # ------------------------------------------------------------ helpers
     def _heads(self) -> tuple[str, ...]:
-        return ("camera", "depth", "points") if self.config.point_head else ("camera", "depth")
+        return self.config.heads
 
     def _autocast(self) -> torch.dtype | None:
         return torch.bfloat16 if self.config.autocast_bf16 else None
