@@ -222,35 +222,42 @@ class RankGroup:
         except Exception:  # the store's host is gone: nothing to tell
             pass
 
+    def _leave_group(self) -> None:
+        """Close this rank's connections now (gloo), so that peers blocked on it fail at
+        once and report, while the store is still up."""
+        if dist.is_initialized() and dist.get_backend() == "gloo":
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
     def _diagnose(self, what: str, exc: BaseException) -> str:
         """Name the ranks that did not report after a failure seen during ``what``."""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         head = f"rank {self.rank}: {what} failed ({first})"
+        self._mark("failed", what)
+        self._leave_group()
         if self.store is None:
             return head
-        self._mark("failed", what)
-        states = ("failed", "finished", "error")
-        deadline = time.monotonic() + self.grace_s
         known: dict[int, str] = {self.rank: "failed"}
-        try:
-            while True:
+        errors: dict[int, str] = {}
+        lost = False
+        # rank 0 hosts the store unless torchrun's agent does: it waits longest, so that
+        # the other ranks can finish asking
+        grace = self.grace_s * (1.5 if self.rank == 0 else 1.0)
+        deadline = time.monotonic() + grace
+        while len(known) < self.world_size and time.monotonic() < deadline:
+            try:
                 for q in range(self.world_size):
-                    if q in known:
-                        continue
-                    for s in states:
-                        if self.store.check([f"{s}/{q}"]):
-                            known[q] = s
-                            break
-                if len(known) == self.world_size or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            errors = {
-                q: self.store.get(f"error/{q}").decode(errors="replace")
-                for q, s in known.items()
-                if s == "error"
-            }
-        except Exception:  # the store lives with rank 0 when not launched by torchrun
-            return f"{head}; the rendezvous store is unreachable: rank 0 died or was killed"
+                    for state in ("failed", "finished", "error"):
+                        if q not in known and self.store.check([f"{state}/{q}"]):
+                            known[q] = state
+                    if known.get(q) == "error" and q not in errors:
+                        errors[q] = self.store.get(f"error/{q}").decode(errors="replace")
+            except Exception:  # the store went away with its host
+                lost = True
+                break
+            time.sleep(0.2)
         silent = [q for q in range(self.world_size) if q not in known]
         parts = [head]
         for q, msg in sorted(errors.items()):
@@ -259,8 +266,10 @@ class RankGroup:
             who = ", ".join(str(q) for q in silent)
             parts.append(
                 f"rank{'s' if len(silent) > 1 else ''} {who} stopped answering "
-                f"(died, was killed or hangs past the timeout)"
+                "(died, was killed or hangs past the timeout)"
             )
+        if lost:
+            parts.append("the rendezvous store went away (rank 0 or the launcher ended)")
         return "; ".join(parts)
 
     @contextmanager
