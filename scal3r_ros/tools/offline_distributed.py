@@ -14,6 +14,7 @@ outputs behind.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,6 +109,8 @@ def _rank0(source: Source, cfg: OfflineConfig, group: RankGroup) -> dict:
         reduce=group.reduce,
         windows_per_rank=[len(plan.owned(r)) for r in range(group.world_size)],
         gcm_sum_bytes_per_layer=group.layer_bytes,
+        rank0_bytes_sent=group.bytes_sent,
+        rank0_collective_seconds=group.comm_s,
     )
     return summary
 
@@ -142,5 +145,11 @@ def _follower(source: Source, cfg: OfflineConfig, group: RankGroup) -> None:
         flush=True,
     )
     spill = process_spill_dir(None) / f"dist_rank{group.rank}"
+    t0 = time.perf_counter()
     serve_windows(backend, specs, store.get, group, spill)
     store.reset()
+    print(
+        f"scal3r_offline: rank {group.rank}: done in {time.perf_counter() - t0:.1f} s, "
+        f"{group.comm_s:.1f} s of it in collectives, {group.bytes_sent} bytes sent",
+        flush=True,
+    )

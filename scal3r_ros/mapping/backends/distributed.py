@@ -183,6 +183,7 @@ class RankGroup:
         self.grace_s = grace_s
         self.bytes_sent = 0  # message bytes this rank sent (GCM sums and predictions)
         self.layer_bytes: dict[int, int] = {}  # GCM layer -> bytes of its sum message
+        self.comm_s = 0.0  # seconds in collectives (transfer + waiting for slower ranks)
 
     # ------------------------------------------------------------ setup / teardown
     @classmethod
@@ -275,12 +276,15 @@ class RankGroup:
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Run collectives; any failure becomes a `RankFailure` that names ranks."""
+        t0 = time.perf_counter()
         try:
             yield
         except RankFailure:
             raise
         except Exception as exc:  # DistBackendError, DistNetworkError, RuntimeError (gloo)
             raise RankFailure(self._diagnose(what, exc)) from exc
+        finally:
+            self.comm_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------ collectives
     def agree_windows(self, n_windows: int) -> None:
