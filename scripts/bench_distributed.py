@@ -84,14 +84,17 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--procs", default="1,2", help="process counts (1: the plain tool)")
     p.add_argument("--max-size", type=int, default=70)
+    p.add_argument("--width", type=int, default=320, help="synthetic frame width")
+    p.add_argument("--height", type=int, default=240, help="synthetic frame height")
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--overlap", type=int, default=4)
-    p.add_argument("--reduce", default="allreduce", choices=("allreduce", "ordered"))
+    p.add_argument("--reduce", default="ordered", choices=("ordered", "allreduce"))
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process (0: leave)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
     args = ["--synthetic", str(a.frames), "--backend", "tiny", "--device", "cpu"]
     args += ["--max-size", str(a.max_size), "--chunk-size", str(a.chunk_size)]
+    args += ["--width", str(a.width), "--height", str(a.height)]
     args += ["--overlap", str(a.overlap), "--no-loop-closure", "--no-progress", "--no-plots"]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -473,10 +473,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     dist.add_argument(
         "--dist-reduce",
-        choices=("allreduce", "ordered"),
-        default="allreduce",
-        help="allreduce: one all-reduce per GCM layer (equal to one process to ~1e-6); "
-        "ordered: the single-process additions in order (bitwise equal)",
+        choices=("ordered", "allreduce"),
+        default="ordered",
+        help="ordered: the single-process additions in window order, passed from rank to "
+        "rank (bitwise equal to one process); allreduce: one all-reduce per GCM layer "
+        "(reassociated sums: not bitwise, see the README)",
     )
     dist.add_argument(
         "--dist-timeout",

@@ -36,7 +36,7 @@ _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass
 class DistributedConfig:
-    reduce: str = "allreduce"  # allreduce (one all-reduce per GCM layer) | ordered (bitwise)
+    reduce: str = "ordered"  # ordered (bitwise = one process) | allreduce (reassociated)
     timeout_s: float = 1800.0  # every collective; must cover rank 0 reading the input
     grace_s: float = 10.0  # after a failure: wait for the other ranks to report
 

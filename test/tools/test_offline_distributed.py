@@ -2,12 +2,14 @@
 
 Ranks are separate processes started the way torchrun starts them (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT; ``dist_harness.py``), once through torchrun itself. Equality
-with one process: ``--dist-reduce ordered`` repeats the single-process fp32 additions in
-order, so it must be bitwise equal; ``allreduce`` reassociates the sums (measured on the
-tiny network: the fp32 sums differ in ~16 % of the elements, the outputs by 0.0 on these
-frames), tolerance 1e-6 as the issue expects. Faults: a rank killed mid-run and a rank
-that hangs past ``--dist-timeout`` end every other rank with an error naming it, and
-leave no outputs; the waits below only guard against a hang.
+with one process: ``--dist-reduce ordered`` (the default) repeats the single-process fp32
+additions in order, so it must be bitwise equal. ``allreduce`` reassociates the sums: on
+the tiny network ~16 % of the sum elements differ in the last bits, and the update's
+bf16 cast sometimes turns that into a bf16 step (measured with reordered sums at 140 px:
+depth 7.8e-6 relative, poses 4.1e-4; 0.0 on the 42 px frames used here), so its
+tolerance is ten times that. Faults: a rank killed mid-run and a rank that hangs past
+``--dist-timeout`` end every other rank with an error naming it, and leave no outputs;
+the waits below only guard against a hang.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def _single_process(n_frames: int):
     "world, n_frames, reduce",
     [
         (3, 24, "ordered"),  # 5 windows on 3 ranks: 2/2/1
-        (3, 10, "allreduce"),  # 2 windows on 3 ranks: rank 2 idle (zeros in the sums)
+        (3, 10, "ordered"),  # 2 windows on 3 ranks: rank 2 idle (passes the prefix on)
+        (2, 24, "allreduce"),  # 5 windows on 2 ranks: 3/2
     ],
 )
 def test_distributed_predictions_equal_single_process(tmp_path, world, n_frames, reduce):
@@ -149,14 +152,16 @@ def test_distributed_predictions_equal_single_process(tmp_path, world, n_frames,
             assert a.shape == b.shape and a.dtype == b.dtype
             if reduce == "ordered":
                 assert np.array_equal(a, b), (w, name)  # bitwise
-            else:
-                scale = max(1.0, float(np.abs(b).max()))
-                assert np.abs(a - b).max() <= 1e-6 * scale, (w, name)
+            else:  # relative to the field's scale: depth 1e-4, poses and intrinsics 5e-3
+                tol = 1e-4 if name.startswith("depth") else 5e-3
+                scale = max(1.0, float(np.abs(b[np.isfinite(b)]).max(initial=0.0)))
+                assert np.allclose(a, b, rtol=0, atol=tol * scale, equal_nan=True), (w, name)
 
 
 def test_torchrun_two_ranks_reproduce_the_single_process_run(tmp_path):
     """The documented launch: torchrun alone switches the tool to distributed mode; 30
-    frames = 7 windows on 2 ranks (4/3); the trajectory equals the single-process one."""
+    frames = 7 windows on 2 ranks (4/3); trajectory and map are the single-process ones,
+    byte for byte (ordered sums)."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     args = ["--synthetic", "30", *TINY]
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "scal3r_ros.tools.offline"]
@@ -166,17 +171,24 @@ def test_torchrun_two_ranks_reproduce_the_single_process_run(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert offline.main([*args, "--out", str(tmp_path / "one")]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun's ranks (OMP_NUM_THREADS=1): the map's
+    try:  # reductions depend on the thread count, not on the ranks
+        assert offline.main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     log = proc.communicate(timeout=HANG_GUARD_S)[0]
     assert proc.returncode == 0, log
-    one = np.loadtxt(tmp_path / "one" / "trajectory_tum.txt")
-    two = np.loadtxt(tmp_path / "dist" / "trajectory_tum.txt")
-    assert one.shape == two.shape == (30, 8)
-    assert np.abs(one - two).max() <= 1e-6 * max(1.0, np.abs(one).max())
+    for name in ("trajectory_tum.txt", "trajectory_kitti.txt", "map.ply"):
+        one, two = (tmp_path / d / name for d in ("one", "dist"))
+        assert one.read_bytes() == two.read_bytes(), name
+    assert np.loadtxt(tmp_path / "dist" / "trajectory_tum.txt").shape == (30, 8)
     run = json.loads((tmp_path / "dist" / "run.json").read_text())
     assert run["chunks"] == 7 and run["frames_placed"] == 30
     d = run["distributed"]
-    assert d["world_size"] == 2 and d["windows_per_rank"] == [4, 3] and d["reduce"] == "allreduce"
+    assert d["world_size"] == 2 and d["windows_per_rank"] == [4, 3] and d["reduce"] == "ordered"
     # tiny: 2 GCM layers, fast weights 32x64, 64x32, 32x64 (fp32) per layer
     assert d["gcm_sum_bytes_per_layer"] == {"1": 3 * 32 * 64 * 4, "3": 3 * 32 * 64 * 4}
     assert "rank 1/2: windows 4..6" in log

@@ -16,19 +16,20 @@ folder until rank 0 asks for them, so neither side holds more than one predictio
 
 Two ways to combine (``--dist-reduce``):
 
-- ``allreduce`` (default): ``all_reduce(SUM)`` of the ranks' partial sums, one message
-  of ``3 * h * d * dh * 4`` bytes per GCM layer. It changes the order of the fp32
-  additions (``(g0 + g1) + (g2 + g3)`` instead of ``((g0 + g1) + g2) + g3``), so the sums
-  differ from the single-process ones by rounding, and the fast-weight update casts the
-  sum to bfloat16 (official Newton-Schulz), which can turn a last-bit difference into a
-  bf16 step: the outputs agree to about 1e-6, not bitwise (measured, see the tests).
-- ``ordered``: bitwise equal to one process. The partial sum travels along the ranks as
-  a prefix (rank ``r`` receives the sum of all earlier windows, adds its own windows'
-  gradients in window order, sends it on) and the last rank broadcasts the total: the
-  same additions in the same order as one process. Same bytes per layer as the
-  all-reduce (one receive, one send and one broadcast of the sum), but the ranks other
-  than 0 keep their windows' gradients of the layer (host RAM, ``windows x 3 h d dh x 4``
-  bytes) until the prefix arrives, and the prefix passes the ranks one after the other.
+- ``ordered`` (default): bitwise equal to one process. The partial sum travels along the
+  ranks as a prefix (rank ``r`` receives the sum of all earlier windows, adds its own
+  windows' gradients in window order, sends it on) and the last rank broadcasts the
+  total: the same fp32 additions in the same order as one process. Per layer each rank
+  receives and sends the sum once and takes part in one broadcast of it (about the bytes
+  of a ring all-reduce), but the prefix passes the ranks one after the other, and ranks
+  other than 0 keep their windows' gradients of the layer in host RAM until it arrives
+  (``windows x 3 h d dh x 4`` bytes: 48 MiB a window for scal3r-1b).
+- ``allreduce``: ``all_reduce(SUM)`` of the ranks' partial sums, one collective of
+  ``3 h d dh x 4`` bytes per GCM layer, no extra memory. It reassociates the fp32
+  additions (``(g0 + g1) + (g2 + g3)`` instead of ``((g0 + g1) + g2) + g3``), and the
+  fast-weight update casts the sum to bfloat16 (official Newton-Schulz), where a last-bit
+  difference can become a bf16 step: not bitwise (measured on the tiny network: 0.0 on
+  small inputs, trajectories 8e-4 m apart at 280 px, see docs/benchmarks.md).
 
 Faults: every collective runs under the process group's timeout, and a failed collective
 is turned into :class:`RankFailure`, which names the rank(s) that stopped answering (a
@@ -69,7 +70,7 @@ __all__ = [
     "serve_windows",
 ]
 
-REDUCE_MODES = ("allreduce", "ordered")
+REDUCE_MODES = ("ordered", "allreduce")
 _KEY = "scal3r_ros/"  # prefix of this module's keys in the rendezvous store
 
 
@@ -171,7 +172,7 @@ class RankGroup:
         world_size: int,
         store: Any,
         comm_device: torch.device | str = "cpu",
-        reduce: str = "allreduce",
+        reduce: str = "ordered",
         grace_s: float = 10.0,
     ) -> None:
         if reduce not in REDUCE_MODES:
@@ -190,7 +191,7 @@ class RankGroup:
     def from_env(
         cls,
         comm_device: torch.device | str = "cpu",
-        reduce: str = "allreduce",
+        reduce: str = "ordered",
         timeout_s: float = 1800.0,
         grace_s: float = 10.0,
     ) -> RankGroup:
