@@ -318,7 +318,8 @@ def run(
     total = None
     if win.gcs_mode == "exact":
         total = n_chunks(engine.n_frames, win.chunk_size, win.overlap)
-        total *= exact_loads_per_chunk(built.backend)
+        own = getattr(inner, "own_windows", None)  # distributed: this rank's share
+        total = (own(total) if own else total) * exact_loads_per_chunk(built.backend)
     with tqdm(
         total=total,
         desc="exact GCS" if win.gcs_mode == "exact" else "flush",

@@ -405,6 +405,10 @@ class DistributedExactBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
+    def own_windows(self, n_windows: int) -> int:
+        """How many of ``n_windows`` this rank runs (its progress bar's share)."""
+        return len(WindowPlan(n_windows, self.group.world_size).owned(self.group.rank))
+
     def infer_exact(self, chunks: Sequence[Callable[[], ChunkInput]]) -> Iterator[ChunkPrediction]:
         g = self.group
         g.agree_windows(len(chunks))
