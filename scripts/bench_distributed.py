@@ -63,6 +63,78 @@ def _run(world: int, args: list[str], out: Path, threads: int) -> dict:
     return dict(wall_s=wall, run_s=run["seconds"]["total"], peak_rss=rss, cpu_s=cpu, run=run)
 
 
+def _worker(a: argparse.Namespace) -> int:
+    """One rank of ``--network-only``: the exact schedule alone (random frames, no
+    reading, no placement), timed from after the rendezvous; one JSON line out."""
+    import resource
+
+    from scal3r_ros.mapping.backends.distributed import (
+        DistributedExactBackend,
+        RankGroup,
+        chunk_input,
+        exact_window_specs,
+        serve_windows,
+    )
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.frame_store import StoredFrame
+    from scal3r_ros.mapping.windowing import WindowConfig
+
+    cfg = Scal3RBackendConfig(device="cpu", max_size=a.max_size)
+    backend = Scal3RBackend.from_config("tiny", cfg)
+    specs = exact_window_specs(a.frames, WindowConfig(a.chunk_size, a.overlap))
+    group = RankGroup.from_env("cpu", a.reduce)
+    rng = np.random.default_rng(0)
+    stored = {}
+    for i in range(a.frames):  # every rank makes all (cheap); the timing starts after
+        im = rng.integers(0, 256, (a.height, a.width, 3), dtype=np.uint8)
+        stored[i] = StoredFrame(backend.prepare(im, None)[0], i, "cam0", None)
+    group.agree_windows(len(specs))  # all ranks ready: start the clock together
+    t0, c0 = time.perf_counter(), time.process_time()
+    if group.rank == 0:
+        wrapped = DistributedExactBackend(backend, group)
+        loaders = [lambda s=s: chunk_input(s, stored.get) for s in specs]
+        for _ in wrapped.infer_exact(loaders):  # its own windows, then the others'
+            pass
+        n = wrapped.own_windows(len(specs))
+    else:
+        spill = Path(tempfile.mkdtemp(prefix="bench_dist_"))
+        n = serve_windows(backend, specs, stored.get, group, spill)
+    res = dict(
+        rank=group.rank,
+        windows=n,
+        seconds=time.perf_counter() - t0,
+        cpu_s=time.process_time() - c0,
+        collective_s=group.comm_s,
+        bytes_sent=group.bytes_sent,
+        peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    group.close()
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+def _network_only(a: argparse.Namespace, world: int) -> list[dict]:
+    port = str(_port())
+    cmd = [sys.executable, __file__, "--worker", "--frames", str(a.frames)]
+    cmd += ["--max-size", str(a.max_size), "--width", str(a.width), "--height", str(a.height)]
+    cmd += ["--chunk-size", str(a.chunk_size), "--overlap", str(a.overlap), "--reduce", a.reduce]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        if a.threads:
+            env.update(OMP_NUM_THREADS=str(a.threads))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
+    out = []
+    for p in procs:
+        stdout = p.communicate()[0]
+        if p.returncode != 0:
+            raise SystemExit(f"worker exited with {p.returncode}")
+        line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
+        out.append(json.loads(line[len("RESULT ") :]))
+    return out
+
+
 def gcm_sum_bytes(preset: str) -> dict[int, int]:
     """Bytes of one GCM layer's gradient sum (the per-layer collective), from the shapes
     of the model (built on the meta device: no memory, no weights)."""
@@ -91,7 +163,32 @@ def main() -> int:
     p.add_argument("--reduce", default="ordered", choices=("ordered", "allreduce"))
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process (0: leave)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--network-only",
+        action="store_true",
+        help="time the exact schedule alone on random frames (no reading, no placement)",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.worker:
+        return _worker(a)
+    if a.network_only:
+        results = {}
+        for n in [int(x) for x in a.procs.split(",")]:
+            ranks = _network_only(a, n)
+            results[n] = ranks
+            slowest = max(r["seconds"] for r in ranks)
+            per = ", ".join(
+                f"r{r['rank']} {r['windows']} win {r['seconds']:.1f} s "
+                f"(CPU {r['cpu_s']:.1f}, coll {r['collective_s']:.1f}, "
+                f"{r['peak_rss'] / 2**20:.0f} MiB, sent {r['bytes_sent']} B)"
+                for r in ranks
+            )
+            print(f"{n} rank(s): exact schedule {slowest:.1f} s; {per}", flush=True)
+        if a.json:
+            setup = dict(vars(a), cpus=os.cpu_count(), load=os.getloadavg())
+            Path(a.json).write_text(json.dumps({"network_only": results, "setup": setup}) + "\n")
+        return 0
     args = ["--synthetic", str(a.frames), "--backend", "tiny", "--device", "cpu"]
     args += ["--max-size", str(a.max_size), "--chunk-size", str(a.chunk_size)]
     args += ["--width", str(a.width), "--height", str(a.height)]

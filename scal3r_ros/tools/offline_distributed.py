@@ -134,10 +134,17 @@ def _follower(source: Source, cfg: OfflineConfig, group: RankGroup) -> None:
         # frame 0 fixes the network input size, as on rank 0 (its first frame)
         wanted = sorted({0, *needed})
         keep = set(needed)
-        for pos, (stamp, rgb) in zip(wanted, source.frames(set(wanted)), strict=True):
+        got = 0
+        for pos, (stamp, rgb) in zip(wanted, source.frames(set(wanted)), strict=False):
             img, K = backend.prepare(rgb, None)  # the engine's Frame(stamp, "cam0", rgb)
             if pos in keep:
                 store.put(pos, StoredFrame(np.ascontiguousarray(img), stamp, "cam0", K))
+            got += 1
+        if got != len(wanted):
+            raise OfflineError(
+                f"rank {group.rank}: {source.name} gave {got} of the {len(wanted)} frames "
+                f"{wanted[0]}..{wanted[-1]} of its windows (input shorter than it said)"
+            )
     first, last = (own.start, own.stop - 1) if own else (None, None)
     print(
         f"scal3r_offline: rank {group.rank}/{group.world_size}: windows {first}..{last}, "
