@@ -358,7 +358,7 @@ class RankGroup:
             self.bytes_sent += nbytes
         with self.guard(f"broadcast of the GCM sums of layer {layer}"):
             dist.broadcast(prefix, src=last)
-        if self.rank == last:
+        if self.rank == last and self.world_size > 1:
             self.bytes_sent += nbytes
         return _unflat(prefix.to(like.g0.device), like)
 
