@@ -115,6 +115,58 @@ def test_chunk_input_puts_the_reference_frame_first():
     assert ci.images[:, 0, 0, 0].tolist() == ci.frame_ids.tolist() and ci.intrinsics is None
 
 
+def _write_bag(path: Path, images: list[np.ndarray]) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    Img, Header = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection("/cam", Img.__msgtype__, typestore=ts)
+        for i, rgb in enumerate(images):
+            h, wd = rgb.shape[:2]
+            msg = Img(
+                header=Header(stamp=Time(sec=1 + i, nanosec=0), frame_id="cam"),
+                height=h,
+                width=wd,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=wd * 3,
+                data=rgb.ravel(),
+            )
+            w.write(conn, (1 + i) * 10**9, ts.serialize_cdr(msg, Img.__msgtype__))
+
+
+def test_sources_read_only_the_frames_a_rank_asks_for(tmp_path):
+    """A rank reads just its windows' frames: ``frames(only)`` yields those positions of
+    the (subsampled) sequence, equal to the full read's, for folders, KITTI and bags."""
+    from kitti_fixture import make_kitti_dataset
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (16, 20, 3), dtype=np.uint8) for _ in range(9)]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    _write_bag(tmp_path / "bag", images)
+    sel = (2, None)  # every 2nd frame: positions 0..4 are frames 0, 2, 4, 6, 8
+    sources = [
+        offline.image_folder_source(folder, None, 10.0, 0, sel),
+        offline.bag_source(tmp_path / "bag", None, sel),
+        offline.kitti_source(make_kitti_dataset(tmp_path / "k", n_frames=9), sel),
+    ]
+    for src in sources:
+        full = list(src.frames())
+        assert len(full) == src.n == 5
+        part = list(src.frames({1, 4}))
+        assert len(part) == 2 and [p[0] for p in part] == [full[1][0], full[4][0]], src.name
+        assert np.array_equal(part[0][1], full[1][1]) and np.array_equal(part[1][1], full[4][1])
+        assert list(src.frames(set())) == []
+    assert np.array_equal(next(iter(sources[1].frames({2})))[1], images[4])  # bag: frame 4
+
+
 # ---------------------------------------------------------------- equality
 def _single_process(n_frames: int):
     from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig

@@ -23,7 +23,10 @@ Two ways to combine (``--dist-reduce``):
   receives and sends the sum once and takes part in one broadcast of it (about the bytes
   of a ring all-reduce), but the prefix passes the ranks one after the other, and ranks
   other than 0 keep their windows' gradients of the layer in host RAM until it arrives
-  (``windows x 3 h d dh x 4`` bytes: 48 MiB a window for scal3r-1b).
+  (``windows x 3 h d dh x 4`` bytes: 48 MiB a window for scal3r-1b). Bitwise as long as
+  every rank computes a window's gradient as the single process would (same device
+  kind, library versions and dtype settings); the additions themselves are IEEE fp32
+  adds, the same on CPU and GPU.
 - ``allreduce``: ``all_reduce(SUM)`` of the ranks' partial sums, one collective of
   ``3 h d dh x 4`` bytes per GCM layer, no extra memory. It reassociates the fp32
   additions (``(g0 + g1) + (g2 + g3)`` instead of ``((g0 + g1) + g2) + g3``), and the
@@ -40,7 +43,6 @@ short grace are named.
 
 from __future__ import annotations
 
-import io
 import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -362,10 +364,6 @@ class RankGroup:
             self.bytes_sent += nbytes
         return _unflat(prefix.to(like.g0.device), like)
 
-    def send_prediction(self, pred: ChunkPrediction, window: int, dst: int = 0) -> None:
-        data = pickle.dumps(_cpu(pred), protocol=pickle.HIGHEST_PROTOCOL)
-        self.send_bytes(data, window, dst)
-
     def send_bytes(self, data: bytes, window: int, dst: int = 0) -> None:
         buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.comm_device)
         size = torch.tensor([len(data)], dtype=torch.int64, device=self.comm_device)
@@ -449,10 +447,3 @@ def serve_windows(
         group.send_bytes(path.read_bytes(), w, dst=0)
         path.unlink()
     return len(own)
-
-
-def prediction_nbytes(pred: ChunkPrediction) -> int:
-    """Bytes of one pickled prediction (what rank 0 receives per window)."""
-    buf = io.BytesIO()
-    pickle.dump(_cpu(pred), buf, protocol=pickle.HIGHEST_PROTOCOL)
-    return buf.getbuffer().nbytes
