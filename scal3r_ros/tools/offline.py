@@ -25,13 +25,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scal3r_ros.mapping.atomic_io import atomic_write
 from scal3r_ros.mapping.backends.protocol import GCS_MODES
 from scal3r_ros.mapping.config import BackendSection, OracleSection, WindowSection
 from scal3r_ros.mapping.sim.synthetic import SyntheticConfig
@@ -46,11 +47,13 @@ class OfflineError(ValueError):
 
 @dataclass
 class Source:
-    """Frames to map: ``frames()`` yields (stamp_ns, HxWx3 uint8 RGB) in order."""
+    """Frames to map: ``frames()`` yields (stamp_ns, HxWx3 uint8 RGB) in order;
+    ``frames(only)`` just those at the given positions (a distributed rank reads only the
+    frames of its windows)."""
 
     name: str
     n: int
-    frames: Callable[[], Iterator[tuple[int, np.ndarray]]]
+    frames: Callable[..., Iterator[tuple[int, np.ndarray]]]
     gt: np.ndarray | None = None  # (n, 4, 4) per frame (index-matched), when known
     gt_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -89,9 +92,10 @@ def image_folder_source(
         raise OfflineError(f"{len(stamps_ns)} times for {len(files)} images in {folder}")
     sel = _subsample(len(files), *sel_args)
 
-    def frames() -> Iterator[tuple[int, np.ndarray]]:
-        for i in sel:
-            yield int(stamps_ns[i]), _read_rgb(files[i])
+    def frames(only: Collection[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        for k, i in enumerate(sel):
+            if only is None or k in only:
+                yield int(stamps_ns[i]), _read_rgb(files[i])
 
     return Source(
         str(folder), len(sel), frames, info=dict(kind="images", selected=sel, total=len(files))
@@ -108,9 +112,10 @@ def kitti_source(seq_dir: Path, sel_args: tuple) -> Source:
     sel = _subsample(len(files), *sel_args)
     gt = seq.camera_poses("image_2")
 
-    def frames() -> Iterator[tuple[int, np.ndarray]]:
-        for i in sel:
-            yield int(stamps[i]), _read_rgb(files[i])
+    def frames(only: Collection[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        for k, i in enumerate(sel):
+            if only is None or k in only:
+                yield int(stamps[i]), _read_rgb(files[i])
 
     return Source(
         f"KITTI {seq.name}",
@@ -148,15 +153,16 @@ def bag_source(path: Path, topic: str | None, sel_args: tuple) -> Source:
             raise OfflineError(f"{path}: no image topic {topic!r} (image topics: {topics})")
         total = sum(c.msgcount for c in conns if c.topic == topic)
     sel = _subsample(total, *sel_args)
-    keep = set(sel.tolist())
+    position = {int(m): k for k, m in enumerate(sel)}  # message index -> frame position
 
-    def frames() -> Iterator[tuple[int, np.ndarray]]:
+    def frames(only: Collection[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 
         with open_reader() as reader:
             cs = [c for c in reader.connections if c.topic == topic]
             for k, (conn, t_bag, raw) in enumerate(reader.messages(connections=cs)):
-                if k not in keep:
+                pos = position.get(k)
+                if pos is None or (only is not None and pos not in only):
                     continue
                 msg = reader.deserialize(raw, conn.msgtype)
                 st = msg.header.stamp
@@ -179,9 +185,10 @@ def synthetic_source(cfg: SyntheticConfig) -> tuple[Source, Any]:
 
     drive = SyntheticDrive(cfg)
 
-    def frames() -> Iterator[tuple[int, np.ndarray]]:
+    def frames(only: Collection[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         for i in range(drive.n_frames):
-            yield drive.stamp_ns(i), drive.render(i)[0]
+            if only is None or i in only:
+                yield drive.stamp_ns(i), drive.render(i)[0]
 
     src = Source(
         f"synthetic drive ({cfg.n_frames} frames, seed {cfg.seed})",
@@ -246,11 +253,33 @@ class OfflineConfig:
     progress: bool = True
 
 
-def run(source: Source, cfg: OfflineConfig) -> dict:
-    """Map ``source``; write trajectory, map and run.json; returns the run summary."""
+def make_offline_backend(cfg: OfflineConfig) -> Any:
+    """The run's backend (a ``factory.BuiltBackend``), the same on every rank."""
+    from scal3r_ros.mapping.backends.factory import BackendSpec, make_backend
+
+    oc = cfg.oracle or SyntheticConfig()
+    oracle = OracleSection(
+        oracle_seed=oc.seed,
+        oracle_frames=oc.n_frames,
+        oracle_width=oc.width,
+        oracle_height=oc.height,
+    )
+    spec = BackendSpec.from_sections(cfg.backend, oracle, cfg.window.loop_closure, seed=cfg.seed)
+    built = make_backend(spec)
+    if cfg.max_size is not None and hasattr(built.backend, "config"):
+        if hasattr(built.backend.config, "max_size"):
+            built.backend.config.max_size = int(cfg.max_size)
+    return built
+
+
+def run(
+    source: Source, cfg: OfflineConfig, wrap_backend: Callable[[Any], Any] | None = None
+) -> dict:
+    """Map ``source``; write trajectory, map and run.json; returns the run summary.
+    ``wrap_backend``: wraps the network backend (rank 0 of a distributed run)."""
     from tqdm import tqdm
 
-    from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
+    from scal3r_ros.mapping.backends.factory import build_engine
     from scal3r_ros.mapping.engine import EngineConfig
     from scal3r_ros.mapping.events import Frame
     from scal3r_ros.mapping.windowing import window_problem
@@ -260,25 +289,15 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
         raise OfflineError(f"--gcs must be one of {GCS_MODES}")
     if problem := window_problem(win.chunk_size, win.overlap):
         raise OfflineError(problem)
-    oc = cfg.oracle or SyntheticConfig()
-    oracle = OracleSection(
-        oracle_seed=oc.seed,
-        oracle_frames=oc.n_frames,
-        oracle_width=oc.width,
-        oracle_height=oc.height,
-    )
-    spec = BackendSpec.from_sections(cfg.backend, oracle, win.loop_closure, seed=cfg.seed)
-    built = make_backend(spec)
-    if cfg.max_size is not None and hasattr(built.backend, "config"):
-        if hasattr(built.backend.config, "max_size"):
-            built.backend.config.max_size = int(cfg.max_size)
+    built = make_offline_backend(cfg)
     bars: dict[str, Any] = {}
 
     def tick() -> None:
         if "exact" in bars:
             bars["exact"].update(1)
 
-    backend = _CountingBackend(built.backend, tick)
+    inner = built.backend if wrap_backend is None else wrap_backend(built.backend)
+    backend = _CountingBackend(inner, tick)
     ecfg = EngineConfig.from_sections(win)
     engine = build_engine(ecfg, backend, built.loop_closure)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +318,8 @@ def run(source: Source, cfg: OfflineConfig) -> dict:
     total = None
     if win.gcs_mode == "exact":
         total = n_chunks(engine.n_frames, win.chunk_size, win.overlap)
-        total *= exact_loads_per_chunk(built.backend)
+        own = getattr(inner, "own_windows", None)  # distributed: this rank's share
+        total = (own(total) if own else total) * exact_loads_per_chunk(built.backend)
     with tqdm(
         total=total,
         desc="exact GCS" if win.gcs_mode == "exact" else "flush",
@@ -443,6 +463,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", help="ground truth (TUM: matched by stamps; KITTI: by index)")
     p.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
     p.add_argument("--no-progress", action="store_true")
+    dist = p.add_argument_group(
+        "distributed exact mode",
+        "launch with: torchrun --nproc_per_node=N -m scal3r_ros.tools.offline --distributed ...",
+    )
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="split the windows over the torchrun ranks (on by itself under torchrun)",
+    )
+    dist.add_argument(
+        "--dist-reduce",
+        choices=("ordered", "allreduce"),
+        default="ordered",
+        help="ordered: the single-process additions in window order, passed from rank to "
+        "rank (bitwise equal to one process); allreduce: one all-reduce per GCM layer "
+        "(reassociated sums: not bitwise, see the README)",
+    )
+    dist.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds any collective may wait (covers rank 0 reading the input)",
+    )
     add_eval_arguments(p)
     return p
 
@@ -450,9 +493,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from scal3r_ros.model.checkpoint import CheckpointError
     from scal3r_ros.tools import evaluate as ev
+    from scal3r_ros.tools import offline_distributed as od
 
     args = _parser().parse_args(argv)
     sel_args = (args.every, args.max_frames)
+    distributed = args.distributed or od.in_torchrun()
+    rank = od.rank_of() if distributed else 0
     try:
         if (args.synthetic is None) == (args.input is None):
             raise OfflineError("give an input (image folder, KITTI folder or bag) or --synthetic N")
@@ -507,12 +553,20 @@ def main(argv: list[str] | None = None) -> int:
             oracle=oracle,
             progress=not args.no_progress,
         )
-        print(
-            f"scal3r_offline: {source.name}: {source.n} frames, backend {backend}, "
-            f"GCS {window.gcs_mode}, chunks {window.chunk_size}/{window.overlap}",
-            flush=True,
-        )
-        summary = run(source, cfg)
+        if rank == 0:
+            print(
+                f"scal3r_offline: {source.name}: {source.n} frames, backend {backend}, "
+                f"GCS {window.gcs_mode}, chunks {window.chunk_size}/{window.overlap}",
+                flush=True,
+            )
+        if distributed:
+            dcfg = od.DistributedConfig(args.dist_reduce, args.dist_timeout)
+            dsum = od.run_rank(source, cfg, dcfg)
+            if dsum is None:
+                return 0  # not rank 0: its windows went to rank 0
+            summary = dsum
+        else:
+            summary = run(source, cfg)
         ecfg = ev.eval_config(args, label=f"scal3r_ros ({summary['backend']})")
         evaluation = evaluate_run(summary, source, args.gt, args.gt_format, ecfg, cfg.out)
     except (OfflineError, ev.EvaluationError, CheckpointError) as exc:
@@ -521,11 +575,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad settings / KITTI folder (KittiError) / backend
         print(f"scal3r_offline: error: {exc}", file=sys.stderr)
         return 2
+    except od.RankFailure as exc:  # a peer died or a collective timed out
+        print(f"scal3r_offline: error: {exc}", file=sys.stderr)
+        return 1
     summary.pop("_poses")
     if evaluation is not None:
         summary["evaluation"] = {k: evaluation[k] for k in ("ate", "rpe", "kitti", "matched_by")}
         summary["files"].update(evaluation["files"])
-    (cfg.out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    with atomic_write(cfg.out / "run.json") as f:  # last: the run is complete
+        f.write((json.dumps(summary, indent=2, default=str) + "\n").encode())
     print(
         f"placed {summary['frames_placed']}/{summary['frames']} frames in "
         f"{summary['chunks']} chunks, {summary['loops']} loop closures, "

@@ -41,6 +41,18 @@ from scal3r_ros.model.preprocess import (
 )
 from scal3r_ros.model.scal3r import Scal3R, Scal3ROutput
 
+GradCombine = Callable[[int, Iterator[GCMGrads]], GCMGrads]
+
+
+def sum_in_order(layer: int, grads: Iterator[GCMGrads]) -> GCMGrads:
+    """``G = g(0); G += g(1); ...`` in place (the official accumulation)."""
+    total: GCMGrads | None = None
+    for g in grads:
+        total = g if total is None else total.add_(g)
+    if total is None:
+        raise ValueError(f"no chunk gradients for GCM layer {layer}")
+    return total
+
 
 class _PendingSums:
     """A `GCSState` sync that adds a window's gradients to copies and commits at the end."""
@@ -160,8 +172,10 @@ class Scal3RBackend:
         return self._prediction(out, chunk)
 
     @torch.inference_mode()
-    def infer_exact(self, chunks: Sequence[Callable[[], ChunkInput]]) -> Iterator[ChunkPrediction]:
-        sums = self.exact_grad_sums(chunks)
+    def infer_exact(
+        self, chunks: Sequence[Callable[[], ChunkInput]], combine: GradCombine | None = None
+    ) -> Iterator[ChunkPrediction]:
+        sums = self.exact_grad_sums(chunks, combine)
         for load in chunks:
             chunk = load()
             out = self.model.forward_chunk(
@@ -173,16 +187,24 @@ class Scal3RBackend:
             yield self._prediction(out, chunk)
 
     @torch.inference_mode()
-    def exact_grad_sums(self, chunks: Sequence[Callable[[], ChunkInput]]) -> dict:
-        """Official per-GCM-layer gradient sums over all chunks, one chunk in memory."""
+    def exact_grad_sums(
+        self, chunks: Sequence[Callable[[], ChunkInput]], combine: GradCombine | None = None
+    ) -> dict:
+        """Official per-GCM-layer gradient sums over all chunks, one chunk in memory.
+
+        ``combine(layer, gradients)`` turns the chunks' gradients (yielded in order, one
+        alive at a time) into the layer's sum; default: in-place accumulation in order.
+        The distributed exact mode passes one that adds the other ranks' windows."""
+        if not chunks and combine is None:
+            return {}
         agg = self.model.agg_regator
         layers = sorted(agg.gcm_layers)
         sums: dict = {}
         fast: dict = {}
         dtype = self._autocast()  # the trunk runs as in the final pass (gcs.run_synchronous)
         device_type = torch.device(self.config.device).type
-        for layer in layers:
-            total = None
+
+        def gradients(layer: int) -> Iterator[GCMGrads]:
             for load in chunks:
                 amp = torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
                 with amp:
@@ -192,8 +214,12 @@ class Scal3RBackend:
                         if j in fast:
                             agg.gcm_apply(st, j, fast[j])
                     g = agg.gcm_gradient(st, layer)
-                total = g if total is None else total.add_(g)
-                del st, g
+                del st
+                yield g
+                del g
+
+        for layer in layers:
+            total = (combine or sum_in_order)(layer, gradients(layer))
             sums[layer] = total
             fast[layer] = agg.gcm_update(layer, total)
         return sums
