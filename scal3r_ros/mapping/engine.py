@@ -729,6 +729,15 @@ class MappingEngine:
             pass
 
 
+def is_aligned_part(events: list[MapUpdate]) -> bool:
+    """``events`` is the first part of a window's placement (``MappingEngine.place``): the
+    window's own poses, no stats yet (its map points and stats follow in the second)."""
+    return not any(isinstance(e, StatsUpdate) for e in events) and any(
+        isinstance(e, PosesUpdate) and e.chunk_id >= 0 and e.reason in ("new", "overlap")
+        for e in events
+    )
+
+
 def _resize_nearest(images: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize (F, H, W, 3) -> (F, h, w, 3) for point colours."""
     F, H, W, _ = images.shape
