@@ -292,17 +292,22 @@ class MappingEngine:
         frames (`PosesUpdate` with ``reason="overlap"``); the flushed window stays in the
         chain (and, in ``causal`` mode, in the GCS sums, like a loop window).
         """
-        out = self.place_all(self._flush_network())
-        if self.loop_closure is not None and self.n_chunks:
-            work = self.loop_closure.infer_pending_loops(self)
-            loops = self.loop_closure.verify_loops(self, work)
-            if loops:
-                out += loops
-                out += self._optimize_pose_graph(Stopwatch())  # not a window: no stats
-        return out
+        return self.place_all(self.flush_network()) + self.finish()
 
-    def _flush_network(self) -> Iterator[MapUpdate | InferredWindow]:
-        """`flush` 's windows through the network phase, one by one as they are placed
+    def finish(self) -> list[MapUpdate]:
+        """The end of `flush`, after its windows are placed: the loop candidates still
+        pending are inferred and verified (both loop parts), then the graph re-optimised."""
+        if self.loop_closure is None or not self.n_chunks:
+            return []
+        work = self.loop_closure.infer_pending_loops(self)
+        loops = self.loop_closure.verify_loops(self, work)
+        if not loops:
+            return []
+        return [*loops, *self._optimize_pose_graph(Stopwatch())]  # not a window: no stats
+
+    def flush_network(self) -> Iterator[MapUpdate | InferredWindow]:
+        """The network phase of `flush` (then `place` each window in order, then `finish`):
+        lazily, window by window, so each is placed before the next one is inferred
         (``exact`` mode: the backend's generator runs window after window)."""
         spec = self.scheduler.flush()
         if self.config.gcs_mode == "exact":

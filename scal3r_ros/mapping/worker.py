@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from scal3r_ros.mapping.engine import InferredWindow, MappingEngine
@@ -294,15 +294,7 @@ class MappingWorker:
         """The network phase's output, in order, to the placement stage: events as they
         are, each inferred window to be placed; pipelined through the hand-off (blocks
         while it is full), else placed here."""
-        runs: list[_Placement] = []
-        for x in items:
-            if isinstance(x, InferredWindow):
-                runs.append(_Placement(x, t0))
-            elif runs and runs[-1].window is None:
-                runs[-1].events.append(x)
-            else:
-                runs.append(_Placement(None, t0, [x]))
-        for p in runs:
+        for p in self._placements_of(items, t0):
             if self._stage.is_alive():
                 with self._cond:
                     self._placements += 1
@@ -311,19 +303,38 @@ class MappingWorker:
             else:
                 self._place(p)
 
-    def _place(self, p: _Placement) -> None:
+    @staticmethod
+    def _placements_of(items: Iterable[MapUpdate | InferredWindow], t0: float):
+        """The network phase's items as placement-stage work, lazily: each inferred window,
+        and each run of events between them."""
+        events: list[MapUpdate] = []
+        for x in items:
+            if isinstance(x, InferredWindow):
+                if events:
+                    yield _Placement(None, t0, events)
+                    events = []
+                yield _Placement(x, t0)
+            else:
+                events.append(x)
+        if events:
+            yield _Placement(None, t0, events)
+
+    def _place(self, p: _Placement) -> list[MapUpdate]:
         """One window's placement phase, its two event parts to the sink as they come;
-        a failure is counted and reported as one of the network phase."""
+        a failure is counted and reported as one of the network phase. Returns the events."""
         if p.window is None:
             self._deliver(p.events, p.t0)
-            return
+            return p.events
         engine = self.engine
         assert engine is not None
+        out: list[MapUpdate] = []
         try:
             for part in engine.place(p.window):
                 self._deliver(part, p.t0)
+                out += part
         except Exception as exc:
             self._report(exc)
+        return out
 
     def _report(self, exc: Exception) -> None:
         msg = f"{type(exc).__name__}: {exc}"
@@ -354,8 +365,13 @@ class MappingWorker:
             return
         self._drain()
         try:
-            if kind == "flush":
-                events = engine.flush()
+            if kind == "flush":  # its windows' poses go out as soon as they are aligned
+                events = []
+                for p in self._placements_of(engine.flush_network(), t0):
+                    events += self._place(p)
+                finish = engine.finish()
+                self._deliver(finish, t0)
+                events += finish
             elif kind == "reset":
                 engine.reset()
                 events = []
@@ -366,7 +382,8 @@ class MappingWorker:
         except Exception as exc:
             self._report(exc)
             return
-        self._deliver(events, t0)
+        if kind != "flush":  # (delivered as they came)
+            self._deliver(events, t0)
         if callable(item):
             item(events)
 

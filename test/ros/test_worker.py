@@ -36,8 +36,12 @@ class FakeEngine:
         """The worker's network phase: a fake's events come out at once (nothing to place)."""
         return self.push(frame)
 
-    def flush(self):
+    def flush_network(self):
+        """The worker's flush: the fake's flush event at once, nothing to place or finish."""
         return [StatsUpdate(-1, {}, {})]
+
+    def finish(self):
+        return []
 
     def reset(self):
         self.resets += 1
