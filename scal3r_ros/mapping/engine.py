@@ -464,7 +464,7 @@ class MappingEngine:
         loops = None
         if self.loop_closure is not None:
             try:
-                with clock.stage("loop"):
+                with clock.stage("loop_infer"):  # "loop": the verification part
                     order = np.argsort(np.asarray(spec.network_order))  # back to time order
                     desc = pred_net.descriptors
                     loops = self.loop_closure.infer_loops(

@@ -708,16 +708,18 @@ class LoopClosure:
                 and engine.will_have_geometry(win.chunk_b)
             ):  # the disk cap deleted what the loop chunk needs
                 win, why = None, "evicted"
-            pred = None if win is None else self._infer_loop_chunk(engine, win)
+            pred = None
+            if win is not None:
+                self._n_loops += 1
+                spec = ChunkSpec(1_000_000 + self._n_loops, tuple(win.frames), True)
+                try:
+                    inp = engine.chunk_input(spec.frame_ids, spec.chunk_id, spec.is_loop)
+                except KeyError:  # a frame deleted by the disk cap since the test above
+                    win, why = None, "evicted"
+                else:  # through the network with the GCS state, back to time order
+                    pred = engine.infer(inp).take(np.argsort(np.asarray(spec.network_order)))
             work.steps.append((cand, win, why, pred))
         return work
-
-    def _infer_loop_chunk(self, engine: MappingEngine, win: LoopWindow) -> ChunkPrediction:
-        """The loop chunk through the network with the engine's GCS state, time order."""
-        self._n_loops += 1
-        spec = ChunkSpec(1_000_000 + self._n_loops, tuple(win.frames), True)
-        inp = engine.chunk_input(spec.frame_ids, spec.chunk_id, spec.is_loop)
-        return engine.infer(inp).take(np.argsort(np.asarray(spec.network_order)))
 
     def _verify(
         self, engine: MappingEngine, win: LoopWindow, pred: ChunkPrediction

@@ -274,6 +274,8 @@ class MappingWorker:
                 if placement is None:
                     return
                 self._place(placement)
+            except Exception as exc:  # (a failing error report): the stage must go on
+                self._report(exc)
             finally:
                 with self._cond:
                     self._placements -= placement is not None
