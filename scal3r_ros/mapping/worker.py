@@ -37,7 +37,7 @@ class WorkerStats:
     """Counters shared with the node's status/diagnostics timers (read under the lock)."""
 
     received: int = 0
-    processed: int = 0
+    processed: int = 0  # frames mapped: through the network, their windows placed
     dropped: collections.Counter = field(default_factory=collections.Counter)
     chunks: int = 0
     errors: int = 0
@@ -100,6 +100,9 @@ class MappingWorker:
         self._handoff: queue.Queue[_Placement | None] = queue.Queue(maxsize=handoff)
         self._network_busy = False
         self._placements = 0  # handed over, not yet placed
+        # frames through the network phase; `stats.processed` follows once every window
+        # they completed is placed (a processed frame has a pose, as in the serial worker)
+        self._net_frames = 0
         self._stage = threading.Thread(target=self._run_stage, name="scal3r_place", daemon=True)
 
     # ----------------------------------------------------------------- producer side
@@ -277,9 +280,12 @@ class MappingWorker:
             except Exception as exc:  # (a failing error report): the stage must go on
                 self._report(exc)
             finally:
-                with self._cond:
-                    self._placements -= placement is not None
-                    self._set_busy()
+                if placement is not None:
+                    with self._cond:
+                        self._placements -= 1
+                        done = self._net_frames if self._placements == 0 else placement.frames_done
+                        self.stats.processed = max(self.stats.processed, done)
+                        self._set_busy()
                 self._handoff.task_done()
 
     def _set_busy(self) -> None:
@@ -292,11 +298,12 @@ class MappingWorker:
         if self._stage.is_alive():
             self._handoff.join()
 
-    def _forward(self, items: list, t0: float) -> None:
+    def _forward(self, items: list, t0: float, frames_done: int) -> None:
         """The network phase's output, in order, to the placement stage: events as they
         are, each inferred window to be placed; pipelined through the hand-off (blocks
         while it is full), else placed here."""
         for p in self._placements_of(items, t0):
+            p.frames_done = frames_done
             if self._stage.is_alive():
                 with self._cond:
                     self._placements += 1
@@ -362,8 +369,12 @@ class MappingWorker:
                 self._report(exc)
                 return
             with self._cond:
-                self.stats.processed += 1
-            self._forward(items, t0)
+                self._net_frames += 1
+                frames_done = self._net_frames
+            self._forward(items, t0, frames_done)
+            with self._cond:
+                if self._placements == 0:  # nothing of it (or before it) still to place
+                    self.stats.processed = self._net_frames
             return
         self._drain()
         try:
@@ -425,6 +436,7 @@ class _Placement:
     window: InferredWindow | None
     t0: float
     events: list[MapUpdate] = field(default_factory=list)
+    frames_done: int = 0  # frames through the network phase when it was handed over
 
 
 class _Call:
