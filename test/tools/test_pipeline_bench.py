@@ -13,7 +13,7 @@ def test_pipeline_bench_measures_both_modes(capsys):
     argv = ["--network-ms", "40", "--windows", "4", "--chunk-size", "8", "--overlap", "4"]
     assert pipeline_bench.main([*argv, "--width", "64", "--height", "24", "--json"]) == 0
     out = capsys.readouterr().out
-    assert "pipelined window [ms] (model max(T, P))" in out
+    assert "model: serial T+P, pipelined max(T, P)" in out and "speed-up" in out
     runs = json.loads(out.strip().splitlines()[-1])["runs"]
     assert [r["mode"] for r in runs] == ["serial", "pipelined"]
     for r in runs:
