@@ -108,7 +108,7 @@ class BackendSection:
 @dataclass
 class WindowSection:
     """Windows and GCS: chunk length and overlap (the rule: ``windowing.window_problem``),
-    global context synchronisation, loop closure."""
+    global context synchronisation, loop closure, the pipelined worker."""
 
     chunk_size: int = field(
         default=60,
@@ -134,6 +134,14 @@ class WindowSection:
         default=True,
         metadata=param(
             "detect loops and correct drift with a Sim(3) pose graph",
+        ),
+    )
+    pipeline: bool = field(
+        default=True,
+        metadata=param(
+            "place window k (alignment, map, loop verification, messages) on a second "
+            "thread while window k+1 is in the network; same results as false (one window"
+            " after the other), sooner",
         ),
     )
 

@@ -1,10 +1,20 @@
 """The streaming mapping engine: frames in, map updates out (no ROS).
 
-Per window (every ``stride`` frames, see ``windowing``), ``MappingEngine._integrate``:
+Each window (every ``stride`` frames, see ``windowing``) goes through two phases, which
+``push`` runs back to back and the pipelined ``MappingWorker`` runs on two threads (window
+k placed while window k+1 is in the network):
+
+Network phase (``push_network``): everything that touches the backend, in the causal GCS
+order ``infer(k), loops(k), infer(k+1)``:
 
 1. ``Backend.infer`` on the window's images, reference (middle) frame first, with the
    GCS state the engine keeps between windows (``causal``); ``exact`` defers all windows
    to ``flush`` (official layer-synchronous schedule over a recorded sequence).
+   The loop hook's network part: the window's descriptors into the detector, loop
+   windows planned, loop chunks inferred (``LoopClosureHook.infer_loops``).
+
+Placement phase (``place``), on the ``InferredWindow`` the network phase returned:
+
 2. Points from the prediction: depth unprojection (official default ``use_xyz_align=0``)
    or the point head (``placement.WindowPoints``).
 3. Place against the previous window: robust Sim(3) on the overlap frames' same-pixel
@@ -17,9 +27,17 @@ Per window (every ``stride`` frames, see ``windowing``), ``MappingEngine._integr
    new one (``PosesUpdate(corrected=True, reason="overlap")``).
 5. Insert into the map (confidence > 0.75 x frame mean, voxel grid, cap).
 6. Keep the tail: the overlap frames for the next window, subsampled geometry for loops.
-7. Close loops: the optional hook (``LoopClosureHook``, ``loop_closure.LoopClosure``)
-   adds loop edges through ``add_loop_constraint``; the engine re-optimises and pushes
-   the corrected chunk Sim(3)s to the trajectory and the map.
+7. Close loops: the hook's verification part (``LoopClosureHook.verify_loops``) aligns
+   the already inferred loop chunks and adds loop edges through ``add_loop_constraint``;
+   the engine re-optimises and pushes the corrected chunk Sim(3)s to the trajectory and
+   the map. ``place`` yields its events in two parts: the alignment report and the poses
+   as soon as the window is aligned (steps 2-4), then the map, loop and stats events.
+
+Thread rules for the two phases on two threads: the network phase alone touches the
+backend, the scheduler and the loop detector; the placement phase alone touches the
+trajectory, map, pose graph and loop geometry (under ``state_lock``); the frame store and
+the spill budget they share are used under ``_store_lock``; frames of windows between
+the phases stay stored (``protect_from``).
 
 Memory is bounded: images live in a ``FrameStore`` (RAM window + disk spill), only the
 previous window's overlap geometry is kept at full resolution, per-window loop geometry
@@ -113,17 +131,6 @@ class EngineConfig:
         )
 
 
-class LoopClosureHook(Protocol):
-    """What the engine calls after each window is placed (``loop_closure.LoopClosure``)."""
-
-    def on_chunk(self, engine: MappingEngine, chunk_id: int) -> list[LoopClosureUpdate]:
-        """Detect/verify loops ending in ``chunk_id``; add loop edges with
-        ``engine.add_loop_constraint``; return the accepted loops (the engine re-optimises)."""
-        ...
-
-    def reset(self) -> None: ...
-
-
 class Stopwatch:
     """Seconds per named stage of one window: the ``StatsUpdate.timings`` the node and the
     bench read. A stage that raises is not counted (a failed inference is retried)."""
@@ -136,6 +143,50 @@ class Stopwatch:
         t0 = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+class LoopClosureHook(Protocol):
+    """Loop closure in two parts (``loop_closure.LoopClosure``): a network part run in the
+    network phase right after a window's inference, and a verification part run when that
+    window is placed. The value the first returns is handed to the second unchanged."""
+
+    def infer_loops(
+        self,
+        engine: MappingEngine,
+        chunk_id: int,
+        frame_ids: np.ndarray,
+        descriptors: Any | None,
+    ) -> Any:
+        """Add the window's frames (time order; ``descriptors`` the backend's, time order,
+        or None) to retrieval, plan loop chunks against ``engine.window_spans()`` and infer
+        them with ``engine.infer``; returns the work for `verify_loops`."""
+        ...
+
+    def infer_pending_loops(self, engine: MappingEngine) -> Any:
+        """End of stream: `infer_loops` for the candidates retrieval still holds."""
+        ...
+
+    def verify_loops(self, engine: MappingEngine, work: Any) -> list[LoopClosureUpdate]:
+        """Verify the inferred loop chunks against the placed chunks; add loop edges with
+        ``engine.add_loop_constraint``; return the accepted loops (the engine re-optimises)."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class InferredWindow:
+    """A window between its network phase and its placement phase (``push_network`` ->
+    ``place``): the prediction in network order, the stage times so far, and what the
+    network phase measured, so the window's events read the same whichever thread places
+    it and however far the network has gone on since."""
+
+    spec: ChunkSpec
+    pred: ChunkPrediction
+    clock: Stopwatch
+    loops: Any  # the loop hook's network part (None without loop closure)
+    n_frames: int  # frames pushed when the window was inferred
+    gcs_state_bytes: int
 
 
 class MappingEngine:
@@ -164,22 +215,38 @@ class MappingEngine:
             config.frames.spill_dir,
             self.frames.budget,
         )
-        self._placing: ChunkSpec | None = None  # the window being placed (frames kept)
+        # windows between their network phase and the end of their placement: their
+        # frames stay stored, and loop planning counts them as chunks
+        self._in_flight: dict[int, ChunkSpec] = {}
         # Held while a window is placed into trajectory and map (not while the network
-        # runs), so another thread can read whole windows: the node's shutdown saves what
+        # runs), so another thread can read placed windows: the node's shutdown saves what
         # is integrated while a long window is still being inferred.
         self.state_lock = threading.RLock()
+        # the frame store and the spill budget it shares with the loop geometry: used by
+        # the network phase (frames in, network inputs) and the placement phase (colours,
+        # loop geometry) when they run on two threads
+        self._store_lock = threading.RLock()
         self._init_state()
 
     # ================================================================ public API
     def push(self, frame: Frame) -> list[MapUpdate]:
-        """Add one frame; returns the events of any chunk this frame completed."""
+        """Add one frame; returns the events of any chunk this frame completed (the
+        network phase and the placement phase back to back)."""
+        return self.place_all(self.push_network(frame))
+
+    def push_network(self, frame: Frame) -> list[MapUpdate | InferredWindow]:
+        """The network phase of `push`: store the frame and, when it completes a window,
+        infer it (and any window waiting for a retry) with its loop chunks. Returns, in
+        order, ``ChunkFailed`` events and the ``InferredWindow`` s to `place` in that
+        order; placing them may run on another thread while the next frames come in."""
         with self.clock.stage("prepare"):
             fid = self.scheduler.n_frames
             img, K = self.backend.prepare(frame.image, frame.intrinsics)
-            self.frames.put(
-                fid, StoredFrame(np.ascontiguousarray(img), frame.stamp_ns, frame.camera_id, K)
-            )
+            with self._store_lock:
+                self.frames.put(
+                    fid,
+                    StoredFrame(np.ascontiguousarray(img), frame.stamp_ns, frame.camera_id, K),
+                )
             self._stamps.append(int(frame.stamp_ns))
         spec = self.scheduler.push()
         if spec is None:
@@ -189,6 +256,29 @@ class MappingEngine:
             return []
         self._waiting.append(spec)
         return self._run_waiting()
+
+    def place(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
+        """The placement phase of a window from `push_network`, in two parts: first the
+        alignment report and the poses (as soon as the window is aligned), then the map
+        points, loop closures, corrections and the window's stats. Windows must be placed
+        in the order the network phase returned them."""
+        try:
+            yield from self._integrate(window)
+        finally:
+            with self._store_lock:
+                self._in_flight.pop(window.spec.chunk_id, None)
+            release_freed_memory()
+
+    def place_all(self, items: Iterable[MapUpdate | InferredWindow]) -> list[MapUpdate]:
+        """Events of `push_network` 's items with every window placed, in order."""
+        out: list[MapUpdate] = []
+        for item in items:
+            if isinstance(item, InferredWindow):
+                for part in self.place(item):
+                    out += part
+            else:
+                out.append(item)
+        return out
 
     def flush(self) -> list[MapUpdate]:
         """End of stream, shutdown or a save: map the frames that arrived after the last
@@ -202,8 +292,24 @@ class MappingEngine:
         frames (`PosesUpdate` with ``reason="overlap"``); the flushed window stays in the
         chain (and, in ``causal`` mode, in the GCS sums, like a loop window).
         """
+        return self.place_all(self.flush_network()) + self.finish()
+
+    def finish(self) -> list[MapUpdate]:
+        """The end of `flush`, after its windows are placed: the loop candidates still
+        pending are inferred and verified (both loop parts), then the graph re-optimised."""
+        if self.loop_closure is None or not self.n_chunks:
+            return []
+        work = self.loop_closure.infer_pending_loops(self)
+        loops = self.loop_closure.verify_loops(self, work)
+        if not loops:
+            return []
+        return [*loops, *self._optimize_pose_graph(Stopwatch())]  # not a window: no stats
+
+    def flush_network(self) -> Iterator[MapUpdate | InferredWindow]:
+        """The network phase of `flush` (then `place` each window in order, then `finish`):
+        lazily, window by window, so each is placed before the next one is inferred
+        (``exact`` mode: the backend's generator runs window after window)."""
         spec = self.scheduler.flush()
-        out: list[MapUpdate] = []
         if self.config.gcs_mode == "exact":
             if spec is not None:
                 self._pending.append(spec)
@@ -214,21 +320,14 @@ class MappingEngine:
             try:
                 preds = self._timed(self.backend.infer_exact(loaders), "infer")
                 for s, pred in zip(specs, preds, strict=True):
-                    out += self._integrate(s, pred)
+                    yield self._inferred(s, pred)
             finally:
                 self._pending = []
         else:
             if spec is not None:
                 self._waiting.append(spec)
             while self._waiting:  # no later window will retry: use the attempts up now
-                out += self._run_waiting()
-        finish = getattr(self.loop_closure, "finish", None)
-        if finish is not None and self.n_chunks:
-            loops = finish(self)
-            if loops:
-                out += loops
-                out += self._optimize_pose_graph(Stopwatch())  # not a window: no stats
-        return out
+                yield from self._run_waiting()
 
     def reset(self) -> None:
         """Forget everything (frames, map, trajectory, GCS state, loops)."""
@@ -246,7 +345,8 @@ class MappingEngine:
             reset_resolution()
         if self.loop_closure is not None:
             self.loop_closure.reset()
-        self._placing = None
+        with self._store_lock:
+            self._in_flight.clear()
         self._init_state()
 
     @property
@@ -279,12 +379,35 @@ class MappingEngine:
         """(first frame, last frame + 1) of every placed window, by chunk id."""
         return {c: (f[0], f[-1] + 1) for c, f in self._chunk_frames.items()}
 
+    def window_spans(self) -> dict[int, tuple[int, int]]:
+        """(first frame, last frame + 1) of every window through the network phase, placed
+        or not yet: the chunks loop planning sees, the same on one thread or two."""
+        return dict(self._spans)
+
     def chunk_geometry(self, chunk_id: int) -> ChunkGeometry:
         """Subsampled local geometry of a past chunk (RAM or disk)."""
-        return self.loop_geometry.get(chunk_id)
+        with self._store_lock:
+            return self.loop_geometry.get(chunk_id)
 
     def has_chunk_geometry(self, chunk_id: int) -> bool:
-        return chunk_id in self.loop_geometry
+        with self._store_lock:
+            return chunk_id in self.loop_geometry
+
+    def will_have_geometry(self, chunk_id: int) -> bool:
+        """The chunk's loop geometry is stored, or will be once its window (through the
+        network phase, not yet placed) is placed: loop planning's test in the network phase."""
+        with self._store_lock:
+            return chunk_id in self._in_flight or chunk_id in self.loop_geometry
+
+    def has_frame(self, frame_id: int) -> bool:
+        """The frame's image is stored (RAM or disk)."""
+        with self._store_lock:
+            return frame_id in self.frames
+
+    def frame(self, frame_id: int) -> StoredFrame:
+        """A stored frame (KeyError when the caps deleted it), safe beside the other phase."""
+        with self._store_lock:
+            return self.frames.get(frame_id)
 
     def path_length(self, chunk_from: int, chunk_to: int) -> float:
         """Map distance travelled between two chunks along the pose graph's chain."""
@@ -318,6 +441,11 @@ class MappingEngine:
             PosesUpdate(-1, ids, stamps, c2w, corrected=True, reason=reason),
         ]
 
+    def gcs_state(self) -> Any:
+        """The backend's GCS state (None in ``off`` and ``exact`` modes), for tests and
+        inspection; read it only while no window is in the network."""
+        return self._gcs_state
+
     def save_map(self, path: str | Path, voxelize: bool = True) -> None:
         self.map.save(path, voxelize=voxelize)
 
@@ -325,25 +453,53 @@ class MappingEngine:
         self.trajectory.save(path, fmt)
 
     # ================================================================ one window
-    def _integrate(self, spec: ChunkSpec, pred_net: ChunkPrediction) -> list[MapUpdate]:
-        """Place a window (under `state_lock`), then close loops (outside it: loop
-        verification may run the network); the window's events."""
+    def _inferred(self, spec: ChunkSpec, pred_net: ChunkPrediction) -> InferredWindow:
+        """The end of a window's network phase: its frames stay stored until it is placed,
+        it counts as a chunk for loop planning, and the loop hook's network part runs (loop
+        chunks join the GCS sums right after the window, before the next one)."""
         clock, self.clock = self.clock, Stopwatch(prepare=0.0)  # the next window's time
-        self._placing = spec  # its frames stay stored while it is placed
+        with self._store_lock:
+            self._in_flight[spec.chunk_id] = spec
+        self._spans[spec.chunk_id] = (spec.frame_ids[0], spec.frame_ids[-1] + 1)
+        loops = None
+        if self.loop_closure is not None:
+            try:
+                with clock.stage("loop_infer"):  # "loop": the verification part
+                    order = np.argsort(np.asarray(spec.network_order))  # back to time order
+                    desc = pred_net.descriptors
+                    loops = self.loop_closure.infer_loops(
+                        self,
+                        spec.chunk_id,
+                        np.array(spec.frame_ids, dtype=np.int64),
+                        None if desc is None else desc[order],
+                    )
+            except BaseException:  # the window is lost: nothing will place it
+                self._forget_in_flight([spec.chunk_id])
+                raise
+        gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
+        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs)
+
+    def _integrate(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
+        """Place a window (under `state_lock`, released between the two parts), then
+        verify its loops (outside it); the window's events in two parts."""
+        spec, clock = window.spec, window.clock
         with self.state_lock:
             with clock.stage("unproject"):
-                w = WindowPoints.from_prediction(spec, pred_net, self.config.use_point_head)
+                w = WindowPoints.from_prediction(spec, window.pred, self.config.use_point_head)
             with clock.stage("align"):
                 link, pose, out = self._place_against_previous(w)
             with clock.stage("map"):
                 handover = hand_over(w.frame_ids, link, self.config.window.overlap)
                 out += self._set_frame_poses(w, handover, pose)
-                out += self._insert_into_map(w, link, handover, pose)
+        yield out
+        with self.state_lock:
+            with clock.stage("map"):
+                out = self._insert_into_map(w, link, handover, pose)
             with clock.stage("store"):
                 self._keep_tail(w)
-        out += self._close_loops(w.chunk_id, clock)
-        out.append(self._stats(w.chunk_id, clock.timings))
-        return out
+        out += self._close_loops(window, clock)
+        out.append(self._stats(window, clock.timings))
+        yield out
 
     def _place_against_previous(self, w: WindowPoints) -> tuple[Link | None, Sim3, list[MapUpdate]]:
         """Chunk -> map Sim(3) of ``w`` from its link to the previous window (identity for
@@ -376,7 +532,8 @@ class MappingEngine:
         if handover.new_ids:
             ids = np.array(handover.new_ids)
             st, c2w = self.trajectory.poses(ids)
-            cams = tuple(self.frames.camera_id(int(f)) for f in ids)
+            with self._store_lock:
+                cams = tuple(self.frames.camera_id(int(f)) for f in ids)
             out.append(PosesUpdate(w.chunk_id, ids, st, c2w, False, "new", cams))
             if self.config.frame_clouds:
                 out.append(self._frame_clouds(w, handover, pose, st))
@@ -388,11 +545,13 @@ class MappingEngine:
         new_set = set(handover.new_ids)
         ks = [k for k in handover.owned if int(w.frame_ids[k]) in new_set]
         d = np.where(w.valid[ks], w.pred.depth[ks] * np.float32(pose.s), np.nan)
+        with self._store_lock:
+            cams = tuple(self.frames.camera_id(f) for f in handover.new_ids)
         return FrameCloudsUpdate(
             w.chunk_id,
             np.array(handover.new_ids),
             stamps,
-            tuple(self.frames.get(f).camera_id for f in handover.new_ids),
+            cams,
             d.astype(np.float32),
             w.conf[ks],
             w.pred.intrinsics[ks].astype(np.float64),
@@ -409,7 +568,8 @@ class MappingEngine:
         if degenerate and not self.config.insert_points_on_degenerate:
             return []
         owned = handover.owned
-        rgb = np.stack([self.frames.get(int(f)).image for f in w.frame_ids[owned]])
+        with self._store_lock:
+            rgb = np.stack([self.frames.get(int(f)).image for f in w.frame_ids[owned]])
         if rgb.shape[1:3] != w.pred.depth.shape[1:3]:
             rgb = _resize_nearest(rgb, w.pred.depth.shape[1:3])
         xyz, col, cf = self.map.insert(
@@ -427,16 +587,24 @@ class MappingEngine:
         """What the next window (its overlap) and loop closure (subsampled geometry) need."""
         self.previous.keep_tail(w)
         if self.loop_closure is not None:
-            self.loop_geometry.put(
-                w.chunk_id, w.frame_ids, w.points, w.conf, w.valid, w.pred.c2w, w.pred.descriptors
-            )
+            with self._store_lock:  # its spill budget is the frames' too
+                self.loop_geometry.put(
+                    w.chunk_id,
+                    w.frame_ids,
+                    w.points,
+                    w.conf,
+                    w.valid,
+                    w.pred.c2w,
+                    w.pred.descriptors,
+                )
 
-    def _close_loops(self, chunk_id: int, clock: Stopwatch) -> list[MapUpdate]:
-        """Loops ending in ``chunk_id`` (the hook adds their edges), then the corrected poses."""
+    def _close_loops(self, window: InferredWindow, clock: Stopwatch) -> list[MapUpdate]:
+        """The window's inferred loop chunks verified (the hook adds their edges), then the
+        corrected poses."""
         if self.loop_closure is None:
             return []
         with clock.stage("loop"):
-            loops = self.loop_closure.on_chunk(self, chunk_id)
+            loops = self.loop_closure.verify_loops(self, window.loops)
         if not loops:
             return []
         return [*loops, *self._optimize_pose_graph(clock)]
@@ -452,6 +620,7 @@ class MappingEngine:
     def _init_state(self) -> None:
         self._stamps: list[int] = []
         self._chunk_frames: dict[int, tuple[int, ...]] = {}
+        self._spans: dict[int, tuple[int, int]] = {}  # windows through the network phase
         self._pending: list[ChunkSpec] = []
         self._waiting: list[ChunkSpec] = []  # ready windows, in order (a failed one first)
         self._attempts: dict[int, int] = {}
@@ -465,7 +634,8 @@ class MappingEngine:
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:
         order = spec.network_order
         fids = [spec.frame_ids[k] for k in order]
-        stored = [self.frames.get(f) for f in fids]
+        with self._store_lock:
+            stored = [self.frames.get(f) for f in fids]
         Ks = [s.intrinsics for s in stored]
         return ChunkInput(
             chunk_id=spec.chunk_id,
@@ -477,11 +647,26 @@ class MappingEngine:
             is_loop=spec.is_loop,
         )
 
-    def _run_waiting(self) -> list[MapUpdate]:
-        """Run ready windows in order. A backend failure keeps the window for a retry
+    def _run_waiting(self) -> list[MapUpdate | InferredWindow]:
+        """Infer ready windows in order. A backend failure keeps the window for a retry
         when the next one is ready (transient faults such as CUDA OOM), up to
         ``max_chunk_attempts`` tries; then it is skipped and reported."""
-        out: list[MapUpdate] = []
+        out: list[MapUpdate | InferredWindow] = []
+        try:
+            self._infer_waiting(out)
+        except BaseException:  # windows inferred before the error are lost with it
+            self._forget_in_flight([w.spec.chunk_id for w in out if isinstance(w, InferredWindow)])
+            raise
+        return out
+
+    def _forget_in_flight(self, chunk_ids: list[int]) -> None:
+        with self._store_lock:
+            for c in chunk_ids:
+                self._in_flight.pop(c, None)
+                self._spans.pop(c, None)
+
+    def _infer_waiting(self, out: list[MapUpdate | InferredWindow]) -> None:
+        """`_run_waiting` 's loop, appending to ``out``."""
         while self._waiting:
             spec = self._waiting[0]
             try:
@@ -501,10 +686,7 @@ class MappingEngine:
                 continue
             self._waiting.pop(0)
             self._attempts.pop(spec.chunk_id, None)
-            out += self._integrate(spec, pred)
-            del pred
-            release_freed_memory()
-        return out
+            out.append(self._inferred(spec, pred))
 
     def _timed(self, items: Iterable[T], stage: str) -> Iterator[T]:
         """``items`` one by one, the time each took to produce counted as ``stage`` of the
@@ -520,33 +702,45 @@ class MappingEngine:
 
     def _oldest_needed_frame(self) -> int:
         """Frames from this id on are needed by windows still to run: the next regular
-        window (within the newest ``chunk_size`` frames), the one being placed, and any
-        waiting or, in ``exact`` mode, pending window; the frame store keeps them."""
-        specs = (*self._waiting, *self._pending, *((self._placing,) if self._placing else ()))
+        window (within the newest ``chunk_size`` frames), the ones inferred and not yet
+        placed, and any waiting or, in ``exact`` mode, pending window; the frame store
+        keeps them. Called by the frame store under ``_store_lock``."""
+        specs = (*self._waiting, *self._pending, *self._in_flight.values())
         starts = [s.frame_ids[0] for s in specs if s.frame_ids]
         return min([self.scheduler.n_frames - self.config.window.chunk_size, *starts])
 
-    def _stats(self, cid: int, timings: dict[str, float]) -> StatsUpdate:
+    def _stats(self, window: InferredWindow, timings: dict[str, float]) -> StatsUpdate:
         timings["engine_total"] = sum(v for k, v in timings.items() if k not in ("infer",))
-        gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
+        with self._store_lock:
+            frames_ram, frames_disk = self.frames.ram_nbytes(), self.frames.disk_frames()
+            spill = self.frames.budget.used
         memory = {
             "rss_bytes": float(host_rss_bytes()),
             "map_points": float(len(self.map)),
             "map_bytes": float(self.map.nbytes()),
-            "frames_ram_bytes": float(self.frames.ram_nbytes()),
-            "frames_on_disk": float(self.frames.disk_frames()),
-            "spill_bytes": float(self.frames.budget.used),
-            "gcs_state_bytes": float(gcs),
-            "n_frames": float(self.n_frames),
+            "frames_ram_bytes": float(frames_ram),
+            "frames_on_disk": float(frames_disk),
+            "spill_bytes": float(spill),
+            "gcs_state_bytes": float(window.gcs_state_bytes),
+            "n_frames": float(window.n_frames),
             "n_chunks": float(self.n_chunks),
         }
-        return StatsUpdate(cid, timings, memory)
+        return StatsUpdate(window.spec.chunk_id, timings, memory)
 
     def __del__(self) -> None:
         try:
             self.loop_geometry.clear()
         except Exception:
             pass
+
+
+def is_aligned_part(events: list[MapUpdate]) -> bool:
+    """``events`` is the first part of a window's placement (``MappingEngine.place``): the
+    window's own poses, no stats yet (its map points and stats follow in the second)."""
+    return not any(isinstance(e, StatsUpdate) for e in events) and any(
+        isinstance(e, PosesUpdate) and e.chunk_id >= 0 and e.reason in ("new", "overlap")
+        for e in events
+    )
 
 
 def _resize_nearest(images: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

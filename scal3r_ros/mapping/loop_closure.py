@@ -25,7 +25,11 @@ onto a stream:
   places fails.
 
 ``LoopClosure`` wires these pieces to the engine as its ``LoopClosureHook``, through the
-engine's public methods only.
+engine's public methods only, in two parts: the network part (retrieval, planning, loop
+chunks inferred) runs in the engine's network phase right after the window's own
+inference, so the GCS sums see ``infer(k), loop(k), infer(k+1)`` whether or not window k
+is placed on another thread meanwhile; the verification part (alignment to the placed
+chunks, checks, loop edges) runs when window k is placed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from scal3r_ros.mapping.alignment import (
     gather_overlap,
     unproject_depth,
 )
+from scal3r_ros.mapping.backends.protocol import ChunkPrediction
 from scal3r_ros.mapping.events import LoopClosureUpdate
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.windowing import ChunkSpec
@@ -600,14 +605,27 @@ class LoopClosureConfig:
     descriptor_fn: Callable[[int], np.ndarray] | None = None
 
 
+@dataclass
+class LoopWork:
+    """A window's loop closure between its network part and its verification part: every
+    finalised candidate in order, with its loop window and the loop chunk's prediction
+    (time order), or the reason the planning rules skipped it (reported at verification,
+    so the ``rejected`` list reads the same on one thread or two)."""
+
+    steps: list[tuple[LoopCandidate, LoopWindow | None, str, ChunkPrediction | None]] = field(
+        default_factory=list
+    )
+
+
 class LoopClosure:
     """The engine's ``LoopClosureHook``: retrieval, loop windows, verification.
 
-    After each chunk: add its frames' descriptors to the detector; for every finalised
-    candidate whose two ends lie in different, already placed chunks, build the loop
-    chunk (two windows), run it through the backend (with the GCS state: loop chunks
-    join the sums, as official), align it to both chunks on their shared frames,
-    verify, and add the loop edge ``T(A -> B)`` to the engine's pose graph.
+    After each window's inference (`infer_loops`): add its frames' descriptors to the
+    detector; for every finalised candidate whose two ends lie in different windows
+    through the network, build the loop chunk (two windows) and run it through the
+    backend (with the GCS state: loop chunks join the sums, as official). When the window
+    is placed (`verify_loops`): align each loop chunk to both chunks on their shared
+    frames, verify, and add the loop edge ``T(A -> B)`` to the engine's pose graph.
     """
 
     def __init__(self, config: LoopClosureConfig | None = None) -> None:
@@ -629,55 +647,84 @@ class LoopClosure:
         """Propose a candidate directly (tests: a wrong loop must be rejected)."""
         self.detector.inject(later, earlier, similarity)
 
-    def on_chunk(self, engine: MappingEngine, chunk_id: int) -> list[LoopClosureUpdate]:
-        geo = engine.chunk_geometry(chunk_id)
+    def infer_loops(
+        self,
+        engine: MappingEngine,
+        chunk_id: int,
+        frame_ids: np.ndarray,
+        descriptors: Any | None,
+    ) -> LoopWork:
+        """Network part for one window: its new frames' descriptors (``descriptor_fn``,
+        else the backend's ``descriptors`` in time order, else thumbnails) into the
+        detector, then `_infer_candidates` on what it finalises."""
         new, descs = [], []
-        for k, f in enumerate(geo.frame_ids):
+        for k, f in enumerate(frame_ids):
             f = int(f)
             if f <= self._last_frame:
                 continue
             if self.config.descriptor_fn is not None:
                 descs.append(self.config.descriptor_fn(f))
-            elif geo.descriptors is not None:
-                descs.append(geo.descriptors[k])
+            elif descriptors is not None:
+                descs.append(np.asarray(descriptors[k]))
             else:
-                descs.append(thumbnail_descriptor(engine.frames.get(f).image))
+                descs.append(thumbnail_descriptor(engine.frame(f).image))
             new.append(f)
             self._last_frame = f
         if not new:
-            return []
-        return self._process(engine, self.detector.add_many(new, np.stack(descs)))
+            return LoopWork()
+        return self._infer_candidates(engine, self.detector.add_many(new, np.stack(descs)))
 
-    def finish(self, engine: MappingEngine) -> list[LoopClosureUpdate]:
-        return self._process(engine, self.detector.flush())
+    def infer_pending_loops(self, engine: MappingEngine) -> LoopWork:
+        """Network part at the end of the stream: the candidates still pending."""
+        return self._infer_candidates(engine, self.detector.flush())
 
-    def _process(
-        self, engine: MappingEngine, cands: list[LoopCandidate]
-    ) -> list[LoopClosureUpdate]:
+    def verify_loops(self, engine: MappingEngine, work: LoopWork | None) -> list[LoopClosureUpdate]:
+        """Verification part: each inferred loop chunk aligned to its two chunks and checked,
+        in candidate order; skipped candidates recorded as rejected."""
         out: list[LoopClosureUpdate] = []
-        chunks = engine.chunk_spans()
-        for cand in cands:
-            win, why = self.planner.plan(cand, chunks)
+        for cand, win, why, pred in work.steps if work is not None else ():
             if win is not None and not (
-                all(f in engine.frames for f in win.frames)
-                and engine.has_chunk_geometry(win.chunk_a)
-                and engine.has_chunk_geometry(win.chunk_b)
-            ):  # the disk cap deleted what the loop chunk needs
+                engine.has_chunk_geometry(win.chunk_a) and engine.has_chunk_geometry(win.chunk_b)
+            ):  # deleted by the disk cap since, or its window failed to be placed
                 win, why = None, "evicted"
-            if win is None:
+            if win is None or pred is None:
                 self.rejected.append((cand.later, cand.earlier, why))
                 continue
-            upd = self._verify(engine, win)
+            upd = self._verify(engine, win, pred)
             if upd is not None:
                 out.append(upd)
         return out
 
-    def _verify(self, engine: MappingEngine, win: LoopWindow) -> LoopClosureUpdate | None:
+    def _infer_candidates(self, engine: MappingEngine, cands: list[LoopCandidate]) -> LoopWork:
+        """Plan each candidate against the windows through the network and infer its loop
+        chunk (joining the GCS sums), unless the rules skip it or what it needs is gone."""
+        work = LoopWork()
+        chunks = engine.window_spans()
+        for cand in cands:
+            win, why = self.planner.plan(cand, chunks)
+            if win is not None and not (
+                all(engine.has_frame(f) for f in win.frames)
+                and engine.will_have_geometry(win.chunk_a)
+                and engine.will_have_geometry(win.chunk_b)
+            ):  # the disk cap deleted what the loop chunk needs
+                win, why = None, "evicted"
+            pred = None
+            if win is not None:
+                self._n_loops += 1
+                spec = ChunkSpec(1_000_000 + self._n_loops, tuple(win.frames), True)
+                try:
+                    inp = engine.chunk_input(spec.frame_ids, spec.chunk_id, spec.is_loop)
+                except KeyError:  # a frame deleted by the disk cap since the test above
+                    win, why = None, "evicted"
+                else:  # through the network with the GCS state, back to time order
+                    pred = engine.infer(inp).take(np.argsort(np.asarray(spec.network_order)))
+            work.steps.append((cand, win, why, pred))
+        return work
+
+    def _verify(
+        self, engine: MappingEngine, win: LoopWindow, pred: ChunkPrediction
+    ) -> LoopClosureUpdate | None:
         cfg = self.config
-        self._n_loops += 1
-        spec = ChunkSpec(1_000_000 + self._n_loops, tuple(win.frames), True)
-        inp = engine.chunk_input(spec.frame_ids, spec.chunk_id, spec.is_loop)
-        pred = engine.infer(inp).take(np.argsort(np.asarray(spec.network_order)))
         s = max(1, engine.config.loop_geometry_stride)
         pts = unproject_depth(pred.depth, pred.intrinsics, pred.c2w)[:, ::s, ::s]
         conf = pred.depth_conf[:, ::s, ::s]

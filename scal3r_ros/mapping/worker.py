@@ -1,21 +1,31 @@
-"""The background worker: a bounded frame queue and the one thread that owns the engine.
+"""The background worker: a bounded frame queue and the thread that owns the engine.
 
 Why a separate thread with its own queue: ROS callbacks must never wait for the GPU.
 The callback only converts and calls `submit` (O(1)); this thread runs the engine (and
 so the CUDA device) and hands the resulting events to a sink. Nothing here imports ROS,
 so the queueing, drop and recovery rules are tested without DDS.
+
+Pipelined (``pipelined=True``): the worker thread runs each window's network phase
+(``MappingEngine.push_network``) and hands the inferred window over a bounded queue to a
+second, placement thread (``MappingEngine.place``: alignment, map, loop verification,
+events), so window k is placed while window k+1 is in the network. The network phase keeps
+the causal GCS order, so the results are the serial ones. Poses reach the sink as soon as
+a window is aligned. Commands (reset, flush, calls) wait until every inferred window is
+placed. Serial (``pipelined=False``): the same two phases, one after the other, on the
+worker thread.
 """
 
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from scal3r_ros.mapping.engine import MappingEngine
+from scal3r_ros.mapping.engine import InferredWindow, MappingEngine
 from scal3r_ros.mapping.events import ChunkFailed, Frame, MapUpdate, StatsUpdate
 from scal3r_ros.mapping.memory import release_freed_memory
 
@@ -27,7 +37,7 @@ class WorkerStats:
     """Counters shared with the node's status/diagnostics timers (read under the lock)."""
 
     received: int = 0
-    processed: int = 0
+    processed: int = 0  # frames mapped: through the network, their windows placed
     dropped: collections.Counter = field(default_factory=collections.Counter)
     chunks: int = 0
     errors: int = 0
@@ -44,9 +54,14 @@ class WorkerStats:
 class MappingWorker:
     """Owns ``engine``; frames in through `submit`, events out through ``sink``.
 
-    ``sink(events)`` is called on the worker thread. A failing chunk (backend error,
-    CUDA out of memory, ...) is counted and reported through ``on_error``; the worker
-    keeps going with the next frames.
+    ``sink(events)`` is called on the worker thread, or, pipelined, on the placement
+    thread (one call at a time, in the serial order of events). A failing chunk (backend
+    error, CUDA out of memory, ...) is counted and reported through ``on_error``, in
+    either stage; the worker keeps going with the next frames.
+
+    ``pipelined``: place window k on a second thread while window k+1 is in the network;
+    ``handoff``: inferred windows waiting for the placement thread before the network
+    thread waits too (memory: each holds a full prediction).
     """
 
     def __init__(
@@ -56,11 +71,15 @@ class MappingWorker:
         queue_size: int = 64,
         drop_policy: str = "drop_oldest",
         on_error: Callable[[str], None] | None = None,
+        pipelined: bool = False,
+        handoff: int = 1,
     ) -> None:
         if drop_policy not in DROP_POLICIES:
             raise ValueError(f"drop_policy must be one of {DROP_POLICIES}, got {drop_policy!r}")
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
+        if handoff < 1:
+            raise ValueError("handoff must be >= 1")
         self._engine_factory = engine_factory
         self.engine: MappingEngine | None = None
         self._sink = sink
@@ -75,10 +94,22 @@ class MappingWorker:
         self.detached = False  # `stop` gave up waiting: events dropped, errors unreported
         self._current: object = None  # the queue item in progress
         self._thread = threading.Thread(target=self._run, name="scal3r_worker", daemon=True)
+        self.pipelined = pipelined
+        # inferred windows (and the network phase's events, in order) for the placement
+        # thread; None ends it
+        self._handoff: queue.Queue[_Placement | None] = queue.Queue(maxsize=handoff)
+        self._network_busy = False
+        self._placements = 0  # handed over, not yet placed
+        # frames through the network phase; `stats.processed` follows once every window
+        # they completed is placed (a processed frame has a pose, as in the serial worker)
+        self._net_frames = 0
+        self._stage = threading.Thread(target=self._run_stage, name="scal3r_place", daemon=True)
 
     # ----------------------------------------------------------------- producer side
     def start(self) -> None:
         self.engine = self._engine_factory()
+        if self.pipelined:
+            self._stage.start()
         self._thread.start()
 
     def submit(self, frame: Frame) -> bool:
@@ -153,8 +184,9 @@ class MappingWorker:
         interrupt: threading.Event | None = None,
     ) -> bool:
         """Abandon queued frames (counted) and pending calls, let the window in progress
-        finish and join, all within ``timeout`` seconds or until ``interrupt`` is set
-        (the user insists: a second Ctrl-C). True if the thread finished.
+        (pipelined: the windows in either stage) finish and join, all within ``timeout``
+        seconds or until ``interrupt`` is set (the user insists: a second Ctrl-C). True if
+        the thread finished.
 
         ``flush``: before it ends, the thread maps the frames processed after the last
         full window as a final shorter one (``engine.flush``), so every processed frame
@@ -214,38 +246,145 @@ class MappingWorker:
 
     # ----------------------------------------------------------------- worker thread
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait(0.5)
-                if not self._queue:  # stopping, and nothing left (a final flush runs first)
-                    return
-                kind, item = self._queue.popleft()
-                self.stats.busy = True
-                self._current = item
-            try:
-                self._handle(kind, item)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self.stats.busy = False
-                    self._current = None
+                    while not self._queue and not self._stop:
+                        self._cond.wait(0.5)
+                    if not self._queue:  # stopping, and nothing left (a final flush runs first)
+                        return
+                    kind, item = self._queue.popleft()
+                    self._network_busy = True
+                    self._set_busy()
+                    self._current = item
+                try:
+                    self._handle(kind, item)
+                finally:
+                    with self._cond:
+                        self._network_busy = False
+                        self._set_busy()
+                        self._current = None
+        finally:  # the windows handed over are placed before the thread ends
+            if self._stage.is_alive():
+                self._handoff.put(None)
+                self._stage.join()
+
+    def _run_stage(self) -> None:
+        """The placement thread: windows in the order the network phase inferred them."""
+        while True:
+            placement = self._handoff.get()
+            try:
+                if placement is None:
+                    return
+                self._place(placement)
+            except Exception as exc:  # (a failing error report): the stage must go on
+                self._report(exc)
+            finally:
+                if placement is not None:
+                    with self._cond:
+                        self._placements -= 1
+                        done = self._net_frames if self._placements == 0 else placement.frames_done
+                        self.stats.processed = max(self.stats.processed, done)
+                        self._set_busy()
+                self._handoff.task_done()
+
+    def _set_busy(self) -> None:
+        """(under ``_cond``) Busy while either stage has work."""
+        self.stats.busy = self._network_busy or self._placements > 0
+
+    def _drain(self) -> None:
+        """Wait until every window handed to the placement thread is placed (commands see
+        whole windows; a reset must not meet a window still being placed)."""
+        if self._stage.is_alive():
+            self._handoff.join()
+
+    def _forward(self, items: list, t0: float, frames_done: int) -> None:
+        """The network phase's output, in order, to the placement stage: events as they
+        are, each inferred window to be placed; pipelined through the hand-off (blocks
+        while it is full), else placed here."""
+        for p in self._placements_of(items, t0):
+            p.frames_done = frames_done
+            if self._stage.is_alive():
+                with self._cond:
+                    self._placements += 1
+                    self._set_busy()
+                self._handoff.put(p)
+            else:
+                self._place(p)
+
+    @staticmethod
+    def _placements_of(items: Iterable[MapUpdate | InferredWindow], t0: float):
+        """The network phase's items as placement-stage work, lazily: each inferred window,
+        and each run of events between them."""
+        events: list[MapUpdate] = []
+        for x in items:
+            if isinstance(x, InferredWindow):
+                if events:
+                    yield _Placement(None, t0, events)
+                    events = []
+                yield _Placement(x, t0)
+            else:
+                events.append(x)
+        if events:
+            yield _Placement(None, t0, events)
+
+    def _place(self, p: _Placement) -> list[MapUpdate]:
+        """One window's placement phase, its two event parts to the sink as they come;
+        a failure is counted and reported as one of the network phase. Returns the events."""
+        if p.window is None:
+            self._deliver(p.events, p.t0)
+            return p.events
+        engine = self.engine
+        assert engine is not None
+        out: list[MapUpdate] = []
+        try:
+            for part in engine.place(p.window):
+                self._deliver(part, p.t0)
+                out += part
+        except Exception as exc:
+            self._report(exc)
+        return out
+
+    def _report(self, exc: Exception) -> None:
+        msg = f"{type(exc).__name__}: {exc}"
+        with self._cond:
+            self.stats.errors += 1
+            self.stats.last_error = msg
+        self._on_error(msg + "\n" + traceback.format_exc(limit=4))
 
     def _handle(self, kind: str, item: object) -> None:
         engine = self.engine
         assert engine is not None
         if kind == "call":
+            self._drain()
             if item.flush:  # type: ignore[attr-defined]
                 self._handle("flush", None)
             item.run(engine)  # type: ignore[attr-defined]
             return
         t0 = time.perf_counter()
+        if kind == "frame":
+            try:
+                items = engine.push_network(item)  # type: ignore[arg-type]
+            except Exception as exc:
+                self._report(exc)
+                return
+            with self._cond:
+                self._net_frames += 1
+                frames_done = self._net_frames
+            self._forward(items, t0, frames_done)
+            with self._cond:
+                if self._placements == 0:  # nothing of it (or before it) still to place
+                    self.stats.processed = self._net_frames
+            return
+        self._drain()
         try:
-            if kind == "frame":
-                events = engine.push(item)  # type: ignore[arg-type]
-                with self._cond:
-                    self.stats.processed += 1
-            elif kind == "flush":
-                events = engine.flush()
+            if kind == "flush":  # its windows' poses go out as soon as they are aligned
+                events = []
+                for p in self._placements_of(engine.flush_network(), t0):
+                    events += self._place(p)
+                finish = engine.finish()
+                self._deliver(finish, t0)
+                events += finish
             elif kind == "reset":
                 engine.reset()
                 events = []
@@ -254,12 +393,16 @@ class MappingWorker:
             else:
                 raise ValueError(f"unknown worker command {kind!r}")
         except Exception as exc:
-            msg = f"{type(exc).__name__}: {exc}"
-            with self._cond:
-                self.stats.errors += 1
-                self.stats.last_error = msg
-            self._on_error(msg + "\n" + traceback.format_exc(limit=4))
+            self._report(exc)
             return
+        if kind != "flush":  # (delivered as they came)
+            self._deliver(events, t0)
+        if callable(item):
+            item(events)
+
+    def _deliver(self, events: list[MapUpdate], t0: float) -> None:
+        """Count a window's events (stats, failures), report failures, hand them to the
+        sink; ``t0``: when the frame that completed the window was taken from the queue."""
         if events:
             failures = [e for e in events if isinstance(e, ChunkFailed)]
             with self._cond:
@@ -283,8 +426,17 @@ class MappingWorker:
                     self.stats.errors += 1
                     self.stats.last_error = msg
                 self._on_error(msg + "\n" + traceback.format_exc(limit=4))
-        if kind != "frame" and callable(item):
-            item(events)
+
+
+@dataclass
+class _Placement:
+    """One item of the placement stage: an inferred window to place, or events of the
+    network phase (window failures) that go out in their place in the order."""
+
+    window: InferredWindow | None
+    t0: float
+    events: list[MapUpdate] = field(default_factory=list)
+    frames_done: int = 0  # frames through the network phase when it was handed over
 
 
 class _Call:

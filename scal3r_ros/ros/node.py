@@ -31,7 +31,7 @@ from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
 from scal3r_ros.mapping.config import BackendSection, MapSection, OracleSection, WindowSection
-from scal3r_ros.mapping.engine import EngineConfig
+from scal3r_ros.mapping.engine import EngineConfig, is_aligned_part
 from scal3r_ros.mapping.events import Frame, MapUpdate
 from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.ros import cli, qos
@@ -79,6 +79,7 @@ class MappingNode(Node):
             queue_size=cfg.queue_size,
             drop_policy=cfg.drop_policy,
             on_error=lambda msg: log.error(f"chunk failed: {msg}"),
+            pipelined=cfg.pipeline,
         )
 
         # --- where the map sits: mount, anchor (CameraMount) and scale (ScaleTracker)
@@ -86,6 +87,7 @@ class MappingNode(Node):
         pub_tf_static = self.create_publisher(TFMessage, "/tf_static", qos.TF_STATIC)
         self.mount = CameraMount(cfg, self.converter, pub_tf_static.publish, log.info)
         self.scale = ScaleTracker(self, cfg)
+        self._held_events: list[MapUpdate] = []  # a window's poses waiting for its points
 
         # --- inputs
         set_pillow_limit(cfg.max_image_pixels)
@@ -204,6 +206,7 @@ class MappingNode(Node):
         """Reset the map after the frames already queued; then every output."""
 
         def done(_events) -> None:
+            self._held_events = []
             self.mount.reset()
             scale = self.scale.reset()
             self.converter.scale = scale.scale
@@ -235,7 +238,14 @@ class MappingNode(Node):
         self.mount.on_events(events, publish=False)
 
     def _on_events(self, events: list[MapUpdate]) -> None:
-        """Called on the worker thread after each window: place, scale, publish."""
+        """Called on the worker thread after each window: place, scale, publish. The
+        worker hands a window over in two parts (its poses as soon as it is aligned, then
+        its points); with a scale source, the poses wait for the points (a window's scale
+        comes from both, and its first odometry is kept for good)."""
+        if self.scale.kind != "none" and is_aligned_part(events):
+            self._held_events += events
+            return
+        events, self._held_events = [*self._held_events, *events], []
         self.mount.on_events(events)
         scale = self.scale.on_events(events)
         self.converter.scale = scale.scale

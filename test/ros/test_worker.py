@@ -32,8 +32,16 @@ class FakeEngine:
         self.n_frames += 1
         return [StatsUpdate(len(self.seen), {"network": 0.01}, {})] if frame.stamp_ns % 2 else []
 
-    def flush(self):
+    def push_network(self, frame):
+        """The worker's network phase: a fake's events come out at once (nothing to place)."""
+        return self.push(frame)
+
+    def flush_network(self):
+        """The worker's flush: the fake's flush event at once, nothing to place or finish."""
         return [StatsUpdate(-1, {}, {})]
+
+    def finish(self):
+        return []
 
     def reset(self):
         self.resets += 1
@@ -205,13 +213,15 @@ def _oracle_engine(n_frames: int):
     return drive, MappingEngine(EngineConfig.low_latency(), OracleBackend(drive))
 
 
-def test_every_processed_frame_has_a_pose_after_a_save_and_after_stop(make_worker):
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_every_processed_frame_has_a_pose_after_a_save_and_after_stop(make_worker, pipelined):
     """Issue 13: "300 frames processed, 296 poses saved". 16/8 windows end at 16, 24, 32:
-    the save after 37 frames and the stop after 45 must hold all of them."""
+    the save after 37 frames and the stop after 45 must hold all of them (pipelined: the
+    save and the stop wait for the windows still being placed)."""
     from scal3r_ros.mapping.events import PosesUpdate
 
     drive, eng = _oracle_engine(45)
-    w, events, errors = make_worker(eng)
+    w, events, errors = make_worker(eng, pipelined=pipelined)
     for i in range(37):
         w.submit(drive.frame(i))
     wait_until(lambda: w.stats.processed == 37, timeout=300)
