@@ -20,6 +20,10 @@
 #      serial, their poses compared) and, if .device/Scal3R exists, the official forward on
 #      the same frames in the same process (the ratio)
 #   5. bench_lowlatency.json: the 16/8 preset, FPS and latency (FRAMES_LOW frames)
+#   7. (T_MEM > 0 only) the model's memory probe, printed into summary.md: a random
+#      release-format checkpoint streamed onto the GPU (host RSS of the load vs the old
+#      host-first load), one 60-frame window's allocated/reserved peaks new vs the
+#      pre-issue-14 setup, the GCM gradient/apply at full size bitwise (~2-3 min: writes 5 GB)
 #   6. summary.md: the targets table (device, date, each target and its measured value),
 #      step status, machine info, the test result lines and every bench table
 # Everything goes to $OUT (at most 8 files: the device returns no more). The exit status is
@@ -31,6 +35,10 @@
 #   WORKERS=all (every worker mode of this build)   WHEELS=.device/wheels
 #   OFFICIAL=.device/Scal3R  TESTS=test/model  PARITY=test/model/test_parity.py
 #   time limits [s]: T_PIP=30 T_TESTS=45 T_PARITY=60 T_MAIN=300 T_LOW=120 (sum 555 s)
+#   T_MEM=0: the memory probe (step 7) is off by default (it writes 5 GB, 2-3 min); T_MEM=240
+#   runs it after the benchmarks (then run with a longer command limit, or alone:
+#   python3 -m scal3r_ros.model.memcheck --device cuda --baseline --gcm-check
+#   --random-checkpoint /tmp/scal3r1b_random.pt)
 # CPU smoke test (tiny model, a few frames):
 #   DEVICE=cpu MODEL=tiny WIDTH=160 HEIGHT=48 FRAMES=8 CHUNK=4 OVERLAP=2 FRAMES_LOW=8 \
 #     LOW_CHUNK=4 LOW_OVERLAP=2 bash scripts/device_check.sh
@@ -60,6 +68,7 @@ T_TESTS=${T_TESTS:-45}
 T_PARITY=${T_PARITY:-60}
 T_MAIN=${T_MAIN:-300}
 T_LOW=${T_LOW:-120}
+T_MEM=${T_MEM:-0}
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -229,6 +238,26 @@ bench main "$T_MAIN" --frames "$FRAMES" --chunk "$CHUNK" --overlap "$OVERLAP" --
   --workers "$WORKERS" "${official[@]}"
 bench lowlatency "$T_LOW" --frames "$FRAMES_LOW" --chunk "$LOW_CHUNK" --overlap "$LOW_OVERLAP" \
   --no-baseline
+
+# ---------------------------------------------------------------- 7. memory probe
+if [ "$T_MEM" -gt 0 ]; then
+  t=$SECONDS rc=0
+  mem=(python3 -m scal3r_ros.model.memcheck --device "$DEVICE" --baseline --gcm-check
+    --random-checkpoint "$TMP/scal3r1b_random.pt")
+  say "memcheck: ${mem[*]} (limit ${T_MEM}s)"
+  timeout -k 15 "$T_MEM" "${mem[@]}" >"$TMP/memcheck.out" 2>>"$LOG" || rc=$?
+  {
+    echo "## memcheck"
+    echo
+    echo "\`${mem[*]}\`: exit code $rc after $((SECONDS - t)) s (limit $T_MEM s)"
+    echo
+    echo '```'
+    cat "$TMP/memcheck.out"
+    echo '```'
+    echo
+  } >>"$SUMMARY"
+  status memcheck "$rc" $((SECONDS - t)) "printed in summary.md"
+fi
 
 # ---------------------------------------------------------------- 6. summary.md
 targets=$TMP/targets.md

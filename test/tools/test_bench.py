@@ -98,7 +98,13 @@ def test_conversion_and_engine_memory_modes_print_their_tables(capsys):
 
 
 TINY = ["--model", "tiny", "--width", "160", "--height", "48", "--device", "cpu"]
-ABLATION = ["official_like", "+batch_preprocess", "+depth_heads_only", "optimised"]
+ABLATION = [
+    "official_like",
+    "+batch_preprocess",
+    "+depth_heads_only",
+    "+bf16_autocast",
+    "optimised",
+]
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_CHECK = REPO / "scripts" / "device_check.sh"
 
@@ -114,10 +120,10 @@ def test_ablation_columns_each_add_one_choice():
     assert list(default) == ["optimised", "official_like"]
     assert configs["optimised"] == default["optimised"]
     assert configs["official_like"] == default["official_like"]
-    # without bf16 the last step would repeat the previous column: skipped, with a note
+    # without bf16 there is no bf16 step; the slim network is still the last one
     configs, notes = bench.variants(cfg, "cpu", bf16=False)
-    assert list(configs) == ABLATION[:-1]
-    assert len(notes) == 1 and "optimised (+ bf16 autocast) skipped" in notes[0]
+    assert list(configs) == [k for k in ABLATION if k != "+bf16_autocast"] and notes == []
+    assert configs["optimised"].slim_model and not configs["optimised"].autocast_bf16
     with pytest.raises(ValueError, match="no-baseline"):
         bench.variants(bench.BenchConfig(ablation=True, baseline=False), "cpu", bf16=True)
 
@@ -201,10 +207,11 @@ def test_bench_ablation_reports_every_step(tmp_path, capsys, one_torch_thread):
     for run in result["runs"].values():
         assert run["windows"] == 2 and run["map_points"] > 0
     printed = capsys.readouterr().out
-    assert "| | official_like | +batch_preprocess | +depth_heads_only | optimised |" in printed
+    assert "| | " + " | ".join(ABLATION) + " |" in printed
     assert "(> 1: +batch_preprocess is faster)" in printed
     assert "(> 1: optimised is faster)" in printed
-    assert "bf16 autocast" in result["runs"]["optimised"]["description"]
+    assert "bf16 autocast" in result["runs"]["+bf16_autocast"]["description"]
+    assert "held in bf16" in result["runs"]["optimised"]["description"]
     assert "fp32" in result["runs"]["+depth_heads_only"]["description"]
 
 
@@ -326,7 +333,7 @@ def test_device_check_dry_run_on_cpu(tmp_path):
     )
     assert len(files) <= 8
     main = json.loads((out / "bench_main.json").read_text())
-    modes = ["pipelined", "serial"] if bench.runs.pipelined_available() else ["serial"]
+    modes = ["pipelined", "serial"]
     assert [r["worker"] for r in main["runs"].values()] == modes  # WORKERS=all
     assert all(r["latency_s"]["frames"] > 0 for r in main["runs"].values())
     low = json.loads((out / "bench_lowlatency.json").read_text())

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.tools import bench
 from scal3r_ros.tools.bench import runs, targets
 
@@ -124,11 +123,12 @@ def test_pose_difference_measures_translation_and_rotation():
 
 # ------------------------------------------------------------ whole runs (tiny, CPU)
 def test_figures_of_a_run_agree_with_each_other(tmp_path, one_torch_thread):
-    """Serial worker, tiny network, 10 frames in 4/2 windows: 4 windows, 3 steady."""
+    """The node's (pipelined) worker, tiny network, 10 frames in 4/2 windows: 4 windows, 3
+    steady."""
     result = _run(tmp_path, *TINY, "--frames", "10", "--no-baseline", "--rate", "50")
     r = result["runs"]["optimised"]
     stride = result["window_stride"]
-    assert r["worker"] == "serial" or runs.pipelined_available()
+    assert r["worker"] == "pipelined"  # the node's worker mode
     assert (r["windows"], r["steady_windows"]) == (4, 3)
     assert r["steady_new_frames"] == 3 * stride  # every full window adds a stride
     steady_s = r["steady_window_ms"] * r["steady_windows"] / 1e3
@@ -198,23 +198,8 @@ def test_oracle_under_network_ms_counts_loop_verifications(tmp_path):
     assert result["runs"]["serial"]["map_points"] > 0
 
 
-MODES: list[bool] = []  # the pipelined keyword of each worker built
-
-
-class _ModalWorker(MappingWorker):
-    """A worker with the pipelined keyword (runs serially): what the bench passes."""
-
-    def __init__(self, *args, pipelined: bool = False, **kwargs) -> None:
-        MODES.append(pipelined)
-        super().__init__(*args, **kwargs)
-
-
-def test_worker_modes_each_get_a_column_and_their_poses_are_compared(
-    tmp_path, monkeypatch, one_torch_thread
-):
-    monkeypatch.setattr(runs, "MappingWorker", _ModalWorker)
-    MODES.clear()
-    assert runs.pipelined_available()
+def test_worker_modes_each_get_a_column_and_their_poses_are_compared(tmp_path, one_torch_thread):
+    """The node's worker serial and pipelined: one column each, the same poses."""
     result = _run(
         tmp_path,
         *TINY,
@@ -226,21 +211,12 @@ def test_worker_modes_each_get_a_column_and_their_poses_are_compared(
         "--no-latency",
     )
     assert list(result["runs"]) == ["optimised/serial", "optimised/pipelined"]
-    assert MODES == [False, True]  # one throughput pass each
+    assert [r["worker"] for r in result["runs"].values()] == ["serial", "pipelined"]
     r = result["runs"]["optimised/pipelined"]
-    assert r["worker"] == "pipelined"
     d = r["extra"]["poses_vs"]
     assert d["column"] == "optimised/serial" and d["frames"] == 6
     assert d["max_translation"] == 0 and d["max_rotation_deg"] == 0  # same work, same poses
     assert list(result["ratios"]) == ["optimised/serial_vs_optimised/pipelined"]
-
-
-def test_pipelined_refused_where_the_worker_has_no_such_mode(capsys):
-    if runs.pipelined_available():
-        pytest.skip("this build's worker has the pipelined mode")
-    with pytest.raises(SystemExit) as exc:
-        bench.main([*TINY, "--workers", "pipelined"])
-    assert exc.value.code == 2 and "no pipelined mode" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,10 @@ a CPU machine (columns: the worker modes).
 
 Modules: ``runs`` (our pipeline's passes and figures), ``official`` (the official
 forward), ``report`` (tables, ratios), ``targets`` (the device check's targets table),
-``memory``
-(RSS, GPU memory, ``--engine-memory``), ``messages`` (the ROS output stage),
-``conversions`` (``--conversions``).
+``memory`` (RSS, GPU memory, ``--engine-memory``), ``messages`` (the ROS output stage),
+``conversions`` (``--conversions``), ``pipeline`` (``python -m
+scal3r_ros.tools.bench.pipeline``: serial vs pipelined window time over the replayed
+oracle with a simulated network, T + P vs max(T, P)).
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from scal3r_ros.tools.bench.runs import (
     default_workers,
     describe,
     fill_oracle_cache,
-    pipelined_available,
     pose_difference,
     render_frames,
     run_column,
@@ -103,7 +103,7 @@ def _backends(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict[str, Any]
             if cfg.model == "tiny":
                 inner = Scal3RBackend.from_config("tiny", c, seed=cfg.seed)
             else:
-                inner = Scal3RBackend(build_model(cfg), c)
+                inner = Scal3RBackend(build_model(cfg, device), c)
             what = f"{cfg.model} ({describe(c)})"
         if cfg.network_ms is None:
             return {"": inner}, {"": what}, notes
@@ -118,8 +118,14 @@ def _backends(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict[str, Any]
             notes,
         )
     configs, notes = variants(cfg, device, bf16)
-    model = build_model(cfg)
-    backends = {k: Scal3RBackend(model, c) for k, c in configs.items()}
+    shared = None  # the full network, shared by the columns that keep every head in fp32
+    backends = {}
+    for k, c in configs.items():
+        if c.slim_model:  # its own network: heads dropped, weights held in bf16 (the node's)
+            backends[k] = Scal3RBackend(build_model(cfg, device), c)
+        else:
+            shared = shared or build_model(cfg, device)
+            backends[k] = Scal3RBackend(shared, c)
     return backends, {k: describe(c) for k, c in configs.items()}, notes
 
 
@@ -158,8 +164,6 @@ def config_problem(cfg: BenchConfig) -> str | None:
     bad = [w for w in cfg.workers if w not in WORKER_MODES]
     if bad or not cfg.workers or len(set(cfg.workers)) != len(cfg.workers):
         return f"--workers takes distinct modes of {', '.join(WORKER_MODES)}, got {cfg.workers}"
-    if "pipelined" in cfg.workers and not pipelined_available():
-        return "this build's MappingWorker has no pipelined mode: --workers serial"
     return None
 
 
@@ -170,8 +174,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if problem := config_problem(cfg):
         raise ValueError(problem)
     backends, descriptions, notes = _backends(cfg, device, bf16)
-    if not pipelined_available():
-        notes.append("worker: this build's MappingWorker has no pipelined mode; serial only")
     rss_after_start = rss_bytes()  # the model built and on its device, no frame yet
     frames = _frames(cfg, backends)
     no_ros = "--no-ros given" if not cfg.ros else ros_missing()

@@ -22,7 +22,6 @@ kernels at full size, GCS sums), so no timed run pays for lazy initialisation.
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import time
@@ -55,7 +54,7 @@ from scal3r_ros.tools.bench.messages import MessageBuilder
 
 # engine stages (seconds per window in StatsUpdate.timings) -> table rows; a stage the
 # engine adds later is reported too (its name as the row)
-ENGINE_STAGES = ("infer", "unproject", "align", "map", "store", "loop", "graph")
+ENGINE_STAGES = ("infer", "loop_infer", "unproject", "align", "map", "store", "loop", "graph")
 STAGES = ("preprocess", *ENGINE_STAGES, "publish")
 WORKER_MODES = ("serial", "pipelined")
 
@@ -151,14 +150,17 @@ class RunResult:
 
 
 # ================================================================== backends
-def build_model(cfg: BenchConfig) -> Scal3R:
+def build_model(cfg: BenchConfig, device: str) -> Scal3R:
+    """The network on ``device`` directly (no host copy of a large network), as the node
+    builds it: a checkpoint streamed tensor by tensor, or random weights from ``cfg.seed``."""
     if cfg.checkpoint:
         from scal3r_ros.model.checkpoint import load_scal3r
 
-        model, _ = load_scal3r(cfg.checkpoint, cfg.model, device="cpu")
+        model, _ = load_scal3r(cfg.checkpoint, cfg.model, device=device)
         return model
     torch.manual_seed(cfg.seed)
-    return Scal3R(cfg.model)
+    with torch.device(device):
+        return Scal3R(cfg.model)
 
 
 def describe(c: Scal3RBackendConfig) -> str:
@@ -169,7 +171,12 @@ def describe(c: Scal3RBackendConfig) -> str:
         else "official CPU preprocessing (PIL, per frame)"
     )
     heads = "all heads incl. points" if c.point_head else "heads camera+depth"
-    return f"{prep}, {heads}, {'bf16 autocast' if c.autocast_bf16 else 'fp32'}"
+    if c.slim_model:
+        heads += " (others dropped)"
+    dtype = "bf16 autocast" if c.autocast_bf16 else "fp32"
+    if c.slim_model and c.autocast_bf16:
+        dtype += ", trunk weights held in bf16"
+    return f"{prep}, {heads}, {dtype}"
 
 
 def variants(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict, list[str]]:
@@ -180,8 +187,8 @@ def variants(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict, list[str]
     official_like = Scal3RBackendConfig(
         device=device, autocast_bf16=False, point_head=True, preprocess="reference"
     )
-    optimised = Scal3RBackendConfig(
-        device=device, autocast_bf16=bf16, point_head=False, preprocess="batch"
+    optimised = Scal3RBackendConfig(  # the node's: unused heads dropped, bf16-held weights
+        device=device, autocast_bf16=bf16, point_head=False, preprocess="batch", slim_model=True
     )
     if not cfg.ablation:
         out = {"optimised": optimised}
@@ -193,14 +200,10 @@ def variants(cfg: BenchConfig, device: str, bf16: bool) -> tuple[dict, list[str]
     out = {"official_like": official_like}
     out["+batch_preprocess"] = replace(out["official_like"], preprocess="batch")
     out["+depth_heads_only"] = replace(out["+batch_preprocess"], point_head=False)
-    if not bf16:
-        why = "--dtype float32" if cfg.dtype == "float32" else f"dtype auto on {device}"
-        return out, [
-            f"optimised (+ bf16 autocast) skipped: bf16 is off here ({why}), so it would "
-            "repeat +depth_heads_only, which is then the optimised configuration "
-            "(--dtype bfloat16 measures the bf16 step)"
-        ]
-    out["optimised"] = optimised  # = +depth_heads_only with bf16 autocast
+    if bf16:
+        out["+bf16_autocast"] = replace(out["+depth_heads_only"], autocast_bf16=True)
+    # the last step: the slim network (unused heads dropped; weights held in bf16 under bf16)
+    out["optimised"] = optimised  # = the previous column with slim_model
     return out, []
 
 
@@ -232,15 +235,8 @@ class InferLog:
 
 
 # ================================================================== worker
-def pipelined_available() -> bool:
-    """This build's `MappingWorker` has the pipelined mode (``pipelined=`` keyword)."""
-    return "pipelined" in inspect.signature(MappingWorker).parameters
-
-
 def default_workers(both: bool) -> tuple[str, ...]:
-    """The node's worker mode (pipelined where the worker has it), or both to compare."""
-    if not pipelined_available():
-        return ("serial",)
+    """The node's worker mode (pipelined), or both to compare."""
     return WORKER_MODES if both else ("pipelined",)
 
 
@@ -254,12 +250,13 @@ def make_worker(
     """The node's worker in ``mode``; queue_size large enough that no frame is dropped."""
     if mode not in WORKER_MODES:
         raise ValueError(f"worker mode must be one of {WORKER_MODES}, got {mode!r}")
-    kwargs: dict[str, Any] = {}
-    if pipelined_available():
-        kwargs["pipelined"] = mode == "pipelined"
-    elif mode == "pipelined":
-        raise ValueError("this build's MappingWorker has no pipelined mode: --workers serial")
-    return MappingWorker(engine_factory, sink, queue_size=queue_size, on_error=on_error, **kwargs)
+    return MappingWorker(
+        engine_factory,
+        sink,
+        queue_size=queue_size,
+        on_error=on_error,
+        pipelined=mode == "pipelined",
+    )
 
 
 @dataclass

@@ -15,7 +15,7 @@ Both worker modes get the same frames, all queued at once, so each runs as fast 
 
 Serial should take ~T+P a window, pipelined ~max(T, P).
 
-    python -m scal3r_ros.tools.pipeline_bench --network-ms 650
+    python -m scal3r_ros.tools.bench.pipeline --network-ms 650
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.width < 8 or args.height < 8:
         problem = f"image size must be at least 8x8, got {args.width}x{args.height}"
     if problem:
-        print(f"pipeline_bench: {problem}", file=sys.stderr)
+        print(f"scal3r_bench.pipeline: {problem}", file=sys.stderr)
         return 2
     stride = args.chunk_size - args.overlap
     n_frames = args.chunk_size + stride * (args.windows - 1)

@@ -1,4 +1,4 @@
-"""`pipeline_bench`: both worker modes run over the real engine and the figures add up."""
+"""`scal3r_bench.pipeline`: both worker modes run over the real engine and the figures add up."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scal3r_ros.tools import pipeline_bench
+from scal3r_ros.tools.bench import pipeline as pipeline_bench
 
 
 def test_pipeline_bench_measures_both_modes(capsys):
@@ -28,4 +28,4 @@ def test_pipeline_bench_measures_both_modes(capsys):
 )
 def test_pipeline_bench_rejects_bad_settings_with_exit_code_2(argv, capsys):
     assert pipeline_bench.main(argv) == 2
-    assert "pipeline_bench:" in capsys.readouterr().err
+    assert "scal3r_bench.pipeline:" in capsys.readouterr().err
