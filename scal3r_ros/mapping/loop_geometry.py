@@ -59,7 +59,7 @@ class ChunkGeometryStore:
         s = self.stride
 
         def sub(x: ArrayLike) -> np.ndarray:
-            return to_numpy(as_tensor(x)[:, ::s, ::s].contiguous(), copy=True)
+            return to_numpy(as_tensor(x)[:, ::s, ::s], copy=True)  # one copy
 
         self._ram[chunk_id] = ChunkGeometry(
             chunk_id,

@@ -182,7 +182,6 @@ def align_points(
     )
 
 
-
 def gather_overlap(
     pts_a: np.ndarray,
     pts_b: np.ndarray,
@@ -241,7 +240,6 @@ def unproject_depth(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.nda
     return out
 
 
-
 def voxel_downsample(xyz: np.ndarray, conf: np.ndarray, voxel: float) -> np.ndarray:
     """Indices of one point per occupied voxel (the most confident one)."""
     if len(xyz) == 0 or voxel <= 0:
@@ -253,7 +251,6 @@ def voxel_downsample(xyz: np.ndarray, conf: np.ndarray, voxel: float) -> np.ndar
     flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
     _, first = np.unique(flat, return_index=True)
     return np.sort(order[first])
-
 
 
 def thumbnail_descriptor(rgb: np.ndarray, size: int = 64) -> np.ndarray:
@@ -276,8 +273,6 @@ def thumbnail_descriptor(rgb: np.ndarray, size: int = 64) -> np.ndarray:
 def thumbnail_descriptors(images: np.ndarray, size: int = 64) -> np.ndarray:
     """`thumbnail_descriptor` of each image of an (S, H, W, 3) batch -> (S, size*size)."""
     return np.stack([thumbnail_descriptor(img, size) for img in images])
-
-
 
 
 class ReferenceMapStore(MapStore):
@@ -348,4 +343,3 @@ class ReferenceMapStore(MapStore):
             return z, z.astype(np.uint8), np.zeros(0, np.float32)
         is_new = np.isin(c.frame, np.asarray(frame_ids, np.int64))
         return g.apply(c.xyz[is_new]).astype(np.float32), c.rgb[is_new], c.conf[is_new]
-
