@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from scal3r_ros.mapping.sim3 import Sim3, as_rotation
-from scal3r_ros.mapping.tensors import as_tensor, device_of, median
+from scal3r_ros.mapping.tensors import as_tensor, device_of, full_precision, median
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -324,9 +324,9 @@ def unproject_depth(depth: ArrayLike, K: ArrayLike, c2w: ArrayLike) -> torch.Ten
     cam = torch.stack([x, y, d], -1)  # (F, H, W, 3) float32
     R = c2w[:, :3, :3].float()
     t = c2w[:, :3, 3].float()
-    return torch.baddbmm(t[:, None, :], cam.reshape(len(d), -1, 3), R.transpose(1, 2)).reshape(
-        cam.shape
-    )
+    with full_precision(dev):
+        out = torch.baddbmm(t[:, None, :], cam.reshape(len(d), -1, 3), R.transpose(1, 2))
+    return out.reshape(cam.shape)
 
 
 def pose_fallback(c2w_dst: np.ndarray, c2w_src: np.ndarray) -> Sim3 | None:

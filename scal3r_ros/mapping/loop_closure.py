@@ -47,7 +47,7 @@ from scal3r_ros.mapping.alignment import (
 )
 from scal3r_ros.mapping.events import LoopClosureUpdate
 from scal3r_ros.mapping.sim3 import Sim3
-from scal3r_ros.mapping.tensors import as_tensor, to_numpy
+from scal3r_ros.mapping.tensors import as_tensor, full_precision, to_numpy
 from scal3r_ros.mapping.windowing import ChunkSpec
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def thumbnail_descriptors(images: np.ndarray | torch.Tensor, size: int = 64) -> 
     x = as_tensor(images)
     if x.ndim == 4:
         w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device)
-        grey = x[..., :3].float() @ w
+        with full_precision(x.device):
+            grey = x[..., :3].float() @ w
     else:
         grey = x.float()
     small = F.adaptive_avg_pool2d(grey[:, None], (size, size)).reshape(len(grey), -1) / 255.0

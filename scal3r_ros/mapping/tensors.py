@@ -48,6 +48,12 @@ def to_numpy(x: Any, copy: bool = False) -> np.ndarray:
     return np.array(x, copy=True) if copy else np.asarray(x)
 
 
+def full_precision(device: torch.device) -> torch.autocast:
+    """A context with autocast off: float32 geometry (a rigid transform, a grey conversion)
+    stays float32 even when a caller's autocast region (bf16 network) is still open."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def median(x: torch.Tensor) -> float:
     """``np.median`` of a non-empty 1-D tensor: for an even size the mean of the two middle
     values in the tensor's dtype (``torch.median`` would return the lower one)."""

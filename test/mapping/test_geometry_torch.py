@@ -28,6 +28,8 @@ Tolerances, and why:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import reference_geometry as ref
@@ -359,3 +361,121 @@ def test_unprojection_of_a_pixel_centre_round_trips():
         and x == pytest.approx(0.5 / 50 * 4)
         and y == pytest.approx(0.5 / 40 * 4)
     )
+
+
+def test_an_open_autocast_region_does_not_lower_the_geometry():
+    """The network may run under bf16 autocast; the geometry after it stays float32."""
+    sc = scene("small")
+    p, _, _ = sc["b"]
+    depth = torch.from_numpy(p.depth)
+    want = unproject_depth(depth, p.intrinsics, p.c2w)
+    images = sc["win"].inputs[0].images
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = unproject_depth(depth, p.intrinsics, p.c2w)
+        desc = thumbnail_descriptors(torch.from_numpy(images))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    np.testing.assert_array_equal(desc, thumbnail_descriptors(images))
+
+
+class _TensorOracle:
+    """The oracle backend handing over CPU tensors instead of numpy arrays."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def infer(self, chunk, gcs_state):
+        pred = self.inner.infer(chunk, gcs_state)
+        maps = ("c2w", "intrinsics", "depth", "depth_conf", "points", "points_conf")
+        return ChunkPrediction(
+            **{k: torch.from_numpy(v) if k in maps else v for k, v in vars(pred).items()}
+        )
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_engine_maps_the_same_from_tensor_and_numpy_predictions():
+    from helpers import make_drive, push_and_collect
+
+    from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
+    from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+    from scal3r_ros.mapping.events import PointsUpdate
+    from scal3r_ros.mapping.windowing import WindowConfig
+
+    drive = make_drive(24)
+    runs = []
+    for wrap in (lambda b: b, _TensorOracle):
+        backend = wrap(OracleBackend(drive, OracleConfig(depth_noise=0.02)))
+        cfg = EngineConfig(window=WindowConfig(8, 4), frame_clouds=True)
+        eng = MappingEngine(cfg, backend)
+        events = push_and_collect(eng, drive)
+        pts = [e for e in events if isinstance(e, PointsUpdate)]
+        runs.append((eng.poses()[2], eng.map_points(voxelize=False), pts))
+    (c2w_n, map_n, pts_n), (c2w_t, map_t, pts_t) = runs
+    np.testing.assert_array_equal(c2w_t, c2w_n)
+    for a, b in zip(map_t, map_n, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(pts_t) == len(pts_n) > 0
+    assert all(isinstance(e.xyz, np.ndarray) for e in pts_t)  # events stay numpy
+
+
+def test_scal3r_backend_prediction_stays_a_tensor_on_its_device():
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
+
+    backend = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(max_size=70, device="cpu"))
+    win = scene("small")["win"]
+    images = np.stack([backend.prepare(img, None)[0] for img in win.inputs[0].images[:4]])
+    chunk = replace(win.inputs[0], images=images, frame_ids=win.inputs[0].frame_ids[:4])
+    pred = backend.infer(chunk, backend.new_gcs_state("causal"))
+    for k in ("c2w", "intrinsics", "depth", "depth_conf"):
+        x = getattr(pred, k)
+        assert isinstance(x, torch.Tensor) and x.device.type == "cpu", k
+    assert pred.c2w.dtype == torch.float64 and pred.depth.dtype == torch.float32
+    assert isinstance(pred.descriptors, np.ndarray) and pred.descriptors.shape[0] == 4
+    # c2w is the inverse of the head's world-to-camera: rigid up to the head's float32
+    eye = pred.c2w[:, :3, :3] @ pred.c2w[:, :3, :3].transpose(1, 2)
+    torch.testing.assert_close(
+        eye, torch.eye(3, dtype=torch.float64).expand(4, 3, 3), atol=1e-5, rtol=0
+    )
+    assert torch.equal(pred.c2w[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(4, 4).double())
+
+
+@pytest.mark.gpu
+def test_cuda_geometry_matches_the_cpu():
+    """The same torch code on the GPU: selections exact, points and fits within rounding."""
+    sc = scene("small")
+    spec, pred = sc["win"].specs[1], sc["win"].preds[1]
+    on_gpu = ChunkPrediction(
+        **{
+            k: (
+                torch.from_numpy(v).cuda()
+                if k in ("c2w", "intrinsics", "depth", "depth_conf")
+                else v
+            )
+            for k, v in vars(pred).items()
+        }
+    )
+    wg = WindowPoints.from_prediction(spec, on_gpu, False)
+    wc = sc["wb"]
+    assert wg.points.device.type == "cuda"
+    torch.testing.assert_close(wg.points.cpu(), wc.points, rtol=1e-6, atol=1e-5)
+    assert torch.equal(wg.valid.cpu(), wc.valid)
+    n = sc["overlap"]
+    wa = sc["wa"]
+    fits = []
+    for dev in ("cpu", "cuda"):
+        a, b, ca, cb = gather_overlap(
+            wa.points[-n:].to(dev),
+            wc.points[:n].to(dev),
+            wa.conf[-n:].to(dev),
+            wc.conf[:n].to(dev),
+            wa.valid[-n:].to(dev),
+            wc.valid[:n].to(dev),
+        )
+        fits.append(align_points(b, a, cb, ca))
+    np.testing.assert_allclose(fits[1].sim3.matrix(), fits[0].sim3.matrix(), atol=1e-9)
+    xyz = wc.points[wc.valid]
+    conf = wc.conf[wc.valid]
+    sel_c = voxel_downsample(xyz, conf, 0.2)
+    sel_g = voxel_downsample(xyz.cuda(), conf.cuda(), 0.2)
+    assert torch.equal(sel_g.cpu(), sel_c)
