@@ -191,13 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA column")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     a = p.parse_args(argv)
-    if not (2 <= a.overlap < a.chunk_size) or a.repeats < 1 or min(a.width, a.height) < 8:
+    if (
+        not (2 <= a.overlap < a.chunk_size)
+        or a.repeats < 1
+        or min(a.width, a.height) < 8
+        or (a.threads is not None and a.threads < 1)
+    ):
         print(
-            "geometry_bench: need 2 <= overlap < chunk-size, repeats >= 1, size >= 8",
+            "geometry_bench: need 2 <= overlap < chunk-size, repeats >= 1, size >= 8, threads >= 1",
             file=sys.stderr,
         )
         return 2
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     data = _data(a.chunk_size, a.overlap, (a.height, a.width), a.seed)
     n_align = a.overlap * a.width * a.height
     columns: dict[str, dict[str, float]] = {}

@@ -28,6 +28,7 @@ import torch
 
 from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
+from scal3r_ros.mapping.tensors import as_tensor
 from scal3r_ros.model.config import Scal3RConfig
 from scal3r_ros.model.gcm import GCMGrads
 from scal3r_ros.model.gcs import GCSState
@@ -194,7 +195,7 @@ class Scal3RBackend:
             pconf = out.world_points_conf[0].float()
         desc = None
         if self.config.descriptors:
-            desc = thumbnail_descriptors(torch.from_numpy(chunk.images).to(self.config.device))
+            desc = thumbnail_descriptors(as_tensor(chunk.images, self.config.device))
         return ChunkPrediction(
             c2w=torch.linalg.inv(T),
             intrinsics=out.intrinsics[0].double(),
