@@ -319,9 +319,11 @@ def unproject_depth(depth: ArrayLike, K: ArrayLike, c2w: ArrayLike) -> torch.Ten
     v = (torch.arange(H, dtype=torch.float32, device=dev) + 0.5).double()
     fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
     cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
-    x = ((u[None, None, :] - cx) / fx * d).float()
-    y = ((v[None, :, None] - cy) / fy * d).float()
-    cam = torch.stack([x, y, d], -1)  # (F, H, W, 3) float32
+    cam = torch.empty((*d.shape, 3), dtype=torch.float32, device=dev)
+    # products in float64, stored rounded to float32 (no full-size float64 temporary)
+    torch.mul((u[None, None, :] - cx) / fx, d, out=cam[..., 0])
+    torch.mul((v[None, :, None] - cy) / fy, d, out=cam[..., 1])
+    cam[..., 2] = d
     R = c2w[:, :3, :3].float()
     t = c2w[:, :3, 3].float()
     with full_precision(dev):
