@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
 from scal3r_ros.mapping.backends.protocol import GCS_MODES, Backend, ChunkInput, ChunkPrediction
@@ -78,6 +79,7 @@ from scal3r_ros.mapping.memory import host_rss_bytes, release_freed_memory
 from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowPoints, hand_over
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.tensors import to_numpy
 from scal3r_ros.mapping.trajectory import Trajectory
 from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig, window_problem
 
@@ -544,7 +546,7 @@ class MappingEngine:
     ) -> FrameCloudsUpdate:
         new_set = set(handover.new_ids)
         ks = [k for k in handover.owned if int(w.frame_ids[k]) in new_set]
-        d = np.where(w.valid[ks], w.pred.depth[ks] * np.float32(pose.s), np.nan)
+        d = torch.where(w.valid[ks], w.pred.depth[ks] * np.float32(pose.s), torch.nan)
         with self._store_lock:
             cams = tuple(self.frames.camera_id(f) for f in handover.new_ids)
         return FrameCloudsUpdate(
@@ -552,8 +554,8 @@ class MappingEngine:
             np.array(handover.new_ids),
             stamps,
             cams,
-            d.astype(np.float32),
-            w.conf[ks],
+            to_numpy(d).astype(np.float32),
+            to_numpy(w.conf[ks]),
             w.pred.intrinsics[ks].astype(np.float64),
         )
 
@@ -570,14 +572,15 @@ class MappingEngine:
         owned = handover.owned
         with self._store_lock:
             rgb = np.stack([self.frames.get(int(f)).image for f in w.frame_ids[owned]])
-        if rgb.shape[1:3] != w.pred.depth.shape[1:3]:
-            rgb = _resize_nearest(rgb, w.pred.depth.shape[1:3])
+        hw = tuple(w.pred.depth.shape[1:3])
+        if rgb.shape[1:3] != hw:
+            rgb = _resize_nearest(rgb, hw)
         xyz, col, cf = self.map.insert(
             w.chunk_id,
             pose,
             w.points[owned],
             rgb,
-            np.where(w.valid[owned], w.conf[owned], np.nan),
+            torch.where(w.valid[owned], w.conf[owned], torch.nan),
             w.frame_ids[owned],
             w.pred.depth[owned],
         )

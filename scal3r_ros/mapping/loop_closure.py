@@ -52,6 +52,7 @@ from scal3r_ros.mapping.alignment import (
 from scal3r_ros.mapping.backends.protocol import ChunkPrediction
 from scal3r_ros.mapping.events import LoopClosureUpdate
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.tensors import as_tensor, full_precision, to_numpy
 from scal3r_ros.mapping.windowing import ChunkSpec
 
 if TYPE_CHECKING:
@@ -60,26 +61,28 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- descriptors
 
 
-def thumbnail_descriptor(rgb: np.ndarray, size: int = 64) -> np.ndarray:
+def thumbnail_descriptor(rgb: np.ndarray | torch.Tensor, size: int = 64) -> np.ndarray:
     """Official fallback: grey ``size`` x ``size`` thumbnail, zero-mean, unit-norm.
 
     rgb: (H, W, 3) uint8 (or (H, W) grey). Area resampling as cv2.INTER_AREA (exact for
     integer factors). Returns (size*size,) float32.
     """
-    img = np.asarray(rgb)
-    if img.ndim == 3:
-        grey = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return thumbnail_descriptors(as_tensor(rgb)[None], size)[0]
+
+
+def thumbnail_descriptors(images: np.ndarray | torch.Tensor, size: int = 64) -> np.ndarray:
+    """`thumbnail_descriptor` of each image of an (S, H, W, 3) (or (S, H, W) grey) batch,
+    computed in torch on the images' device -> host (S, size*size) float32."""
+    x = as_tensor(images)
+    if x.ndim == 4:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device)
+        with full_precision(x.device):
+            grey = x[..., :3].float() @ w
     else:
-        grey = img.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
-    small = F.adaptive_avg_pool2d(t, (size, size))[0, 0].numpy().reshape(-1) / 255.0
-    small = small - small.mean()
-    return (small / (np.linalg.norm(small) + 1e-8)).astype(np.float32)
-
-
-def thumbnail_descriptors(images: np.ndarray, size: int = 64) -> np.ndarray:
-    """`thumbnail_descriptor` of each image of an (S, H, W, 3) batch -> (S, size*size)."""
-    return np.stack([thumbnail_descriptor(img, size) for img in images])
+        grey = x.float()
+    small = F.adaptive_avg_pool2d(grey[:, None], (size, size)).reshape(len(grey), -1) / 255.0
+    small = small - small.mean(1, keepdim=True)
+    return to_numpy(small / (torch.linalg.vector_norm(small, dim=1, keepdim=True) + 1e-8))
 
 
 def pool_patch_tokens(tokens: np.ndarray | torch.Tensor, method: str = "gem", p: float = 3.0):
@@ -665,7 +668,7 @@ class LoopClosure:
             if self.config.descriptor_fn is not None:
                 descs.append(self.config.descriptor_fn(f))
             elif descriptors is not None:
-                descs.append(np.asarray(descriptors[k]))
+                descs.append(to_numpy(descriptors[k]))
             else:
                 descs.append(thumbnail_descriptor(engine.frame(f).image))
             new.append(f)
@@ -726,9 +729,12 @@ class LoopClosure:
     ) -> LoopClosureUpdate | None:
         cfg = self.config
         s = max(1, engine.config.loop_geometry_stride)
-        pts = unproject_depth(pred.depth, pred.intrinsics, pred.c2w)[:, ::s, ::s]
-        conf = pred.depth_conf[:, ::s, ::s]
-        valid = np.isfinite(pred.depth[:, ::s, ::s]) & (pred.depth[:, ::s, ::s] > 0)
+        # on the prediction's device; the stored chunk geometry (host, subsampled) goes there
+        depth = as_tensor(pred.depth, dtype=torch.float32)
+        pts = unproject_depth(depth, pred.intrinsics, pred.c2w)[:, ::s, ::s]
+        conf = as_tensor(pred.depth_conf, depth.device, torch.float32)[:, ::s, ::s]
+        depth = depth[:, ::s, ::s]
+        valid = torch.isfinite(depth) & (depth > 0)
         pos = {f: k for k, f in enumerate(win.frames)}
         results: list[Any] = []
         for cid in (win.chunk_a, win.chunk_b):

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from scal3r_ros.mapping.spill import SpillBudget, SpillStore
+from scal3r_ros.mapping.tensors import as_tensor, to_numpy
+
+ArrayLike = np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -43,22 +47,28 @@ class ChunkGeometryStore:
         self,
         chunk_id: int,
         frame_ids: np.ndarray,
-        points: np.ndarray,
-        conf: np.ndarray,
-        valid: np.ndarray,
-        c2w: np.ndarray,
+        points: ArrayLike,
+        conf: ArrayLike,
+        valid: ArrayLike,
+        c2w: ArrayLike,
         descriptors: np.ndarray | None,
     ) -> None:
-        """Keep a window's geometry (every ``stride``-th pixel); spill the oldest."""
+        """Keep a window's geometry (every ``stride``-th pixel); spill the oldest. The maps
+        may be tensors on any device: they are subsampled there, and only the subsample is
+        copied to the host."""
         s = self.stride
+
+        def sub(x: ArrayLike) -> np.ndarray:
+            return to_numpy(as_tensor(x)[:, ::s, ::s], copy=True)  # one copy
+
         self._ram[chunk_id] = ChunkGeometry(
             chunk_id,
             frame_ids.copy(),
-            points[:, ::s, ::s].copy(),
-            conf[:, ::s, ::s].copy(),
-            valid[:, ::s, ::s].copy(),
-            c2w.copy(),
-            None if descriptors is None else descriptors.copy(),
+            sub(points),
+            sub(conf),
+            sub(valid),
+            to_numpy(c2w, copy=True),
+            None if descriptors is None else to_numpy(descriptors, copy=True),
         )
         while len(self._ram) > self.ram_chunks:
             old_id = min(self._ram)

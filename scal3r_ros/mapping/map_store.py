@@ -4,6 +4,9 @@ Why per chunk and local: loop closure and the pose graph move whole chunks (a Si
 each). Keeping each chunk's points in its own coordinates means a correction is a
 4x4 update, never a rewrite of the points; the map frame is produced on demand.
 
+The filter and the voxel step of an insert run in torch on the device the points come
+from (the network's GPU in production); only the kept points reach this host store.
+
 Filtering: a pixel becomes a point when its confidence exceeds ``conf_ratio`` x the
 mean confidence of its frame (official: 0.75) and its depth is finite and positive;
 points are voxel-downsampled per chunk (voxel size in map units; within a voxel the
@@ -23,9 +26,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 
 from scal3r_ros.mapping.atomic_io import binary_output
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.tensors import as_tensor, median, to_numpy
+
+ArrayLike = np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -47,17 +54,28 @@ class _ChunkCloud:
     level: int = 0
 
 
-def voxel_downsample(xyz: np.ndarray, conf: np.ndarray, voxel: float) -> np.ndarray:
-    """Indices of one point per occupied voxel (the most confident one)."""
-    if len(xyz) == 0 or voxel <= 0:
-        return np.arange(len(xyz))
-    order = np.argsort(-conf, kind="stable")
-    keys = np.floor(xyz[order] / voxel).astype(np.int64)
-    keys -= keys.min(axis=0)
-    span = keys.max(axis=0) + 1
+def voxel_downsample(xyz: ArrayLike, conf: ArrayLike, voxel: float) -> torch.Tensor:
+    """Indices (ascending, int64, on the points' device) of one point per occupied voxel:
+    the most confident one, the lowest index among equally confident ones."""
+    p = as_tensor(xyz)
+    n = len(p)
+    dev = p.device
+    if n == 0 or voxel <= 0:
+        return torch.arange(n, device=dev)
+    c = as_tensor(conf, dev)
+    # a 0-d tensor, not a Python scalar: CUDA would multiply by the reciprocal instead
+    keys = torch.floor(p / torch.tensor(voxel, dtype=p.dtype, device=dev)).long()
+    keys -= keys.min(0).values
+    span = keys.max(0).values + 1
     flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
-    _, first = np.unique(flat, return_index=True)
-    return np.sort(order[first])
+    _, voxel_of = torch.unique(flat, return_inverse=True)  # one sort
+    n_vox = int(voxel_of.max()) + 1
+    best = torch.full((n_vox,), -torch.inf, dtype=c.dtype, device=dev)
+    best = best.scatter_reduce(0, voxel_of, c, "amax")
+    idx = torch.arange(n, device=dev)
+    candidate = torch.where(c == best[voxel_of], idx, n)
+    first = torch.full((n_vox,), n, dtype=idx.dtype, device=dev)
+    return torch.sort(first.scatter_reduce(0, voxel_of, candidate, "amin")).values
 
 
 class MapStore:
@@ -85,60 +103,73 @@ class MapStore:
         self,
         chunk_id: int,
         g: Sim3,
-        points: np.ndarray,
-        rgb: np.ndarray,
-        conf: np.ndarray,
+        points: ArrayLike,
+        rgb: ArrayLike,
+        conf: ArrayLike,
         frame_ids: np.ndarray,
-        depth: np.ndarray | None = None,
+        depth: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add frames of one chunk. points: (F, H, W, 3) chunk-local; rgb (F, H, W, 3)
         uint8; conf (F, H, W); frame_ids (F,); depth (F, H, W) for validity/auto voxel.
 
+        points, conf and depth may be tensors on any device: the confidence filter and the
+        voxel step run there and only the kept points are copied to the host store.
         Returns the inserted points in the map frame (xyz, rgb, conf) for publishing.
         """
         cfg = self.config
         st = max(1, cfg.pixel_stride)
-        points = points[:, ::st, ::st]
-        rgb = rgb[:, ::st, ::st]
-        conf = conf[:, ::st, ::st]
-        valid = np.isfinite(points).all(-1) & np.isfinite(conf)
+        pts = as_tensor(points, dtype=torch.float32)[:, ::st, ::st]
+        dev = pts.device
+        cf = as_tensor(conf, dev, torch.float32)[:, ::st, ::st]
+        valid = torch.isfinite(pts).all(-1) & torch.isfinite(cf)
+        d = None
         if depth is not None:
-            d = depth[:, ::st, ::st]
-            valid &= np.isfinite(d) & (d > 0)
-        mean = np.array(
-            [c[v].mean() if v.any() else np.inf for c, v in zip(conf, valid, strict=True)]
-        )
-        keep = valid & (conf > cfg.conf_ratio * mean[:, None, None])
+            d = as_tensor(depth, dev, torch.float32)[:, ::st, ::st]
+            valid &= torch.isfinite(d) & (d > 0)
+        keep = valid & (cf > _frame_means(cf, valid)[:, None, None] * cfg.conf_ratio)
         if self.voxel_size <= 0:
-            if depth is not None and keep.any():
-                med = float(np.median(depth[:, ::st, ::st][keep])) * g.s
+            if d is not None and bool(keep.any()):
+                med = median(d[keep]) * g.s
             else:
-                pts_w = g.apply(points[keep].reshape(-1, 3).astype(np.float64))
-                med = (
-                    float(np.median(np.linalg.norm(pts_w - pts_w.mean(0), axis=1)))
-                    if len(pts_w)
-                    else 0.0
-                )
+                pw = pts[keep].double()
+                R = torch.from_numpy(g.R).to(pw)
+                pts_w = g.s * (pw @ R.T) + torch.from_numpy(g.t).to(pw)
+                spread = torch.linalg.vector_norm(pts_w - pts_w.mean(0), dim=1)
+                med = median(spread) if len(pw) else 0.0
             self.voxel_size = max(med * cfg.auto_voxel_rel, 1e-9)
-        fid = np.broadcast_to(np.asarray(frame_ids, np.int64)[:, None, None], keep.shape)
-        cloud = _ChunkCloud(
-            xyz=points[keep].astype(np.float32),
-            rgb=rgb[keep].astype(np.uint8),
-            conf=conf[keep].astype(np.float32),
-            frame=fid[keep].copy(),
-        )
+        (pix,) = torch.nonzero(keep.reshape(-1), as_tuple=True)  # kept pixels, pixel order
+        new_xyz, new_conf = pts.reshape(-1, 3)[pix], cf.reshape(-1)[pix]
         old = self._clouds.get(chunk_id)
-        if old is not None:
-            cloud = _ChunkCloud(
-                np.concatenate([old.xyz, cloud.xyz]),
-                np.concatenate([old.rgb, cloud.rgb]),
-                np.concatenate([old.conf, cloud.conf]),
-                np.concatenate([old.frame, cloud.frame]),
-                old.level,
-            )
+        n_old = 0 if old is None else len(old.xyz)
         self._poses[chunk_id] = g
-        sel = voxel_downsample(cloud.xyz, cloud.conf, self._local_voxel(chunk_id, cloud.level))
-        self._clouds[chunk_id] = _subset(cloud, sel)
+        all_xyz, all_conf = new_xyz, new_conf
+        if n_old:  # the chunk's earlier points compete in the same voxels (listed first)
+            all_xyz = torch.cat([as_tensor(old.xyz, dev), new_xyz])
+            all_conf = torch.cat([as_tensor(old.conf, dev), new_conf])
+        level = 0 if old is None else old.level
+        sel = voxel_downsample(all_xyz, all_conf, self._local_voxel(chunk_id, level))
+        sel_new = sel[sel >= n_old] - n_old
+        # only the kept points cross to the host
+        xyz_new = to_numpy(new_xyz[sel_new])
+        conf_new = to_numpy(new_conf[sel_new])
+        pix_new = to_numpy(pix[sel_new])
+        h, w = pts.shape[1:3]
+        f, rc = np.divmod(pix_new, h * w)
+        r, c = np.divmod(rc, w)
+        rgb_new = np.asarray(to_numpy(rgb)[f, r * st, c * st], dtype=np.uint8)
+        frame_new = np.asarray(frame_ids, np.int64)[f]
+        if old is None:
+            cloud = _ChunkCloud(xyz_new, rgb_new, conf_new, frame_new, level)
+        else:
+            sel_old = to_numpy(sel[sel < n_old])
+            cloud = _ChunkCloud(
+                np.concatenate([old.xyz[sel_old], xyz_new]),
+                np.concatenate([old.rgb[sel_old], rgb_new]),
+                np.concatenate([old.conf[sel_old], conf_new]),
+                np.concatenate([old.frame[sel_old], frame_new]),
+                level,
+            )
+        self._clouds[chunk_id] = cloud
         self._enforce_cap()
         c = self._clouds.get(chunk_id)
         if c is None:
@@ -191,7 +222,7 @@ class MapStore:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
         xyz, rgb, conf = np.concatenate(xs), np.concatenate(cs), np.concatenate(fs)
         if voxelize and self.voxel_size > 0:
-            sel = voxel_downsample(xyz, conf, self.voxel_size)
+            sel = to_numpy(voxel_downsample(xyz, conf, self.voxel_size))
             xyz, rgb, conf = xyz[sel], rgb[sel], conf[sel]
         return xyz, rgb, conf
 
@@ -211,6 +242,11 @@ class MapStore:
         g = self._poses[chunk_id]
         return self.voxel_size * (2.0**level) / g.s
 
+    def _coarse_selection(self, chunk_id: int) -> np.ndarray:
+        """Voxel selection of a stored chunk at its current level (host)."""
+        c = self._clouds[chunk_id]
+        return to_numpy(voxel_downsample(c.xyz, c.conf, self._local_voxel(chunk_id, c.level)))
+
     def _enforce_cap(self) -> None:
         cfg = self.config
         while len(self) > cfg.max_points and self._clouds:
@@ -219,7 +255,7 @@ class MapStore:
             if target is not None and len(ids) > 1 and target != ids[-1]:
                 c = self._clouds[target]
                 c.level += 1
-                sel = voxel_downsample(c.xyz, c.conf, self._local_voxel(target, c.level))
+                sel = self._coarse_selection(target)
                 self._clouds[target] = _subset(c, sel)
                 self.n_coarsened += 1
             elif len(ids) > 1:
@@ -230,11 +266,19 @@ class MapStore:
                 if c.level < cfg.max_coarsen_levels:
                     c.level += 1
                     self.n_coarsened += 1
-                    sel = voxel_downsample(c.xyz, c.conf, self._local_voxel(ids[0], c.level))
+                    sel = self._coarse_selection(ids[0])
                 else:
                     sel = np.argsort(-c.conf, kind="stable")[: cfg.max_points]
                     sel.sort()
                 self._clouds[ids[0]] = _subset(c, sel)
+
+
+def _frame_means(conf: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-frame mean confidence over valid pixels (float64 sums, then float32 like the
+    threshold it feeds); inf for a frame without valid pixels (it keeps nothing)."""
+    total = torch.where(valid, conf, 0.0).sum((1, 2), dtype=torch.float64)
+    count = valid.sum((1, 2))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.inf).float()
 
 
 def _subset(c: _ChunkCloud, sel: np.ndarray) -> _ChunkCloud:

@@ -9,9 +9,10 @@ splits an overlap between the two windows as the official stitching does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from scal3r_ros.mapping.alignment import (
     AlignmentConfig,
@@ -24,35 +25,50 @@ from scal3r_ros.mapping.alignment import (
 from scal3r_ros.mapping.backends.protocol import ChunkPrediction
 from scal3r_ros.mapping.events import AlignmentReport
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.tensors import as_tensor, to_numpy
 from scal3r_ros.mapping.windowing import ChunkSpec
 
 
 @dataclass
 class WindowPoints:
-    """One window's prediction in time order with its per-pixel points in the chunk frame."""
+    """One window's prediction in time order with its per-pixel points in the chunk frame.
+
+    ``points``/``conf``/``valid`` and the prediction's depth maps are tensors on the
+    backend's device (they never make a full-resolution trip to the host); the prediction's
+    ``c2w`` and ``intrinsics`` are small host float64 arrays (trajectory, events)."""
 
     chunk_id: int
     frame_ids: np.ndarray  # (F,) int64, time order
     pred: ChunkPrediction  # time order
-    points: np.ndarray  # (F, h, w, 3) float32
-    conf: np.ndarray  # (F, h, w) float32
-    valid: np.ndarray  # (F, h, w) bool
+    points: torch.Tensor  # (F, h, w, 3) float32
+    conf: torch.Tensor  # (F, h, w) float32
+    valid: torch.Tensor  # (F, h, w) bool
 
     @staticmethod
     def from_prediction(
         spec: ChunkSpec, pred_net: ChunkPrediction, use_point_head: bool
     ) -> WindowPoints:
         """Points from depth unprojection (official default ``use_xyz_align=0``) or from
-        the point head; ``pred_net`` is in network order (reference frame first)."""
+        the point head; ``pred_net`` is in network order (reference frame first), its maps
+        tensors on any device or numpy arrays."""
         pred = pred_net.take(np.argsort(np.asarray(spec.network_order)))  # back to time order
+        depth = as_tensor(pred.depth, dtype=torch.float32)
+        dev = depth.device
         if use_point_head and pred.points is not None:
-            pts = pred.points.astype(np.float32)
+            pts = as_tensor(pred.points, dev, torch.float32)
             conf = pred.points_conf if pred.points_conf is not None else pred.depth_conf
         else:
-            pts = unproject_depth(pred.depth, pred.intrinsics, pred.c2w)
+            pts = unproject_depth(depth, pred.intrinsics, pred.c2w)
             conf = pred.depth_conf
-        conf = conf.astype(np.float32)
-        valid = np.isfinite(pred.depth) & (pred.depth > 0) & np.isfinite(pts).all(-1)
+        conf = as_tensor(conf, dev, torch.float32)
+        valid = torch.isfinite(depth) & (depth > 0) & torch.isfinite(pts).all(-1)
+        pred = replace(
+            pred,
+            c2w=to_numpy(pred.c2w).astype(np.float64),
+            intrinsics=to_numpy(pred.intrinsics).astype(np.float64),
+            depth=depth,
+            depth_conf=as_tensor(pred.depth_conf, dev, torch.float32),
+        )
         fids = np.array(spec.frame_ids, dtype=np.int64)
         return WindowPoints(spec.chunk_id, fids, pred, pts, conf, valid)
 
@@ -81,7 +97,10 @@ class PreviousWindow:
     alignment: AlignmentConfig
     overlap: int
     chunk_id: int | None = None
-    tail: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    # frame id -> (points, conf, valid: tensors on the device; c2w: host (4, 4))
+    tail: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]] = field(
+        default_factory=dict
+    )
 
     def reset(self) -> None:
         self.chunk_id = None
@@ -99,9 +118,9 @@ class PreviousWindow:
         res: AlignmentResult | None = None
         if shared:
             ia = [pos[f] for f in shared]
-            P = np.stack([tail[f][0] for f in shared])
-            C = np.stack([tail[f][1] for f in shared])
-            V = np.stack([tail[f][2] for f in shared])
+            P = torch.stack([tail[f][0] for f in shared])
+            C = torch.stack([tail[f][1] for f in shared])
+            V = torch.stack([tail[f][2] for f in shared])
             a, b, ca, cb = gather_overlap(
                 P,
                 w.points[ia],

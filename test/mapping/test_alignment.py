@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from scal3r_ros.mapping.alignment import (
     AlignmentConfig,
@@ -98,7 +99,7 @@ def test_gather_and_unproject_roundtrip():
     c2w = np.tile(np.eye(4), (F, 1, 1))
     c2w[:, :3, 3] = rng.normal(size=(F, 3))
     depth = rng.uniform(2, 5, size=(F, H, W)).astype(np.float32)
-    pts = unproject_depth(depth, K, c2w)
+    pts = unproject_depth(depth, K, c2w).numpy()  # a CPU tensor for numpy input
     # re-project the centre pixel of frame 0
     p = pts[0, 5, 7] - c2w[0, :3, 3]
     np.testing.assert_allclose(p[2], depth[0, 5, 7], rtol=1e-6)
@@ -108,6 +109,6 @@ def test_gather_and_unproject_roundtrip():
     other[1, :4] = np.nan
     conf = np.ones((F, H, W), np.float32)
     a, b, ca, cb = gather_overlap(other, pts, conf, conf, max_points_per_frame=100)
-    assert len(a) == 300 and np.isfinite(a).all()
+    assert len(a) == 300 and torch.isfinite(a).all()
     res = align_points(b, a, cb, ca, AlignmentConfig(min_points=20))
     np.testing.assert_allclose(res.sim3.matrix(), gt.matrix(), atol=1e-3)

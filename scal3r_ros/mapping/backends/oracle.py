@@ -28,6 +28,7 @@ from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
 from scal3r_ros.mapping.sim.synthetic import SyntheticDrive, drive_summary
 from scal3r_ros.mapping.sim3 import Sim3
+from scal3r_ros.mapping.tensors import to_numpy
 
 
 @dataclass
@@ -154,7 +155,7 @@ class OracleBackend:
         c2w = np.stack([g.apply_pose(T) for T in rel])
         depth = (depth * g.s).astype(np.float32)
         K = np.repeat(self.drive.K[None], len(idx), axis=0)
-        pts = unproject_depth(depth, K, c2w)
+        pts = to_numpy(unproject_depth(depth, K, c2w))
         pred = ChunkPrediction(
             c2w=c2w,
             intrinsics=K,

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
+Array = np.ndarray | torch.Tensor  # a prediction's maps: on the backend's device or numpy
 GCS_MODES = ("causal", "exact", "off")
 
 
@@ -51,14 +53,18 @@ class ChunkPrediction:
 
     Poses are camera-to-world (4x4, rigid) in the chunk's coordinate frame, in which
     the reference camera is (nominally) the identity; depth is z-depth.
+
+    The per-frame maps and poses are torch tensors on the backend's device (the Scal3R
+    backend: its GPU, so the geometry after the network runs there) or numpy arrays (the
+    oracle); the engine accepts both (``tensors.as_tensor``). Descriptors are numpy.
     """
 
-    c2w: np.ndarray  # (S, 4, 4) float64
-    intrinsics: np.ndarray  # (S, 3, 3) float64, at depth resolution
-    depth: np.ndarray  # (S, h, w) float32
-    depth_conf: np.ndarray  # (S, h, w) float32, >= 1 for the real network
-    points: np.ndarray | None = None  # (S, h, w, 3) float32, chunk frame (point head)
-    points_conf: np.ndarray | None = None  # (S, h, w)
+    c2w: Array  # (S, 4, 4) float64
+    intrinsics: Array  # (S, 3, 3) float64, at depth resolution
+    depth: Array  # (S, h, w) float32
+    depth_conf: Array  # (S, h, w) float32, >= 1 for the real network
+    points: Array | None = None  # (S, h, w, 3) float32, chunk frame (point head)
+    points_conf: Array | None = None  # (S, h, w)
     descriptors: np.ndarray | None = None  # (S, D) float32 global descriptors (loops)
     extras: dict[str, Any] | None = None
 
@@ -66,17 +72,21 @@ class ChunkPrediction:
         return len(self.c2w)
 
     def take(self, order: Sequence[int]) -> ChunkPrediction:
-        """A copy with frames permuted/selected by ``order``."""
+        """A copy with frames permuted/selected by ``order`` (tensors stay on their device)."""
         idx = np.asarray(order, dtype=np.int64)
 
-        def sel(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[idx]
+        def sel(a: Any) -> Any:
+            if a is None:
+                return None
+            if isinstance(a, torch.Tensor):
+                return a[torch.from_numpy(idx).to(a.device)]
+            return a[idx]
 
         return ChunkPrediction(
-            c2w=self.c2w[idx],
-            intrinsics=self.intrinsics[idx],
-            depth=self.depth[idx],
-            depth_conf=self.depth_conf[idx],
+            c2w=sel(self.c2w),
+            intrinsics=sel(self.intrinsics),
+            depth=sel(self.depth),
+            depth_conf=sel(self.depth_conf),
             points=sel(self.points),
             points_conf=sel(self.points_conf),
             descriptors=sel(self.descriptors),

@@ -29,6 +29,7 @@ import torch
 
 from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.loop_closure import thumbnail_descriptors
+from scal3r_ros.mapping.tensors import as_tensor
 from scal3r_ros.model.config import Scal3RConfig
 from scal3r_ros.model.gcm import GCMGrads
 from scal3r_ros.model.gcs import GCSState
@@ -236,23 +237,26 @@ class Scal3RBackend:
         return (x.permute(0, 3, 1, 2).float() / 255.0).unsqueeze(0)
 
     def _prediction(self, out: Scal3ROutput, chunk: ChunkInput) -> ChunkPrediction:
-        w2c = out.extrinsics[0].double().cpu().numpy()  # (S, 3, 4)
-        S = len(w2c)
-        T = np.tile(np.eye(4), (S, 1, 1))
+        """The heads' output as a prediction that stays on the device (the geometry after
+        the network runs there); only the thumbnail descriptors come to the host."""
+        w2c = out.extrinsics[0].double()  # (S, 3, 4)
+        T = torch.eye(4, dtype=torch.float64, device=w2c.device).repeat(len(w2c), 1, 1)
         T[:, :3, :] = w2c
-        c2w = np.linalg.inv(T)
         pts = pconf = None
         if out.world_points is not None:
-            pts = out.world_points[0].float().cpu().numpy()
-            pconf = out.world_points_conf[0].float().cpu().numpy()
+            pts = out.world_points[0].float()
+            pconf = out.world_points_conf[0].float()
+        desc = None
+        if self.config.descriptors:
+            desc = thumbnail_descriptors(as_tensor(chunk.images, self.config.device))
         return ChunkPrediction(
-            c2w=c2w,
-            intrinsics=out.intrinsics[0].double().cpu().numpy(),
-            depth=out.depth[0, ..., 0].float().cpu().numpy(),
-            depth_conf=out.depth_conf[0].float().cpu().numpy(),
+            c2w=torch.linalg.inv(T),
+            intrinsics=out.intrinsics[0].double(),
+            depth=out.depth[0, ..., 0].float(),
+            depth_conf=out.depth_conf[0].float(),
             points=pts,
             points_conf=pconf,
-            descriptors=thumbnail_descriptors(chunk.images) if self.config.descriptors else None,
+            descriptors=desc,
         )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from scal3r_ros.mapping.alignment import unproject_depth
 from scal3r_ros.mapping.events import FrameCloudsUpdate
 from scal3r_ros.mapping.map_store import voxel_downsample
+from scal3r_ros.mapping.tensors import to_numpy
 
 FRAME_SELECTIONS = ("all", "every_n", "newest")
 
@@ -71,7 +72,7 @@ def frame_cloud(
     cfg = config or SensorCloudConfig()
     st = max(1, cfg.pixel_stride)
     d = np.asarray(depth, dtype=np.float32) * np.float32(scale)
-    pts = unproject_depth(d[None], np.asarray(K, np.float64)[None], np.eye(4)[None])[0]
+    pts = to_numpy(unproject_depth(d[None], np.asarray(K, np.float64)[None], np.eye(4)[None])[0])
     pts, d, c = pts[::st, ::st], d[::st, ::st], np.asarray(confidence, np.float32)[::st, ::st]
     valid = np.isfinite(d) & (d > 0) & np.isfinite(c)
     if not valid.any():
@@ -82,7 +83,7 @@ def frame_cloud(
         keep &= d <= cfg.max_depth
     xyz, conf = pts[keep], c[keep]
     if cfg.voxel_size > 0 and len(xyz):
-        sel = voxel_downsample(xyz, conf, cfg.voxel_size)
+        sel = to_numpy(voxel_downsample(xyz, conf, cfg.voxel_size))
         xyz, conf = xyz[sel], conf[sel]
     if cfg.max_points > 0 and len(xyz) > cfg.max_points:
         sel = np.sort(np.argsort(-conf, kind="stable")[: cfg.max_points])
