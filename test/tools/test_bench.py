@@ -261,29 +261,28 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         == 0
     )
     text = DEVICE_CHECK.read_text()
-    bench_part, summary_part = text.split("bench() {", 1)[1].split("6. summary.md", 1)
-    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", bench_part))
-    parser_flags = {
-        "--no-ros",
-        "--device",
-        "--model",
-        "--width",
-        "--height",
-        "--json",
-        "--frames",
-        "--chunk",
-        "--overlap",
-        "--ablation",
-        "--official",
-        "--no-baseline",
-        "--rate",
-        "--workers",
-    }
-    assert flags <= parser_flags | {"--kill-after"}, flags - parser_flags
-    # the targets table: scal3r_ros.tools.bench.targets's own options
-    report_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", summary_part))
-    assert report_flags == {"--main", "--lowlatency", "--parity"}, report_flags
-    assert "python3 -m scal3r_ros.tools.bench.targets" in summary_part
+    bench_part, rest = text.split("bench() {", 1)[1].split("7. memory probe", 1)
+    mem_part, summary_part = rest.split("6. summary.md", 1)
+    for part, module in [
+        (bench_part, "scal3r_ros.tools.bench"),
+        (mem_part, "scal3r_ros.model.memcheck"),
+        (summary_part, "scal3r_ros.tools.bench.targets"),
+    ]:
+        used = set(FLAG.findall(part)) - {"--kill-after"}  # timeout's own
+        assert used, module
+        assert f"python3 -m {module}" in part or module == "scal3r_ros.tools.bench"
+        assert used <= _cli_flags(module), (module, used - _cli_flags(module))
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+
+
+def _cli_flags(module: str) -> set[str]:
+    """The options a CLI's own --help lists (no hand-kept copy to go stale)."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return set(FLAG.findall(out))
 
 
 @pytest.mark.slow
