@@ -20,6 +20,8 @@
 #      serial, their poses compared) and, if .device/Scal3R exists, the official forward on
 #      the same frames in the same process (the ratio)
 #   5. bench_lowlatency.json: the 16/8 preset, FPS and latency (FRAMES_LOW frames)
+#      geometry: each geometry stage's ms per 60/30 window at 518x154 (numpy reference, torch
+#      on the CPU, torch on CUDA), printed into summary.md
 #   7. (T_MEM > 0 only) the model's memory probe, printed into summary.md: a random
 #      release-format checkpoint streamed onto the GPU (host RSS of the load vs the old
 #      host-first load), one 60-frame window's allocated/reserved peaks new vs the
@@ -34,7 +36,7 @@
 #   FRAMES=180 CHUNK=60 OVERLAP=30    FRAMES_LOW=96 LOW_CHUNK=16 LOW_OVERLAP=8
 #   WORKERS=all (every worker mode of this build)   WHEELS=.device/wheels
 #   OFFICIAL=.device/Scal3R  TESTS=test/model  PARITY=test/model/test_parity.py
-#   time limits [s]: T_PIP=30 T_TESTS=45 T_PARITY=60 T_MAIN=300 T_LOW=120 (sum 555 s)
+#   time limits [s]: T_PIP=30 T_TESTS=45 T_PARITY=60 T_MAIN=300 T_LOW=110 T_GEOM=40 (sum 585 s)
 #   T_MEM=0: the memory probe (step 7) is off by default (it writes 5 GB, 2-3 min); T_MEM=240
 #   runs it after the benchmarks (then run with a longer command limit, or alone:
 #   python3 -m scal3r_ros.model.memcheck --device cuda --baseline --gcm-check
@@ -67,7 +69,8 @@ T_PIP=${T_PIP:-30}
 T_TESTS=${T_TESTS:-45}
 T_PARITY=${T_PARITY:-60}
 T_MAIN=${T_MAIN:-300}
-T_LOW=${T_LOW:-120}
+T_LOW=${T_LOW:-110}
+T_GEOM=${T_GEOM:-40}
 T_MEM=${T_MEM:-0}
 
 mkdir -p "$OUT"
@@ -238,6 +241,20 @@ bench main "$T_MAIN" --frames "$FRAMES" --chunk "$CHUNK" --overlap "$OVERLAP" --
   --workers "$WORKERS" "${official[@]}"
 bench lowlatency "$T_LOW" --frames "$FRAMES_LOW" --chunk "$LOW_CHUNK" --overlap "$LOW_OVERLAP" \
   --no-baseline
+
+t=$SECONDS rc=0
+geo=(python3 -m scal3r_ros.tools.bench.geometry --repeats 2)
+say "geometry: ${geo[*]} (limit ${T_GEOM}s)"
+timeout -k 5 "$T_GEOM" "${geo[@]}" >"$TMP/geometry.out" 2>>"$LOG" || rc=$?
+{
+  echo "## geometry"
+  echo
+  echo "\`${geo[*]}\`: exit code $rc after $((SECONDS - t)) s (limit $T_GEOM s)"
+  echo
+  cat "$TMP/geometry.out"
+  echo
+} >>"$SUMMARY"
+status geometry "$rc" $((SECONDS - t)) "printed in summary.md"
 
 # ---------------------------------------------------------------- 7. memory probe
 if [ "$T_MEM" -gt 0 ]; then

@@ -261,10 +261,15 @@ def test_device_check_script_parses_and_its_bench_flags_exist():
         == 0
     )
     text = DEVICE_CHECK.read_text()
-    bench_part, rest = text.split("bench() {", 1)[1].split("7. memory probe", 1)
+    bench_part, rest = text.split("bench() {", 1)[1].split("geo=(", 1)
+    geo_part, rest = rest.split("7. memory probe", 1)
     mem_part, summary_part = rest.split("6. summary.md", 1)
     for part, module in [
         (bench_part, "scal3r_ros.tools.bench"),
+        (
+            "python3 -m scal3r_ros.tools.bench.geometry" + geo_part,
+            "scal3r_ros.tools.bench.geometry",
+        ),
         (mem_part, "scal3r_ros.model.memcheck"),
         (summary_part, "scal3r_ros.tools.bench.targets"),
     ]:

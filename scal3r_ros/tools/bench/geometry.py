@@ -1,6 +1,6 @@
 """Milliseconds per window of each geometry stage after the network, at the real size.
 
-``python -m scal3r_ros.tools.geometry_bench`` builds two consecutive 60/30 windows of a
+``python -m scal3r_ros.tools.bench.geometry`` builds two consecutive 60/30 windows of a
 KITTI-like synthetic drive at the network's depth resolution (518x154; 30 overlap frames
 = ~2.4 M points for the alignment) and times, in the same run, the numpy implementation
 the package used before issue 14 (``test/mapping/reference_geometry.py``, found when run
@@ -199,10 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         or min(a.width, a.height) < 8
         or (a.threads is not None and a.threads < 1)
     ):
-        print(
-            "geometry_bench: need 2 <= overlap < chunk-size, repeats >= 1, size >= 8, threads >= 1",
-            file=sys.stderr,
-        )
+        need = "2 <= overlap < chunk-size, repeats >= 1, size >= 8, threads >= 1"
+        print(f"scal3r_bench.geometry: need {need}", file=sys.stderr)
         return 2
     if a.threads is not None:
         torch.set_num_threads(a.threads)
