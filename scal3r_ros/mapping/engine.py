@@ -176,6 +176,18 @@ class LoopClosureHook(Protocol):
     def reset(self) -> None: ...
 
 
+class SensorFusionHook(Protocol):
+    """Factors from the robot's other sensors for a placed window
+    (``sensor_fusion.SensorFusion``): odometry motions, GNSS positions."""
+
+    def on_chunk(self, engine: MappingEngine, chunk_id: int) -> bool:
+        """Add the window's factors through the engine's graph methods; True when any was
+        added (the engine then re-optimises)."""
+        ...
+
+    def reset(self) -> None: ...
+
+
 @dataclass
 class InferredWindow:
     """A window between its network phase and its placement phase (``push_network`` ->
@@ -199,10 +211,12 @@ class MappingEngine:
         config: EngineConfig,
         backend: Backend,
         loop_closure: LoopClosureHook | None = None,
+        sensor_fusion: SensorFusionHook | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.loop_closure = loop_closure if config.loop_closure else None
+        self.sensor_fusion = sensor_fusion
         self.scheduler = ChunkScheduler(config.window)
         self.frames = FrameStore(config.frames)
         self.frames.protect_from = self._oldest_needed_frame
@@ -347,6 +361,8 @@ class MappingEngine:
             reset_resolution()
         if self.loop_closure is not None:
             self.loop_closure.reset()
+        if self.sensor_fusion is not None:
+            self.sensor_fusion.reset()
         with self._store_lock:
             self._in_flight.clear()
         self._init_state()
@@ -443,6 +459,35 @@ class MappingEngine:
             PosesUpdate(-1, ids, stamps, c2w, corrected=True, reason=reason),
         ]
 
+    def owned_frames(self, chunk_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frame ids, stamps, c2w in the chunk's coordinates) of the frames ``chunk_id``
+        owns, time order: what other sensors' factors attach to."""
+        ids = self.trajectory.frames_of_chunks([chunk_id])
+        stamps, c2w = self.trajectory.local_poses(ids)
+        return ids, stamps, c2w
+
+    def has_external_frame(self, name: str) -> bool:
+        return self.pose_graph.has_frame(name)
+
+    def external_frame(self, name: str) -> Sim3:
+        """Current estimate of an external frame (map -> ``name``, e.g. ENU)."""
+        return self.pose_graph.frame(name)
+
+    def add_external_frame(self, name: str, initial: Sim3, prior_sigmas: np.ndarray) -> None:
+        self.pose_graph.add_frame(name, initial, prior_sigmas)
+
+    def add_position_prior(self, chunk_id, point_chunk, position, sigmas, frame, robust_k):
+        """A position of a chunk point measured in an external frame (GNSS)."""
+        return self.pose_graph.add_position_prior(
+            chunk_id, point_chunk, position, sigmas, frame, robust_k
+        )
+
+    def add_relative_motion(self, a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k):
+        """A metric motion between cameras of two chunks (odometry)."""
+        return self.pose_graph.add_relative_motion(
+            a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k
+        )
+
     def gcs_state(self) -> Any:
         """The backend's GCS state (None in ``off`` and ``exact`` modes), for tests and
         inspection; read it only while no window is in the network."""
@@ -499,7 +544,7 @@ class MappingEngine:
                 out = self._insert_into_map(w, link, handover, pose)
             with clock.stage("store"):
                 self._keep_tail(w)
-        out += self._close_loops(window, clock)
+        out += self._add_constraints(window, clock)
         out.append(self._stats(window, clock.timings))
         yield out
 
@@ -601,23 +646,31 @@ class MappingEngine:
                     w.pred.descriptors,
                 )
 
-    def _close_loops(self, window: InferredWindow, clock: Stopwatch) -> list[MapUpdate]:
-        """The window's inferred loop chunks verified (the hook adds their edges), then the
-        corrected poses."""
-        if self.loop_closure is None:
+    def _add_constraints(self, window: InferredWindow, clock: Stopwatch) -> list[MapUpdate]:
+        """The window's inferred loop chunks verified (the hook adds their edges) and the
+        other sensors' factors added, then one re-optimisation and the corrected poses."""
+        loops: list[MapUpdate] = []
+        if self.loop_closure is not None:
+            with clock.stage("loop"):
+                loops = list(self.loop_closure.verify_loops(self, window.loops))
+        fused = False
+        if self.sensor_fusion is not None:
+            with clock.stage("fusion"):
+                fused = self.sensor_fusion.on_chunk(self, window.spec.chunk_id)
+        if not loops and not fused:
             return []
-        with clock.stage("loop"):
-            loops = self.loop_closure.verify_loops(self, window.loops)
-        if not loops:
-            return []
-        return [*loops, *self._optimize_pose_graph(clock)]
+        reason = "loop_closure" if loops else "sensor_fusion"
+        return [*loops, *self._optimize_pose_graph(clock, reason)]
 
-    def _optimize_pose_graph(self, clock: Stopwatch) -> list[MapUpdate]:
-        """Re-optimise after new loop edges; the corrected chunk poses go everywhere."""
+    def _optimize_pose_graph(
+        self, clock: Stopwatch, reason: str = "loop_closure"
+    ) -> list[MapUpdate]:
+        """Re-optimise after new loop edges or sensor factors; the corrected chunk poses go
+        everywhere."""
         with self.state_lock:
             with clock.stage("graph"):
                 poses = self.pose_graph.optimize()
-            return self.apply_chunk_poses(poses, "loop_closure")
+            return self.apply_chunk_poses(poses, reason)
 
     # ================================================================ internals
     def _init_state(self) -> None:

@@ -255,6 +255,9 @@ class Sim3PoseGraph:
             noise = gtsam.noiseModel.Diagonal.Sigmas(np.asarray(prior_sigmas, np.float64))
             self._add_factor(gtsam.PriorFactorSimilarity3(key, to_gtsam(initial), noise))
 
+    def has_frame(self, name: str) -> bool:
+        return name in self._frames
+
     def frame(self, name: str) -> Sim3:
         """Current estimate of an external frame (map -> frame)."""
         return self._frame_values[name]

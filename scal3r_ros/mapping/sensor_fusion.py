@@ -8,9 +8,10 @@ so there is one scale, in the graph.
 
 After each window is placed, ``on_chunk`` adds for the frames the window owns:
 
-- odometry: the metric motion between the newest frame of the previous window and this
-  window's first and newest frames (interpolated at the image stamps, base motion moved
-  to the camera by the mount ``T_base_cam``);
+- odometry: the metric motion between the middle frames of the previous window and this
+  one (nearest their reference frames, where a window's shape is the most faithful;
+  interpolated at the image stamps, base motion moved to the camera by the mount
+  ``T_base_cam``);
 - GNSS: a position prior on the camera centre of each frame with a fix within
   ``gnss_max_dt_s`` of its stamp (the antenna lever arm is ignored: metres at most).
 
@@ -40,15 +41,15 @@ ENU = "enu"
 @dataclass
 class SensorFusionConfig:
     odometry: bool = False
-    odom_sigma_rot: float = 0.01  # rad per motion factor
-    odom_sigma_trans: float = 0.05  # m per motion factor (+ odom_sigma_per_m x length)
+    odom_sigma_rot: float = 0.005  # rad per motion factor
+    odom_sigma_trans: float = 0.02  # m per motion factor (+ odom_sigma_per_m x length)
     odom_sigma_per_m: float = 0.01
     odom_robust_k: float = 3.0
     odometry_stream: StampedPosesConfig = field(default_factory=StampedPosesConfig)
     gnss: bool = False
     gnss_max_dt_s: float = 0.1  # a fix counts for a frame this close in time
     gnss_init_spread_m: float = 10.0  # fixes must spread this far before ``enu`` is fitted
-    gnss_stride: int = 1  # every n-th frame with a fix gets a prior
+    gnss_stride: int = 1  # frames whose index is a multiple of this get a prior (if a fix)
     gnss_input: GnssConfig = field(default_factory=GnssConfig)
     T_base_cam: np.ndarray = field(default_factory=lambda: np.eye(4))  # optical in base
 
@@ -95,6 +96,7 @@ class SensorFusion:
             self.gnss.reset(keep_anchor=True)
         self.stats = FusionStats()
         self._last: tuple[int, int, np.ndarray] | None = None  # (chunk, stamp, c2w_local)
+        self._last_fixed = -1  # newest frame given a GNSS prior
         # factors waiting for the enu frame: fixes (chunk, point, enu, sigmas) and motions
         self._fixes: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._motions: list[tuple] = []
@@ -117,10 +119,9 @@ class SensorFusion:
             return False
         added = False
         if self.config.gnss:  # first: it creates the enu frame the motions then use
-            added |= self._gnss_factors(host, chunk_id, stamps, c2w)
+            added |= self._gnss_factors(host, chunk_id, ids, stamps, c2w)
         if self.config.odometry:
             added |= self._odometry_factors(host, chunk_id, stamps, c2w)
-        self._last = (chunk_id, int(stamps[-1]), c2w[-1])
         return added
 
     def _camera_motion(self, stamp_a: int, stamp_b: int) -> np.ndarray | None:
@@ -135,9 +136,10 @@ class SensorFusion:
         self, host: GraphHost, cid: int, stamps: np.ndarray, c2w: np.ndarray
     ) -> bool:
         c = self.config
-        pairs = [((cid, int(stamps[0]), c2w[0]), (cid, int(stamps[-1]), c2w[-1]))]
-        if self._last is not None and self._last[0] != cid:
-            pairs.insert(0, (self._last, (cid, int(stamps[0]), c2w[0])))
+        mid = len(stamps) // 2  # the window's middle: nearest its reference, least bent
+        here = (cid, int(stamps[mid]), c2w[mid])
+        pairs = [] if self._last is None or self._last[0] == cid else [(self._last, here)]
+        self._last = here
         for (ca, ta, Pa), (cb, tb, Pb) in pairs:
             if ta == tb:
                 continue
@@ -172,13 +174,19 @@ class SensorFusion:
                 host.add_external_frame(ENU, Sim3(length / map_len, np.eye(3), np.zeros(3)), held)
                 return
 
-    def _gnss_factors(self, host: GraphHost, cid: int, stamps: np.ndarray, c2w: np.ndarray) -> bool:
+    def _gnss_factors(
+        self, host: GraphHost, cid: int, ids: np.ndarray, stamps: np.ndarray, c2w: np.ndarray
+    ) -> bool:
         c = self.config
-        for k in range(0, len(stamps), max(1, c.gnss_stride)):
+        for k in range(len(ids)):
+            f = int(ids[k])
+            if f <= self._last_fixed or f % max(1, c.gnss_stride):
+                continue  # a frame handed over to this window had its chance already
             with self._lock:
                 fix = self.gnss.nearest(int(stamps[k]), c.gnss_max_dt_s)
             if fix is not None:
                 self._fixes.append((cid, c2w[k][:3, 3].copy(), fix.enu, fix.sigmas))
+                self._last_fixed = f
         if not host.has_external_frame(ENU):
             self._init_enu(host)
         if not host.has_external_frame(ENU) or not self._fixes:

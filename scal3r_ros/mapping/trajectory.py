@@ -82,6 +82,12 @@ class Trajectory:
             np.int64
         )
 
+    def local_poses(self, frame_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(stamps_ns (N,), c2w (N, 4, 4)) in each frame's owner chunk's coordinates."""
+        ids = np.asarray(frame_ids, np.int64)
+        self._check(ids)
+        return self._stamp[ids].copy(), self._local[ids].copy()
+
     def pose(self, frame_id: int) -> np.ndarray:
         return self.poses(np.array([frame_id]))[1][0]
 
