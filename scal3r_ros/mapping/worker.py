@@ -146,6 +146,8 @@ class MappingWorker:
         self, fn: Callable[[MappingEngine], object], timeout: float = 60.0, flush: bool = False
     ) -> object:
         """Run ``fn(engine)`` on the worker thread and wait for its result (for saving).
+        It goes ahead of the queued frames (a save does not wait for the backlog) but after
+        the commands requested before it (a reset, then a save: the save sees the reset).
         ``flush``: first map the frames processed after the last full window
         (``engine.flush``, events to the sink), so a save holds every processed frame.
         Raises RuntimeError when the worker stops before running it."""
@@ -153,7 +155,8 @@ class MappingWorker:
         with self._cond:
             if self._stop:
                 raise RuntimeError("the mapping worker is stopping")
-            self._queue.appendleft(("call", call))
+            commands = [i for i, (kind, _) in enumerate(self._queue) if kind != "frame"]
+            self._queue.insert(commands[-1] + 1 if commands else 0, ("call", call))
             self._cond.notify()
         if not call.done.wait(timeout):
             raise TimeoutError(f"worker did not answer within {timeout:.0f} s")

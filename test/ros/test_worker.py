@@ -136,6 +136,27 @@ def test_reset_runs_in_queue_order_and_call_returns_results(make_worker):
         w.call(lambda e: 1 / 0)
 
 
+def test_a_call_goes_ahead_of_queued_frames_but_not_of_an_earlier_reset(make_worker):
+    """Reset, then save (the ~/reset and ~/save_map services): the save must see the reset
+    even when the worker has not taken the reset yet; it still skips the frame backlog."""
+    eng = FakeEngine()
+    eng.gate.clear()  # the worker is held in frame 0
+    w, _, _ = make_worker(eng, queue_size=10)
+    w.submit(frame(0))
+    wait_until(lambda: w.stats.busy)
+    w.submit(frame(1))
+    w.request("reset")
+    w.submit(frame(2))
+    seen: list[list[int]] = []
+    caller = threading.Thread(target=lambda: seen.append(w.call(lambda e: list(e.seen))))
+    caller.start()
+    wait_until(lambda: w.queue_length() == 2 and len(w._queue) == 4)  # frame, reset, call, frame
+    eng.gate.set()
+    caller.join(5)
+    assert seen == [[]]  # after the reset (frame 0 and 1 forgotten), before frame 2
+    wait_until(lambda: eng.seen == [2])
+
+
 def test_stop_abandons_queue_and_counts_it(make_worker):
     eng = FakeEngine()
     eng.gate.clear()

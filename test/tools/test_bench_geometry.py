@@ -7,8 +7,9 @@ import pytest
 from scal3r_ros.tools.bench import geometry
 
 
-def test_every_stage_has_a_time_per_column_and_the_total_adds_up(capsys):
+def test_every_stage_has_a_time_per_column_and_the_total_adds_up(capsys, one_torch_thread):
     argv = ["--chunk-size", "8", "--overlap", "4", "--width", "64", "--height", "24"]
+    # --threads sets the process's torch threads: the fixture puts them back afterwards
     assert geometry.main([*argv, "--repeats", "1", "--no-cuda", "--threads", "1"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
     assert rows[0].startswith("| stage | numpy ms | torch cpu ms |")  # the reference found

@@ -51,7 +51,9 @@ def _launch(world: int, args: list[str]) -> list[subprocess.Popen]:
     port = str(_free_port())
     procs = []
     for rank in range(world):
+        # one thread a rank, as the reference below: float results depend on the split
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+        env["OMP_NUM_THREADS"] = "1"
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(
             subprocess.Popen(
@@ -190,7 +192,9 @@ def _single_process(n_frames: int):
         (2, 24, "allreduce"),  # 5 windows on 2 ranks: 3/2
     ],
 )
-def test_distributed_predictions_equal_single_process(tmp_path, world, n_frames, reduce):
+def test_distributed_predictions_equal_single_process(
+    tmp_path, world, n_frames, reduce, one_torch_thread
+):
     out = tmp_path / "preds.npz"
     procs = _launch(world, ["predict", str(out), str(n_frames), reduce])
     ref = _single_process(n_frames)  # meanwhile, in this process

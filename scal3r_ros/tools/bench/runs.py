@@ -487,13 +487,15 @@ def pose_difference(a: Stream, b: Stream) -> dict[str, float]:
     if not len(common):
         return {"frames": 0.0}
     dt = np.linalg.norm(pa[ia, :3, 3] - pb[ib, :3, 3], axis=1)
-    rel = np.einsum("nji,njk->nik", pa[ia, :3, :3], pb[ib, :3, :3])
-    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
+    # the angle from the chordal distance ||Ra - Rb|| = 2 sqrt(2) sin(angle / 2): exactly 0
+    # for equal matrices (the trace form is not, for rotations orthonormal to float32 only)
+    chord = np.linalg.norm(pa[ia, :3, :3] - pb[ib, :3, :3], axis=(1, 2))
+    angle = 2 * np.arcsin(np.clip(chord / (2 * np.sqrt(2)), 0.0, 1.0))
     return {
         "frames": float(len(common)),
         "missing": float(len(ids_a) + len(ids_b) - 2 * len(common)),
         "max_translation": float(dt.max()),
-        "max_rotation_deg": float(np.degrees(np.arccos(cos)).max()),
+        "max_rotation_deg": float(np.degrees(angle).max()),
         "map_points_difference": float(b.map_points - a.map_points),
     }
 
