@@ -12,7 +12,8 @@
 # eat the lease:
 #   1. wheels: install .device/wheels into a temporary folder if gtsam is missing
 #   2. machine.txt: nvidia-smi, python/torch/CUDA versions, what is importable
-#   3. tests.log: python3 -m pytest -q -m gpu test/model (a failure does not stop the script)
+#   3. tests.log: python3 -m pytest -q -m gpu test/model test/mapping (a failure does not stop
+#      the script)
 #      parity.log: the parity fixtures in fp32 (test/model/test_parity.py), exact
 #   4. bench_main.json: scal3r-1b, 1242x375, windows 60/30, bf16 (dtype auto on CUDA):
 #      steady FPS end to end, pose latency measured at 10 Hz with queueing, peak GPU memory
@@ -35,7 +36,7 @@
 #   OUT=output/device_check  DEVICE=cuda  MODEL=scal3r-1b  WIDTH=1242  HEIGHT=375  RATE=10
 #   FRAMES=180 CHUNK=60 OVERLAP=30    FRAMES_LOW=96 LOW_CHUNK=16 LOW_OVERLAP=8
 #   WORKERS=all (every worker mode of this build)   WHEELS=.device/wheels
-#   OFFICIAL=.device/Scal3R  TESTS=test/model  PARITY=test/model/test_parity.py
+#   OFFICIAL=.device/Scal3R  TESTS="test/model test/mapping"  PARITY=test/model/test_parity.py
 #   time limits [s]: T_PIP=30 T_TESTS=45 T_PARITY=60 T_MAIN=300 T_LOW=110 T_GEOM=40 (sum 585 s)
 #   T_MEM=0: the memory probe (step 7) is off by default (it writes 5 GB, 2-3 min); T_MEM=240
 #   runs it after the benchmarks (then run with a longer command limit, or alone:
@@ -64,7 +65,7 @@ WORKERS=${WORKERS:-all}
 PARITY=${PARITY:-test/model/test_parity.py}
 WHEELS=${WHEELS:-.device/wheels}
 OFFICIAL=${OFFICIAL:-.device/Scal3R}
-TESTS=${TESTS:-test/model}
+TESTS=${TESTS:-test/model test/mapping}
 T_PIP=${T_PIP:-30}
 T_TESTS=${T_TESTS:-45}
 T_PARITY=${T_PARITY:-60}

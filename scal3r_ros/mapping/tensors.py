@@ -63,3 +63,53 @@ def median(x: torch.Tensor) -> float:
         return float(hi)
     lo = torch.kthvalue(x, n // 2).values
     return float((lo + hi) / 2)
+
+
+def cuda_tensors(obj: Any) -> list[torch.Tensor]:
+    """The CUDA tensors among a dataclass's fields (a prediction's maps)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(obj):
+        return []
+    values = (getattr(obj, f.name) for f in dataclasses.fields(obj))
+    return [v for v in values if isinstance(v, torch.Tensor) and v.is_cuda]
+
+
+def mark_ready(obj: Any) -> torch.cuda.Event | None:
+    """On the producing thread: an event on the current CUDA stream after ``obj`` 's
+    tensors were computed (None when it holds no CUDA tensor)."""
+    tensors = cuda_tensors(obj)
+    if not tensors:
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(tensors[0].device))
+    return event
+
+
+class StageStream:
+    """A pipeline stage's own CUDA stream. Why: the placement thread's small host copies
+    (``.cpu()``) synchronise with their stream; on the network's (default) stream they
+    would wait for every kernel the next window has queued, and the two stages would run
+    one after the other again. The stage's stream waits for the window's ``ready`` event
+    instead, and the window's tensors are marked as used on it (``record_stream``) so the
+    caching allocator does not hand their memory to the network while they are read."""
+
+    def __init__(self) -> None:
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def run(self, obj: Any, ready: torch.cuda.Event | None):
+        """Context: the stage's work on ``obj`` on its own stream (a no-op on the CPU)."""
+        import contextlib
+
+        tensors = cuda_tensors(obj)
+        if not tensors:
+            return contextlib.nullcontext()
+        device = tensors[0].device
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        if ready is not None:
+            stream.wait_event(ready)
+        for t in tensors:
+            t.record_stream(stream)
+        return torch.cuda.stream(stream)

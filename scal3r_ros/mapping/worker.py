@@ -24,10 +24,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from scal3r_ros.mapping.engine import InferredWindow, MappingEngine
 from scal3r_ros.mapping.events import ChunkFailed, Frame, MapUpdate, StatsUpdate
 from scal3r_ros.mapping.memory import release_freed_memory
+from scal3r_ros.mapping.tensors import StageStream, mark_ready
 
 DROP_POLICIES = ("drop_oldest", "drop_newest")
 
@@ -98,6 +100,7 @@ class MappingWorker:
         # inferred windows (and the network phase's events, in order) for the placement
         # thread; None ends it
         self._handoff: queue.Queue[_Placement | None] = queue.Queue(maxsize=handoff)
+        self._stream = StageStream()  # the placement stage's own CUDA stream
         self._network_busy = False
         self._placements = 0  # handed over, not yet placed
         # frames through the network phase; `stats.processed` follows once every window
@@ -279,7 +282,9 @@ class MappingWorker:
             try:
                 if placement is None:
                     return
-                self._place(placement)
+                pred = placement.window.pred if placement.window is not None else None
+                with self._stream.run(pred, placement.ready):
+                    self._place(placement)
             except Exception as exc:  # (a failing error report): the stage must go on
                 self._report(exc)
             finally:
@@ -308,6 +313,8 @@ class MappingWorker:
         for p in self._placements_of(items, t0):
             p.frames_done = frames_done
             if self._stage.is_alive():
+                if p.window is not None:
+                    p.ready = mark_ready(p.window.pred)
                 with self._cond:
                     self._placements += 1
                     self._set_busy()
@@ -440,6 +447,7 @@ class _Placement:
     t0: float
     events: list[MapUpdate] = field(default_factory=list)
     frames_done: int = 0  # frames through the network phase when it was handed over
+    ready: Any = None  # CUDA event after the window's prediction (None on the CPU)
 
 
 class _Call:

@@ -18,6 +18,8 @@ import torch
 from helpers import make_drive, push_and_collect
 
 from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
+from scal3r_ros.mapping.backends.protocol import ChunkPrediction
+from scal3r_ros.mapping.backends.scal3r import Scal3RBackend
 from scal3r_ros.mapping.backends.timed import TimedBackend
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine, is_aligned_part
 from scal3r_ros.mapping.events import (
@@ -114,7 +116,9 @@ def assert_same_events(a: list[MapUpdate], b: list[MapUpdate]) -> None:
             assert _same_value(getattr(x, f.name), getattr(y, f.name)), (type(x), f.name)
 
 
-def tiny_setup(n_frames: int = 32) -> tuple[MappingEngine, Recorder, LoopClosure, Any]:
+def tiny_setup(
+    n_frames: int = 32, device: str = "cpu"
+) -> tuple[MappingEngine, Recorder, LoopClosure, Any]:
     """The tiny random network, 8/4 windows, oracle place recognition: a loop chunk is
     inferred in mid-stream (candidate 19 <-> 3, finalised at frame 27), so its place in
     the GCS sums between two windows is tested."""
@@ -129,7 +133,10 @@ def tiny_setup(n_frames: int = 32) -> tuple[MappingEngine, Recorder, LoopClosure
             descriptor_fn=lambda f: od(drive.gt_pose(f)[:3, 3]),
         )
     )
-    rec = Recorder(tiny_backend())
+    backend = tiny_backend()
+    if device != "cpu":  # the same weights, moved
+        backend = Scal3RBackend(backend.model, dataclasses.replace(backend.config, device=device))
+    rec = Recorder(backend)
     return MappingEngine(EngineConfig(window=WindowConfig(8, 4)), rec, lc), rec, lc, drive
 
 
@@ -387,3 +394,31 @@ def test_stop_with_a_window_in_each_stage(detach):
     assert stats >= {0, 1}  # both windows placed, then the flush's
     frames = sorted({f for e in sink.events if isinstance(e, PosesUpdate) for f in e.frame_ids})
     assert frames == list(range(w.stats.processed))
+
+
+def test_the_stage_stream_is_a_no_op_without_cuda_tensors():
+    """On the CPU (numpy or CPU tensors) nothing is recorded and no stream is entered."""
+    from scal3r_ros.mapping.tensors import StageStream, mark_ready
+
+    pred = ChunkPrediction(
+        c2w=np.tile(np.eye(4), (2, 1, 1)),
+        intrinsics=np.tile(np.eye(3), (2, 1, 1)),
+        depth=torch.ones(2, 4, 4),
+        depth_conf=np.ones((2, 4, 4), np.float32),
+    )
+    assert mark_ready(pred) is None and mark_ready(None) is None
+    with StageStream().run(pred, None) as ctx:
+        assert ctx is None  # contextlib.nullcontext
+
+
+@pytest.mark.gpu
+def test_pipelined_on_cuda_gives_the_serial_results_bitwise():
+    """The placement stage on its own CUDA stream (waiting on the window's event, tensors
+    marked for it) computes exactly what the serial path computes on one stream."""
+    eng_s, _, _, drive = tiny_setup(device="cuda")
+    push_and_collect(eng_s, drive)
+    serial = snapshot(eng_s)
+    eng_p, _, _, _ = tiny_setup(device="cuda")
+    piped, _, errors, _ = run_worker(eng_p, drive, pipelined=True)
+    assert not errors
+    assert_same_state(serial, piped)
