@@ -91,3 +91,19 @@ def test_batch_preprocessing_matches_the_official_path_within_one_level():
     assert out["batch"].shape == out["reference"].shape == (154, 518, 3)
     diff = np.abs(out["batch"].astype(int) - out["reference"].astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+@pytest.mark.gpu
+def test_frames_prepared_on_their_cuda_stream_equal_the_cpu_reference():
+    """`prepare` on CUDA runs on a stream of its own (so it does not wait for a running
+    window); its 8-bit images are the official CPU preprocessing's, bit for bit."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    K = np.array([[718.0, 0, 607], [0, 718.0, 185], [0, 0, 1]])
+    cpu = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(preprocess="reference"))
+    gpu = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cuda", preprocess="batch"))
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(20):  # a long queue of work on the default stream meanwhile
+        busy = busy @ busy / 64
+    (a, Ka), (b, Kb) = cpu.prepare(image, K), gpu.prepare(image, K)
+    assert np.array_equal(a, b) and np.allclose(Ka, Kb)

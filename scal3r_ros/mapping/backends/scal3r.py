@@ -109,6 +109,11 @@ class Scal3RBackend:
             raise ValueError(f"the model has no {sorted(missing)} head (dropped); rebuild it")
         self.model = model.to(c.device).eval()
         self.target_hw: tuple[int, int] | None = None
+        # Frames are prepared on a stream of their own: the host copy that ends `prepare`
+        # then waits for the frame's few kernels, not for the window the network is running
+        # on the default stream, so frames arriving during a window are prepared meanwhile.
+        device = torch.device(c.device)
+        self._prep_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     @staticmethod
     def from_config(
@@ -132,11 +137,16 @@ class Scal3RBackend:
             h, w = frame_image.shape[:2]
             self.target_hw = compute_target_size(h, w, c.max_size, c.align)
         if c.preprocess == "batch":
-            x, plan = preprocess_batch(
-                frame_image, self.target_hw, PreprocessConfig(c.max_size, c.align), device=c.device
-            )
-            img = (x[0].permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-            img = img.cpu().numpy()
+            stream = self._prep_stream
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                x, plan = preprocess_batch(
+                    frame_image,
+                    self.target_hw,
+                    PreprocessConfig(c.max_size, c.align),
+                    device=c.device,
+                )
+                img = (x[0].permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+                img = img.cpu().numpy()  # waits for this stream only
         else:
             rgb, plan = preprocess_image_reference(frame_image, self.target_hw, c.align)
             img = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)  # exact 8-bit values
