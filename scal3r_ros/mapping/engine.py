@@ -189,6 +189,17 @@ class SensorFusionHook(Protocol):
 
 
 @dataclass
+class PreparedFrame:
+    """A frame at the network's resolution (`MappingEngine.prepare`), made ahead of its
+    push; ``generation`` says before which reset (the network's input size may change)."""
+
+    frame: Frame
+    image: np.ndarray
+    intrinsics: np.ndarray | None
+    generation: int
+
+
+@dataclass
 class InferredWindow:
     """A window between its network phase and its placement phase (``push_network`` ->
     ``place``): the prediction in network order, the stage times so far, and what the
@@ -242,6 +253,7 @@ class MappingEngine:
         # the network phase (frames in, network inputs) and the placement phase (colours,
         # loop geometry) when they run on two threads
         self._store_lock = threading.RLock()
+        self._generation = 0  # resets so far: which prepared frames are still valid
         self._init_state()
 
     # ================================================================ public API
@@ -250,19 +262,27 @@ class MappingEngine:
         network phase and the placement phase back to back)."""
         return self.place_all(self.push_network(frame))
 
-    def push_network(self, frame: Frame) -> list[MapUpdate | InferredWindow]:
-        """The network phase of `push`: store the frame and, when it completes a window,
-        infer it (and any window waiting for a retry) with its loop chunks. Returns, in
-        order, ``ChunkFailed`` events and the ``InferredWindow`` s to `place` in that
-        order; placing them may run on another thread while the next frames come in."""
-        with self.clock.stage("prepare"):
+    def prepare(self, frame: Frame) -> PreparedFrame:
+        """The frame at the network's resolution (`Backend.prepare`): may run on another
+        thread ahead of `push_network` (the pipelined worker prepares frames while the
+        network runs); a frame prepared before a `reset` is prepared again at its push."""
+        generation = self._generation  # read first: a reset during the call invalidates it
+        img, K = self.backend.prepare(frame.image, frame.intrinsics)
+        return PreparedFrame(frame, np.ascontiguousarray(img), K, generation)
+
+    def push_network(self, frame: Frame | PreparedFrame) -> list[MapUpdate | InferredWindow]:
+        """The network phase of `push`: store the frame (prepared here unless it comes
+        from `prepare`) and, when it completes a window, infer it (and any window waiting
+        for a retry) with its loop chunks. Returns, in order, ``ChunkFailed`` events and
+        the ``InferredWindow`` s to `place` in that order; placing them may run on another
+        thread while the next frames come in."""
+        with self.clock.stage("prepare"):  # (only the wait, when prepared elsewhere)
             fid = self.scheduler.n_frames
-            img, K = self.backend.prepare(frame.image, frame.intrinsics)
+            if not isinstance(frame, PreparedFrame) or frame.generation != self._generation:
+                frame = self.prepare(frame.frame if isinstance(frame, PreparedFrame) else frame)
+            img, K, frame = frame.image, frame.intrinsics, frame.frame
             with self._store_lock:
-                self.frames.put(
-                    fid,
-                    StoredFrame(np.ascontiguousarray(img), frame.stamp_ns, frame.camera_id, K),
-                )
+                self.frames.put(fid, StoredFrame(img, frame.stamp_ns, frame.camera_id, K))
             self._stamps.append(int(frame.stamp_ns))
         spec = self.scheduler.push()
         if spec is None:
@@ -351,6 +371,7 @@ class MappingEngine:
             self._reset()
 
     def _reset(self) -> None:
+        self._generation += 1  # frames prepared before this are prepared again
         self.scheduler.reset()
         self.frames.reset()
         self.trajectory.reset()

@@ -11,8 +11,11 @@ second, placement thread (``MappingEngine.place``: alignment, map, loop verifica
 events), so window k is placed while window k+1 is in the network. The network phase keeps
 the causal GCS order, so the results are the serial ones. Poses reach the sink as soon as
 a window is aligned. Commands (reset, flush, calls) wait until every inferred window is
-placed. Serial (``pipelined=False``): the same two phases, one after the other, on the
-worker thread.
+placed. Frames are prepared (resized to the network's input, ``MappingEngine.prepare``)
+on a third thread as they are submitted, so the network thread only stores them; its
+"prepare" stage time is then the wait for one that is not ready yet. On CUDA the placement
+stage runs on a stream of its own (``tensors.StageStream``). Serial (``pipelined=False``):
+the same phases, one after the other, on the worker thread.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -107,11 +111,15 @@ class MappingWorker:
         # they completed is placed (a processed frame has a pose, as in the serial worker)
         self._net_frames = 0
         self._stage = threading.Thread(target=self._run_stage, name="scal3r_place", daemon=True)
+        # pipelined: frames are prepared (resized to the network's input) on a thread of
+        # their own as they are submitted, while the network thread runs a window
+        self._prepare: ThreadPoolExecutor | None = None
 
     # ----------------------------------------------------------------- producer side
     def start(self) -> None:
         self.engine = self._engine_factory()
         if self.pipelined:
+            self._prepare = ThreadPoolExecutor(1, thread_name_prefix="scal3r_prepare")
             self._stage.start()
         self._thread.start()
 
@@ -128,11 +136,15 @@ class MappingWorker:
                 self.stats.dropped["queue_full"] += 1
                 if self.drop_policy == "drop_newest":
                     return False
-                for i, (kind, _) in enumerate(self._queue):  # the oldest frame, not a command
+                for i, (kind, old) in enumerate(self._queue):  # the oldest frame, not a command
                     if kind == "frame":
                         del self._queue[i]
+                        _cancel(old)
                         break
-            self._queue.append(("frame", frame))
+            item: Frame | Future = frame
+            if self._prepare is not None and self.engine is not None:
+                item = self._prepare.submit(self.engine.prepare, frame)
+            self._queue.append(("frame", item))
             self._cond.notify()
             return accepted
 
@@ -213,6 +225,8 @@ class MappingWorker:
             if abandoned:
                 self.stats.dropped["shutdown"] += abandoned
             calls = [item for kind, item in self._queue if kind == "call"]
+            for _, item in self._queue:
+                _cancel(item)
             self._queue.clear()
             if flush and self.engine is not None:
                 self._queue.append(("flush", None))
@@ -274,6 +288,8 @@ class MappingWorker:
             if self._stage.is_alive():
                 self._handoff.put(None)
                 self._stage.join()
+            if self._prepare is not None:
+                self._prepare.shutdown(wait=False, cancel_futures=True)
 
     def _run_stage(self) -> None:
         """The placement thread: windows in the order the network phase inferred them."""
@@ -374,7 +390,8 @@ class MappingWorker:
         t0 = time.perf_counter()
         if kind == "frame":
             try:
-                items = engine.push_network(item)  # type: ignore[arg-type]
+                frame = item.result() if isinstance(item, Future) else item  # prepared ahead
+                items = engine.push_network(frame)  # type: ignore[arg-type]
             except Exception as exc:
                 self._report(exc)
                 return
@@ -448,6 +465,12 @@ class _Placement:
     events: list[MapUpdate] = field(default_factory=list)
     frames_done: int = 0  # frames through the network phase when it was handed over
     ready: Any = None  # CUDA event after the window's prediction (None on the CPU)
+
+
+def _cancel(item: object) -> None:
+    """A queued frame abandoned: its preparation is not started, if it has not begun."""
+    if isinstance(item, Future):
+        item.cancel()
 
 
 class _Call:

@@ -422,3 +422,44 @@ def test_pipelined_on_cuda_gives_the_serial_results_bitwise():
     piped, _, errors, _ = run_worker(eng_p, drive, pipelined=True)
     assert not errors
     assert_same_state(serial, piped)
+
+
+class PrepareLog:
+    """A backend whose `prepare` records the thread it ran on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    def prepare(self, image, K):
+        self.threads.append(threading.current_thread().name)
+        return self.inner.prepare(image, K)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_frames_are_prepared_off_the_network_thread_when_pipelined(pipelined):
+    drive = make_drive(n_frames=24, width=64, height=32)
+    backend = PrepareLog(OracleBackend(drive, OracleConfig()))
+    eng = MappingEngine(EngineConfig(window=WindowConfig(8, 4), loop_closure=False), backend)
+    snap, _, errors, _ = run_worker(eng, drive, pipelined=pipelined)
+    assert not errors and len(snap["ids"]) == drive.n_frames
+    assert len(backend.threads) == drive.n_frames  # each frame prepared once
+    expected = "scal3r_prepare" if pipelined else "scal3r_worker"
+    assert all(t.startswith(expected) for t in backend.threads), set(backend.threads)
+
+
+def test_a_frame_prepared_before_a_reset_is_prepared_again():
+    drive = make_drive(n_frames=8, width=64, height=32)
+    backend = PrepareLog(OracleBackend(drive, OracleConfig()))
+    eng = MappingEngine(EngineConfig(window=WindowConfig(8, 4), loop_closure=False), backend)
+    early = eng.prepare(drive.frame(0))
+    eng.push_network(eng.prepare(drive.frame(1)))  # valid: prepared in this generation
+    assert len(backend.threads) == 2
+    eng.reset()  # the network's input size may change here
+    eng.push_network(early)
+    assert len(backend.threads) == 3 and eng.n_frames == 1

@@ -32,6 +32,10 @@ class FakeEngine:
         self.n_frames += 1
         return [StatsUpdate(len(self.seen), {"network": 0.01}, {})] if frame.stamp_ns % 2 else []
 
+    def prepare(self, frame):
+        """The pipelined worker prepares frames ahead: the fake's prepared frame is itself."""
+        return frame
+
     def push_network(self, frame):
         """The worker's network phase: a fake's events come out at once (nothing to place)."""
         return self.push(frame)
