@@ -709,20 +709,8 @@ class MappingEngine:
         self.reports: list[AlignmentReport] = []
 
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:
-        order = spec.network_order
-        fids = [spec.frame_ids[k] for k in order]
         with self._store_lock:
-            stored = [self.frames.get(f) for f in fids]
-        Ks = [s.intrinsics for s in stored]
-        return ChunkInput(
-            chunk_id=spec.chunk_id,
-            frame_ids=np.array(fids, dtype=np.int64),
-            stamps_ns=np.array([s.stamp_ns for s in stored], dtype=np.int64),
-            images=np.stack([s.image for s in stored]),
-            intrinsics=None if any(k is None for k in Ks) else np.stack(Ks),  # type: ignore[arg-type]
-            camera_ids=tuple(s.camera_id for s in stored),
-            is_loop=spec.is_loop,
-        )
+            return ChunkInput.from_stored(spec, self.frames.get)
 
     def _run_waiting(self) -> list[MapUpdate | InferredWindow]:
         """Infer ready windows in order. A backend failure keeps the window for a retry

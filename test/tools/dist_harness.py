@@ -32,10 +32,10 @@ def predict(out: str, n_frames: int, reduce: str) -> int:
     from scal3r_ros.mapping.backends.distributed import (
         DistributedExactBackend,
         RankGroup,
-        chunk_input,
         exact_window_specs,
         serve_windows,
     )
+    from scal3r_ros.mapping.backends.protocol import ChunkInput
     from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
     from scal3r_ros.mapping.frame_store import StoredFrame
     from scal3r_ros.mapping.windowing import WindowConfig
@@ -49,7 +49,8 @@ def predict(out: str, n_frames: int, reduce: str) -> int:
     group = RankGroup.from_env("cpu", reduce, timeout_s=60.0)
     if group.rank == 0:
         wrapped = DistributedExactBackend(backend, group)
-        preds = list(wrapped.infer_exact([lambda s=s: chunk_input(s, stored.get) for s in specs]))
+        loaders = [lambda s=s: ChunkInput.from_stored(s, stored.get) for s in specs]
+        preds = list(wrapped.infer_exact(loaders))
         arrays = {}
         for w, p in enumerate(preds):
             for name in ("c2w", "intrinsics", "depth", "depth_conf"):

@@ -26,11 +26,8 @@ import dist_harness as harness
 import numpy as np
 import pytest
 
-from scal3r_ros.mapping.backends.distributed import (
-    WindowPlan,
-    chunk_input,
-    exact_window_specs,
-)
+from scal3r_ros.mapping.backends.distributed import WindowPlan, exact_window_specs
+from scal3r_ros.mapping.backends.protocol import ChunkInput
 from scal3r_ros.mapping.windowing import WindowConfig, official_chunks
 from scal3r_ros.tools import offline
 
@@ -111,7 +108,7 @@ def test_chunk_input_puts_the_reference_frame_first():
         i: StoredFrame(np.full((2, 3, 3), i, np.uint8), 100 + i, "cam0", None) for i in range(8)
     }
     spec = exact_window_specs(8, WindowConfig(8, 4))[0]
-    ci = chunk_input(spec, frames.__getitem__)
+    ci = ChunkInput.from_stored(spec, frames.__getitem__)
     assert ci.frame_ids.tolist() == [3, 0, 1, 2, 4, 5, 6, 7]  # official reorder, middle first
     assert ci.stamps_ns.tolist() == [100 + f for f in ci.frame_ids]
     assert ci.images[:, 0, 0, 0].tolist() == ci.frame_ids.tolist() and ci.intrinsics is None
@@ -181,7 +178,8 @@ def _single_process(n_frames: int):
         for i, im in enumerate(harness.frames(n_frames))
     }
     specs = exact_window_specs(n_frames, WindowConfig(harness.CHUNK, harness.OVERLAP))
-    return list(backend.infer_exact([lambda s=s: chunk_input(s, stored.get) for s in specs]))
+    loaders = [lambda s=s: ChunkInput.from_stored(s, stored.get) for s in specs]
+    return list(backend.infer_exact(loaders))
 
 
 @pytest.mark.parametrize(

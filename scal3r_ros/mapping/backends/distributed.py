@@ -52,7 +52,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,7 +66,6 @@ __all__ = [
     "RankFailure",
     "RankGroup",
     "WindowPlan",
-    "chunk_input",
     "exact_window_specs",
     "serve_windows",
 ]
@@ -119,23 +117,6 @@ def exact_window_specs(n_frames: int, window: WindowConfig) -> list[ChunkSpec]:
     if (last := sched.flush()) is not None:
         specs.append(last)
     return specs
-
-
-def chunk_input(spec: ChunkSpec, get: Callable[[int], StoredFrame]) -> ChunkInput:
-    """Network input of a window from stored frames, reference frame first (as the
-    engine's ``MappingEngine._chunk_input``, for ranks that run no engine)."""
-    fids = [spec.frame_ids[k] for k in spec.network_order]
-    stored = [get(f) for f in fids]
-    Ks = [s.intrinsics for s in stored]
-    return ChunkInput(
-        chunk_id=spec.chunk_id,
-        frame_ids=np.array(fids, dtype=np.int64),
-        stamps_ns=np.array([s.stamp_ns for s in stored], dtype=np.int64),
-        images=np.stack([s.image for s in stored]),
-        intrinsics=None if any(k is None for k in Ks) else np.stack(Ks),  # type: ignore[arg-type]
-        camera_ids=tuple(s.camera_id for s in stored),
-        is_loop=spec.is_loop,
-    )
 
 
 # ---------------------------------------------------------------- the process group
@@ -432,7 +413,7 @@ def serve_windows(
     group.agree_windows(len(specs))
     plan = WindowPlan(len(specs), group.world_size)
     own = plan.owned(group.rank)
-    loaders = [lambda s=specs[w]: chunk_input(s, get) for w in own]
+    loaders = [lambda s=specs[w]: ChunkInput.from_stored(s, get) for w in own]
     if not specs:
         return 0
     spill_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from scal3r_ros.mapping.frame_store import StoredFrame
+    from scal3r_ros.mapping.windowing import ChunkSpec
 import torch
 
 Array = np.ndarray | torch.Tensor  # a prediction's maps: on the backend's device or numpy
@@ -45,6 +49,23 @@ class ChunkInput:
     intrinsics: np.ndarray | None = None  # (S, 3, 3) at working resolution, when known
     camera_ids: tuple[str, ...] = ()
     is_loop: bool = False
+
+    @staticmethod
+    def from_stored(spec: ChunkSpec, get: Callable[[int], StoredFrame]) -> ChunkInput:
+        """The network input of a window from stored frames (``get(frame_id)``), reference
+        frame first: the engine's windows and loop chunks, and distributed ranks'."""
+        fids = [spec.frame_ids[k] for k in spec.network_order]
+        stored = [get(f) for f in fids]
+        Ks = [s.intrinsics for s in stored]
+        return ChunkInput(
+            chunk_id=spec.chunk_id,
+            frame_ids=np.array(fids, dtype=np.int64),
+            stamps_ns=np.array([s.stamp_ns for s in stored], dtype=np.int64),
+            images=np.stack([s.image for s in stored]),
+            intrinsics=None if any(k is None for k in Ks) else np.stack(Ks),  # type: ignore[arg-type]
+            camera_ids=tuple(s.camera_id for s in stored),
+            is_loop=spec.is_loop,
+        )
 
 
 @dataclass
