@@ -548,8 +548,8 @@ class MappingEngine:
         return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs)
 
     def _integrate(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
-        """Place a window (under `state_lock`, released between the two parts), then
-        verify its loops (outside it); the window's events in two parts."""
+        """Place a window (under `state_lock`, released between the two parts), then its
+        loop verification and sensor factors (outside it); the window's events in two parts."""
         spec, clock = window.spec, window.clock
         with self.state_lock:
             with clock.stage("unproject"):
