@@ -29,7 +29,8 @@ Placement phase (``place``), on the ``InferredWindow`` the network phase returne
 6. Keep the tail: the overlap frames for the next window, subsampled geometry for loops.
 7. Close loops: the hook's verification part (``LoopClosureHook.verify_loops``) aligns
    the already inferred loop chunks and adds loop edges through ``add_loop_constraint``;
-   the engine re-optimises and pushes the corrected chunk Sim(3)s to the trajectory and
+   the optional sensor hook (``SensorFusionHook``: odometry, GNSS) adds its factors; the
+   engine re-optimises once and pushes the corrected chunk Sim(3)s to the trajectory and
    the map. ``place`` yields its events in two parts: the alignment report and the poses
    as soon as the window is aligned (steps 2-4), then the map, loop and stats events.
 
