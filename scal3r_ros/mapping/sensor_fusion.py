@@ -181,7 +181,7 @@ class SensorFusion:
         for k in range(len(ids)):
             f = int(ids[k])
             if f <= self._last_fixed or f % max(1, c.gnss_stride):
-                continue  # a frame handed over to this window had its chance already
+                continue  # frames up to the newest one given a prior are done
             with self._lock:
                 fix = self.gnss.nearest(int(stamps[k]), c.gnss_max_dt_s)
             if fix is not None:

@@ -9,6 +9,7 @@ counted and dropped; a fix without covariance gets ``default_sigma_m``.
 
 from __future__ import annotations
 
+import bisect
 import collections
 from dataclasses import dataclass, field
 
@@ -54,10 +55,12 @@ class GnssInput:
     anchor: tuple[float, float, float] | None = None
     positions: list[EnuPosition] = field(default_factory=list)
     rejected: collections.Counter = field(default_factory=collections.Counter)
+    # the positions' stamps, same order: per-frame lookups bisect instead of rescanning
+    _stamps: list[int] = field(default_factory=list, repr=False)
 
     def reset(self, keep_anchor: bool = True) -> None:
         """Forget the fixes; the ENU anchor stays unless asked (the map's ENU relation)."""
-        self.positions = []
+        self.positions, self._stamps = [], []
         if not keep_anchor:
             self.anchor = None
 
@@ -80,17 +83,20 @@ class GnssInput:
             self.anchor = values
         e, n, u = pymap3d.geodetic2enu(*values, *self.anchor)
         pos = EnuPosition(int(fix.stamp_ns), np.array([e, n, u], dtype=np.float64), sigmas)
-        stamps = [p.stamp_ns for p in self.positions]
-        self.positions.insert(int(np.searchsorted(stamps, pos.stamp_ns)), pos)
+        k = bisect.bisect_left(self._stamps, pos.stamp_ns)
+        self._stamps.insert(k, pos.stamp_ns)
+        self.positions.insert(k, pos)
         return pos
 
     def nearest(self, stamp_ns: int, max_dt_s: float) -> EnuPosition | None:
         """The accepted fix closest in time to ``stamp_ns`` within ``max_dt_s``."""
-        if not self.positions:
+        t = int(stamp_ns)
+        k = bisect.bisect_left(self._stamps, t)
+        near = [j for j in (k - 1, k) if 0 <= j < len(self._stamps)]
+        if not near:
             return None
-        stamps = np.array([p.stamp_ns for p in self.positions])
-        k = int(np.argmin(np.abs(stamps - int(stamp_ns))))
-        return self.positions[k] if abs(stamps[k] - stamp_ns) * 1e-9 <= max_dt_s else None
+        j = min(near, key=lambda i: abs(self._stamps[i] - t))  # the earlier one on a tie
+        return self.positions[j] if abs(self._stamps[j] - t) * 1e-9 <= max_dt_s else None
 
     def _sigmas(self, fix: GnssFix) -> np.ndarray | None:
         c = self.config
