@@ -502,13 +502,31 @@ class MappingEngine:
     def add_external_frame(self, name: str, initial: Sim3, prior_sigmas: np.ndarray) -> None:
         self.pose_graph.add_frame(name, initial, prior_sigmas)
 
-    def add_position_prior(self, chunk_id, point_chunk, position, sigmas, frame, robust_k):
+    def add_position_prior(
+        self,
+        chunk_id: int,
+        point_chunk: np.ndarray,
+        position: np.ndarray,
+        sigmas: float | np.ndarray,
+        frame: str,
+        robust_k: float | None,
+    ) -> int:
         """A position of a chunk point measured in an external frame (GNSS)."""
         return self.pose_graph.add_position_prior(
             chunk_id, point_chunk, position, sigmas, frame, robust_k
         )
 
-    def add_relative_motion(self, a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k):
+    def add_relative_motion(
+        self,
+        a: int,
+        c2w_a: np.ndarray,
+        b: int,
+        c2w_b: np.ndarray,
+        motion: np.ndarray,
+        sigmas: np.ndarray,
+        frame: str,
+        robust_k: float | None,
+    ) -> int:
         """A metric motion between cameras of two chunks (odometry)."""
         return self.pose_graph.add_relative_motion(
             a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k
