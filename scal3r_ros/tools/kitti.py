@@ -361,14 +361,16 @@ def read_oxts(folder: str | Path) -> OxtsData:
     kept_v: list[list[float]] = []
     kept_i: list[int] = []
     skipped: list[tuple[Path, str]] = []
+    latest = None  # the latest stamp so far, of any sample (a jump back is suspect)
     for i, t in enumerate(stamps):
         path = folder / "data" / f"{i:010d}.txt"
         if t is None:
             skipped.append((path, f"timestamps.txt line {i + 1} is not a date"))
             continue
-        if kept_t and t <= kept_t[-1]:
+        if latest is not None and t <= latest:
             skipped.append((path, "its timestamp is not after the previous sample's"))
             continue
+        latest = t
         try:
             values = [float(v) for v in path.read_text().split()]
         except FileNotFoundError:
