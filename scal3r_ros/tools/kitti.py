@@ -16,6 +16,10 @@ down, z forward). ``P0..P3`` are the rectified projection matrices of the four
 cameras, all expressed in rectified cam0 coordinates, so ``P_i[:, 3] = K @ t_i`` holds
 each camera's offset from cam0 (cam2 ~6 cm left of cam0, cam3 ~47 cm right of it).
 
+The raw data's OXTS GPS/IMU (``read_oxts``), raw calibration (``imu_to_rectified_cam0``)
+and the odometry devkit's sequence -> raw drive table (``ODOMETRY_DRIVES``) are read
+too, for GNSS and IMU beside the images.
+
 Every reader raises `KittiError` (a ValueError) with a message naming the file and,
 where it applies, the line that is wrong; `load_sequence` checks a whole folder up
 front and names everything that is missing or inconsistent in one message.

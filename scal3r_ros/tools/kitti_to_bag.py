@@ -2,6 +2,7 @@
 
     scal3r_kitti_to_bag dataset/sequences/00 -o kitti_00            # mcap, raw rgb8
     scal3r_kitti_to_bag dataset/sequences/00 --compressed png --storage sqlite3
+    scal3r_kitti_to_bag dataset/sequences/00 --oxts raw/2011_10_03/2011_10_03_drive_0027_sync/oxts
 
 Reads ``image_2/`` (and ``image_3/`` when present), ``times.txt``, ``calib.txt`` and the
 ground truth ``poses/NN.txt`` beside ``sequences/`` (or ``--poses FILE``); writes, with
@@ -20,6 +21,12 @@ topic                                          content
 /kitti/ground_truth/path                       nav_msgs/Path, the whole trajectory once
 /kitti/ground_truth/pose                       geometry_msgs/PoseStamped per frame
 /tf (``--gt-tf``)                              map -> base_link_gt per frame
+/kitti/oxts/gps/fix (``--oxts DIR``)           sensor_msgs/NavSatFix per OXTS sample, frame
+                                               imu_link (the OXTS reports its own position)
+/kitti/oxts/imu (``--oxts DIR``)               sensor_msgs/Imu: orientation in ENU, body
+                                               rates and accelerations (with gravity)
+/tf_static (``--oxts DIR``)                    + base_link -> imu_link, from the raw
+                                               calibration (else both in base_link)
 =============================================  ==========================================
 
 Stamps are ``--start-time`` + times.txt (a frame keeps its own time with --start and
@@ -30,6 +37,14 @@ cam2 -> cam3 baseline from calib.txt, ~0.54 m), so stereo consumers compute it a
 ``--camera-height`` above it, 1.65 m on KITTI's car). Ground truth is the left colour
 camera's trajectory moved to ``base_link`` and anchored at the first written frame,
 i.e. in the same ``map`` convention as the mapping node (map = first base_link).
+
+``--oxts`` takes the sequence's KITTI raw drive's ``oxts/`` folder (sequence 00 is
+``2011_10_03_drive_0027``; `kitti.ODOMETRY_DRIVES`); OXTS samples keep their own raw
+times relative to the sequence's first frame (whose raw time is read from the drive's
+``image_02/timestamps.txt``), so GNSS, IMU and images share the bag's clock. The IMU mount
+is R_rect_00 @ velo->cam @ imu->velo from the date folder, placed with the cameras
+(rectified cam0 in base_link). Unusable OXTS lines (missing, NaN, not 30 numbers) are
+skipped and reported once in the summary.
 
 A bad or incomplete folder stops before anything is written with one message naming
 what is missing; the exit code is then 2.
@@ -345,7 +360,7 @@ def prepare_oxts(
     start_time: float,
     camera_height: float,
 ) -> OxtsInput:
-    """Read a raw drive's ``oxts/`` and align it with the sequence.
+    """Read a raw drive's ``oxts/`` (or the drive folder's) and align it with the sequence.
 
     The sequence's frame 0 is drive frame ``raw_start`` (None: the odometry devkit's
     table). Its raw time is line ``raw_start`` of ``<drive>/image_02/timestamps.txt``,
@@ -354,6 +369,8 @@ def prepare_oxts(
     (``start_time`` + times.txt). The IMU's mount comes from the date folder's raw
     calibration, when all three files are there.
     """
+    if not (folder / "timestamps.txt").is_file() and (folder / "oxts").is_dir():
+        folder = folder / "oxts"  # the drive folder itself was given
     data = read_oxts(folder)
     if raw_start is None:
         raw_start = raw_start_frame(seq.name, folder)
@@ -667,7 +684,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="the sequence's KITTI raw drive's oxts folder (<date>/<date>_drive_NNNN_sync/oxts): "
+        help="the sequence's KITTI raw drive's oxts folder (<date>/<date>_drive_NNNN_sync/oxts, "
+        "or the drive folder): "
         "also write GNSS (NavSatFix) and IMU (Imu); with the date folder's "
         "calib_imu_to_velo.txt, calib_velo_to_cam.txt and calib_cam_to_cam.txt, "
         "/tf_static gets base_link -> imu_link",
