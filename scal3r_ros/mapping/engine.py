@@ -559,16 +559,17 @@ class MappingEngine:
         """The placed map as a `SessionData` (``session.write_session`` writes it): per-chunk
         points, trajectory, pose graph, keyframes (at most one per ``keyframe_stride``
         frames, with a small JPEG), cameras, the metric scale when the graph has an ``enu``
-        frame. Call it where windows are placed (the worker thread, between windows); frames
-        of windows not yet placed are not in it (`flush` first to include them). A node with
+        frame. Call it while no window is in either phase (``MappingWorker.call`` runs it so,
+        after draining the placement thread); frames after the last window are not in it
+        (``call(..., flush=True)`` or `flush` first to include them). A node with
         its own scale source sets ``data.scale`` before writing."""
         if keyframe_stride < 1:
             raise ValueError(f"keyframe_stride must be >= 1, got {keyframe_stride}")
         with self.state_lock:
             traj = self.trajectory.state()
             spans = self.chunk_spans()
-            with self._store_lock:
-                keyframes, cameras = collect_keyframes(self, keyframe_stride)
+            # (frame images under the store lock one at a time: the network phase goes on)
+            keyframes, cameras = collect_keyframes(self, keyframe_stride)
             scale = ScaleState()
             if self.pose_graph.has_frame("enu"):
                 scale = ScaleState(self.pose_graph.frame("enu").s, "graph:enu")

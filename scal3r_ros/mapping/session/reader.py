@@ -348,6 +348,8 @@ def _graph(blob: bytes, meta: dict) -> PoseGraphState:
     estimates = dict(zip((int(n) for n in nodes), sims("node", "N", "node estimates"), strict=True))
     anchors = f.get("anchor_nodes", "int64", ("A",))
     _ids_in(f, "anchor_nodes", anchors, node_set, "nodes")
+    if len(nodes) and not len(anchors):
+        raise SessionError(f"{name}: no anchor holds the graph")
     anchor_values = sims("anchor", "A", "anchor priors")
     src = f.get("edge_src", "int64", ("E",))
     dst = f.get("edge_dst", "int64", ("E",))
@@ -405,6 +407,8 @@ def _graph(blob: bytes, meta: dict) -> PoseGraphState:
     p_point = f.finite("prior_point", f.get("prior_point", "float64", ("P", 3)))
     p_pos = f.finite("prior_position", f.get("prior_position", "float64", ("P", 3)))
     p_sig = f.finite("prior_sigmas", f.get("prior_sigmas", "float64", ("P", 3)))
+    if (p_sig <= 0).any():
+        raise SessionError(f"{name}: prior_sigmas must be > 0")
     p_k = f.get("prior_robust_k", "float64", ("P",))
     p_frame = frame_of("prior_frame", "P")
     priors = [
@@ -421,6 +425,8 @@ def _graph(blob: bytes, meta: dict) -> PoseGraphState:
     m_cb = f.finite("motion_c2w_b", f.get("motion_c2w_b", "float64", ("M", 4, 4)))
     m_T = f.finite("motion", f.get("motion", "float64", ("M", 4, 4)))
     m_sig = f.finite("motion_sigmas", f.get("motion_sigmas", "float64", ("M", 6)))
+    if (m_sig <= 0).any():
+        raise SessionError(f"{name}: motion_sigmas must be > 0")
     m_k = f.get("motion_robust_k", "float64", ("M",))
     m_frame = frame_of("motion_frame", "M")
     motions = [
