@@ -363,3 +363,35 @@ class SensorSection:
             float_range=(0.0, 100.0),
         ),
     )
+
+
+SESSION_MODES = ("mapping", "localisation")
+
+
+@dataclass
+class SessionSection:
+    """Saved maps to come back to (issue 17): start in one, and save one with every save."""
+
+    map_file: str = field(
+        default="",
+        metadata=param(
+            "session folder to start in (a save's session/ folder, absolute or relative to "
+            "output_dir): its map is published at once and new frames relocalise in it; "
+            "empty: start with an empty map",
+        ),
+    )
+    session_mode: str = field(
+        default="mapping",
+        metadata=param(
+            "after relocalising: mapping (new windows extend the loaded map) or "
+            "localisation (the loaded map is not changed, memory stays flat)",
+        ),
+    )
+    save_session: bool = field(
+        default=True,
+        metadata=param(
+            "every save (~/save_map, at shutdown) also writes the session folder session/ "
+            "inside the save folder, to load later (map_file, ~/load_map)",
+            dynamic=True,
+        ),
+    )

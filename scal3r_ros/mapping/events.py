@@ -159,3 +159,18 @@ class SensorFusionUpdate(MapUpdate):
     enu_anchor: tuple[float, float, float] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     residuals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RelocalisationUpdate(MapUpdate):
+    """Relocalisation in a loaded session (issue 17): emitted with every placed window
+    after a load until localised, and once with state "localised" (its batch also carries
+    the new frames' corrected poses in the loaded map's frame and a MapCorrected)."""
+
+    state: str  # "relocalising" | "localised"
+    windows_tried: int  # new windows matched against the keyframes so far
+    frames_tried: int  # new frames seen since the load
+    matched_chunk_id: int = -1  # loaded chunk the accepted match tied to (-1: none yet)
+    inlier_ratio: float = float("nan")
+    rmse: float = float("nan")  # map units
+    reason: str = ""  # why the newest attempt was turned down ("no candidate", ...)

@@ -35,8 +35,10 @@ from scal3r_ros.mapping.config import (
     GCS_ONLINE_MODES,
     BackendSection,
     MapSection,
+    SESSION_MODES,
     OracleSection,
     SensorSection,
+    SessionSection,
     WindowSection,
     param,
     param_info,
@@ -404,6 +406,7 @@ class PlannerSection:
 
 @dataclass
 class NodeConfig(
+    SessionSection,
     OracleSection,
     SensorSection,
     PlannerSection,
@@ -463,6 +466,10 @@ class NodeConfig(
             problems.append("sensor_cloud_frames must be all, every_n or newest")
         if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
             problems.append("need occupancy_obstacle_min < occupancy_obstacle_max")
+        if self.session_mode not in SESSION_MODES:
+            problems.append(
+                f"session_mode must be one of {SESSION_MODES}, got {self.session_mode!r}"
+            )
         if any(not 0.0 <= d <= 86400.0 for d in self.oracle_window_delays):
             problems.append("oracle_window_delays must be seconds in [0, 86400]")
         for f in fields(self):
@@ -512,6 +519,7 @@ SECTIONS: dict[str, type] = {
     "planner": PlannerSection,
     "sensors": SensorSection,
     "oracle": OracleSection,
+    "session": SessionSection,
 }
 """The configuration tree: section name -> dataclass; each leaf is a flat parameter name."""
 

@@ -85,3 +85,6 @@ class SessionData:
     scale: ScaleState = field(default_factory=ScaleState)
     created_utc: str = ""  # ISO 8601, set when written
     software_version: str = ""
+    # what the node that saved it placed the map with (mount, anchor, level, scale, ...):
+    # free-form JSON that the engine does not read (``session.json``'s ``node``; None: none)
+    node: dict | None = None

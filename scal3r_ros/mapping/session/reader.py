@@ -90,6 +90,7 @@ def read_session(path: str | Path, expected: SessionParameters | None = None) ->
         scale=meta["scale"],
         created_utc=manifest["created_utc"],
         software_version=manifest["software_version"],
+        node=meta["node"],
     )
 
 
@@ -248,6 +249,10 @@ def _session_meta(s: dict) -> dict:
     out["kf_count"] = _field(n, k, "count", int)
     out["kf_normalised"] = _field(n, k, "normalised", bool)
     out["kf_descriptor_count"] = _field(n, k, "descriptor_count", int)
+    node = s.get("node")
+    if node is not None and not isinstance(node, dict):
+        raise SessionError(f"{n}: node must be an object (the saving node's placement)")
+    out["node"] = node
     return out
 
 

@@ -109,6 +109,10 @@ def encode_files(data: SessionData) -> dict[str, bytes]:
             "thumbnail_max_side": THUMBNAIL_MAX_SIDE,
         },
     }
+    if data.node is not None:
+        if not isinstance(data.node, dict):
+            raise ValueError("data.node must be a dict (a JSON object)")
+        session["node"] = data.node
     files = {
         SESSION_JSON: _json(session),
         TRAJECTORY: _npz(_trajectory_arrays(data)),
