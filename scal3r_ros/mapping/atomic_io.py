@@ -144,17 +144,23 @@ def _renameat2_exchange(dir_fd: int, a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), b)
 
 
-def _remove_flat_dir(parent_fd: int, name: str) -> None:
+def _remove_flat_dir(parent_fd: int, name: str, depth: int = 1) -> None:
     """Remove a folder of plain files (a staging or replaced save folder) relative to
-    ``parent_fd``, never following links; best effort (what cannot go stays)."""
+    ``parent_fd``, never following links; best effort (what cannot go stays). Folders
+    inside it (a save's ``session/``) go too, ``depth`` levels down."""
     try:
         fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
     except OSError:
         return
     try:
         for entry in os.listdir(fd):
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(entry, dir_fd=fd)  # a link is removed, not followed
+            except IsADirectoryError:
+                if depth > 0:
+                    _remove_flat_dir(fd, entry, depth - 1)
+            except OSError:
+                pass
     finally:
         os.close(fd)
     with contextlib.suppress(OSError):
@@ -241,6 +247,15 @@ class SaveFolder:
     def write_bytes(self, filename: str, data: bytes) -> None:
         with self.open(filename) as f:
             f.write(data)
+
+    @property
+    def staging_path(self) -> Path:
+        """The hidden staging folder (beside the target) that `commit` swaps in: a writer
+        of a whole sub-folder of the save (the node's ``session/``, itself written
+        atomically) writes there; it goes and comes with the save."""
+        if self._done:
+            raise RuntimeError("SaveFolder already committed or closed")
+        return self.path.parent / self._stage_name
 
     # ------------------------------------------------------------ finishing
     def commit(self) -> list[Path]:

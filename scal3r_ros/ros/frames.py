@@ -97,6 +97,9 @@ class FrameConverter:
         self.scale = float(scale)
         self.anchor: np.ndarray | None = None  # inverse of the first frame's engine pose
         self.level = np.eye(3)  # the first base_link's axes -> map axes
+        # T_map_cam0 of a loaded session (`restore`): the map frame of the run that saved
+        # it, whatever this run's mount; None: level @ T_base_cam (this run's own map)
+        self.origin: np.ndarray | None = None
 
     def set_mount(self, T_base_cam: np.ndarray) -> None:
         self.T_base_cam = np.asarray(T_base_cam, dtype=np.float64)
@@ -112,9 +115,42 @@ class FrameConverter:
         """T_map_engine with the scale folded in: x_map = R (s x) + t."""
         A = np.eye(4) if self.anchor is None else self.anchor.copy()
         A[:3, 3] *= self.scale
+        return self.map_from_first_camera() @ A
+
+    def map_from_first_camera(self) -> np.ndarray:
+        """T_map_cam0: the anchor camera's optical frame in ``map`` (metric, rigid)."""
+        if self.origin is not None:
+            return self.origin.copy()
         L = np.eye(4)
         L[:3, :3] = self.level
-        return L @ self.T_base_cam @ A
+        return L @ self.T_base_cam
+
+    def placement(self) -> dict:
+        """How ``map`` sits on the engine's frame, JSON-ready (a session's ``node``
+        block): T_map_cam0 (``origin``), the anchor (engine units), the level, the mount
+        and the scale. `restore` puts the same map frame back."""
+        return {
+            "origin": self.map_from_first_camera().tolist(),
+            "anchor": None if self.anchor is None else self.anchor.tolist(),
+            "level": self.level.tolist(),
+            "T_base_cam": self.T_base_cam.tolist(),
+            "scale": float(self.scale),
+        }
+
+    def restore(self, placement: dict) -> None:
+        """The map frame of a saved run (`placement`, validated by the caller): engine
+        poses of the loaded map (and of frames relocalised in it) come out where that
+        run published them; this run's mount still turns cameras into base_link."""
+        self.origin = np.array(placement["origin"], dtype=np.float64)
+        anchor = placement["anchor"]
+        self.anchor = None if anchor is None else np.array(anchor, dtype=np.float64)
+        self.level = np.array(placement["level"], dtype=np.float64)
+        self.scale = float(placement["scale"])
+
+    def forget_placement(self) -> None:
+        """A new map (reset): the next pose anchors ``map`` again, unlevelled."""
+        self.anchor, self.origin = None, None
+        self.level = np.eye(3)
 
     def base_poses(self, c2w: np.ndarray) -> np.ndarray:
         """(N, 4, 4) engine camera-to-world -> (N, 4, 4) T_map_base (rigid, scaled)."""

@@ -128,10 +128,18 @@ class CameraMount:
     def reset(self) -> None:
         """A map reset: the next pose anchors the new map (the mount stays); levelling
         starts again with the next gravity measurement."""
-        self.converter.anchor = None
-        self.converter.set_level(np.eye(3))
+        self.converter.forget_placement()
         self._track.reset()
         self.levelled, self.tilt_deg = False, None
+
+    def restore(self, node_block: dict) -> None:
+        """A loaded session's map frame (`FrameConverter.restore`): anchored and, if that
+        run levelled it, levelled; the mount of this run is still decided as usual."""
+        self.converter.restore(node_block)
+        self._track.reset()
+        self.levelled = True  # the saved frame stays: gravity does not turn it again
+        tilt = node_block.get("tilt_deg")
+        self.tilt_deg = None if tilt is None else float(tilt)
 
     def _decide(self, stamp, publish: bool) -> None:
         self.decided = True

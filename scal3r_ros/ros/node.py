@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
@@ -25,13 +26,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
-from scal3r_ros_msgs.srv import SaveMap
+from scal3r_ros_msgs.srv import LoadMap, SaveMap
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
 from scal3r_ros.mapping.config import (
+    SESSION_MODES,
     BackendSection,
     MapSection,
     OracleSection,
@@ -39,10 +41,16 @@ from scal3r_ros.mapping.config import (
     WindowSection,
 )
 from scal3r_ros.mapping.engine import EngineConfig, is_aligned_part
-from scal3r_ros.mapping.events import Frame, MapUpdate
+from scal3r_ros.mapping.events import Frame, MapUpdate, PosesUpdate
+from scal3r_ros.mapping.session import ScaleState, SessionData, SessionError, read_session
 from scal3r_ros.mapping.worker import MappingWorker
 from scal3r_ros.ros import cli, qos
-from scal3r_ros.ros.conversions import compressed_to_rgb, image_to_rgb, set_pillow_limit
+from scal3r_ros.ros.conversions import (
+    compressed_to_rgb,
+    image_to_rgb,
+    ns_to_stamp,
+    set_pillow_limit,
+)
 from scal3r_ros.ros.frames import FrameConverter, camera_mount
 from scal3r_ros.ros.input_checks import ImageInput
 from scal3r_ros.ros.mount import CameraMount
@@ -56,6 +64,15 @@ from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.saving import MapSaver
 from scal3r_ros.ros.scale import ScaleTracker
 from scal3r_ros.ros.sensors import SensorInputs
+from scal3r_ros.ros.session import (
+    RelocalisationGate,
+    encode_grid,
+    node_block,
+    parse_node_block,
+    session_path,
+)
+
+LOAD_WAIT_S = 300.0  # ~/load_map waits this long for the frames queued before it
 
 
 def backend_spec(cfg: NodeConfig) -> BackendSpec:
@@ -116,6 +133,7 @@ class MappingNode(Node):
             fusion.set_mount(self.converter.T_base_cam)
         self.scale = ScaleTracker(self, cfg, graph=self.sensors.graph_sources)
         self._held_events: list[MapUpdate] = []  # a window's poses waiting for its points
+        self._loaded_scale_source = ""  # what measured a loaded session's scale
 
         # --- inputs
         set_pillow_limit(cfg.max_image_pixels)
@@ -195,7 +213,16 @@ class MappingNode(Node):
                 self.converter, cfg.enu_frame, cfg.map_frame, publisher(TFMessage, "/tf", qos.TF)
             )
             self.outputs.append(self.enu)
-        self.saver = MapSaver(self.converter, self.output_dir, self.planner.save)
+        # --- sessions: saved with every save, loaded at start (map_file) or by ~/load_map
+        self.gate = RelocalisationGate()
+        self._odom_converter: FrameConverter | None = None  # new frames before a fix
+        self.saver = MapSaver(
+            self.converter,
+            self.output_dir,
+            self.planner.save,
+            session=self._session_data,
+            refuse=self._save_refused,
+        )
 
         # --- services and timers (own group, so a save never blocks image callbacks)
         group = MutuallyExclusiveCallbackGroup()
@@ -206,10 +233,15 @@ class MappingNode(Node):
             lambda req, res: self.saver.on_request(req, res, self.worker.call),
             callback_group=group,
         )
+        self.create_service(LoadMap, "~/load_map", self._srv_load_map, callback_group=group)
         self.create_timer(cfg.status_period, self._on_status_timer, callback_group=group)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.worker.start()
+        if cfg.map_file:  # the first command: before any frame
+            self.worker.request(
+                "flush", lambda _events: self._load_session(cfg.map_file, cfg.session_mode)
+            )
         log.info(
             f"scal3r_mapping ready: backend {backend.name} on {backend.device_name}, "
             f"chunks {cfg.chunk_size}/{cfg.overlap}, gcs {cfg.gcs_mode}, inputs "
@@ -242,6 +274,9 @@ class MappingNode(Node):
 
         def done(_events) -> None:
             self._held_events = []
+            self.gate.reset()
+            self._odom_converter = None
+            self.status.set_session("", "")
             self.mount.reset()
             self.sensors.reset()
             scale = self.scale.reset()
@@ -283,6 +318,9 @@ class MappingNode(Node):
             return
         events, self._held_events = [*self._held_events, *events], []
         relevelled = self.mount.on_events(events)
+        if self.gate.loaded:  # a loaded session: new frames reach map once relocalised
+            self._on_session_events(events)
+            return
         scale = self.scale.on_events(events)
         if relevelled:  # the map frame turned under published poses: re-express them
             scale = dataclasses.replace(scale, rescaled=True)
@@ -290,6 +328,152 @@ class MappingNode(Node):
         events = [scale, *events]
         for out in self.outputs:
             out.on_events(events)
+
+    def _on_session_events(self, events: list[MapUpdate]) -> None:
+        """After a load (`session.RelocalisationGate`): new frames' poses in odom only
+        until the engine's "localised", the rest of the window to ~/status only; from
+        then on everything, in the loaded map's frame (scale fixed by the session)."""
+        split = self.gate.split(events)
+        for ev in split.odometry:
+            if self._odom_converter is None:  # odom goes on from its last pose
+                conv = FrameConverter(self.converter.T_base_cam, self.converter.scale)
+                conv.origin = self.poses.last_odometry() @ self.converter.T_base_cam
+                conv.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+                self._odom_converter = conv
+            self.poses.on_odometry_only(ev, self._odom_converter.base_poses(ev.c2w))
+        if split.localised is not None:
+            r = split.localised
+            self.get_logger().info(
+                f"relocalised in {self.gate.path} after {r.frames_tried} frames "
+                f"({r.windows_tried} windows): tied to its window {r.matched_chunk_id}, "
+                f"inlier ratio {r.inlier_ratio:.2f}, rmse {r.rmse:.3g}"
+            )
+        scale = self.scale.on_events(split.events)
+        self.status.on_events([scale, *split.odometry, *split.status, *split.events])
+        for out in self.outputs:
+            if out is not self.status:
+                out.on_events([scale, *split.events])
+
+    # ================================================================ sessions
+    def _session_data(self, engine) -> SessionData | None:
+        """The session written with a save (worker thread, under the engine's state
+        lock): the engine's state and the node's placement of ``map``."""
+        if not self.cfg.save_session:
+            return None
+        data = engine.export_session()
+        est = self.scale.estimate
+        source = est.source
+        if self.gate.loaded and self._loaded_scale_source:
+            source = self._loaded_scale_source  # what measured the loaded map's scale
+        if est.metric:
+            data.scale = ScaleState(float(self.converter.scale), source)
+        grid = self.planner.grid_state()
+        data.node = node_block(
+            self.converter.placement(),
+            levelled=self.mount.levelled,
+            tilt_deg=self.mount.tilt_deg,
+            scale_source=source,
+            scale_metric=est.metric,
+            map_frame=self.cfg.map_frame,
+            grid=None if grid is None else encode_grid(*grid, self.cfg.occupancy_resolution),
+        )
+        return data
+
+    def _save_refused(self) -> str:
+        if self.gate.relocalising:
+            return (
+                f"relocalising in {self.gate.path}: new frames are not placed in its map yet "
+                "(save once ~/status says localised)"
+            )
+        return ""
+
+    def _srv_load_map(self, request, response):
+        """~/load_map: queued after the frames already received (mapped in the old map
+        first); answers once loaded (or refused)."""
+        mode = request.mode or self.cfg.session_mode
+        if mode not in SESSION_MODES:
+            response.success = False
+            response.message = f"mode must be one of {SESSION_MODES} (or empty), got {mode!r}"
+            return response
+        if not request.path:
+            response.success, response.message = False, "path is empty: name a session folder"
+            return response
+        done = threading.Event()
+        result: list[tuple[bool, str]] = []
+
+        def load(_events) -> None:
+            result.append(self._load_session(request.path, mode))
+            done.set()
+
+        self.worker.request("flush", load)
+        if not done.wait(LOAD_WAIT_S):
+            response.success = False
+            response.message = (
+                f"not loaded within {LOAD_WAIT_S:g} s: the frames queued before it are still "
+                "being mapped (it stays queued and loads after them; see ~/status)"
+            )
+            return response
+        response.success, response.message = result[0]
+        return response
+
+    def _load_session(self, path: str, mode: str) -> tuple[bool, str]:
+        """Load a session (worker thread, in queue order) and place the node in its map
+        frame; a refused session changes nothing (error in the log and ~/status)."""
+        log = self.get_logger()
+        folder = session_path(path, self.output_dir)
+        engine = self.worker.engine
+        t0 = time.perf_counter()
+        try:
+            data = read_session(folder, expected=engine.session_parameters())
+            placement = parse_node_block(data.node)
+            engine.load_session(data, mode)
+        except (SessionError, NotImplementedError, ValueError, OSError) as exc:
+            msg = f"cannot load session {folder}: {exc}"
+            log.error(msg)
+            self.status.set_error(msg)
+            return False, msg
+        ids, stamps, c2w = engine.poses()
+        self._held_events = []
+        self._odom_converter = None
+        self.mount.reset()
+        self.sensors.reset()
+        if placement is not None:
+            self.mount.restore(placement.as_mount_block())
+            scale = self.scale.fix(
+                placement.placement["scale"], placement.scale_source, placement.scale_metric
+            )
+            self._loaded_scale_source = placement.scale_source
+        else:  # a session without the node's placement: map at its first frame's base_link
+            if len(c2w):
+                self.converter.set_anchor(c2w[0])
+            mpu = data.scale.metres_per_unit
+            scale = self.scale.fix(mpu or 1.0, data.scale.source, mpu is not None)
+            self._loaded_scale_source = data.scale.source
+        self.converter.scale = scale.scale
+        for out in self.outputs:
+            out.reset()
+        self.gate.start(str(folder), mode, data.n_frames)
+        self.status.set_session(str(folder), mode)
+        for out in self.outputs:
+            out.on_events([scale])
+        stamp = ns_to_stamp(int(stamps.max()) if len(stamps) else 0)
+        self.clouds.publish_map(stamp)
+        grid = None if placement is None else placement.grid
+        if grid is not None and abs(grid[3] - self.cfg.occupancy_resolution) > 1e-9:
+            log.warning("the session's grid has another resolution: rebuilt from its map")
+            grid = None
+        self.planner.restore(
+            PosesUpdate(-1, ids, stamps, c2w),
+            None if grid is None else grid[:3],
+            frozen=mode == "localisation",
+        )
+        msg = (
+            f"loaded session {folder} ({data.n_frames} frames, {len(ids)} placed, "
+            f"{data.map.xyz.shape[0]} map points) in {time.perf_counter() - t0:.2f} s, "
+            f"mode {mode}: relocalising"
+        )
+        log.info(msg)
+        return True, msg
 
     def _on_status_timer(self) -> None:
         self.poses.publish_path(time.monotonic())  # the last poses of a stream, too

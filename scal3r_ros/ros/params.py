@@ -33,9 +33,9 @@ from rclpy.parameter import Parameter
 from scal3r_ros.mapping.config import (
     BACKEND_KINDS,
     GCS_ONLINE_MODES,
+    SESSION_MODES,
     BackendSection,
     MapSection,
-    SESSION_MODES,
     OracleSection,
     SensorSection,
     SessionSection,

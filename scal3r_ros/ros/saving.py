@@ -17,6 +17,7 @@ import numpy as np
 from scal3r_ros.mapping.atomic_io import SaveFolder, relative_parts
 from scal3r_ros.mapping.engine import MappingEngine
 from scal3r_ros.mapping.map_store import write_pcd, write_ply
+from scal3r_ros.mapping.session import SessionData, write_session
 from scal3r_ros.mapping.trajectory import write_poses
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.outputs.planner import GRID_FILES
@@ -30,7 +31,12 @@ SAVE_FILES = (
     "trajectory_camera_kitti.txt",
     *GRID_FILES,
 )
-"""Every file a save writes; a save folder holding anything else is never replaced."""
+"""Every file a save writes; with a session source also the folder `SESSION_FOLDER`. A
+save folder holding anything else is never replaced."""
+SESSION_FOLDER = "session"
+REPLACEABLE = (*SAVE_FILES, SESSION_FOLDER)
+
+SessionSource = Callable[[MappingEngine], "SessionData | None"]
 
 
 def save_name(name: str) -> str:
@@ -53,13 +59,21 @@ class MapSaver:
         converter: FrameConverter,
         output_dir: Path,
         extra: Callable[[SaveFolder], None] = lambda folder: None,
+        session: SessionSource | None = None,
+        refuse: Callable[[], str] = lambda: "",
     ) -> None:
+        """``session(engine)``: the session to write with a save (``session/``; None or
+        returning None: none), read on the worker thread with the rest; ``refuse()``: why
+        the node cannot save now ("" when it can; relocalising in a loaded map)."""
         self.converter, self.output_dir, self.extra = converter, output_dir, extra
+        self.session, self.refuse = session, refuse
 
     def on_request(self, request, response, call: Callable):
         """The ``~/save_map`` service; ``call(fn, flush=True)`` runs ``fn(engine)`` on
         the worker thread (`MappingWorker.call`)."""
         try:
+            if why := self.refuse():
+                raise RuntimeError(why)
             name = save_name(request.name)  # the name only; folders are checked on writing
             # flush: every frame processed so far gets a pose (and its points) first
             files = call(
@@ -90,6 +104,9 @@ class MapSaver:
             say("warning", f"the window in progress is left out (not finished in time); {what}")
         if n == 0:
             return 0
+        if why := self.refuse():
+            say("warning", f"not saving: {why}")
+            return 0
         name = save_name("")
         try:
             files = self.save(engine, name, root=self.output_dir)
@@ -112,7 +129,8 @@ class MapSaver:
         save_traj: bool = True,
         root: Path | None = None,
     ) -> list[Path]:
-        """Write map (PLY, PCD), trajectories (TUM, KITTI) and the grid as one set.
+        """Write map (PLY, PCD), trajectories (TUM, KITTI), the grid and the session
+        folder (``session/``, when a session source is set) as one set.
 
         ``target``: a folder name relative to ``root`` (the node: output_dir), or a folder
         path when ``root`` is None (its parent is the root). The files go through one
@@ -134,7 +152,8 @@ class MapSaver:
         with engine.state_lock:
             map_pts = engine.map_points() if save_map else None
             poses = engine.poses() if save_traj else None
-        with SaveFolder(root, str(target), replaceable=SAVE_FILES) as folder:
+            session = self.session(engine) if save_map and self.session is not None else None
+        with SaveFolder(root, str(target), replaceable=REPLACEABLE) as folder:
             if map_pts is not None:
                 xyz, rgb, conf = map_pts
                 xyz = self.converter.points(xyz)
@@ -157,4 +176,9 @@ class MapSaver:
                         write_poses(f, stamps, P, fmt)
             if map_pts is not None:
                 self.extra(folder)
-            return folder.commit()
+            if session is not None:  # written atomically inside the staging folder
+                write_session(session, folder.staging_path / SESSION_FOLDER)
+            files = folder.commit()
+        if session is not None:
+            files.append(folder.path / SESSION_FOLDER)
+        return files

@@ -49,6 +49,7 @@ class ScaleTracker:
         self._lock = threading.Lock()
         self._track = Track()  # frame poses (odometry) and cameras (stereo)
         self.scale = 1.0
+        self._fixed: ScaleEstimate | None = None  # a loaded session's scale (`fix`)
         self.estimate = self._initial_estimate()
         if self.kind == "odometry":
             node.create_subscription(
@@ -85,6 +86,8 @@ class ScaleTracker:
 
     def on_events(self, events: list[MapUpdate]) -> ScaleUpdate:
         """The estimate after this batch; ``rescaled`` when the applied scale changes."""
+        if self._fixed is not None:
+            return ScaleUpdate(-1, self._fixed, self.scale, False)
         if self.graph:
             est = self._graph_estimate(events)
             if est.metric or self.kind == "none":
@@ -142,8 +145,24 @@ class ScaleTracker:
         """The estimate and the applied scale now (before the first window: unknown, 1)."""
         return ScaleUpdate(-1, self.estimate, self.scale)
 
+    def fix(self, scale: float, source: str, metric: bool) -> ScaleUpdate:
+        """A loaded session's scale, held from now on (until a reset): the loaded map
+        fixes the scale of everything placed in it, so its map frame stays the saved
+        run's. ``source``: what measured it in that run."""
+        self._fixed = ScaleEstimate(
+            float(scale),
+            1.0 if metric else 0.0,
+            "session",
+            f"from the loaded session (measured by {source})" if metric else "loaded session",
+            True,
+            n_accepted=int(metric),
+        )
+        self.estimate, self.scale = self._fixed, float(scale)
+        return ScaleUpdate(-1, self._fixed, self.scale, True)
+
     def reset(self) -> ScaleUpdate:
         """Forget every measurement (a map reset): scale 1 until the next one."""
+        self._fixed = None
         with self._lock:
             self.source.reset()
             self._graph_updates = 0

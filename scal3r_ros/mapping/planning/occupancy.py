@@ -127,6 +127,20 @@ class OccupancyGrid:
         self.reset()
         self.integrate(points, ground, cameras)
 
+    def state(self) -> tuple[int, int, np.ndarray]:
+        """(i0, j0, counts (3, rows, cols) int32: ground, obstacle, free): what `restore`
+        needs to go on integrating exactly where this grid stands (a saved session)."""
+        return self._i0, self._j0, np.stack([self._ground, self._obst, self._free])
+
+    def restore(self, i0: int, j0: int, counts: np.ndarray) -> None:
+        """The grid of `state` back (counts (3, rows, cols) of non-negative integers)."""
+        counts = np.asarray(counts)
+        if counts.ndim != 3 or counts.shape[0] != 3 or (counts < 0).any():
+            raise ValueError("grid counts must be (3, rows, cols) non-negative")
+        self.reset()
+        self._i0, self._j0 = int(i0), int(j0)
+        self._ground, self._obst, self._free = (c.astype(np.int32) for c in counts)
+
     # ------------------------------------------------------------ outputs
     @property
     def shape(self) -> tuple[int, int]:

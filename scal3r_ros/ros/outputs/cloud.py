@@ -66,7 +66,13 @@ class CloudOutputs:
             or now - self._last_pub < self.period
         ):
             return
+        self.publish_map(stamp)
+        self._last_pub = now
+
+    def publish_map(self, stamp) -> None:
+        """~/map now (a loaded session: at once, whatever the period)."""
+        if self._map_cloud is None or self._pub_map is None:
+            return
         xyz, rgb, conf = self._map_cloud()
         self._pub_map(points_to_cloud(self.converter.points(xyz), rgb, conf, stamp, self.map_frame))
         self._dirty = False
-        self._last_pub = now

@@ -79,6 +79,7 @@ class PlannerOutputs:
         self.reset()
 
     def reset(self) -> None:
+        self.frozen = False  # localisation in a loaded map: the grid stays as loaded
         self._track = Track()  # camera positions: trajectory ground, grid rebuilds
         self._plane = None  # the scale source's ground plane (camera_height)
         self._stamp_ns = 0
@@ -102,9 +103,33 @@ class PlannerOutputs:
             for ev in events:
                 if isinstance(ev, FrameCloudsUpdate):
                     self._publish_sensor_clouds(ev)
-        if self.grid is not None:
+        if self.grid is not None and not self.frozen:
             self._update_grid(events, rebuild=rescaled)
             self._publish_grid(ns_to_stamp(self._stamp_ns))
+
+    def restore(self, poses: PosesUpdate, grid_state=None, frozen: bool = False) -> None:
+        """A loaded session: its cameras (ground model, later rebuilds) and its grid
+        (`OccupancyGrid.state`: (i0, j0, counts); None: rebuilt from the loaded map),
+        published at once. ``frozen``: later windows leave the grid alone."""
+        self._track.add(poses)
+        self._stamp_ns = newest_stamp([poses], self._stamp_ns)
+        if self.grid is None:
+            return
+        if grid_state is not None:
+            self.grid.restore(*grid_state)
+        elif len(self._track):
+            _, _, c2w = self._track.poses()
+            xyz, _, _ = self._map_cloud()
+            self.grid.rebuild(
+                self.converter.points(xyz), self._ground(), self.converter.points(c2w[:, :3, 3])
+            )
+        self._grid_dirty, self._last_grid_pub = True, -np.inf
+        self._publish_grid(ns_to_stamp(self._stamp_ns))
+        self.frozen = frozen
+
+    def grid_state(self):
+        """(i0, j0, counts) of the grid, or None when it is off (a session's node block)."""
+        return None if self.grid is None else self.grid.state()
 
     def _publish_sensor_clouds(self, ev: FrameCloudsUpdate) -> None:
         for c in self.clouds.build(ev, self.converter.scale):

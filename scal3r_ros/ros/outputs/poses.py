@@ -95,6 +95,7 @@ class PoseOutputs:
             self._track = Track()  # frame id -> engine pose, stamp
             self._T = np.zeros((0, 4, 4))  # frame id -> corrected T_map_base
             self._odom_last: tuple[int, np.ndarray, int] | None = None  # (id, T_odom_base, ns)
+            self._odom_only = np.zeros(0, bool)  # frames published in odom before a fix
             self.T_map_odom = np.eye(4)
             self.newest = -1  # newest frame id placed
             self._newest_stamp = 0  # its stamp; read by other threads (one attribute)
@@ -125,6 +126,8 @@ class PoseOutputs:
         T_map_base = self.converter.base_poses(ev.c2w)
         with self._lock:
             new = self._track.add(ev)
+            pre = ids < len(self._odom_only)
+            new[pre] &= ~self._odom_only[ids[pre]]  # already in odom (before a fix)
             if len(self._T) < len(self._track.have):
                 grown = np.tile(np.eye(4), (len(self._track.have), 1, 1))
                 grown[: len(self._T)] = self._T
@@ -144,10 +147,44 @@ class PoseOutputs:
         if self.newest < 0 or self._odom_last is None:
             return
         # map -> odom absorbs the difference between corrected and published poses
-        _, T_odom_newest, ns = self._odom_last
-        self.T_map_odom = self._T[self.newest] @ rigid_inverse(T_odom_newest)
+        fid, T_odom_newest, ns = self._odom_last
+        if not (fid < len(self._track.have) and self._track.have[fid]):
+            if transforms:  # its pose in map is not known yet (relocalising)
+                self._pub_tf(TFMessage(transforms=transforms))
+            return
+        self.T_map_odom = self._T[fid] @ rigid_inverse(T_odom_newest)
         transforms.append(transform_msg(self.T_map_odom, f.map, f.odom, ns_to_stamp(ns)))
         self._pub_tf(TFMessage(transforms=transforms))
+
+    def on_odometry_only(self, ev: PosesUpdate, T_odom_base: np.ndarray) -> None:
+        """Frames not placed in ``map`` yet (relocalising in a loaded map): odom ->
+        base_link and ~/odometry (``T_odom_base`` (N, 4, 4), their poses in odom), no
+        map -> odom, nothing in ~/path. When their poses in ``map`` come (`on_poses`,
+        corrected), they are not published in odom again; map -> odom then places the
+        odometry in the map."""
+        f = self.frames
+        ids = np.asarray(ev.frame_ids, np.int64)
+        with self._lock:
+            if len(ids) and ids.max() >= len(self._odom_only):
+                grown = np.zeros(max(int(ids.max()) + 1, 2 * len(self._odom_only)), bool)
+                grown[: len(self._odom_only)] = self._odom_only
+                self._odom_only = grown
+            seen = self._odom_only[ids].copy()
+            self._odom_only[ids] = True
+        transforms = []
+        for k in np.flatnonzero(~seen):
+            fid, ns, T = int(ids[k]), int(ev.stamps_ns[k]), np.asarray(T_odom_base[k])
+            self._publish_odometry(fid, T, ns)
+            transforms.append(transform_msg(T, f.odom, f.base, ns_to_stamp(ns)))
+            self._odom_last = (fid, T, ns)
+            if fid > self.newest:
+                self.newest, self._newest_stamp = fid, ns
+        if transforms:
+            self._pub_tf(TFMessage(transforms=transforms))
+
+    def last_odometry(self) -> np.ndarray:
+        """The newest pose published in odom (identity before any)."""
+        return np.eye(4) if self._odom_last is None else self._odom_last[1].copy()
 
     def _rescale(self) -> None:
         """Re-express every pose in the converter's new scale; published with the next

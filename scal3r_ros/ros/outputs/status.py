@@ -21,6 +21,7 @@ from scal3r_ros.mapping.events import (
     LoopClosureUpdate,
     MapUpdate,
     PosesUpdate,
+    RelocalisationUpdate,
     SensorFusionUpdate,
     StatsUpdate,
 )
@@ -70,6 +71,8 @@ class StatusOutputs:
         self._lock = threading.Lock()  # worker thread (events) vs timer (publish)
         self._progress_at = time.monotonic()  # progress is logged from here on
         self._progress_counts: tuple[int, ...] | None = None
+        self._node_error = ("", 0)  # (message, worker errors when it was set)
+        self.session = ("", "")  # (folder, mode) of the loaded session; ("", ""): none
         self.reset()
         self._scale = scale
 
@@ -82,6 +85,20 @@ class StatusOutputs:
             self._loops = 0
             self._degenerate = 0
             self._fusion: SensorFusionUpdate | None = None
+            self._reloc: RelocalisationUpdate | None = None
+
+    def set_session(self, folder: str, mode: str) -> None:
+        """A session was loaded (after `reset`): ~/status says relocalising from now on."""
+        with self._lock:
+            self.session = (folder, mode)
+            self._reloc = None
+
+    def set_error(self, message: str) -> None:
+        """An error of the node's own (a refused session): ~/status last_error until the
+        worker reports a newer one."""
+        errors = self._worker_stats()[0].errors
+        with self._lock:
+            self._node_error = (message, errors)
 
     # ------------------------------------------------------------ worker thread
     def on_events(self, events: list[MapUpdate]) -> None:
@@ -107,6 +124,8 @@ class StatusOutputs:
                     self._scale = ev
                 elif isinstance(ev, SensorFusionUpdate):
                     self._fusion = ev
+                elif isinstance(ev, RelocalisationUpdate):
+                    self._reloc = ev
 
     # ------------------------------------------------------------ status timer
     def snapshot(self) -> tuple[MappingStatus, dict[str, int], dict[str, int]]:
@@ -119,7 +138,8 @@ class StatusOutputs:
         with self._lock:
             timings, memory, scale = self._timings, self._memory, self._scale
             newest_ns, latency_s, loops = self._newest_ns, self._latency_s, self._loops
-            fusion = self._fusion
+            fusion, reloc, session = self._fusion, self._reloc, self.session
+            node_error, errors_then = self._node_error
         cfg = self.cfg
         msg = MappingStatus()
         msg.frames_received = received
@@ -127,6 +147,8 @@ class StatusOutputs:
         msg.frames_dropped = sum(drops.values())
         msg.chunks_processed = s.chunks
         msg.last_error = s.last_error
+        if node_error and (s.errors == errors_then or not s.last_error):
+            msg.last_error = node_error  # newer than the worker's last error
         msg.header.stamp = ns_to_stamp(newest_ns)
         msg.header.frame_id = cfg.map_frame
         msg.loop_closures = loops
@@ -144,13 +166,33 @@ class StatusOutputs:
         msg.scale = scale.scale
         self._fill_sensors(msg, fusion)
         msg.scale_confidence = float(scale.estimate.confidence)
-        if s.errors and msg.last_error and not s.busy and s.chunks == 0:
+        self._fill_session(msg, session, reloc)
+        if s.errors and s.last_error and not s.busy and s.chunks == 0:
             msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
+        elif session[0] and (reloc is None or reloc.state != "localised"):
+            msg.state, msg.state_text = MappingStatus.STATE_RELOCALISING, "relocalising"
+        elif session[0]:
+            msg.state, msg.state_text = MappingStatus.STATE_LOCALISED, "localised"
         elif msg.chunks_processed == 0:
             msg.state, msg.state_text = MappingStatus.STATE_BUFFERING, "buffering"
         else:
             msg.state, msg.state_text = MappingStatus.STATE_MAPPING, "mapping"
         return msg, drops, notices
+
+    @staticmethod
+    def _fill_session(
+        msg: MappingStatus, session: tuple[str, str], reloc: RelocalisationUpdate | None
+    ) -> None:
+        msg.session, msg.session_mode = session
+        msg.reloc_matched_chunk = -1
+        msg.reloc_inlier_ratio = msg.reloc_rmse = float("nan")
+        if reloc is not None:
+            msg.reloc_windows_tried = int(reloc.windows_tried)
+            msg.reloc_frames_tried = int(reloc.frames_tried)
+            msg.reloc_matched_chunk = int(reloc.matched_chunk_id)
+            msg.reloc_inlier_ratio = float(reloc.inlier_ratio)
+            msg.reloc_rmse = float(reloc.rmse)
+            msg.reloc_reason = reloc.reason
 
     def _fill_sensors(self, msg: MappingStatus, fusion: SensorFusionUpdate | None) -> None:
         used, rejected = self._sensor_counts()
