@@ -106,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="laps of the ~170 m loop driven over all frames, > 1: revisits (oracle_laps)",
     )
+    parser.add_argument(
+        "--start-frame",
+        type=int,
+        default=0,
+        help="first frame of the drive to publish (e.g. to come back to a saved map from "
+        "another point of the loop); stamps stay the drive's",
+    )
+    parser.add_argument(
+        "--stop-frame",
+        type=int,
+        default=None,
+        help="publish frames before this one only (default: to the end of the drive)",
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (wall)")
     parser.add_argument("--topic", default="/camera/image_raw")
     parser.add_argument("--frame-id", default="camera_optical")
@@ -137,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             extra_laps=drive_args["laps"] - 1.0,
         )
     )
+    stop = drive.n_frames if args.stop_frame is None else args.stop_frame
+    if not 0 <= args.start_frame < stop <= drive.n_frames:
+        print(
+            f"[scal3r_synthetic_camera] need 0 <= --start-frame < --stop-frame <= "
+            f"{drive.n_frames} (the drive's frames), got {args.start_frame} and {stop}",
+            file=sys.stderr,
+        )
+        return 2
     print(
         f"[scal3r_synthetic_camera] the drive of --config {args.config}: "
         f"{drive_summary(drive.config)}",
@@ -160,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     period = 1.0 / args.rate if args.rate > 0 else 0.0
     t_next = time.monotonic()
     try:
-        for i in range(drive.n_frames):
+        for i in range(args.start_frame, stop):
             stamp = ns_to_stamp(drive.stamp_ns(i))
             rgb, _ = drive.render(i)
             if pub_clock is not None:
@@ -171,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, t_next - time.monotonic()))
         if args.reliable:  # do not exit before the last frames are delivered
             pub.wait_for_all_acked(Duration(seconds=30))
-        print(f"[scal3r_synthetic_camera] published {drive.n_frames} frames", flush=True)
+        print(f"[scal3r_synthetic_camera] published {stop - args.start_frame} frames", flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
