@@ -32,11 +32,14 @@ from scal3r_ros.ros.session import parse_node_block
 
 pytestmark = pytest.mark.ros
 
-FRAMES = 160  # two laps of the loop: 80 frames a lap (~2.1 m a frame)
+# two laps of the loop, 260 frames a lap (~0.65 m a frame, as the bundled synthetic drive:
+# the node's loop detector is the official thumbnail one, threshold 0.92, which finds the
+# saved keyframes only from nearby views)
+FRAMES = 520
 LAP = FRAMES // 2
 START = LAP + LAP // 3  # run 2 starts a third of the way round lap 2
-RELOC_FRAMES_MAX = 40  # run 2 relocalises within this many frames (5 windows of 8 new)
-ATE_MAX_M = 0.5  # resumed trajectory vs ground truth in lap 1's map frame (loop ~170 m)
+RELOC_FRAMES_MAX = 96  # run 2 relocalises within this many frames (12 windows of 8 new)
+ATE_MAX_M = 0.5  # resumed ATE in lap 1's map frame <= this + 2 x lap 1's own ATE (drift)
 PARAMS = dict(
     chunk_size=16,
     overlap=8,
@@ -47,6 +50,8 @@ PARAMS = dict(
     scale_source="camera_height",
     camera_height_m=1.65,
     occupancy_enabled=True,
+    queue_size=1024,  # every frame mapped, however slow the machine
+    oracle_drift_deg=0.15,  # each window bent a little (as the bundled synthetic config)
 )
 CAMERA = ["--frames", str(FRAMES), "--laps", "2", "--rate", "40"]
 HAS_RELOCALISATION = hasattr(MappingEngine, "relocalisation_state")
@@ -151,17 +156,19 @@ def resumed(lap1):
             result["grid_at_load"] = rec.msgs[f"{NODE}/grid"][0]
             result["status_at_load"] = _status(rec)
             n_new = FRAMES - START
-            done = rec.spin_until(
-                lambda: (
-                    (s := _status(rec)) is not None
+
+            def finished() -> bool:  # every frame mapped (but the last partial window)
+                s = _status(rec)
+                return (
+                    s is not None
                     and s.frames_received >= n_new
-                    and (s.state_text == "localised" or not HAS_RELOCALISATION)
-                ),
-                120,
-                [node],
-            )
+                    and s.frames_processed >= n_new - PARAMS["chunk_size"]
+                    and (s.state_text == "localised" or s.queue_length == 0)
+                )
+
+            rec.spin_until(finished, 120, [node])
             result["status"] = _status(rec)
-            result["localised_ok"] = done
+            result["localised_ok"] = done = result["status"].state_text == "localised"
             result["map_odom"] = _map_odom(rec)
             if done and HAS_RELOCALISATION:
                 res = rec.call(
@@ -232,14 +239,21 @@ def test_relocalises_within_bound_and_resumed_trajectory_is_in_lap1_map_frame(re
     from scal3r_ros.mapping.sim3 import umeyama
 
     s1, p1 = _tum(out / "maps" / "lap1" / "trajectory_tum.txt")
-    sim = umeyama(np.array([gt[s] for s in s1]), p1)
+    gt1 = np.array([gt[s] for s in s1])
+    sim = umeyama(gt1, p1)
+    ate1 = float(np.sqrt((np.linalg.norm(p1 - sim.apply(gt1), axis=1) ** 2).mean()))
     s2, p2 = _tum(out / "maps" / "resumed" / "trajectory_tum.txt")
     new = s2 >= drive.stamp_ns(START)
     assert new.sum() >= FRAMES - START - 1
     err = np.linalg.norm(p2[new] - sim.apply(np.array([gt[s] for s in s2[new]])), axis=1)
     ate = float(np.sqrt((err**2).mean()))
-    print(f"relocalised after {st.reloc_frames_tried} frames; resumed ATE {ate:.3f} m")
-    assert ate < ATE_MAX_M, ate
+    print(
+        f"relocalised after {st.reloc_frames_tried} frames ({st.reloc_windows_tried} windows); "
+        f"resumed ATE in lap 1's map frame {ate:.3f} m over {new.sum()} frames "
+        f"(lap 1's own ATE {ate1:.3f} m)"
+    )
+    # the resumed frames sit in lap 1's map as well as lap 1's own frames do
+    assert ate < ATE_MAX_M + 2 * ate1, (ate, ate1)
     assert r["map_odom"], "no map -> odom after localising"
 
 
