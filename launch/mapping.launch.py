@@ -1,5 +1,6 @@
 """ros2 launch scal3r_ros mapping.launch.py [config:=kitti] [image_topic:=/cam/image_raw]
     [checkpoint:=/path/scal3r.pt] [use_sim_time:=true] [rviz:=true] [bag:=/path/to/bag]
+    [map_file:=~/.ros/scal3r_ros/monday/session] [session_mode:=localisation]
 
 Starts the mapping node with a parameter file from share/scal3r_ros/config (a name such as
 "default", "low_latency", "kitti", "synthetic", or a path), optionally RViz with the
@@ -63,6 +64,17 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="play this bag with --clock (set use_sim_time:=true)",
         ),
+        DeclareLaunchArgument(
+            "map_file",
+            default_value="",
+            description="saved session to start in (a save's folder or its session/); "
+            "empty: an empty map",
+        ),
+        DeclareLaunchArgument(
+            "session_mode",
+            default_value="mapping",
+            description="in a loaded map: mapping (extend it) or localisation",
+        ),
     ]
     node = Node(
         package=PACKAGE,
@@ -77,6 +89,8 @@ def generate_launch_description() -> LaunchDescription:
                     LaunchConfiguration("use_sim_time"), value_type=bool
                 ),
                 "checkpoint": LaunchConfiguration("checkpoint"),
+                "map_file": LaunchConfiguration("map_file"),
+                "session_mode": LaunchConfiguration("session_mode"),
             },
         ],
         remappings=[("/camera/image_raw", LaunchConfiguration("image_topic"))],

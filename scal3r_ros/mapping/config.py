@@ -375,9 +375,9 @@ class SessionSection:
     map_file: str = field(
         default="",
         metadata=param(
-            "session folder to start in (a save's session/ folder, absolute or relative to "
-            "output_dir): its map is published at once and new frames relocalise in it; "
-            "empty: start with an empty map",
+            "saved session to start in: a save's folder or its session/ folder (absolute, or "
+            "relative to output_dir); its map is published at once and new frames "
+            "relocalise in it; empty: start with an empty map",
         ),
     )
     session_mode: str = field(

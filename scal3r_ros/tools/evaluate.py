@@ -28,7 +28,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -315,11 +315,13 @@ def evaluate_files(
     gt_fmt: str = "auto",
     gt_times: str | Path | None = None,
     est_times: str | Path | None = None,
+    reference: str | Path | None = None,
 ) -> dict:
     """Read, match, score; write ``evaluation.json`` and plots into ``out_dir``.
 
     ``gt_times`` / ``est_times``: times.txt files giving a KITTI file its stamps (seconds;
-    ``cfg.gt_start_time`` is added to the ground truth's).
+    ``cfg.gt_start_time`` is added to the ground truth's). ``reference``: see
+    `resumed_in_reference`.
     """
     cfg = cfg or EvalConfig()
     est = read_trajectory(est_path, est_fmt)
@@ -328,6 +330,10 @@ def evaluate_files(
         _apply_times(est, est_times)
     if gt_times is not None:
         _apply_times(gt, gt_times, _times_start(cfg, read_times(gt_times), est))
+    extra: dict = {}
+    if reference is not None:
+        est, extra = resumed_in_reference(est, read_trajectory(reference), gt, cfg)
+        cfg = replace(cfg, align="none")  # the reference's alignment, applied to est
     e, g, _stamps, how = match(est, gt, cfg)
     if gt.times_file and est.stamps is not None:
         how += f"; ground-truth stamps: {gt.times_file} + {gt.times_start:.1f} s"
@@ -337,11 +343,55 @@ def evaluate_files(
         ground_truth=str(gt_path),
         matched_by=how,
         formats=[est.fmt, gt.fmt],
+        **extra,
         **res["summary"],
     )
     if out_dir is not None:
         write_outputs(res, summary, Path(out_dir), cfg)
     return summary
+
+
+def resumed_in_reference(
+    est: TrajectoryFile, ref: TrajectoryFile, gt: TrajectoryFile, cfg: EvalConfig
+) -> tuple[TrajectoryFile, dict]:
+    """A run resumed in a saved map (the node's ``map_file`` / ``~/load_map``), scored in
+    that map's frame: the alignment (``cfg.align``) is fitted on the saved run's own
+    trajectory ``ref`` against the ground truth, then applied unchanged to the estimate,
+    whose frames that are also in ``ref`` (the loaded ones, same stamps) are left out. So
+    the score says how well the new frames sit in the saved map frame, not how well they
+    fit on their own. Returns the estimate moved into the ground truth's frame (score it
+    with ``align`` none) and a summary of the reference."""
+    if est.stamps is None or ref.stamps is None or gt.stamps is None:
+        raise EvaluationError(
+            "--reference needs stamps on the estimate, reference and ground truth"
+        )
+    r, g, _, how = match(ref, gt, cfg)
+    try:
+        S = metrics.fit_alignment(r, g, cfg.align)
+    except ValueError as exc:
+        raise EvaluationError(f"aligning the reference failed: {exc}") from exc
+    own = metrics.ate(r, g, cfg.align)
+    ie, _ = associate_stamps(est.stamps, ref.stamps, cfg.max_diff, cfg.time_offset)
+    new = np.ones(len(est.poses), bool)
+    new[ie] = False
+    if new.sum() < 3:
+        raise EvaluationError(
+            f"{est.path or 'the estimate'} has only {int(new.sum())} poses that are not in "
+            f"the reference {ref.path}: nothing resumed to score"
+        )
+    moved = TrajectoryFile(
+        metrics.apply_alignment(S, est.poses[new]), est.stamps[new], est.fmt, est.path
+    )
+    info = dict(
+        reference=dict(
+            path=ref.path,
+            matched_by=how,
+            own_ate_m=_json_clean(own.rmse),
+            poses_left_out=int((~new).sum()),
+            alignment=cfg.align,
+        )
+    )
+    return moved, info
 
 
 def write_outputs(res: dict, summary: dict, out: Path, cfg: EvalConfig) -> dict:
@@ -567,6 +617,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--est-times", default=None, help="times.txt giving a KITTI-format estimate its stamps"
     )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="for a run resumed in a saved map (map_file, ~/load_map): the saved run's "
+        "trajectory (same kind of file); --align is fitted on it against the ground truth "
+        "and applied unchanged to the estimate, whose loaded frames are left out: the "
+        "new frames scored in the saved map's frame",
+    )
     add_eval_arguments(parser)
     args = parser.parse_args(argv)
     out = (
@@ -584,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             args.gt_format,
             args.gt_times,
             args.est_times,
+            args.reference,
         )
     except (EvaluationError, ValueError) as exc:
         print(f"scal3r_evaluate: error: {exc}", file=sys.stderr)

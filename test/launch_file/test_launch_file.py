@@ -89,6 +89,8 @@ def test_arguments_and_defaults(description):
         "use_sim_time": "false",
         "rviz": "false",
         "bag": "",
+        "map_file": "",
+        "session_mode": "mapping",
     }
 
 
@@ -114,6 +116,10 @@ def test_node_gets_the_parameter_file_and_overrides(description, config, expecte
     assert overrides["use_sim_time"].value_type is bool
     assert perform(overrides["use_sim_time"].value, args) == "true"
     assert perform(overrides["checkpoint"], args) == "/w/s.pt"
+    assert perform(overrides["map_file"], args) == ""
+    monday = launch_args(description, map_file="/maps/monday", session_mode="localisation")
+    assert perform(overrides["map_file"], monday) == "/maps/monday"
+    assert perform(overrides["session_mode"], monday) == "localisation"
     remap = [
         (a, perform(b, launch_args(description, image_topic="/kitti/img")))
         for a, b in kw["remappings"]
