@@ -251,6 +251,9 @@ class OfflineConfig:
     seed: int = 0
     oracle: SyntheticConfig | None = None  # the drive the oracle backend knows
     progress: bool = True
+    map: Path | None = None  # a saved session to start in (relocalise, then go on)
+    session_mode: str = "mapping"  # in that session: mapping | localisation
+    save_session: Path | None = None  # write the run's session folder there
 
 
 def make_offline_backend(cfg: OfflineConfig) -> Any:
@@ -300,6 +303,7 @@ def run(
     backend = _CountingBackend(inner, tick)
     ecfg = EngineConfig.from_sections(win)
     engine = build_engine(ecfg, backend, built.loop_closure)
+    loaded = _load_map(engine, cfg) if cfg.map is not None else None
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_loops = 0
@@ -358,18 +362,60 @@ def run(
         seconds=dict(total=elapsed, read_and_schedule=t_push, fps=len(ids) / max(elapsed, 1e-9)),
         files={k: str(v) for k, v in files.items()},
     )
+    if loaded is not None:
+        summary["session"] = dict(loaded, **_relocalisation(engine))
+    if cfg.save_session is not None:
+        from scal3r_ros.mapping.session import write_session
+
+        summary["files"]["session"] = str(write_session(engine.export_session(), cfg.save_session))
     summary["_poses"] = (ids, stamps, c2w)
     return summary
+
+
+def _load_map(engine: Any, cfg: OfflineConfig) -> dict:
+    """Start in the saved session ``cfg.map`` (a session folder, or a node's save folder
+    holding ``session/``): the run's frames relocalise in it and go on in its frame."""
+    from scal3r_ros.mapping.session import SessionError, read_session
+
+    folder = Path(cfg.map).expanduser()
+    if not (folder / "manifest.json").exists() and (folder / "session").is_dir():
+        folder = folder / "session"
+    try:
+        data = read_session(folder, expected=engine.session_parameters())
+        engine.load_session(data, cfg.session_mode)
+    except (SessionError, NotImplementedError) as exc:
+        raise OfflineError(f"--map {folder}: {exc}") from None
+    return dict(path=str(folder), mode=cfg.session_mode, loaded_frames=int(data.n_frames))
+
+
+def _relocalisation(engine: Any) -> dict:
+    """Where relocalisation in the loaded session ended (the engine's newest report)."""
+    state = getattr(engine, "relocalisation_state", lambda: None)()
+    if state is None:
+        return dict(state="relocalising")
+    return dict(
+        state=state.state,
+        windows_tried=state.windows_tried,
+        frames_tried=state.frames_tried,
+        matched_chunk=state.matched_chunk_id,
+        inlier_ratio=state.inlier_ratio,
+        rmse=state.rmse,
+        reason=state.reason,
+    )
 
 
 def evaluate_run(
     summary: dict, source: Source, gt_file: str | None, gt_format: str, eval_cfg: Any, out: Path
 ) -> dict | None:
     """Score the run: against ``gt_file`` (TUM: by stamps; KITTI: by input index) or the
-    source's own ground truth (by index)."""
+    source's own ground truth (by index). Started in a session (``--map``): this run's
+    frames only (``scal3r_evaluate --reference`` scores them in the session's frame)."""
     from scal3r_ros.tools import evaluate as ev
 
     ids, stamps, c2w = summary["_poses"]
+    first = summary.get("session", {}).get("loaded_frames", 0)  # engine ids of this run
+    new = ids >= first
+    ids, stamps, c2w = ids[new] - first, stamps[new], c2w[new]
     if gt_file is not None:
         gt = ev.read_trajectory(gt_file, gt_format)
         if gt.stamps is None:  # index-matched: frame k is input image selected[k]
@@ -459,6 +505,25 @@ def _parser() -> argparse.ArgumentParser:
         "--oracle-frames",
         type=int,
         help="frames of the drive the oracle knows (default: the input's count)",
+    )
+    p.add_argument(
+        "--map",
+        metavar="SESSION",
+        help="start in a saved session (scal3r_offline --save-session, or the node's save "
+        "folder / its session/): the frames relocalise in it and go on in its frame; "
+        "window sizes, --gcs and the backend must be the session's",
+    )
+    p.add_argument(
+        "--session-mode",
+        choices=("mapping", "localisation"),
+        default="mapping",
+        help="with --map: extend the loaded map, or only localise in it",
+    )
+    p.add_argument(
+        "--save-session",
+        metavar="DIR",
+        help="also write the run as a session folder (load it with --map, or in the node "
+        "with map_file: then use --gcs causal and the node's window sizes)",
     )
     p.add_argument("--gt", help="ground truth (TUM: matched by stamps; KITTI: by index)")
     p.add_argument("--gt-format", choices=("auto", "tum", "kitti"), default="auto")
@@ -552,7 +617,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             oracle=oracle,
             progress=not args.no_progress,
+            map=Path(args.map) if args.map else None,
+            session_mode=args.session_mode,
+            save_session=Path(args.save_session) if args.save_session else None,
         )
+        if distributed and (cfg.map or cfg.save_session):
+            raise OfflineError("--map and --save-session are not available with --distributed")
         if rank == 0:
             print(
                 f"scal3r_offline: {source.name}: {source.n} frames, backend {backend}, "
@@ -584,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["files"].update(evaluation["files"])
     with atomic_write(cfg.out / "run.json") as f:  # last: the run is complete
         f.write((json.dumps(summary, indent=2, default=str) + "\n").encode())
+    if "session" in summary:
+        s = summary["session"]
+        print(f"started in session {s['path']} ({s['loaded_frames']} frames): {s['state']}")
     print(
         f"placed {summary['frames_placed']}/{summary['frames']} frames in "
         f"{summary['chunks']} chunks, {summary['loops']} loop closures, "
