@@ -242,3 +242,125 @@ class OracleSection:
             " empty: none), a slow network for tests of stopping and saving",
         ),
     )
+
+
+@dataclass
+class SensorSection:
+    """The robot's other sensors as factors in the chunk pose graph (``sensor_fusion``) and
+    the map's levelling: each off while its topic is empty."""
+
+    odometry_topic: str = field(
+        default="",
+        metadata=param(
+            "nav_msgs/Odometry (pose of base_frame in an odometry frame), interpolated at the"
+            " image stamps: a metric motion factor between consecutive windows; empty: off",
+        ),
+    )
+    odometry_sigma_rot: float = field(
+        default=0.005,
+        metadata=param(
+            "odometry factor: rotation sigma [rad] per motion between windows",
+            float_range=(1e-6, 10.0),
+        ),
+    )
+    odometry_sigma_trans: float = field(
+        default=0.02,
+        metadata=param(
+            "odometry factor: translation sigma [m] per motion (plus odometry_sigma_per_m "
+            "x its length)",
+            float_range=(1e-6, 100.0),
+        ),
+    )
+    odometry_sigma_per_m: float = field(
+        default=0.01,
+        metadata=param(
+            "odometry factor: translation sigma growth per metre travelled",
+            float_range=(0.0, 10.0),
+        ),
+    )
+    odometry_use_covariance: bool = field(
+        default=False,
+        metadata=param(
+            "odometry factor sigmas from the growth of the messages' pose covariance between"
+            " the two stamps (never below the sigma parameters)",
+        ),
+    )
+    odometry_robust_k: float = field(
+        default=3.0,
+        metadata=param(
+            "odometry factor: Huber kernel width in sigmas (slipping wheels); 0: no kernel",
+            float_range=(0.0, 100.0),
+        ),
+    )
+    gnss_topic: str = field(
+        default="",
+        metadata=param(
+            "sensor_msgs/NavSatFix: position priors in a local ENU frame anchored at the "
+            "first fix (pymap3d, WGS84); NO_FIX ignored; empty: off",
+        ),
+    )
+    gnss_default_sigma_m: float = field(
+        default=3.0,
+        metadata=param(
+            "GNSS sigma [m] per axis when a fix has no covariance (COVARIANCE_TYPE_UNKNOWN)",
+            float_range=(0.01, 1000.0),
+        ),
+    )
+    gnss_max_sigma_m: float = field(
+        default=50.0,
+        metadata=param(
+            "fixes whose covariance says worse than this [m] are not used (counted)",
+            float_range=(0.01, 100000.0),
+        ),
+    )
+    gnss_max_dt_s: float = field(
+        default=0.1,
+        metadata=param(
+            "a fix is the prior of the frame nearest in time within this [s]",
+            float_range=(0.0, 10.0),
+        ),
+    )
+    gnss_init_spread_m: float = field(
+        default=10.0,
+        metadata=param(
+            "the map -> ENU relation is first fitted once the fixes spread this far [m]",
+            float_range=(0.1, 10000.0),
+        ),
+    )
+    gnss_robust_k: float = field(
+        default=2.0,
+        metadata=param(
+            "GNSS prior: Huber kernel width in sigmas (jumps, multipath); residuals beyond it"
+            " are counted as outliers; 0: no kernel",
+            float_range=(0.0, 100.0),
+        ),
+    )
+    enu_frame: str = field(
+        default="enu",
+        metadata=param(
+            "with GNSS: the local ENU frame (origin at the first fix, x east, y north, z up),"
+            " published as the parent of the map frame on /tf once fitted",
+        ),
+    )
+    imu_topic: str = field(
+        default="",
+        metadata=param(
+            "sensor_msgs/Imu: levels the map (roll/pitch, REP-103 z up) from the orientation "
+            "when given, else from the acceleration while still; axes of base_frame unless "
+            "/tf_static links base_frame to the message's frame; empty: off",
+        ),
+    )
+    gravity_samples: int = field(
+        default=50,
+        metadata=param(
+            "still accelerometer samples averaged for the gravity direction",
+            int_range=(1, 100000),
+        ),
+    )
+    gravity_max_spread: float = field(
+        default=0.1,
+        metadata=param(
+            "samples count as still while their spread (std per axis) stays below this [m/s^2]",
+            float_range=(0.0, 100.0),
+        ),
+    )

@@ -186,6 +186,10 @@ class SensorFusionHook(Protocol):
         added (the engine then re-optimises)."""
         ...
 
+    def report(self, engine: MappingEngine, chunk_id: int) -> MapUpdate:
+        """The sensors' state after the window's optimisation (a ``SensorFusionUpdate``)."""
+        ...
+
     def reset(self) -> None: ...
 
 
@@ -679,10 +683,13 @@ class MappingEngine:
         if self.sensor_fusion is not None:
             with clock.stage("fusion"):
                 fused = self.sensor_fusion.on_chunk(self, window.spec.chunk_id)
-        if not loops and not fused:
-            return []
-        reason = "loop_closure" if loops else "sensor_fusion"
-        return [*loops, *self._optimize_pose_graph(clock, reason)]
+        out: list[MapUpdate] = []
+        if loops or fused:
+            reason = "loop_closure" if loops else "sensor_fusion"
+            out = [*loops, *self._optimize_pose_graph(clock, reason)]
+        if self.sensor_fusion is not None:
+            out.append(self.sensor_fusion.report(self, window.spec.chunk_id))
+        return out
 
     def _optimize_pose_graph(
         self, clock: Stopwatch, reason: str = "loop_closure"

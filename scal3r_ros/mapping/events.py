@@ -141,3 +141,21 @@ class StatsUpdate(MapUpdate):
 
     timings: dict[str, float]
     memory: dict[str, float]
+
+
+@dataclass
+class SensorFusionUpdate(MapUpdate):
+    """The robot's other sensors after a placed window (``sensor_fusion``).
+
+    ``scale``: metres per engine unit from the graph (odometry and/or GNSS), None until
+    known. ``enu``: the 4x4 similarity engine map -> local ENU metres, None until GNSS
+    fitted it; ``enu_anchor``: latitude, longitude, altitude of ENU's origin (first fix).
+    ``counts``: messages used / rejected per reason and GNSS outliers; ``residuals``: the
+    newest factors' residuals after the optimisation [m] (NaN: none yet).
+    """
+
+    scale: float | None = None
+    enu: np.ndarray | None = None
+    enu_anchor: tuple[float, float, float] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    residuals: dict[str, float] = field(default_factory=dict)

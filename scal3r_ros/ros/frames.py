@@ -87,13 +87,16 @@ class FrameConverter:
     predicted); the node anchors ``map`` at the first frame's ``base_link`` instead
     (`set_anchor` with that frame's engine pose), so the map is level when the camera
     starts level, whatever the gauge. ``scale`` (metres per engine unit) multiplies
-    every translation and point, so a scale source can make /tf metric.
+    every translation and point, so a scale source can make /tf metric. ``level`` (a
+    roll/pitch rotation from gravity, `set_level`) turns ``map`` about its origin so that
+    its z is up (REP-103) when the first base_link was not level.
     """
 
     def __init__(self, T_base_cam: np.ndarray, scale: float = 1.0) -> None:
         self.set_mount(T_base_cam)
         self.scale = float(scale)
         self.anchor: np.ndarray | None = None  # inverse of the first frame's engine pose
+        self.level = np.eye(3)  # the first base_link's axes -> map axes
 
     def set_mount(self, T_base_cam: np.ndarray) -> None:
         self.T_base_cam = np.asarray(T_base_cam, dtype=np.float64)
@@ -102,21 +105,26 @@ class FrameConverter:
     def set_anchor(self, c2w_first: np.ndarray) -> None:
         self.anchor = rigid_inverse(np.asarray(c2w_first, dtype=np.float64))
 
-    def _engine_to_map(self) -> np.ndarray:
+    def set_level(self, R_level: np.ndarray) -> None:
+        self.level = np.asarray(R_level, dtype=np.float64).copy()
+
+    def engine_to_map(self) -> np.ndarray:
         """T_map_engine with the scale folded in: x_map = R (s x) + t."""
         A = np.eye(4) if self.anchor is None else self.anchor.copy()
         A[:3, 3] *= self.scale
-        return self.T_base_cam @ A
+        L = np.eye(4)
+        L[:3, :3] = self.level
+        return L @ self.T_base_cam @ A
 
     def base_poses(self, c2w: np.ndarray) -> np.ndarray:
         """(N, 4, 4) engine camera-to-world -> (N, 4, 4) T_map_base (rigid, scaled)."""
         c2w = np.array(c2w, dtype=np.float64).reshape(-1, 4, 4)
         c2w[:, :3, 3] *= self.scale
-        return self._engine_to_map() @ c2w @ self.T_cam_base
+        return self.engine_to_map() @ c2w @ self.T_cam_base
 
     def points(self, xyz: np.ndarray) -> np.ndarray:
         """(M, 3) engine-frame points -> map frame (float32)."""
-        T = self._engine_to_map()
+        T = self.engine_to_map()
         return (np.asarray(xyz, dtype=np.float64) * self.scale @ T[:3, :3].T + T[:3, 3]).astype(
             np.float32
         )

@@ -5,7 +5,10 @@ The mount is decided when the first poses go out (not at the first image, so a
 it has the chain base_frame -> camera frame, else the parameters camera_xyz/camera_rpy
 (then published on /tf_static). The map frame is fixed by the first pose: ``map`` is
 the first frame's base_link. Both are written into the node's `FrameConverter` here and
-nowhere else (the scale is the node's, from `ScaleUpdate`).
+nowhere else (the scale is the node's, from `ScaleUpdate`). With an IMU, gravity levels
+the map (`FrameConverter.set_level`): the up direction measured in base axes at some stamp
+is carried into ``map`` by the base's pose at that stamp (the first frame's when the robot
+stood still before the first image), and ``map`` is turned about its origin so its z is up.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import numpy as np
 from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
+from scal3r_ros.mapping.sensors.gravity import level_from_up
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.frames import FrameConverter, matrix_from_quaternion
+from scal3r_ros.ros.outputs import Track
 from scal3r_ros.ros.outputs.poses import transform_msg
 from scal3r_ros.ros.params import NodeConfig
 
 MAX_CHAIN = 16  # /tf_static links walked from the camera frame up to base_frame
+LEVEL_MAX_DT_S = 1.0  # the base pose used to carry gravity into map: this close in time
+
+Gravity = Callable[[], "tuple[np.ndarray, int] | None"]  # (up in base axes, stamp) or None
 
 
 class CameraMount:
@@ -34,12 +42,18 @@ class CameraMount:
         converter: FrameConverter,
         publish_tf_static: Callable[[TFMessage], None],
         log: Callable[[str], None],
+        gravity: Gravity | None = None,
+        on_mount: Callable[[np.ndarray], None] | None = None,
     ) -> None:
         self.cfg, self.converter = cfg, converter
         self._publish, self._log = publish_tf_static, log
+        self._gravity, self._on_mount = gravity, on_mount
         self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
         self.camera_frame: str | None = None  # optical frame of the first images
         self.decided = False
+        self._track = Track()  # poses of this map (the base attitude at gravity's stamp)
+        self.levelled = False
+        self.tilt_deg: float | None = None  # first base_link's z against up, once known
 
     def on_tf_static(self, msg: TFMessage) -> None:
         for t in msg.transforms:
@@ -67,20 +81,57 @@ class CameraMount:
             frame = parent
         return None
 
-    def on_events(self, events: list[MapUpdate], publish: bool = True) -> None:
-        """Decide the mount (once) and anchor the map at the first pose (after each reset).
-        ``publish`` False: ROS is down (a shutdown): the fallback mount is not published."""
+    def on_events(self, events: list[MapUpdate], publish: bool = True) -> bool:
+        """Decide the mount (once), anchor the map at the first pose (after each reset) and
+        level it once gravity is known. ``publish`` False: ROS is down (a shutdown): the
+        fallback mount is not published. True when the map frame turned under poses
+        already published (the outputs re-express them)."""
         poses = [ev for ev in events if isinstance(ev, PosesUpdate) and len(ev.frame_ids)]
         if not self.decided:
             stamps = [int(s) for ev in poses for s in ev.stamps_ns]
             self._decide(ns_to_stamp(min(stamps, default=0)), publish)
+        published_before = self.converter.anchor is not None
         if self.converter.anchor is None and poses:
             ev = poses[0]
             self.converter.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
+        if self._gravity is None or self.levelled:
+            return False
+        for ev in poses:  # kept until levelled
+            self._track.add(ev)
+        return self._level() and published_before
+
+    def _level(self) -> bool:
+        """Turn ``map`` so its z is up, once gravity and the base pose at its stamp are known."""
+        measured = None if self.levelled else self._gravity()  # type: ignore[misc]
+        ids, stamps, c2w = self._track.poses()
+        if measured is None or not len(ids):
+            return False
+        up_base, stamp = measured
+        if stamp <= stamps.min():  # still before the first image: the first frame's attitude
+            k = int(np.argmin(stamps))
+        else:
+            k = int(np.argmin(np.abs(stamps - stamp)))
+            if abs(int(stamps[k]) - stamp) * 1e-9 > LEVEL_MAX_DT_S:
+                return False  # the base pose at that time is not known (yet)
+        self.converter.set_level(np.eye(3))
+        R_map_base = self.converter.base_poses(c2w[k])[0, :3, :3]
+        up_map = R_map_base @ np.asarray(up_base, dtype=np.float64)
+        self.converter.set_level(level_from_up(up_map))
+        self.tilt_deg = float(np.degrees(np.arccos(np.clip(up_map[2], -1.0, 1.0))))
+        self.levelled = True
+        self._track.reset()
+        self._log(
+            f"map levelled by gravity: the first base_link was {self.tilt_deg:.2f} deg off up"
+        )
+        return True
 
     def reset(self) -> None:
-        """A map reset: the next pose anchors the new map (the mount stays)."""
+        """A map reset: the next pose anchors the new map (the mount stays); levelling
+        starts again with the next gravity measurement."""
         self.converter.anchor = None
+        self.converter.set_level(np.eye(3))
+        self._track.reset()
+        self.levelled, self.tilt_deg = False, None
 
     def _decide(self, stamp, publish: bool) -> None:
         self.decided = True
@@ -88,6 +139,8 @@ class CameraMount:
         T = self.static_chain(cam_frame) if self.cfg.use_tf_static else None
         if T is not None:
             self.converter.set_mount(T)
+            if self._on_mount is not None:
+                self._on_mount(T)
             self._log(f"camera mount {self.cfg.base_frame} -> {cam_frame} taken from /tf_static")
         elif self.cfg.publish_camera_tf and publish:
             self._publish(

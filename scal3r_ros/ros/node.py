@@ -11,6 +11,7 @@ script: `cli.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -30,7 +31,13 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from scal3r_ros.mapping.backends.factory import BackendSpec, build_engine, make_backend
-from scal3r_ros.mapping.config import BackendSection, MapSection, OracleSection, WindowSection
+from scal3r_ros.mapping.config import (
+    BackendSection,
+    MapSection,
+    OracleSection,
+    SensorSection,
+    WindowSection,
+)
 from scal3r_ros.mapping.engine import EngineConfig, is_aligned_part
 from scal3r_ros.mapping.events import Frame, MapUpdate
 from scal3r_ros.mapping.worker import MappingWorker
@@ -41,12 +48,14 @@ from scal3r_ros.ros.input_checks import ImageInput
 from scal3r_ros.ros.mount import CameraMount
 from scal3r_ros.ros.outputs import Output
 from scal3r_ros.ros.outputs.cloud import CloudOutputs
+from scal3r_ros.ros.outputs.enu import EnuOutputs
 from scal3r_ros.ros.outputs.planner import PlannerOutputs
 from scal3r_ros.ros.outputs.poses import PoseFrames, PoseOutputs
 from scal3r_ros.ros.outputs.status import StatusOutputs
 from scal3r_ros.ros.params import DYNAMIC, NodeConfig, declare_and_read
 from scal3r_ros.ros.saving import MapSaver
 from scal3r_ros.ros.scale import ScaleTracker
+from scal3r_ros.ros.sensors import SensorInputs
 
 
 def backend_spec(cfg: NodeConfig) -> BackendSpec:
@@ -71,10 +80,20 @@ class MappingNode(Node):
         self.output_dir = Path(os.path.expanduser(cfg.output_dir))
         log = self.get_logger()
 
+        # --- the robot's other sensors (odometry, GNSS, IMU), each on when its topic is set
+        self.sensors = SensorInputs(
+            self,
+            cfg.section(SensorSection),
+            cfg.base_frame,
+            lambda frame: self.mount.static_chain(frame),
+            log.warning,
+        )
+        fusion = self.sensors.fusion
+
         # --- the engine on its worker thread
         backend = make_backend(backend_spec(cfg))
         self.worker = MappingWorker(
-            lambda: build_engine(engine_config(cfg), backend.backend, backend.loop_closure),
+            lambda: build_engine(engine_config(cfg), backend.backend, backend.loop_closure, fusion),
             self._on_worker_events,
             queue_size=cfg.queue_size,
             drop_policy=cfg.drop_policy,
@@ -85,8 +104,17 @@ class MappingNode(Node):
         # --- where the map sits: mount, anchor (CameraMount) and scale (ScaleTracker)
         self.converter = FrameConverter(camera_mount(cfg.camera_xyz, cfg.camera_rpy))
         pub_tf_static = self.create_publisher(TFMessage, "/tf_static", qos.TF_STATIC)
-        self.mount = CameraMount(cfg, self.converter, pub_tf_static.publish, log.info)
-        self.scale = ScaleTracker(self, cfg)
+        self.mount = CameraMount(
+            cfg,
+            self.converter,
+            pub_tf_static.publish,
+            log.info,
+            gravity=self.sensors.gravity_up if cfg.imu_topic else None,
+            on_mount=None if fusion is None else fusion.set_mount,
+        )
+        if fusion is not None:
+            fusion.set_mount(self.converter.T_base_cam)
+        self.scale = ScaleTracker(self, cfg, graph=self.sensors.graph_sources)
         self._held_events: list[MapUpdate] = []  # a window's poses waiting for its points
 
         # --- inputs
@@ -158,8 +186,15 @@ class MappingNode(Node):
             self.worker.stats_snapshot,
             self.inputs.counts,
             self.scale.current(),
+            sensor_counts=self.sensors.counts,
+            map_tilt_deg=lambda: self.mount.tilt_deg,
         )
         self.outputs: list[Output] = [self.poses, self.clouds, self.planner, self.status]
+        if cfg.gnss_topic:
+            self.enu = EnuOutputs(
+                self.converter, cfg.enu_frame, cfg.map_frame, publisher(TFMessage, "/tf", qos.TF)
+            )
+            self.outputs.append(self.enu)
         self.saver = MapSaver(self.converter, self.output_dir, self.planner.save)
 
         # --- services and timers (own group, so a save never blocks image callbacks)
@@ -208,6 +243,7 @@ class MappingNode(Node):
         def done(_events) -> None:
             self._held_events = []
             self.mount.reset()
+            self.sensors.reset()
             scale = self.scale.reset()
             self.converter.scale = scale.scale
             for out in self.outputs:
@@ -246,8 +282,10 @@ class MappingNode(Node):
             self._held_events += events
             return
         events, self._held_events = [*self._held_events, *events], []
-        self.mount.on_events(events)
+        relevelled = self.mount.on_events(events)
         scale = self.scale.on_events(events)
+        if relevelled:  # the map frame turned under published poses: re-express them
+            scale = dataclasses.replace(scale, rescaled=True)
         self.converter.scale = scale.scale
         events = [scale, *events]
         for out in self.outputs:

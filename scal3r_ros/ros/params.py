@@ -36,6 +36,7 @@ from scal3r_ros.mapping.config import (
     BackendSection,
     MapSection,
     OracleSection,
+    SensorSection,
     WindowSection,
     param,
     param_info,
@@ -404,6 +405,7 @@ class PlannerSection:
 @dataclass
 class NodeConfig(
     OracleSection,
+    SensorSection,
     PlannerSection,
     OutputSection,
     FramesSection,
@@ -450,11 +452,13 @@ class NodeConfig(
             problems.append(
                 f"scale_source must be one of {SCALE_SOURCES}, got {self.scale_source!r}"
             )
-        if self.occupancy_enabled and self.scale_source == "none":
+        if self.occupancy_enabled and self.scale_source == "none" and not self.graph_scale:
             problems.append(
                 "occupancy_enabled needs a metric scale: set scale_source "
-                "(camera_height, odometry or stereo)"
+                "(camera_height, odometry or stereo), odometry_topic or gnss_topic"
             )
+        if self.gnss_topic and self.enu_frame in (self.map_frame, self.odom_frame, self.base_frame):
+            problems.append("enu_frame must differ from map_frame, odom_frame and base_frame")
         if self.sensor_cloud_frames not in ("all", "every_n", "newest"):
             problems.append("sensor_cloud_frames must be all, every_n or newest")
         if not self.occupancy_obstacle_min < self.occupancy_obstacle_max:
@@ -472,6 +476,11 @@ class NodeConfig(
                 problems.append(f"the oracle's images are refused by the input limits: {exc}")
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
+
+    @property
+    def graph_scale(self) -> bool:
+        """Odometry or GNSS factors in the pose graph give the map its metric scale."""
+        return bool(self.odometry_topic or self.gnss_topic)
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side, self.max_image_aspect)
@@ -501,6 +510,7 @@ SECTIONS: dict[str, type] = {
     "frames": FramesSection,
     "output": OutputSection,
     "planner": PlannerSection,
+    "sensors": SensorSection,
     "oracle": OracleSection,
 }
 """The configuration tree: section name -> dataclass; each leaf is a flat parameter name."""

@@ -48,3 +48,8 @@ def input_profile(kind: str, depth: int) -> QoSProfile:
             durability=DurabilityPolicy.VOLATILE,
         )
     raise ValueError(f"unknown input QoS {kind!r}")
+
+
+# Odometry, GNSS and IMU input: best effort (matches best-effort and reliable publishers),
+# deep enough for a 100-200 Hz IMU between two executor turns.
+SENSORS = input_profile("sensor_data", 200)

@@ -1,6 +1,7 @@
 """The metric scale on the ROS side: a scale source (`mapping/planning/scale.py`) fed by the
 engine's events and, for some sources, by ROS inputs (an odometry topic, the right
-camera's CameraInfo).
+camera's CameraInfo). With odometry or GNSS factors in the pose graph (`ros/sensors.py`)
+the scale is the graph's (``graph``: one scale, in the graph) and replaces scale_source.
 
 Its estimate goes to the outputs as a `ScaleUpdate` event in the same batch; the node
 applies the scale to its `FrameConverter` (so /tf, clouds, odometry, path and saved
@@ -15,8 +16,8 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo
 
-from scal3r_ros.mapping.events import MapUpdate, PosesUpdate
-from scal3r_ros.mapping.planning.scale import ChunkObservation
+from scal3r_ros.mapping.events import MapUpdate, PosesUpdate, SensorFusionUpdate
+from scal3r_ros.mapping.planning.scale import ChunkObservation, ScaleEstimate
 from scal3r_ros.mapping.planning.scale_sources import make_scale_source
 from scal3r_ros.mapping.planning.stereo import baseline_from_projection
 from scal3r_ros.ros import qos
@@ -30,8 +31,14 @@ class ScaleTracker:
     """The configured scale source; `on_events` runs on the worker thread, the ROS
     inputs' callbacks on the executor (a lock guards the source)."""
 
-    def __init__(self, node: Node, cfg: NodeConfig) -> None:
-        self.kind = cfg.scale_source
+    def __init__(self, node: Node, cfg: NodeConfig, graph: bool = False) -> None:
+        if graph and cfg.scale_source != "none":
+            node.get_logger().info(
+                f"scale from the pose graph's odometry/GNSS factors: scale_source "
+                f"{cfg.scale_source!r} is not used"
+            )
+        self.kind = "graph" if graph else cfg.scale_source
+        self._graph_updates = 0
         self.source = make_scale_source(
             cfg.scale_source,
             camera_height_m=cfg.camera_height_m,
@@ -41,15 +48,17 @@ class ScaleTracker:
         self._lock = threading.Lock()
         self._track = Track()  # frame poses (odometry) and cameras (stereo)
         self.scale = 1.0
-        self.estimate = self.source.update(ChunkObservation())
-        if cfg.scale_source == "odometry":
+        self.estimate = (
+            self._graph_estimate(None) if graph else self.source.update(ChunkObservation())
+        )
+        if self.kind == "odometry":
             node.create_subscription(
                 Odometry,
                 cfg.scale_odometry_topic,
                 self.on_odometry,
                 qos.input_profile("reliable", 100),
             )
-        if cfg.scale_source == "stereo" and not cfg.stereo_baseline_m:
+        if self.kind == "stereo" and not cfg.stereo_baseline_m:
             if len(cfg.camera_info_topics) < 2:
                 node.get_logger().warning(
                     "stereo scale: no stereo_baseline_m and no second "
@@ -77,6 +86,8 @@ class ScaleTracker:
 
     def on_events(self, events: list[MapUpdate]) -> ScaleUpdate:
         """The estimate after this batch; ``rescaled`` when the applied scale changes."""
+        if self.kind == "graph":
+            return self._apply(self._graph_estimate(events))
         if self.kind in ("odometry", "stereo"):  # they need every pose, or camera
             for ev in events:
                 if isinstance(ev, PosesUpdate):
@@ -87,11 +98,34 @@ class ScaleTracker:
                 _, stamps, c2w = self._track.poses()
                 self.source.set_map_poses(stamps, c2w[:, :3, 3])
             est = self.source.update(ChunkObservation.from_events(events, camera_of))
+        return self._apply(est)
+
+    def _apply(self, est: ScaleEstimate) -> ScaleUpdate:
         self.estimate = est
         rescaled = est.metric and abs(est.scale / self.scale - 1) > RESCALE_TOLERANCE
         if rescaled:
             self.scale = est.scale
         return ScaleUpdate(-1, est, self.scale, rescaled)
+
+    def _graph_estimate(self, events: list[MapUpdate] | None) -> ScaleEstimate:
+        """The graph's scale from the batch's newest `SensorFusionUpdate` that has one."""
+        scales = [
+            ev.scale for ev in events or [] if isinstance(ev, SensorFusionUpdate) and ev.scale
+        ]
+        if not scales:
+            if events is not None and self.estimate.metric:
+                return self.estimate  # no window in this batch: the last estimate holds
+            return ScaleEstimate(1.0, 0.0, "graph", "waiting for odometry/GNSS factors", False)
+        self._graph_updates += 1
+        return ScaleEstimate(
+            float(scales[-1]),
+            1.0,
+            "graph",
+            "odometry/GNSS factors in the pose graph",
+            True,
+            measured=float(scales[-1]),
+            n_accepted=self._graph_updates,
+        )
 
     def current(self) -> ScaleUpdate:
         """The estimate and the applied scale now (before the first window: unknown, 1)."""
@@ -101,7 +135,12 @@ class ScaleTracker:
         """Forget every measurement (a map reset): scale 1 until the next one."""
         with self._lock:
             self.source.reset()
-            self.estimate = self.source.update(ChunkObservation())
+            self._graph_updates = 0
+            self.estimate = (
+                self._graph_estimate(None)
+                if self.kind == "graph"
+                else self.source.update(ChunkObservation())
+            )
         self._track.reset()
         self.scale = 1.0
         return self.current()

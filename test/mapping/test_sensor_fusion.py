@@ -10,6 +10,7 @@ maths (``mapping.sim.sensors``) as ``scal3r_synthetic_camera``'s sensor topics.
 from __future__ import annotations
 
 import numpy as np
+import pymap3d
 import pytest
 from helpers import make_drive
 
@@ -23,6 +24,7 @@ from scal3r_ros.mapping.sensors.gnss import GnssFix
 from scal3r_ros.mapping.sim.sensors import (
     DEFAULT_ANCHOR,
     SensorWorld,
+    antenna_enu,
     gnss_fix,
     odometry_pose,
     reanchor_enu,
@@ -71,10 +73,18 @@ def odometry_feed(fusion: SensorFusion):
 
 def gnss_feed(fusion: SensorFusion, sigma: float, jumps: float = 0.0, seed: int = 0):
     rng = np.random.default_rng(seed)
+    jumped: list[int] = []  # frames whose fix jumped (multipath: 20-40 m off)
+    fixes: list[GnssFix] = []
 
-    def feed(drive, i):  # jumps: multipath, tens of metres off
-        fusion.add_gnss(gnss_fix(drive, i, WORLD, MOUNT, sigma, rng, jump_fraction=jumps))
+    def feed(drive, i):
+        fix = gnss_fix(drive, i, WORLD, MOUNT, sigma, rng, jump_fraction=jumps)
+        enu = pymap3d.geodetic2enu(fix.latitude, fix.longitude, fix.altitude, *ANCHOR)
+        if np.hypot(*(np.asarray(enu) - antenna_enu(drive, i, WORLD, MOUNT))[:2]) > 15.0:
+            jumped.append(i)
+        fixes.append(fix)
+        fusion.add_gnss(fix)
 
+    feed.jumped, feed.fixes = jumped, fixes  # type: ignore[attr-defined]
     return feed
 
 
@@ -119,3 +129,53 @@ def test_no_fix_and_stale_sensors_add_nothing():
     assert fusion.stats.odometry_missing > 0 and not engine.has_external_frame(ENU)
     assert fusion.gnss.rejected["no_fix"] == 5
     assert ate(est, gt).rmse < 0.05  # mapping itself unaffected
+
+
+def fused_run(jumps: float):
+    from scal3r_ros.mapping.events import SensorFusionUpdate
+
+    fusion = SensorFusion(SensorFusionConfig(odometry=True, gnss=True, T_base_cam=MOUNT))
+    gnss = gnss_feed(fusion, sigma=1.0, jumps=jumps, seed=3)
+    odom = odometry_feed(fusion)
+
+    def both(drive, i):
+        gnss(drive, i)
+        odom(drive, i)
+
+    _, _, engine, events = run(fusion, both)
+    reports = [e for e in events if isinstance(e, SensorFusionUpdate)]
+    return engine, reports, len(gnss.jumped), gnss.fixes[0]
+
+
+def test_each_window_reports_counts_residuals_the_enu_relation_and_outliers():
+    _, clean, _, _ = fused_run(0.0)
+    engine, reports, n_jumps, first = fused_run(0.1)
+    assert len(reports) == engine.n_chunks  # one per placed window
+    last = reports[-1]
+    assert last.counts["gnss_used"] == N and last.counts["odometry_used"] == engine.n_chunks - 1
+    # the jumps (20-40 m off) end as outliers (> 4 sigma after the optimisation); the clean
+    # fixes (1 m) almost never
+    assert clean[-1].counts["gnss_outliers"] <= 0.03 * N, clean[-1].counts
+    extra = last.counts["gnss_outliers"] - clean[-1].counts["gnss_outliers"]
+    assert n_jumps >= 8 and 0.8 * n_jumps <= extra <= 1.2 * n_jumps, (n_jumps, extra)
+    assert np.isfinite(last.residuals["gnss_m"]) and last.residuals["odometry_m"] < 1.0
+    F = engine.external_frame(ENU)
+    assert np.allclose(last.enu, F.matrix()) and last.scale == pytest.approx(F.s)
+    # the ENU origin: the first fix (the antenna 1.65 m above the drive's origin, 1 m noise)
+    assert last.enu_anchor == pytest.approx((first.latitude, first.longitude, first.altitude))
+    assert last.enu_anchor[:2] == pytest.approx(ANCHOR[:2], abs=1e-4)  # ~10 m
+    assert last.enu_anchor[2] == pytest.approx(ANCHOR[2] + 1.65, abs=5.0)
+    assert reports[0].enu is None  # the first window: fixes have not spread yet
+
+
+def test_odometry_covariance_growth_widens_the_motion_sigmas():
+    from scal3r_ros.mapping.sensors.stamped_poses import StampedPoses
+
+    poses = StampedPoses()
+    for k in range(5):
+        T = np.eye(4)
+        T[0, 3] = k
+        poses.add(k * 10**8, T, np.r_[[0.01 * k] * 3, [0.001 * k] * 3])
+    assert np.allclose(poses.variance_growth(10**8, 4 * 10**8), np.r_[[0.03] * 3, [0.003] * 3])
+    poses.add(5 * 10**8, np.eye(4))  # no covariance in this message
+    assert poses.variance_growth(10**8, 5 * 10**8) is None

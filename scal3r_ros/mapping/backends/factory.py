@@ -93,15 +93,16 @@ def make_loop_closure(enabled: bool = True):
     return LoopClosure(LoopClosureConfig(detector=LoopDetectorConfig.thumbnail()))
 
 
-def build_engine(config, backend, loop_closure=None):
+def build_engine(config, backend, loop_closure=None, sensor_fusion=None):
     """The mapping engine for ``config`` (an EngineConfig) on ``backend``, the one way the
     node, the offline tool and the bench wire it: ``loop_closure`` None builds the standard
-    component when ``config.loop_closure`` is on."""
+    component when ``config.loop_closure`` is on; ``sensor_fusion`` (a ``SensorFusion``)
+    adds the robot's odometry/GNSS factors."""
     from scal3r_ros.mapping.engine import MappingEngine
 
     if loop_closure is None:
         loop_closure = make_loop_closure(config.loop_closure)
-    return MappingEngine(config, backend, loop_closure)
+    return MappingEngine(config, backend, loop_closure, sensor_fusion)
 
 
 def make_backend(spec: BackendSpec) -> BuiltBackend:

@@ -38,6 +38,8 @@ class GnssConfig:
     min_sigma_m: float = 0.05  # a claimed sigma below this is raised to it (RTK optimism)
     max_sigma_m: float = 50.0  # fixes worse than this are not used
     robust_k: float = 2.0  # Huber width in sigmas (jumps, multipath)
+    keep_s: float = 600.0  # fixes older than this behind the newest are dropped (frames
+    # get their priors when their window is placed, seconds after the fix at most)
 
 
 @dataclass
@@ -86,6 +88,9 @@ class GnssInput:
         k = bisect.bisect_left(self._stamps, pos.stamp_ns)
         self._stamps.insert(k, pos.stamp_ns)
         self.positions.insert(k, pos)
+        old = bisect.bisect_left(self._stamps, self._stamps[-1] - int(self.config.keep_s * 1e9))
+        if old:
+            del self._stamps[:old], self.positions[:old]
         return pos
 
     def nearest(self, stamp_ns: int, max_dt_s: float) -> EnuPosition | None:

@@ -33,11 +33,14 @@ class GravityLevel:
 
     def reset(self) -> None:
         self._window: list[np.ndarray] = []
+        self._stamps: list[int] = []
         self.level: np.ndarray | None = None
+        self.up: np.ndarray | None = None  # unit up vector in base axes, once known
+        self.stamp_ns = 0  # when the base had that attitude (middle of the still samples)
         self.used = 0
         self.rejected = 0
 
-    def add(self, accel_base: np.ndarray) -> bool:
+    def add(self, accel_base: np.ndarray, stamp_ns: int = 0) -> bool:
         """One accelerometer sample in base-frame axes (m/s^2); True once levelled."""
         if self.level is not None:
             return True
@@ -46,17 +49,32 @@ class GravityLevel:
             self.config.max_norm_error
         ):
             self.rejected += 1
-            self._window = []  # moving (or a bad sample): start the still window again
+            self._window, self._stamps = [], []  # moving (or bad): start the still window again
             return False
         self._window.append(a)
+        self._stamps.append(int(stamp_ns))
         self.used += 1
-        if len(self._window) < self.config.samples:
+        n = self.config.samples
+        if len(self._window) < n:
             return False
-        w = np.array(self._window[-self.config.samples :])
+        w = np.array(self._window[-n:])
         if (w.std(axis=0) > self.config.max_spread).any():
-            self._window = self._window[-self.config.samples // 2 :]
+            self._window, self._stamps = self._window[-n // 2 :], self._stamps[-n // 2 :]
             return False
-        self.level = level_from_up(w.mean(axis=0))
+        stamps = self._stamps[-n:]
+        self.set_up(w.mean(axis=0), stamps[len(stamps) // 2])
+        return True
+
+    def set_up(self, up_base: np.ndarray, stamp_ns: int = 0) -> bool:
+        """The up direction in base axes measured directly (an IMU's orientation); False
+        (counted) when it is not a finite, non-zero vector."""
+        u = np.asarray(up_base, dtype=np.float64).reshape(3)
+        n = float(np.linalg.norm(u))
+        if not np.isfinite(u).all() or n < 1e-9:
+            self.rejected += 1
+            return False
+        self.up, self.stamp_ns = u / n, int(stamp_ns)
+        self.level = level_from_up(self.up)
         return True
 
     def tilt_deg(self) -> float | None:

@@ -31,13 +31,15 @@ class StampedPoses:
     def reset(self) -> None:
         self._t: list[int] = []
         self._T: list[np.ndarray] = []
+        self._var: list[np.ndarray | None] = []  # pose covariance diagonal per sample
         self.rejected = 0  # non-finite or non-rigid samples
 
     def __len__(self) -> int:
         return len(self._t)
 
-    def add(self, stamp_ns: int, T: np.ndarray) -> bool:
-        """One 4x4 pose; False (counted) when it is not finite or not a rotation."""
+    def add(self, stamp_ns: int, T: np.ndarray, variances: np.ndarray | None = None) -> bool:
+        """One 4x4 pose (with its covariance diagonal: x y z roll pitch yaw, when known);
+        False (counted) when it is not finite or not a rotation."""
         T = np.asarray(T, dtype=np.float64)
         R = T[:3, :3]
         if not (np.isfinite(T).all() and np.allclose(R @ R.T, np.eye(3), atol=1e-3)):
@@ -45,11 +47,16 @@ class StampedPoses:
             return False
         t = int(stamp_ns)
         k = bisect.bisect_left(self._t, t)
+        var = None
+        if variances is not None:
+            v = np.asarray(variances, dtype=np.float64).reshape(-1)
+            var = v if v.size == 6 and np.isfinite(v).all() and (v >= 0).all() else None
         if k < len(self._t) and self._t[k] == t:
-            self._T[k] = T
+            self._T[k], self._var[k] = T, var
         else:
             self._t.insert(k, t)
             self._T.insert(k, T)
+            self._var.insert(k, var)
         self._prune()
         return True
 
@@ -80,8 +87,25 @@ class StampedPoses:
             return None
         return np.linalg.inv(Ta) @ Tb
 
+    def variance_growth(self, stamp_a: int, stamp_b: int) -> np.ndarray | None:
+        """How much the pose covariance diagonal grew from ``stamp_a`` to ``stamp_b`` (the
+        variance of the motion between them, for odometry that integrates), from the
+        samples nearest each stamp; None when either has no covariance."""
+        va, vb = self._nearest_var(stamp_a), self._nearest_var(stamp_b)
+        if va is None or vb is None:
+            return None
+        return np.maximum(vb - va, 0.0)
+
+    def _nearest_var(self, stamp_ns: int) -> np.ndarray | None:
+        if not self._t:
+            return None
+        k = bisect.bisect_left(self._t, int(stamp_ns))
+        near = [j for j in (k - 1, k) if 0 <= j < len(self._t)]
+        j = min(near, key=lambda i: abs(self._t[i] - int(stamp_ns)))
+        return self._var[j]
+
     def _prune(self) -> None:
         horizon = self._t[-1] - int(self.config.keep_s * 1e9)
         k = bisect.bisect_left(self._t, horizon)
         if k > 1:  # keep one sample before the horizon to interpolate from
-            del self._t[: k - 1], self._T[: k - 1]
+            del self._t[: k - 1], self._T[: k - 1], self._var[: k - 1]

@@ -21,6 +21,7 @@ from scal3r_ros.mapping.events import (
     LoopClosureUpdate,
     MapUpdate,
     PosesUpdate,
+    SensorFusionUpdate,
     StatsUpdate,
 )
 from scal3r_ros.mapping.worker import WorkerStats
@@ -57,8 +58,12 @@ class StatusOutputs:
         worker_stats: Callable[[], tuple[WorkerStats, int]],
         input_counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
         scale: ScaleUpdate,
+        sensor_counts: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None,
+        map_tilt_deg: Callable[[], float | None] | None = None,
     ) -> None:
         self.cfg, self.backend, self.device = cfg, backend, device
+        self._sensor_counts = sensor_counts or (lambda: ({}, {}))
+        self._map_tilt_deg = map_tilt_deg or (lambda: None)
         self._node, self._worker_stats, self._input_counts = node, worker_stats, input_counts
         self._pub = node.create_publisher(MappingStatus, "~/status", qos.RELIABLE_OUTPUT)
         self._pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics", qos.RELIABLE_OUTPUT)
@@ -76,6 +81,7 @@ class StatusOutputs:
             self._memory: dict[str, float] = {}
             self._loops = 0
             self._degenerate = 0
+            self._fusion: SensorFusionUpdate | None = None
 
     # ------------------------------------------------------------ worker thread
     def on_events(self, events: list[MapUpdate]) -> None:
@@ -99,6 +105,8 @@ class StatusOutputs:
                     self._timings, self._memory = dict(ev.timings), dict(ev.memory)
                 elif isinstance(ev, ScaleUpdate):
                     self._scale = ev
+                elif isinstance(ev, SensorFusionUpdate):
+                    self._fusion = ev
 
     # ------------------------------------------------------------ status timer
     def snapshot(self) -> tuple[MappingStatus, dict[str, int], dict[str, int]]:
@@ -111,6 +119,7 @@ class StatusOutputs:
         with self._lock:
             timings, memory, scale = self._timings, self._memory, self._scale
             newest_ns, latency_s, loops = self._newest_ns, self._latency_s, self._loops
+            fusion = self._fusion
         cfg = self.cfg
         msg = MappingStatus()
         msg.frames_received = received
@@ -131,8 +140,9 @@ class StatusOutputs:
         msg.gpu_memory_mb = float(memory.get("gpu_peak_bytes", 0.0) / 2**20)
         msg.host_rss_mb = float(memory.get("rss_bytes", 0.0) / 2**20)
         msg.device, msg.backend, msg.gcs_mode = self.device, self.backend, cfg.gcs_mode
-        msg.scale_source = cfg.scale_source
+        msg.scale_source = "graph" if cfg.graph_scale else cfg.scale_source
         msg.scale = scale.scale
+        self._fill_sensors(msg, fusion)
         msg.scale_confidence = float(scale.estimate.confidence)
         if s.errors and msg.last_error and not s.busy and s.chunks == 0:
             msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
@@ -141,6 +151,27 @@ class StatusOutputs:
         else:
             msg.state, msg.state_text = MappingStatus.STATE_MAPPING, "mapping"
         return msg, drops, notices
+
+    def _fill_sensors(self, msg: MappingStatus, fusion: SensorFusionUpdate | None) -> None:
+        used, rejected = self._sensor_counts()
+        counts = fusion.counts if fusion is not None else {}
+        residuals = fusion.residuals if fusion is not None else {}
+        msg.odometry_used = used.get("odometry", 0)
+        msg.odometry_rejected = sum(v for k, v in rejected.items() if k.startswith("odometry_"))
+        msg.odometry_factors = counts.get("odometry_used", 0)
+        msg.odometry_residual_m = residuals.get("odometry_m", float("nan"))
+        msg.gnss_used = used.get("gnss", 0)
+        msg.gnss_rejected = sum(v for k, v in rejected.items() if k.startswith("gnss_"))
+        msg.gnss_priors = counts.get("gnss_used", 0)
+        msg.gnss_outliers = counts.get("gnss_outliers", 0)
+        msg.gnss_residual_m = residuals.get("gnss_m", float("nan"))
+        msg.imu_used = used.get("imu", 0)
+        msg.imu_rejected = sum(v for k, v in rejected.items() if k.startswith("imu_"))
+        tilt = self._map_tilt_deg()
+        msg.map_tilt_deg = float("nan") if tilt is None else float(tilt)
+        anchor = fusion.enu_anchor if fusion is not None and fusion.enu is not None else None
+        msg.georeferenced = anchor is not None
+        msg.enu_latitude, msg.enu_longitude, msg.enu_altitude = anchor or (float("nan"),) * 3
 
     def publish(self) -> None:
         msg, drops, notices = self.snapshot()
@@ -159,7 +190,7 @@ class StatusOutputs:
                     0, "dropped frames: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
                 )
             text = "; ".join(parts)
-        elif self.cfg.scale_source != "none" and not est.ok:
+        elif msg.scale_source != "none" and not est.ok:
             level, text = DiagnosticStatus.WARN, f"scale: {est.status}"
         diag.level, diag.message = level, text
         values = {
@@ -183,6 +214,24 @@ class StatusOutputs:
             "scale_confidence": f"{msg.scale_confidence:.2f}",
             "scale_status": est.status,
         }
+        for source, on in (
+            ("odometry", self.cfg.odometry_topic),
+            ("gnss", self.cfg.gnss_topic),
+            ("imu", self.cfg.imu_topic),
+        ):
+            if on:
+                for key in ("used", "rejected", "factors", "priors", "outliers", "residual_m"):
+                    if hasattr(msg, f"{source}_{key}"):
+                        v = getattr(msg, f"{source}_{key}")
+                        values[f"{source}_{key}"] = f"{v:.3f}" if isinstance(v, float) else v
+        if self.cfg.imu_topic:
+            values["map_tilt_deg"] = f"{msg.map_tilt_deg:.2f}"
+        if self.cfg.gnss_topic:
+            values["georeferenced"] = msg.georeferenced
+            if msg.georeferenced:
+                values["enu_origin"] = (
+                    f"{msg.enu_latitude:.7f}, {msg.enu_longitude:.7f}, {msg.enu_altitude:.2f}"
+                )
         values.update({f"dropped_{k}": v for k, v in drops.items()})
         values.update(notices)
         diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
