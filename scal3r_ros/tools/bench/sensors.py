@@ -111,14 +111,13 @@ def run_one(cfg: SensorBenchConfig, drive: SyntheticDrive, run: SensorRun) -> Se
         ),
     )
     engine_cfg = EngineConfig(window=WindowConfig(cfg.chunk_size, cfg.overlap), loop_closure=False)
-    engine = build_engine(engine_cfg, backend)
     gnss = run.gnss_sigma is not None
     fusion = None
     if run.odometry or gnss:
         fusion = SensorFusion(
             SensorFusionConfig(odometry=run.odometry, gnss=gnss, T_base_cam=mount)
         )
-    engine.sensor_fusion = fusion
+    engine = build_engine(engine_cfg, backend, sensor_fusion=fusion)
     odom = sim.odometry_poses(drive, mount, cfg.odometry_noise, cfg.seed) if run.odometry else None
     rng = np.random.default_rng(cfg.seed + 1)
     for i in range(drive.n_frames):
