@@ -2,7 +2,8 @@
 
 The synthetic camera publishes, beside the images, the drive's odometry, NavSatFix fixes
 (1 m noise) and IMU samples (still for a second before the first image, then at every
-image), on a 6 degree slope: the first base_link is not level. The node (oracle backend,
+image; accelerometer only, or with the orientation), on a 6 degree slope: the first
+base_link is not level. The node (oracle backend,
 each window in its own random Sim(3) gauge, so nothing is metric unless the graph makes
 it so) must count every source in ~/status, keep REP-105's map -> odom -> base_link, add
 enu -> map once GNSS fixed it, level the map by gravity (REP-103) and map in metres.
@@ -33,9 +34,11 @@ def _T(translation, rotation) -> np.ndarray:
     return T
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("node_sensors")
+@pytest.fixture(scope="module", params=["accelerometer", "orientation"])
+def run(request, tmp_path_factory):
+    """The node mapping the camera's drive; the IMU gives gravity by its accelerometer
+    (still samples averaged) or by its orientation (``--imu-orientation``)."""
+    out = tmp_path_factory.mktemp(f"node_sensors_{request.param}")
     rec = Recorder("sensors_tester")
     args = oracle_node_args(
         out / "maps",
@@ -50,6 +53,7 @@ def run(tmp_path_factory):
         *("--odometry", TOPICS["odometry_topic"], "--gnss", TOPICS["gnss_topic"]),
         *("--imu", TOPICS["imu_topic"], "--gnss-sigma", "1.0", "--imu-noise", "0.01"),
         *("--tilt-deg", str(TILT_DEG), "--heading-deg", str(HEADING_DEG), "--still-s", "1.0"),
+        *(["--imu-orientation"] if request.param == "orientation" else []),
     ]
     try:
         with mapping_run(rec, args, out, camera) as node:

@@ -121,9 +121,11 @@ def gnss_fix(
 
     rng = rng if rng is not None else np.random.default_rng(0)
     enu = antenna_enu(drive, i, world, T_base_cam) + rng.normal(0.0, sigma_m, 3)
-    if jump_fraction > 0 and rng.uniform() < jump_fraction:
-        angle = rng.uniform(0.0, 2 * np.pi)
-        enu[:2] += rng.uniform(*jump_m) * np.array([np.cos(angle), np.sin(angle)])
+    # drawn whether or not jumps are asked for: the same seed gives the same noise with and
+    # without jumps, so the two differ only by the jumps
+    u, angle, size = rng.uniform(), rng.uniform(0.0, 2 * np.pi), rng.uniform(*jump_m)
+    if u < jump_fraction:
+        enu[:2] += size * np.array([np.cos(angle), np.sin(angle)])
     lat, lon, alt = pymap3d.enu2geodetic(*enu, *world.anchor)
     var = max(sigma_m, 0.01) ** 2
     return GnssFix(
