@@ -46,3 +46,12 @@ def test_readme_links_resolve():
     ):
         assert f"({target})" in README, target
         assert (ROOT / target).is_file(), target
+
+
+def test_readme_sensor_section_lists_every_sensor_parameter():
+    from scal3r_ros.mapping.config import SensorSection
+    from scal3r_ros.ros.params import parameter_table
+
+    section = README.split("### Use what the robot already knows", 1)[1].split("\n### ", 1)[0]
+    for row in parameter_table(SensorSection).strip().splitlines():
+        assert row in section, f"README's sensor table is missing or differs: {row}"

@@ -330,8 +330,7 @@ class SensorSection:
     gnss_robust_k: float = field(
         default=2.0,
         metadata=param(
-            "GNSS prior: Huber kernel width in sigmas (jumps, multipath); residuals beyond it"
-            " are counted as outliers; 0: no kernel",
+            "GNSS prior: Huber kernel width in sigmas (jumps, multipath); 0: no kernel",
             float_range=(0.0, 100.0),
         ),
     )

@@ -74,17 +74,28 @@ from scal3r_ros.mapping.events import (
     StatsUpdate,
 )
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
+from scal3r_ros.mapping.loop_closure import DescriptorDatabase
 from scal3r_ros.mapping.loop_geometry import ChunkGeometry, ChunkGeometryStore
 from scal3r_ros.mapping.map_store import MapConfig, MapStore
 from scal3r_ros.mapping.memory import host_rss_bytes, release_freed_memory
 from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowPoints, hand_over
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
+from scal3r_ros.mapping.session.data import (
+    CameraInfo,
+    ScaleState,
+    SessionData,
+    SessionParameters,
+)
+from scal3r_ros.mapping.session.format import SessionError
+from scal3r_ros.mapping.session.keyframes import Keyframes, collect_keyframes
 from scal3r_ros.mapping.sim3 import Sim3
 from scal3r_ros.mapping.tensors import to_numpy
 from scal3r_ros.mapping.trajectory import Trajectory
 from scal3r_ros.mapping.windowing import ChunkScheduler, ChunkSpec, WindowConfig, window_problem
 
 T = TypeVar("T")
+
+SESSION_MODES = ("mapping", "localisation")
 
 
 @dataclass
@@ -172,6 +183,14 @@ class LoopClosureHook(Protocol):
     def verify_loops(self, engine: MappingEngine, work: Any) -> list[LoopClosureUpdate]:
         """Verify the inferred loop chunks against the placed chunks; add loop edges with
         ``engine.add_loop_constraint``; return the accepted loops (the engine re-optimises)."""
+        ...
+
+    def keyframe_descriptors(self) -> DescriptorDatabase | None:
+        """The retrieval database: a saved session's keyframes (`export_session`)."""
+        ...
+
+    def restore_keyframes(self, db: DescriptorDatabase, last_frame: int) -> None:
+        """Retrieval restarts from a loaded session's keyframes (`load_session`)."""
         ...
 
     def reset(self) -> None: ...
@@ -502,13 +521,31 @@ class MappingEngine:
     def add_external_frame(self, name: str, initial: Sim3, prior_sigmas: np.ndarray) -> None:
         self.pose_graph.add_frame(name, initial, prior_sigmas)
 
-    def add_position_prior(self, chunk_id, point_chunk, position, sigmas, frame, robust_k):
+    def add_position_prior(
+        self,
+        chunk_id: int,
+        point_chunk: np.ndarray,
+        position: np.ndarray,
+        sigmas: float | np.ndarray,
+        frame: str,
+        robust_k: float | None,
+    ) -> int:
         """A position of a chunk point measured in an external frame (GNSS)."""
         return self.pose_graph.add_position_prior(
             chunk_id, point_chunk, position, sigmas, frame, robust_k
         )
 
-    def add_relative_motion(self, a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k):
+    def add_relative_motion(
+        self,
+        a: int,
+        c2w_a: np.ndarray,
+        b: int,
+        c2w_b: np.ndarray,
+        motion: np.ndarray,
+        sigmas: np.ndarray,
+        frame: str,
+        robust_k: float | None,
+    ) -> int:
         """A metric motion between cameras of two chunks (odometry)."""
         return self.pose_graph.add_relative_motion(
             a, c2w_a, b, c2w_b, motion, sigmas, frame, robust_k
@@ -524,6 +561,92 @@ class MappingEngine:
 
     def save_trajectory(self, path: str | Path, fmt: str = "tum") -> None:
         self.trajectory.save(path, fmt)
+
+    # ================================================================ sessions
+    def session_parameters(self) -> SessionParameters:
+        """What a session saved by this engine shares with any engine that loads it."""
+        backend = self.backend
+        while hasattr(backend, "inner"):  # wrappers (TimedBackend) keep the network's kind
+            backend = backend.inner
+        c = self.config
+        return SessionParameters(
+            c.window.chunk_size,
+            c.window.overlap,
+            c.gcs_mode,
+            type(backend).__name__,
+            c.use_point_head,
+        )
+
+    def export_session(self, keyframe_stride: int = 5) -> SessionData:
+        """The placed map as a `SessionData` (``session.write_session`` writes it): per-chunk
+        points, trajectory, pose graph, keyframes (at most one per ``keyframe_stride``
+        frames, with a small JPEG), cameras, the metric scale when the graph has an ``enu``
+        frame. Call it while no window is in either phase (``MappingWorker.call`` runs it so,
+        after draining the placement thread); frames after the last window are not in it
+        (``call(..., flush=True)`` or `flush` first to include them). A node with
+        its own scale source sets ``data.scale`` before writing."""
+        if keyframe_stride < 1:
+            raise ValueError(f"keyframe_stride must be >= 1, got {keyframe_stride}")
+        with self.state_lock:
+            traj = self.trajectory.state()
+            spans = self.chunk_spans()
+            # (frame images under the store lock one at a time: the network phase goes on)
+            keyframes, cameras = collect_keyframes(self, keyframe_stride)
+            scale = ScaleState()
+            if self.pose_graph.has_frame("enu"):
+                scale = ScaleState(self.pose_graph.frame("enu").s, "graph:enu")
+            return SessionData(
+                parameters=self.session_parameters(),
+                n_frames=self.n_frames,
+                next_chunk_id=self.scheduler.next_chunk_id,
+                stamps_ns=np.array(self._stamps, np.int64),
+                chunk_spans=spans,
+                trajectory=traj,
+                map=self.map.snapshot(),
+                pose_graph=self.pose_graph.state(),
+                keyframes=keyframes,
+                cameras=cameras,
+                scale=scale,
+            )
+
+    def load_session(self, data: SessionData, mode: str = "mapping") -> None:
+        """Replace everything by the session ``data`` (``session.read_session``): map points
+        per chunk, trajectory, pose graph, keyframes (`keyframes`, and the loop detector's
+        database), cameras. New frames and chunks get ids after the loaded ones; the next
+        window starts a new chain in the graph (held by its own prior: nothing ties it to
+        the loaded map until relocalisation adds an edge). Full images, loop geometry and
+        the GCS state are not in a session: loops to loaded chunks are proposed but cannot
+        be verified from them. Raises `SessionError` when the session's parameters differ
+        from this engine's; the engine is then unchanged.
+
+        ``mode``: ``mapping`` (new windows extend the loaded map); ``localisation`` is
+        refused until relocalisation exists (NotImplementedError)."""
+        if mode not in SESSION_MODES:
+            raise ValueError(f"mode must be one of {SESSION_MODES}, got {mode!r}")
+        if mode != "mapping":
+            raise NotImplementedError("localisation mode needs relocalisation (issue 17)")
+        if diff := data.parameters.mismatches(self.session_parameters()):
+            raise SessionError(f"session parameters do not match this engine ({'; '.join(diff)})")
+        with self.state_lock:
+            self._reset()
+            try:
+                self.scheduler.resume(data.n_frames, data.next_chunk_id)
+                self._stamps = [int(s) for s in data.stamps_ns]
+                self._chunk_frames = {
+                    c: tuple(range(a, b)) for c, (a, b) in data.chunk_spans.items()
+                }
+                self._spans = dict(data.chunk_spans)
+                self.trajectory.restore(data.trajectory)
+                self.map.restore(data.map, data.trajectory.chunk_poses)
+                self.pose_graph.restore(data.pose_graph)
+                self.pose_graph.start_segment()
+                self.keyframes, self.cameras = data.keyframes, dict(data.cameras)
+                if self.loop_closure is not None and len(data.keyframes):
+                    db: DescriptorDatabase = data.keyframes.database()
+                    self.loop_closure.restore_keyframes(db, data.n_frames - 1)
+            except BaseException:
+                self._reset()  # half a session is no map: start empty
+                raise
 
     # ================================================================ one window
     def _inferred(self, spec: ChunkSpec, pred_net: ChunkPrediction) -> InferredWindow:
@@ -715,6 +838,10 @@ class MappingEngine:
         mode = self.config.gcs_mode
         self._gcs_state = None if mode in ("off", "exact") else self.backend.new_gcs_state(mode)
         self.reports: list[AlignmentReport] = []
+        # a loaded session's keyframes (pose, descriptor, small image: what relocalisation
+        # queries) and cameras; empty when mapping from scratch
+        self.keyframes = Keyframes()
+        self.cameras: dict[str, CameraInfo] = {}
 
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:
         with self._store_lock:

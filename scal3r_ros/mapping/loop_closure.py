@@ -163,6 +163,20 @@ class LoopDetectorConfig:
         return LoopDetectorConfig(similarity_threshold=0.7, center=True)
 
 
+@dataclass
+class DescriptorDatabase:
+    """A detector's stored descriptors (`LoopDetector.database`): the keyframes of a saved
+    session. ``descriptors`` as stored: unit length unless the detector centres them
+    (``normalised`` says which); ``sum``/``count``: the running sum and number of every
+    descriptor added, which centring subtracts the mean of."""
+
+    frame_ids: np.ndarray  # (K,) int64 ascending
+    descriptors: np.ndarray  # (K, D) float32
+    normalised: bool
+    sum: np.ndarray | None  # (D,) float64
+    count: int
+
+
 def _suppresses(acc: LoopCandidate, x: int, r: int) -> bool:
     """Official NMS: an accepted pair (i < j) suppresses frames near each end."""
     i, j = acc.earlier, acc.later
@@ -201,6 +215,42 @@ class LoopDetector:
         return self._ids[: self._n].copy()
 
     # -- database
+    def database(self) -> DescriptorDatabase | None:
+        """The stored descriptors (copies); None when nothing is stored."""
+        if self._desc is None or self._n == 0:
+            return None
+        return DescriptorDatabase(
+            self._ids[: self._n].copy(),
+            self._desc[: self._n].copy(),
+            not self.config.center,
+            None if self._sum is None else self._sum.copy(),
+            self._count,
+        )
+
+    def restore_database(self, db: DescriptorDatabase, last_frame: int) -> None:
+        """Start over from a saved database: its frames are the retrievable past (thinned
+        as `add` would when over ``capacity``), frames after ``last_frame`` come next.
+        Pending and accepted candidates start empty."""
+        c = self.config
+        self.reset()
+        ids = np.asarray(db.frame_ids, np.int64)
+        d = np.asarray(db.descriptors, np.float32).reshape(len(ids), -1)
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            raise ValueError("descriptor database frame ids must increase")
+        if not c.center and not db.normalised:
+            d = self._normalise(d).astype(np.float32)
+        while len(ids) >= c.capacity:  # the thinning of `_insert`, until one slot is free
+            half = len(ids) // 2
+            keep = np.r_[np.arange(0, half, 2), np.arange(half, len(ids))]
+            ids, d = ids[keep], d[keep]
+        self._desc = np.zeros((c.capacity, d.shape[1]), np.float32)
+        self._ids = np.zeros(c.capacity, np.int64)
+        self._n = len(ids)
+        self._desc[: self._n], self._ids[: self._n] = d, ids
+        self._sum = None if db.sum is None else np.asarray(db.sum, np.float64).copy()
+        self._count = int(db.count)
+        self._last = int(last_frame)
+
     def _insert(self, frame: int, d: np.ndarray) -> np.ndarray | None:
         """Store a descriptor; returns the kept slot indices when the store was thinned."""
         c = self.config
@@ -649,6 +699,18 @@ class LoopClosure:
     def inject(self, later: int, earlier: int, similarity: float = 1.0) -> None:
         """Propose a candidate directly (tests: a wrong loop must be rejected)."""
         self.detector.inject(later, earlier, similarity)
+
+    def keyframe_descriptors(self) -> DescriptorDatabase | None:
+        """The retrieval database (a saved session's keyframes and their descriptors)."""
+        return self.detector.database()
+
+    def restore_keyframes(self, db: DescriptorDatabase, last_frame: int) -> None:
+        """Retrieval starts from a loaded session's keyframes; new frames come after
+        ``last_frame``. Loops to them are proposed as usual (the planner needs the loaded
+        windows' spans, the verification their images and geometry)."""
+        self.reset()
+        self.detector.restore_database(db, last_frame)
+        self._last_frame = int(last_frame)
 
     def infer_loops(
         self,

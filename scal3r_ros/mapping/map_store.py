@@ -54,6 +54,24 @@ class _ChunkCloud:
     level: int = 0
 
 
+@dataclass
+class MapSnapshot:
+    """A map store's points as flat arrays (a saved session): chunk ``chunk_ids[k]`` holds
+    rows ``offsets[k]:offsets[k+1]`` of the point arrays, in its own coordinates, at
+    coarsening ``levels[k]``; chunk poses are kept by the caller (`MapStore.restore`)."""
+
+    voxel_size: float
+    chunk_ids: np.ndarray  # (C,) int64, ascending
+    offsets: np.ndarray  # (C + 1,) int64
+    levels: np.ndarray  # (C,) int64
+    xyz: np.ndarray  # (M, 3) float32, chunk-local
+    rgb: np.ndarray  # (M, 3) uint8
+    conf: np.ndarray  # (M,) float32
+    frame: np.ndarray  # (M,) int64
+    n_evicted_chunks: int = 0
+    n_coarsened: int = 0
+
+
 def voxel_downsample(xyz: ArrayLike, conf: ArrayLike, voxel: float) -> torch.Tensor:
     """Indices (ascending, int64, on the points' device) of one point per occupied voxel:
     the most confident one, the lowest index among equally confident ones."""
@@ -186,6 +204,50 @@ class MapStore:
         keep = ~np.isin(c.frame, np.asarray(frame_ids, np.int64))
         self._clouds[chunk_id] = _subset(c, np.nonzero(keep)[0])
         return int((~keep).sum())
+
+    def snapshot(self) -> MapSnapshot:
+        """Every chunk's points (copies), for a saved session."""
+        ids = sorted(self._clouds)
+        clouds = [self._clouds[i] for i in ids]
+        sizes = np.array([len(c.xyz) for c in clouds], np.int64)
+
+        def cat(field: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+            if not clouds:
+                return np.zeros(shape, dtype)
+            return np.concatenate([getattr(c, field) for c in clouds]).astype(dtype, copy=False)
+
+        return MapSnapshot(
+            float(self.voxel_size),
+            np.array(ids, np.int64),
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            np.array([c.level for c in clouds], np.int64),
+            cat("xyz", (0, 3), np.float32),
+            cat("rgb", (0, 3), np.uint8),
+            cat("conf", (0,), np.float32),
+            cat("frame", (0,), np.int64),
+            self.n_evicted_chunks,
+            self.n_coarsened,
+        )
+
+    def restore(self, snap: MapSnapshot, poses: dict[int, Sim3]) -> None:
+        """Replace the map by ``snap`` with the chunks' map poses ``poses`` (every chunk of
+        the snapshot needs one); `points` then returns the saved map bit for bit."""
+        missing = [int(c) for c in snap.chunk_ids if int(c) not in poses]
+        if missing:
+            raise KeyError(f"no pose for map chunks {missing[:10]}")
+        self.reset()
+        self.voxel_size = float(snap.voxel_size)
+        self.n_evicted_chunks, self.n_coarsened = snap.n_evicted_chunks, snap.n_coarsened
+        self._poses.update(poses)
+        for k, cid in enumerate(snap.chunk_ids):
+            a, b = int(snap.offsets[k]), int(snap.offsets[k + 1])
+            self._clouds[int(cid)] = _ChunkCloud(
+                snap.xyz[a:b].copy(),
+                snap.rgb[a:b].copy(),
+                snap.conf[a:b].copy(),
+                snap.frame[a:b].copy(),
+                int(snap.levels[k]),
+            )
 
     # ------------------------------------------------------------ queries
     def __len__(self) -> int:

@@ -76,6 +76,36 @@ class Edge:
     T_dst_src: Sim3
     kind: str
     info: dict = field(default_factory=dict)
+    # the factor's noise as built (tangent order, 7): what a saved graph needs to rebuild it
+    sigmas: np.ndarray | None = None
+    kernel: str = "none"  # robust kernel (loop edges; ``_KERNELS`` name or "none")
+    robust_k: float | None = None  # its width in sigmas
+
+
+@dataclass
+class RelativeMotion:
+    """An odometry factor's inputs (``Sim3PoseGraph.add_relative_motion``), kept so a saved
+    graph can be rebuilt."""
+
+    node_a: int
+    c2w_a: np.ndarray  # (4, 4) chunk coordinates
+    node_b: int
+    c2w_b: np.ndarray
+    motion: np.ndarray  # (4, 4) metres, camera a's axes
+    sigmas: np.ndarray  # (6,)
+    frame: str
+    robust_k: float | None
+
+
+@dataclass
+class ExternalFrame:
+    """An external frame variable (``Sim3PoseGraph.add_frame``): its estimate and its prior
+    (mean, sigmas; None: no prior)."""
+
+    name: str
+    estimate: Sim3
+    prior_mean: Sim3
+    prior_sigmas: np.ndarray | None
 
 
 @dataclass
@@ -89,6 +119,21 @@ class PositionPrior:
     sigmas: np.ndarray  # (3,) frame units
     robust_k: float | None  # Huber width in sigmas; None: plain Gaussian
     frame: str  # the external frame's name (``Sim3PoseGraph.add_frame``)
+
+
+@dataclass
+class PoseGraphState:
+    """Everything needed to rebuild a graph (`Sim3PoseGraph.state` / `restore`): nodes in
+    insertion order with their estimates, the anchors (nodes held by a prior at a value),
+    the edges with their noise, external frames, position priors and motions."""
+
+    nodes: list[int]
+    estimates: dict[int, Sim3]
+    anchors: list[tuple[int, Sim3]]
+    edges: list[Edge]
+    frames: list[ExternalFrame]
+    position_priors: list[PositionPrior]
+    motions: list[RelativeMotion]
 
 
 _KERNELS = {
@@ -134,9 +179,13 @@ class Sim3PoseGraph:
         self.edges: list[Edge] = []
         self.position_priors: list[PositionPrior] = []
         self.motions: list[tuple[int, int, str]] = []  # relative-motion factors (a, b, frame)
+        self._motion_records: list[RelativeMotion] = []
         self._frames: dict[str, int] = {}  # external frame name -> gtsam key
         self._frame_values: dict[str, Sim3] = {}
+        self._frame_priors: dict[str, tuple[Sim3, np.ndarray | None]] = {}
         self._anchor: int | None = None
+        self._anchors: list[tuple[int, Sim3]] = []  # nodes held by a prior, at that value
+        self._new_segment = False
         self._isam: gtsam.ISAM2 | None = None
         self._pending_graph = gtsam.NonlinearFactorGraph()
         self._pending_values = gtsam.Values()
@@ -166,18 +215,33 @@ class Sim3PoseGraph:
 
     # --------------------------------------------------------------- building
     def add_node(self, node: int, initial: Sim3) -> None:
-        """Add a chunk with its current chunk -> map estimate. The first node is fixed."""
+        """Add a chunk with its current chunk -> map estimate. The first node is fixed, and
+        so is the first one after `start_segment`."""
         node = int(node)
         if node in self._values:
             raise ValueError(f"node {node} already in the graph")
         self._values[node] = initial
         self._order.append(node)
         self._pending_values.insert(node, to_gtsam(initial))
-        if self._anchor is None:
-            self._anchor = node
+        if self._anchor is None or self._new_segment:
+            if self._anchor is None:
+                self._anchor = node
+            self._new_segment = False
+            self._anchors.append((node, initial))
             self._add_factor(
                 gtsam.PriorFactorSimilarity3(node, to_gtsam(initial), self._prior_noise)
             )
+
+    def start_segment(self) -> None:
+        """The next node starts a chain with no edge to the nodes so far (windows mapped
+        after a loaded session, before anything ties them to it): it is held by a prior at
+        its initial value like the first node, so the graph stays solvable by any solver."""
+        self._new_segment = True
+
+    @property
+    def anchors(self) -> list[int]:
+        """Nodes held by a prior (the first node, and each segment's first node)."""
+        return [n for n, _ in self._anchors]
 
     def add_edge(
         self,
@@ -212,9 +276,15 @@ class Sim3PoseGraph:
         else:
             noise = self._seq_noise
         info["sigma_scale"] = sigma_scale
+        sig = _sigmas(c.loop_sigma_rot, c.loop_sigma_trans, c.loop_sigma_log_scale)
+        if kind == SEQUENTIAL:
+            sig = _sigmas(c.seq_sigma_rot, c.seq_sigma_trans, c.seq_sigma_log_scale)
+        kernel = c.loop_robust if kind == LOOP and robust_k is not None else "none"
         # BetweenFactor(k1, k2, m) measures X_k1^-1 X_k2 = G_dst^-1 G_src = T_dst_src
         self._add_factor(gtsam.BetweenFactorSimilarity3(dst, src, to_gtsam(T_dst_src), noise))
-        self.edges.append(Edge(src, dst, T_dst_src, kind, dict(info)))
+        k = robust_k if kernel != "none" else None
+        edge = Edge(src, dst, T_dst_src, kind, dict(info), sig * sigma_scale, kernel, k)
+        self.edges.append(edge)
         return len(self.edges) - 1
 
     def add_sequential(
@@ -250,6 +320,8 @@ class Sim3PoseGraph:
         key = gtsam.symbol("f", len(self._frames))
         self._frames[name] = key
         self._frame_values[name] = initial
+        sig = None if prior_sigmas is None else np.array(prior_sigmas, np.float64).reshape(7)
+        self._frame_priors[name] = (initial, sig)
         self._pending_values.insert(key, to_gtsam(initial))
         if prior_sigmas is not None:
             noise = gtsam.noiseModel.Diagonal.Sigmas(np.asarray(prior_sigmas, np.float64))
@@ -372,7 +444,92 @@ class Sim3PoseGraph:
         keys = [self._frames[frame], int(node_a), int(node_b)]
         self._add_factor(gtsam.CustomFactor(noise, keys, error))
         self.motions.append((int(node_a), int(node_b), frame))
+        self._motion_records.append(
+            RelativeMotion(
+                int(node_a),
+                np.array(c2w_a, np.float64),
+                int(node_b),
+                np.array(c2w_b, np.float64),
+                np.array(motion_ab, np.float64),
+                sig.copy(),
+                frame,
+                robust_k,
+            )
+        )
         return len(self.motions) - 1
+
+    # ------------------------------------------------------------ save / load
+    def state(self) -> PoseGraphState:
+        """The graph as plain data (a saved session); `restore` rebuilds the same factors."""
+        frames = [
+            ExternalFrame(name, self._frame_values[name], *self._frame_priors[name])
+            for name in self._frames
+        ]
+        return PoseGraphState(
+            list(self._order),
+            dict(self._values),
+            list(self._anchors),
+            list(self.edges),
+            frames,
+            list(self.position_priors),
+            list(self._motion_records),
+        )
+
+    def restore(self, state: PoseGraphState) -> None:
+        """Replace the graph by ``state`` (from `state`, possibly another process): the same
+        nodes at their estimates, anchors, edges (their saved noise and kernel, whatever
+        this graph's config says), external frames, priors and motions."""
+        self.reset()
+        anchors = dict(state.anchors)
+        for n in state.nodes:
+            n = int(n)
+            if n in self._values:
+                raise ValueError(f"node {n} twice in the saved graph")
+            self._values[n] = state.estimates[n]
+            self._order.append(n)
+            self._pending_values.insert(n, to_gtsam(state.estimates[n]))
+        for n, value in state.anchors:
+            if n not in self._values:
+                raise KeyError(f"anchor {n} is not a node")
+            self._anchors.append((int(n), value))
+            self._add_factor(
+                gtsam.PriorFactorSimilarity3(int(n), to_gtsam(value), self._prior_noise)
+            )
+        self._anchor = int(state.anchors[0][0]) if anchors else None
+        for e in state.edges:
+            self._restore_edge(e)
+        for f in state.frames:
+            self.add_frame(f.name, f.prior_mean, f.prior_sigmas)
+            self._frame_values[f.name] = f.estimate
+            self._pending_values.update(self._frames[f.name], to_gtsam(f.estimate))
+        for p in state.position_priors:
+            self.add_position_prior(
+                p.node, p.point_chunk, p.position, p.sigmas, p.frame, p.robust_k
+            )
+        for m in state.motions:
+            self.add_relative_motion(
+                m.node_a, m.c2w_a, m.node_b, m.c2w_b, m.motion, m.sigmas, m.frame, m.robust_k
+            )
+
+    def _restore_edge(self, e: Edge) -> None:
+        for n in (e.src, e.dst):
+            if n not in self._values:
+                raise KeyError(f"edge {e.src} -> {e.dst}: node {n} not in the graph")
+        if e.kind not in (SEQUENTIAL, LOOP):
+            raise ValueError(f"unknown edge kind {e.kind!r}")
+        if e.sigmas is None:
+            raise ValueError(f"edge {e.src} -> {e.dst} has no noise")
+        noise: gtsam.noiseModel.Base = gtsam.noiseModel.Diagonal.Sigmas(
+            np.asarray(e.sigmas, np.float64)
+        )
+        if e.kernel != "none":
+            if e.kernel not in _KERNELS or e.robust_k is None:
+                raise ValueError(f"edge {e.src} -> {e.dst}: bad robust kernel {e.kernel!r}")
+            noise = gtsam.noiseModel.Robust.Create(
+                _KERNELS[e.kernel].Create(float(e.robust_k)), noise
+            )
+        self._add_factor(gtsam.BetweenFactorSimilarity3(e.dst, e.src, to_gtsam(e.T_dst_src), noise))
+        self.edges.append(e)
 
     def position_residual(self, index: int) -> np.ndarray:
         """Residual ``F(G(point)) - position`` of a position prior at the estimate."""

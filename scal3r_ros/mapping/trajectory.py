@@ -9,6 +9,7 @@ the second half goes to the later one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +18,18 @@ from scipy.spatial.transform import Rotation
 
 from scal3r_ros.mapping.atomic_io import binary_output
 from scal3r_ros.mapping.sim3 import Sim3
+
+
+@dataclass
+class TrajectoryState:
+    """A trajectory as plain arrays (a saved session): placed frames with their stamps,
+    owner chunks and local poses, and every chunk's map pose."""
+
+    frame_ids: np.ndarray  # (N,) int64 ascending
+    stamps_ns: np.ndarray  # (N,) int64
+    owners: np.ndarray  # (N,) int64
+    local_c2w: np.ndarray  # (N, 4, 4) float64, in the owner chunk's coordinates
+    chunk_poses: dict[int, Sim3]
 
 
 class Trajectory:
@@ -109,6 +122,32 @@ class Trajectory:
         c2w[:, :3, :3] = R @ local[:, :3, :3]
         c2w[:, :3, 3] = s[:, None] * (R @ local[:, :3, 3:])[..., 0] + t
         return self._stamp[ids].copy(), c2w
+
+    def state(self) -> TrajectoryState:
+        """The placed frames and chunk poses (copies), for a saved session."""
+        ids = self.frame_ids()
+        return TrajectoryState(
+            ids,
+            self._stamp[ids].copy(),
+            self._owner[ids].copy(),
+            self._local[ids].copy(),
+            dict(self._chunks),
+        )
+
+    def restore(self, state: TrajectoryState) -> None:
+        """Replace the trajectory by ``state``; `poses` then returns the saved poses."""
+        ids = np.asarray(state.frame_ids, np.int64)
+        missing = sorted({int(c) for c in state.owners} - set(state.chunk_poses))
+        if missing:
+            raise KeyError(f"no pose for owner chunks {missing[:10]}")
+        self.reset()
+        self._chunks.update(state.chunk_poses)
+        if len(ids):
+            self._grow(int(ids.max()) + 1)
+            self._stamp[ids] = state.stamps_ns
+            self._owner[ids] = state.owners
+            self._local[ids] = state.local_c2w
+        self._count = len(np.unique(ids))
 
     def save(self, path: str | Path, fmt: str = "tum") -> None:
         stamps, c2w = self.poses()

@@ -114,6 +114,16 @@ class ChunkScheduler:
         self._next_start = 0  # start index of the next regular chunk
         self._covered_to = 0  # frames [0, covered_to) are in an emitted chunk
 
+    def resume(self, n_frames: int, next_chunk_id: int) -> None:
+        """Continue after a loaded session of ``n_frames`` frames and chunk ids below
+        ``next_chunk_id``: the next frame is ``n_frames`` and the next window starts there
+        (nothing of the loaded session is in it)."""
+        if n_frames < 0 or next_chunk_id < 0:
+            raise ValueError(f"need n_frames, next_chunk_id >= 0, got {n_frames}, {next_chunk_id}")
+        self.n_frames = int(n_frames)
+        self.next_chunk_id = int(next_chunk_id)
+        self._next_start = self._covered_to = int(n_frames)
+
     def push(self) -> ChunkSpec | None:
         """Register one more frame; return the chunk that became ready, if any."""
         self.n_frames += 1

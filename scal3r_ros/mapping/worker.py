@@ -183,6 +183,17 @@ class MappingWorker:
         with self._cond:
             return self._frames_queued()
 
+    def pending(self) -> list[str]:
+        """What waits in the queue, in the order it will run ('frame', 'reset', 'flush',
+        'call'): the order the services rely on, for tests and inspection."""
+        with self._cond:
+            return [kind for kind, _ in self._queue]
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker thread to end (after `stop`); True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stats_snapshot(self) -> tuple[WorkerStats, int]:
         """A consistent copy of the counters and the frames queued (for status timers)."""
         with self._cond:

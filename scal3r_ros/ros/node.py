@@ -278,7 +278,7 @@ class MappingNode(Node):
         worker hands a window over in two parts (its poses as soon as it is aligned, then
         its points); with a scale source, the poses wait for the points (a window's scale
         comes from both, and its first odometry is kept for good)."""
-        if self.scale.kind != "none" and is_aligned_part(events):
+        if self.scale.active and is_aligned_part(events):
             self._held_events += events
             return
         events, self._held_events = [*self._held_events, *events], []

@@ -908,12 +908,13 @@ def parameter_help(width: int = 88) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parameter_table() -> str:
+def parameter_table(section: type | None = None) -> str:
     """The rows of the parameter table in docs/ros_interface.md (``| `name` | `default` |
-    meaning |``), generated from the metadata; test_launch_file checks the doc holds them."""
+    meaning |``), generated from the metadata; test_launch_file checks the doc holds them.
+    ``section``: only that section's rows (the README's sensor table)."""
     defaults = NodeConfig()
     rows = []
-    for f in fields(NodeConfig):
+    for f in fields(section or NodeConfig):
         info = PARAMS[f.name]
         value = getattr(defaults, f.name)
         shown = json.dumps(value) if isinstance(value, (str, list)) else repr(value)

@@ -1,7 +1,8 @@
 """The metric scale on the ROS side: a scale source (`mapping/planning/scale.py`) fed by the
 engine's events and, for some sources, by ROS inputs (an odometry topic, the right
 camera's CameraInfo). With odometry or GNSS factors in the pose graph (`ros/sensors.py`)
-the scale is the graph's (``graph``: one scale, in the graph) and replaces scale_source.
+the scale is the graph's (``graph``: one scale, in the graph) as soon as the graph has one;
+until then (a source configured but silent) the scale_source serves.
 
 Its estimate goes to the outputs as a `ScaleUpdate` event in the same batch; the node
 applies the scale to its `FrameConverter` (so /tf, clouds, odometry, path and saved
@@ -34,10 +35,10 @@ class ScaleTracker:
     def __init__(self, node: Node, cfg: NodeConfig, graph: bool = False) -> None:
         if graph and cfg.scale_source != "none":
             node.get_logger().info(
-                f"scale from the pose graph's odometry/GNSS factors: scale_source "
-                f"{cfg.scale_source!r} is not used"
+                f"scale from the pose graph's odometry/GNSS factors once it has one; until "
+                f"then from scale_source {cfg.scale_source!r}"
             )
-        self.kind = "graph" if graph else cfg.scale_source
+        self.kind, self.graph = cfg.scale_source, graph
         self._graph_updates = 0
         self.source = make_scale_source(
             cfg.scale_source,
@@ -48,9 +49,7 @@ class ScaleTracker:
         self._lock = threading.Lock()
         self._track = Track()  # frame poses (odometry) and cameras (stereo)
         self.scale = 1.0
-        self.estimate = (
-            self._graph_estimate(None) if graph else self.source.update(ChunkObservation())
-        )
+        self.estimate = self._initial_estimate()
         if self.kind == "odometry":
             node.create_subscription(
                 Odometry,
@@ -86,8 +85,10 @@ class ScaleTracker:
 
     def on_events(self, events: list[MapUpdate]) -> ScaleUpdate:
         """The estimate after this batch; ``rescaled`` when the applied scale changes."""
-        if self.kind == "graph":
-            return self._apply(self._graph_estimate(events))
+        if self.graph:
+            est = self._graph_estimate(events)
+            if est.metric or self.kind == "none":
+                return self._apply(est)
         if self.kind in ("odometry", "stereo"):  # they need every pose, or camera
             for ev in events:
                 if isinstance(ev, PosesUpdate):
@@ -107,13 +108,23 @@ class ScaleTracker:
             self.scale = est.scale
         return ScaleUpdate(-1, est, self.scale, rescaled)
 
+    @property
+    def active(self) -> bool:
+        """A scale is estimated (the node then holds a window's poses for its points)."""
+        return self.graph or self.kind != "none"
+
+    def _initial_estimate(self) -> ScaleEstimate:
+        if self.graph and self.kind == "none":
+            return self._graph_estimate(None)
+        return self.source.update(ChunkObservation())
+
     def _graph_estimate(self, events: list[MapUpdate] | None) -> ScaleEstimate:
         """The graph's scale from the batch's newest `SensorFusionUpdate` that has one."""
         scales = [
             ev.scale for ev in events or [] if isinstance(ev, SensorFusionUpdate) and ev.scale
         ]
         if not scales:
-            if events is not None and self.estimate.metric:
+            if events is not None and self._graph_updates and self.estimate.source == "graph":
                 return self.estimate  # no window in this batch: the last estimate holds
             return ScaleEstimate(1.0, 0.0, "graph", "waiting for odometry/GNSS factors", False)
         self._graph_updates += 1
@@ -136,11 +147,7 @@ class ScaleTracker:
         with self._lock:
             self.source.reset()
             self._graph_updates = 0
-            self.estimate = (
-                self._graph_estimate(None)
-                if self.kind == "graph"
-                else self.source.update(ChunkObservation())
-            )
+            self.estimate = self._initial_estimate()
         self._track.reset()
         self.scale = 1.0
         return self.current()

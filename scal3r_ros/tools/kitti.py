@@ -16,6 +16,10 @@ down, z forward). ``P0..P3`` are the rectified projection matrices of the four
 cameras, all expressed in rectified cam0 coordinates, so ``P_i[:, 3] = K @ t_i`` holds
 each camera's offset from cam0 (cam2 ~6 cm left of cam0, cam3 ~47 cm right of it).
 
+The raw data's OXTS GPS/IMU (``read_oxts``), raw calibration (``imu_to_rectified_cam0``)
+and the odometry devkit's sequence -> raw drive table (``ODOMETRY_DRIVES``) are read
+too, for GNSS and IMU beside the images.
+
 Every reader raises `KittiError` (a ValueError) with a message naming the file and,
 where it applies, the line that is wrong; `load_sequence` checks a whole folder up
 front and names everything that is missing or inconsistent in one message.
@@ -23,6 +27,7 @@ front and names everything that is missing or inconsistent in one message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,3 +292,192 @@ def load_sequence(
         poses=gt,
         poses_path=poses_path if gt is not None else None,
     )
+
+
+# ====================================================================== raw data: OXTS
+# KITTI raw (``<date>/<date>_drive_NNNN_sync/``) holds the OXTS RT3003 GPS/IMU per synced
+# frame: ``oxts/timestamps.txt`` (one "YYYY-MM-DD hh:mm:ss.nnnnnnnnn" per sample) and
+# ``oxts/data/%010d.txt`` (one line of 30 numbers, fields below, from the raw devkit's
+# dataformat.txt); the calibration lies in the date folder. The odometry sequences 00-10
+# are cut from these drives (odometry devkit readme): sequence frame i = drive frame
+# start + i.
+OXTS_FIELDS = (
+    "lat lon alt roll pitch yaw vn ve vf vl vu ax ay az af al au wx wy wz wf wl wu "
+    "pos_accuracy vel_accuracy navstat numsats posmode velmode orimode"
+).split()
+OXTS = {name: i for i, name in enumerate(OXTS_FIELDS)}
+ODOMETRY_DRIVES = {  # sequence -> (raw drive, its first frame)
+    "00": ("2011_10_03_drive_0027", 0),
+    "01": ("2011_10_03_drive_0042", 0),
+    "02": ("2011_10_03_drive_0034", 0),
+    "03": ("2011_09_26_drive_0067", 0),
+    "04": ("2011_09_30_drive_0016", 0),
+    "05": ("2011_09_30_drive_0018", 0),
+    "06": ("2011_09_30_drive_0020", 0),
+    "07": ("2011_09_30_drive_0027", 0),
+    "08": ("2011_09_30_drive_0028", 1100),
+    "09": ("2011_09_30_drive_0033", 0),
+    "10": ("2011_09_30_drive_0034", 0),
+}
+_DRIVE_NAME = re.compile(r"\d{4}_\d{2}_\d{2}_drive_\d{4}")
+
+
+def read_raw_timestamps(path: str | Path) -> list[int | None]:
+    """A raw ``timestamps.txt`` -> ns per line as written (None where a line is not a date).
+
+    The clock is the recording PC's local time, read as if UTC: only differences are used.
+    """
+    path = Path(path)
+    stamps: list[int | None] = []
+    for line in _read_lines(path, "timestamps file"):
+        if not line.strip():
+            continue
+        try:
+            t = np.datetime64(line.strip(), "ns")
+        except ValueError:
+            t = np.datetime64("NaT")
+        stamps.append(None if np.isnat(t) else int(t.astype(np.int64)))
+    if not any(s is not None for s in stamps):
+        raise KittiError(f"{path} holds no timestamps ('YYYY-MM-DD hh:mm:ss.fraction' lines)")
+    return stamps
+
+
+@dataclass
+class OxtsData:
+    """The usable OXTS samples of a raw drive, in time order, and those that were not."""
+
+    folder: Path
+    stamps_ns: np.ndarray  # (M,) int64, timestamps.txt as written
+    values: np.ndarray  # (M, 30) float64, OXTS_FIELDS
+    index: np.ndarray  # (M,) int, the sample's line in timestamps.txt (= data file number)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why)
+
+
+def read_oxts(folder: str | Path) -> OxtsData:
+    """``<drive>/oxts`` -> OxtsData. A sample whose file is missing or not 30 finite
+    numbers, or whose stamp is unreadable or not after the previous one, is skipped and
+    listed (KITTI's OXTS has gaps: the odometry devkit warns of missing IMU data)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KittiError(f"OXTS folder not found: {folder}")
+    stamps = read_raw_timestamps(folder / "timestamps.txt")
+    kept_t: list[int] = []
+    kept_v: list[list[float]] = []
+    kept_i: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    latest = None  # the latest stamp so far, of any sample (a jump back is suspect)
+    for i, t in enumerate(stamps):
+        path = folder / "data" / f"{i:010d}.txt"
+        if t is None:
+            skipped.append((path, f"timestamps.txt line {i + 1} is not a date"))
+            continue
+        if latest is not None and t <= latest:
+            skipped.append((path, "its timestamp is not after the previous sample's"))
+            continue
+        latest = t
+        try:
+            values = [float(v) for v in path.read_text().split()]
+        except FileNotFoundError:
+            skipped.append((path, "missing"))
+            continue
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            skipped.append((path, f"unreadable: {str(exc)[:60]}"))
+            continue
+        if len(values) != len(OXTS_FIELDS):
+            skipped.append((path, f"{len(values)} numbers instead of {len(OXTS_FIELDS)}"))
+            continue
+        if not np.isfinite(values).all():
+            skipped.append((path, "non-finite values"))
+            continue
+        kept_t.append(t)
+        kept_v.append(values)
+        kept_i.append(i)
+    if not kept_t:
+        first = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise KittiError(f"{folder} holds no usable OXTS sample{first}")
+    return OxtsData(
+        folder=folder,
+        stamps_ns=np.asarray(kept_t, dtype=np.int64),
+        values=np.asarray(kept_v, dtype=np.float64),
+        index=np.asarray(kept_i),
+        skipped=skipped,
+    )
+
+
+def drive_name(folder: str | Path) -> str | None:
+    """'2011_10_03_drive_0027' for ``.../2011_10_03_drive_0027_sync/oxts`` (None if unnamed)."""
+    for part in reversed(Path(folder).resolve().parts):
+        m = _DRIVE_NAME.match(part)
+        if m:
+            return m.group(0)
+    return None
+
+
+def raw_start_frame(sequence: str, oxts_folder: str | Path) -> int:
+    """The drive frame of an odometry sequence's frame 0, from the devkit's table.
+
+    0 for a sequence outside 00-10 or a drive folder without a KITTI name; a KittiError
+    when the folder is named as another drive than the sequence's (a wrong --oxts).
+    """
+    entry = ODOMETRY_DRIVES.get(sequence)
+    drive = drive_name(oxts_folder)
+    if entry is None or drive is None:
+        return 0
+    if drive != entry[0]:
+        raise KittiError(
+            f"sequence {sequence} is raw drive {entry[0]} (KITTI odometry devkit), but the "
+            f"OXTS folder {oxts_folder} belongs to {drive}; give the matching drive, or "
+            "--raw-start N to align another one by hand"
+        )
+    return entry[1]
+
+
+def read_raw_calib(path: str | Path) -> dict[str, np.ndarray]:
+    """A raw calibration file (``NAME: numbers`` lines) -> {NAME: flat float64 array};
+    lines that are not numbers (``calib_time: 25-May-2012 ...``) are left out."""
+    path = Path(path)
+    calib: dict[str, np.ndarray] = {}
+    for line in _read_lines(path, "calibration file"):
+        name, sep, rest = line.partition(":")
+        try:
+            values = np.asarray([float(v) for v in rest.split()], dtype=np.float64)
+        except ValueError:
+            continue
+        if sep and values.size and np.isfinite(values).all():
+            calib[name.strip()] = values
+    return calib
+
+
+def _rigid(calib: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    R, t = calib.get("R"), calib.get("T")
+    if R is None or t is None or R.size != 9 or t.size != 3:
+        raise KittiError(f"{path}: expected 'R: 9 numbers' and 'T: 3 numbers' lines")
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R.reshape(3, 3), t
+    if not np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-4):
+        raise KittiError(f"{path}: R is not a rotation matrix")
+    return T
+
+
+RAW_CALIB_FILES = ("calib_imu_to_velo.txt", "calib_velo_to_cam.txt", "calib_cam_to_cam.txt")
+
+
+def imu_to_rectified_cam0(date_dir: str | Path) -> np.ndarray | None:
+    """T (4x4) taking IMU (= OXTS) coordinates to rectified cam0 coordinates, the frame of
+    the odometry calib.txt's P matrices: R_rect_00 @ T_cam0_velo @ T_velo_imu (raw devkit).
+
+    None when the date folder lacks one of the three calibration files; a KittiError
+    when one is malformed.
+    """
+    date_dir = Path(date_dir)
+    paths = [date_dir / name for name in RAW_CALIB_FILES]
+    if not all(p.is_file() for p in paths):
+        return None
+    velo_imu = _rigid(read_raw_calib(paths[0]), paths[0])
+    cam_velo = _rigid(read_raw_calib(paths[1]), paths[1])
+    rect = read_raw_calib(paths[2]).get("R_rect_00")
+    if rect is None or rect.size != 9:
+        raise KittiError(f"{paths[2]}: no 'R_rect_00: 9 numbers' line")
+    R_rect = np.eye(4)
+    R_rect[:3, :3] = rect.reshape(3, 3)
+    return R_rect @ cam_velo @ velo_imu

@@ -218,13 +218,20 @@ def test_enu_to_map_carries_map_points_to_the_graphs_enu_positions():
     assert tf.transform.translation.x == pytest.approx(T[0, 3])
 
 
-def test_the_graph_scale_replaces_the_scale_source():
-    cfg = NodeConfig(scale_source="camera_height", gnss_topic="/fix")
-    tracker = ScaleTracker(FakeNode(), cfg, graph=True)
-    assert tracker.kind == "graph" and not tracker.current().estimate.metric
+def test_the_graph_scale_replaces_the_scale_source_once_it_has_one():
+    tracker = ScaleTracker(FakeNode(), NodeConfig(gnss_topic="/fix"), graph=True)
+    assert tracker.active and not tracker.current().estimate.metric
+    assert tracker.current().estimate.source == "graph"
     up = tracker.on_events([SensorFusionUpdate(0)])  # no scale yet
     assert up.scale == 1.0 and not up.rescaled
     up = tracker.on_events([SensorFusionUpdate(1, scale=2.5)])
     assert up.scale == 2.5 and up.rescaled and up.estimate.source == "graph"
     assert tracker.on_events([]).scale == 2.5  # a batch without a window keeps it
     assert tracker.reset().scale == 1.0
+    # a configured source serves until the graph has a scale (a silent GNSS), then yields
+    both = ScaleTracker(FakeNode(), NodeConfig(scale_source="camera_height", gnss_topic="/f"), True)
+    assert both.current().estimate.source == "camera_height"
+    assert both.on_events([SensorFusionUpdate(0)]).estimate.source == "camera_height"
+    up = both.on_events([SensorFusionUpdate(1, scale=4.0)])
+    assert up.estimate.source == "graph" and up.scale == 4.0 and up.rescaled
+    assert both.on_events([]).estimate.source == "graph"

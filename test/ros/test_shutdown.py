@@ -202,7 +202,7 @@ def test_stop_detaches_a_window_that_does_not_finish_in_time():
     with engine.state_lock:  # what a save reads: the first window, consistently
         assert engine.poses()[0].tolist() == list(range(FIRST_WINDOW))
     backend.gate.set()  # the window ends after all, once the node no longer listens
-    worker._thread.join(HANG_GUARD_S)
+    assert worker.join(HANG_GUARD_S)
     assert not worker.alive and len(events) == published and not errors
 
 

@@ -154,7 +154,7 @@ def test_a_call_goes_ahead_of_queued_frames_but_not_of_an_earlier_reset(make_wor
     seen: list[list[int]] = []
     caller = threading.Thread(target=lambda: seen.append(w.call(lambda e: list(e.seen))))
     caller.start()
-    wait_until(lambda: w.queue_length() == 2 and len(w._queue) == 4)  # frame, reset, call, frame
+    wait_until(lambda: w.pending() == ["frame", "reset", "call", "frame"])
     eng.gate.set()
     caller.join(5)
     assert seen == [[]]  # after the reset (frame 0 and 1 forgotten), before frame 2

@@ -140,7 +140,7 @@ class StatusOutputs:
         msg.gpu_memory_mb = float(memory.get("gpu_peak_bytes", 0.0) / 2**20)
         msg.host_rss_mb = float(memory.get("rss_bytes", 0.0) / 2**20)
         msg.device, msg.backend, msg.gcs_mode = self.device, self.backend, cfg.gcs_mode
-        msg.scale_source = "graph" if cfg.graph_scale else cfg.scale_source
+        msg.scale_source = scale.estimate.source if cfg.graph_scale else cfg.scale_source
         msg.scale = scale.scale
         self._fill_sensors(msg, fusion)
         msg.scale_confidence = float(scale.estimate.confidence)
