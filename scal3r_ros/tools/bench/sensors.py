@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imu-noise", type=float, default=d.imu_noise, help="[m/s^2]")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     cfg = SensorBenchConfig(
         frames=args.frames,
@@ -279,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "config": asdict(cfg),
             "path_length_m": drive.path_length(),
-            "machine": machine_info("cpu"),
+            "machine": {
+                **machine_info("cpu"),
+                "command": " ".join(["python -m scal3r_ros.tools.bench.sensors", *(argv or [])]),
+            },
             "runs": [asdict(r) for r in rows],
             "map_tilt": tilt,
         }
