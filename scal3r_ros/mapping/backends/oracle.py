@@ -2,7 +2,8 @@
 
 Each chunk's prediction is expressed in that chunk's reference camera frame and then
 moved by a random Sim(3) (scale included), like a network whose every chunk has its
-own gauge. Optional corruptions: multiplicative depth noise, per-frame pose noise, and
+own gauge. Optional corruptions: multiplicative depth noise, a wrong predicted focal
+length (``focal_error``), per-frame pose noise, and
 *drift* -- an in-chunk bend (yaw growing with the distance in frames from the
 reference, plus a scale creep) that no rigid fit can undo, so chained alignment
 accumulates error the way real predictions do and loop closure has work to do.
