@@ -204,3 +204,29 @@ def test_a_camera_info_k_maps_to_the_network_input_as_the_preprocessing_does(sou
         ys, xs = np.mgrid[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1] + 0.5  # pixel centres
         got = ((xs * win).sum() / win.sum(), (ys * win).sum() / win.sum())
         assert np.hypot(got[0] - x, got[1] - y) < 0.05, (got, (x, y))  # measured < 0.01
+
+
+def test_the_scal3r_backend_unprojects_with_the_prepared_camera_k(drive):
+    """The real backend (tiny random network): its prediction's intrinsics are tensors; the
+    window's events carry the camera's K as ``Backend.prepare`` mapped it to the network
+    input, and the focal ratio compares the network's guess with it."""
+    from scal3r_ros.mapping.backends.scal3r import Scal3RBackend, Scal3RBackendConfig
+    from scal3r_ros.mapping.windowing import WindowConfig
+
+    backend = Scal3RBackend.from_config("tiny", Scal3RBackendConfig(device="cpu", max_size=56))
+    cfg = EngineConfig(
+        window=WindowConfig(chunk_size=4, overlap=2),
+        loop_closure=False,
+        intrinsics="camera_info",
+        frame_clouds=True,
+    )
+    eng = MappingEngine(cfg, backend)
+    events = push_and_collect(eng, [drive.frame(i) for i in range(6)])
+    _, K_net = backend.prepare(drive.frame(0).image, drive.K)
+    stats = [e for e in events if isinstance(e, StatsUpdate)]
+    clouds = [e for e in events if isinstance(e, FrameCloudsUpdate)]
+    assert stats and all(s.intrinsics_source == "camera_info" for s in stats)
+    assert all(s.focal_ratio > 0 for s in stats)  # random weights: inf focal lengths, too
+    assert clouds and clouds[0].depth.shape[1:] == backend.target_hw
+    for c in clouds:
+        np.testing.assert_allclose(c.intrinsics, np.broadcast_to(K_net, c.intrinsics.shape))
