@@ -88,7 +88,7 @@ class Calibration:
         R = np.asarray(self.R, dtype=np.float64)
         P = np.asarray(self.P, dtype=np.float64)
         r_identity = R.size != 9 or not R.any() or np.allclose(R.reshape(3, 3), np.eye(3))
-        if P.size == 12 and P.reshape(3, 4)[:, :3].any() and r_identity:
+        if P.size == 12 and np.isfinite(P).all() and P.reshape(3, 4)[:, :3].any() and r_identity:
             M = P.reshape(3, 4)[:, :3].copy()
             if M[0, 0] > 0 and M[1, 1] > 0 and np.array_equal(M[2], (0.0, 0.0, 1.0)):
                 return M
@@ -111,6 +111,8 @@ class Undistorter:
             return
         size = (calib.width, calib.height)
         K, D = calib.camera_matrix(), np.asarray(calib.D, dtype=np.float64)
+        if not np.isfinite(D).all():
+            raise ValueError(f"distortion coefficients are not finite: {D.tolist()}")
         if calib.model in PINHOLE_MODELS:
             if D.size not in (4, 5, 8, 12, 14):
                 raise ValueError(

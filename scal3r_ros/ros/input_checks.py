@@ -301,7 +301,7 @@ def camera_k_matrix(camera_k: Sequence[float]) -> np.ndarray | None:
     if len(camera_k) == 0:
         return None
     if len(camera_k) != 4:
-        raise ValueError(f"camera_k needs 4 numbers [fx, fy, cx, cy], got {len(camera_k)}")
+        raise ValueError(f"needs 4 numbers [fx, fy, cx, cy], got {len(camera_k)}")
     fx, fy, cx, cy = (float(v) for v in camera_k)
     return camera_matrix([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
 
@@ -411,11 +411,13 @@ class ImageInput:
         if calib.width <= 0 or calib.height <= 0:
             problem = "it gives no image size"
         else:
-            try:
+            try:  # UnknownDistortion, coefficients that do not fit, OpenCV's own errors
                 und = Undistorter(calib)
-                return _CameraModel(calib, und.K, und)
-            except ValueError as exc:  # UnknownDistortion, a wrong number of coefficients
-                problem = str(exc)
+                return _CameraModel(
+                    calib, camera_matrix(und.K.ravel(), calib.width, calib.height), und
+                )
+            except Exception as exc:
+                problem = str(exc).strip() or type(exc).__name__
         self._log.warning(
             f"CameraInfo of {cam!r}: {problem}; its images go to the network distorted "
             "(counted as distorted_as_is); undistort them upstream (image_proc) or publish "

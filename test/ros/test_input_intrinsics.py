@@ -124,6 +124,25 @@ def test_an_unknown_distortion_model_is_warned_once_and_its_frames_counted():
     assert inputs.counts() == ({}, {"distorted_as_is": 3})
 
 
+@pytest.mark.parametrize(
+    ("d", "p", "why"),
+    [
+        ([float("nan"), 0.0, 0.0, 0.0, 0.0], P, "not finite"),
+        (D + [0.1], P, "takes 4, 5, 8, 12 or 14"),
+        (D, [0.01, 0, 80, 0, 0, 0.01, 60, 0, 0, 0, 1, 0], "fx = 0.01 px is implausible"),
+    ],
+)
+def test_a_calibration_that_cannot_be_undone_never_stops_the_frames(d, p, why):
+    inputs, got, log = _inputs()
+    info = _info(d=d)
+    info.p = p
+    inputs.on_camera_info(info)
+    _send(inputs, 0)
+    np.testing.assert_array_equal(got[0].image, _pattern())
+    assert len(log.lines) == 1 and why in log.lines[0]
+    assert inputs.counts() == ({}, {"distorted_as_is": 1})
+
+
 def test_camera_k_stands_in_for_cameras_without_camera_info():
     inputs, got, _ = _inputs(camera_k=[90.0, 91.0, 79.5, 59.5])
     inputs.on_camera_info(_info("left", d=[0.0] * 5))
@@ -150,3 +169,11 @@ def test_a_bad_camera_k_is_refused_at_start():
     with pytest.raises(ValueError, match="fy"):
         camera_k_matrix([100.0, -100.0, 80.0, 60.0])
     assert camera_k_matrix([]) is None
+    from scal3r_ros.ros.params import NodeConfig
+
+    for k, match in (([1.0, 2.0, 3.0], "camera_k: needs 4 numbers"), ([0.0] * 4, "camera_k: fx")):
+        with pytest.raises(ValueError, match=match):
+            NodeConfig(camera_k=k).validate()
+    with pytest.raises(ValueError, match="intrinsics must be one of"):
+        NodeConfig(intrinsics="calibrated").validate()
+    NodeConfig(camera_k=[500.0, 500.0, 320.0, 240.0], intrinsics="camera_info").validate()
