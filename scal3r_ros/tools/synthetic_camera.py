@@ -86,7 +86,8 @@ def camera_info(drive: SyntheticDrive, stamp, frame_id: str) -> CameraInfo:
     cfg = drive.config
     msg = CameraInfo(width=cfg.width, height=cfg.height, distortion_model="plumb_bob")
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
-    K = drive.K
+    K = drive.K.copy()  # the drive's pixel centres are at +0.5; CameraInfo's at integers
+    K[:2, 2] -= 0.5
     msg.k = [float(v) for v in K.ravel()]
     msg.p = [
         float(K[0, 0]),
