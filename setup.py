@@ -39,9 +39,10 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pymap3d>=3.0,<4",
+        "opencv-python-headless>=4.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "evo>=1.28", "opencv-python-headless>=4.8"],
+        "test": ["pytest>=8", "ruff>=0.6", "evo>=1.28"],
     },
     zip_safe=True,
     entry_points={

@@ -53,5 +53,8 @@ def test_readme_sensor_section_lists_every_sensor_parameter():
     from scal3r_ros.ros.params import parameter_table
 
     section = README.split("### Use what the robot already knows", 1)[1].split("\n### ", 1)[0]
-    for row in parameter_table(SensorSection).strip().splitlines():
+    calibration = ("intrinsics", "camera_k", "focal_ratio_warn", "camera_info_topics")
+    rows = [r for r in parameter_table().splitlines() if r.split("`")[1] in calibration]
+    assert len(rows) == len(calibration)
+    for row in parameter_table(SensorSection).strip().splitlines() + rows:
         assert row in section, f"README's sensor table is missing or differs: {row}"

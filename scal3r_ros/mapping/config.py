@@ -18,6 +18,7 @@ from typing import Any
 _KEY = "scal3r_param"
 
 BACKEND_KINDS = ("scal3r", "tiny", "oracle")
+INTRINSICS_SOURCES = ("predicted", "camera_info")
 GCS_ONLINE_MODES = ("causal", "off")
 
 
@@ -148,7 +149,8 @@ class WindowSection:
 
 @dataclass
 class MapSection:
-    """The map: voxel size, confidence filter, point cap, disk cap of spilled frames."""
+    """The map: voxel size, confidence filter, point cap, disk cap of spilled frames, and
+    the intrinsics its points are unprojected with."""
 
     voxel_size: float = field(
         default=0.0,
@@ -178,6 +180,30 @@ class MapSection:
             "$TMPDIR/scal3r_ros-<uid>; beyond it the oldest are deleted and loops back to"
             " them rejected; 0: keep none",
             int_range=(0, 10000000),
+        ),
+    )
+    intrinsics: str = field(
+        default="predicted",
+        metadata=param(
+            "intrinsics the depth is unprojected with: predicted (the network's) or "
+            "camera_info (the camera's K from CameraInfo or camera_k, scaled to the network"
+            " input; a window without a known K for every frame falls back to predicted)",
+        ),
+    )
+    camera_k: list[float] = field(
+        default_factory=list,
+        metadata=param(
+            "[fx, fy, cx, cy] in source pixels (the CameraInfo K convention) for cameras "
+            "without CameraInfo; empty: none",
+        ),
+    )
+    focal_ratio_warn: float = field(
+        default=0.15,
+        metadata=param(
+            "warn when a window's predicted / known focal length is off 1 by more than "
+            "this (wrong calibration or a bad window); 0: never",
+            float_range=(0.0, 10.0),
+            dynamic=True,
         ),
     )
 
@@ -233,6 +259,14 @@ class OracleSection:
         metadata=param(
             "oracle backend: relative depth noise (sigma)",
             float_range=(0.0, 1.0),
+        ),
+    )
+    oracle_focal_error: float = field(
+        default=1.0,
+        metadata=param(
+            "oracle backend: factor on the predicted focal length (1: exact), a network "
+            "that misjudges the field of view, for tests of intrinsics camera_info",
+            float_range=(0.1, 10.0),
         ),
     )
     oracle_window_delays: list[float] = field(

@@ -16,7 +16,9 @@ order ``infer(k), loops(k), infer(k+1)``:
 Placement phase (``place``), on the ``InferredWindow`` the network phase returned:
 
 2. Points from the prediction: depth unprojection (official default ``use_xyz_align=0``)
-   or the point head (``placement.WindowPoints``).
+   or the point head (``placement.WindowPoints``). The depth is unprojected with the
+   predicted intrinsics or, with ``intrinsics="camera_info"``, the camera's known K
+   (``mapping.intrinsics``, chosen at the end of the network phase, loop chunks too).
 3. Place against the previous window: robust Sim(3) on the overlap frames' same-pixel
    points (``placement.PreviousWindow``), ``G_new = G_prev @ T(new -> prev)``, pose graph
    node + sequential edge. A degenerate overlap is reported (``AlignmentReport.ok =
@@ -60,7 +62,7 @@ import torch
 
 from scal3r_ros.mapping.alignment import AlignmentConfig
 from scal3r_ros.mapping.backends.protocol import GCS_MODES, Backend, ChunkInput, ChunkPrediction
-from scal3r_ros.mapping.config import MapSection, WindowSection
+from scal3r_ros.mapping.config import INTRINSICS_SOURCES, MapSection, WindowSection
 from scal3r_ros.mapping.events import (
     AlignmentReport,
     ChunkFailed,
@@ -74,6 +76,7 @@ from scal3r_ros.mapping.events import (
     StatsUpdate,
 )
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
+from scal3r_ros.mapping.intrinsics import IntrinsicsChoice, choose_intrinsics
 from scal3r_ros.mapping.loop_closure import DescriptorDatabase
 from scal3r_ros.mapping.loop_geometry import ChunkGeometry, ChunkGeometryStore
 from scal3r_ros.mapping.map_store import MapConfig, MapStore
@@ -115,10 +118,15 @@ class EngineConfig:
     loop_geometry_ram_chunks: int = 4  # older chunk geometry is spilled to disk
     max_chunk_attempts: int = 3  # backend failures on one window before it is skipped
     frame_clouds: bool = False  # emit FrameCloudsUpdate (per-frame depth, sensor clouds)
+    intrinsics: str = "predicted"  # predicted | camera_info: the K depth is unprojected with
 
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
             raise ValueError(f"gcs_mode must be one of {GCS_MODES}, got {self.gcs_mode!r}")
+        if self.intrinsics not in INTRINSICS_SOURCES:
+            raise ValueError(
+                f"intrinsics must be one of {INTRINSICS_SOURCES}, got {self.intrinsics!r}"
+            )
         if problem := window_problem(self.window.chunk_size, self.window.overlap):
             raise ValueError(problem)
 
@@ -142,6 +150,7 @@ class EngineConfig:
                 voxel_size=m.voxel_size, conf_ratio=m.confidence_ratio, max_points=m.max_points
             ),
             frames=FrameStoreConfig(max_spill_bytes=m.max_spill_mb << 20),
+            intrinsics=m.intrinsics,
         )
 
 
@@ -236,6 +245,7 @@ class InferredWindow:
     loops: Any  # the loop hook's network part (None without loop closure)
     n_frames: int  # frames pushed when the window was inferred
     gcs_state_bytes: int
+    intrinsics: IntrinsicsChoice = field(default_factory=IntrinsicsChoice)  # ``pred`` 's K
 
 
 class MappingEngine:
@@ -305,6 +315,7 @@ class MappingEngine:
             if not isinstance(frame, PreparedFrame) or frame.generation != self._generation:
                 frame = self.prepare(frame.frame if isinstance(frame, PreparedFrame) else frame)
             img, K, frame = frame.image, frame.intrinsics, frame.frame
+            self._network_hw = (int(img.shape[0]), int(img.shape[1]))  # one size per reset
             with self._store_lock:
                 self.frames.put(fid, StoredFrame(img, frame.stamp_ns, frame.camera_id, K))
             self._stamps.append(int(frame.stamp_ns))
@@ -484,8 +495,11 @@ class MappingEngine:
 
     def infer(self, chunk: ChunkInput) -> ChunkPrediction:
         """Run the backend with the engine's GCS state (loop chunks join the sums, as
-        official), returning frames in the order given."""
-        return self.backend.infer(chunk, self._gcs_state)
+        official), returning frames in the order given, with the intrinsics
+        ``config.intrinsics`` asks for (as the windows')."""
+        pred = self.backend.infer(chunk, self._gcs_state)
+        hw = (int(chunk.images.shape[1]), int(chunk.images.shape[2]))
+        return choose_intrinsics(pred, chunk.intrinsics, hw, self.config.intrinsics)[0]
 
     def add_loop_constraint(self, chunk_a: int, chunk_b: int, sim3_a_to_b: Sim3) -> None:
         """A verified loop edge ``T(A -> B)``; the engine re-optimises after the hook."""
@@ -652,8 +666,12 @@ class MappingEngine:
     def _inferred(self, spec: ChunkSpec, pred_net: ChunkPrediction) -> InferredWindow:
         """The end of a window's network phase: its frames stay stored until it is placed,
         it counts as a chunk for loop planning, and the loop hook's network part runs (loop
-        chunks join the GCS sums right after the window, before the next one)."""
+        chunks join the GCS sums right after the window, before the next one). The
+        prediction gets the intrinsics ``config.intrinsics`` asks for."""
         clock, self.clock = self.clock, Stopwatch(prepare=0.0)  # the next window's time
+        pred_net, choice = choose_intrinsics(
+            pred_net, self._known_intrinsics(spec), self._network_hw, self.config.intrinsics
+        )
         with self._store_lock:
             self._in_flight[spec.chunk_id] = spec
         self._spans[spec.chunk_id] = (spec.frame_ids[0], spec.frame_ids[-1] + 1)
@@ -673,7 +691,7 @@ class MappingEngine:
                 self._forget_in_flight([spec.chunk_id])
                 raise
         gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
-        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs)
+        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs, choice)
 
     def _integrate(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
         """Place a window (under `state_lock`, released between the two parts), then its
@@ -835,6 +853,8 @@ class MappingEngine:
         self.previous.reset()
         self.loop_geometry.clear()
         self.clock = Stopwatch(prepare=0.0)  # the next window's stages
+        self._network_hw = (0, 0)  # the network input's size (set by the first frame)
+        self.intrinsics_fallbacks = 0  # windows that wanted camera_info and had no K
         mode = self.config.gcs_mode
         self._gcs_state = None if mode in ("off", "exact") else self.backend.new_gcs_state(mode)
         self.reports: list[AlignmentReport] = []
@@ -842,6 +862,15 @@ class MappingEngine:
         # queries) and cameras; empty when mapping from scratch
         self.keyframes = Keyframes()
         self.cameras: dict[str, CameraInfo] = {}
+
+    def _known_intrinsics(self, spec: ChunkSpec) -> np.ndarray | None:
+        """The stored K of the window's frames in network order (at the network input's
+        resolution), None unless every frame has one."""
+        with self._store_lock:
+            Ks = [self.frames.intrinsics(spec.frame_ids[k]) for k in spec.network_order]
+        if any(K is None for K in Ks):
+            return None
+        return np.stack(Ks)  # type: ignore[arg-type]
 
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:
         with self._store_lock:
@@ -925,7 +954,16 @@ class MappingEngine:
             "n_frames": float(window.n_frames),
             "n_chunks": float(self.n_chunks),
         }
-        return StatsUpdate(window.spec.chunk_id, timings, memory)
+        k = window.intrinsics
+        self.intrinsics_fallbacks += k.fallback  # counted as placed: the same on two threads
+        return StatsUpdate(
+            window.spec.chunk_id,
+            timings,
+            memory,
+            k.source,
+            k.focal_ratio,
+            self.intrinsics_fallbacks,
+        )
 
     def __del__(self) -> None:
         try:

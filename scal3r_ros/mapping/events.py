@@ -137,10 +137,16 @@ class ChunkFailed(MapUpdate):
 
 @dataclass
 class StatsUpdate(MapUpdate):
-    """Per-chunk timings (seconds per stage) and memory figures (bytes / counts)."""
+    """Per-chunk timings (seconds per stage) and memory figures (bytes / counts), and the
+    intrinsics the window was unprojected with (``mapping.intrinsics``): ``focal_ratio``
+    is predicted / known focal length (0: no known K), ``intrinsics_fallbacks`` the windows
+    since the start (or reset) that wanted camera_info but had no K for every frame."""
 
     timings: dict[str, float]
     memory: dict[str, float]
+    intrinsics_source: str = ""  # "predicted" | "camera_info" ("": not a window)
+    focal_ratio: float = 0.0
+    intrinsics_fallbacks: int = 0
 
 
 @dataclass

@@ -135,6 +135,16 @@ class FrameStore:
             return self._gone[frame_id]
         raise KeyError(f"frame {frame_id} was never seen")
 
+    def intrinsics(self, frame_id: int) -> np.ndarray | None:
+        """The K stored with a frame in RAM or on disk (no disk read); KeyError when the
+        frame is not stored."""
+        f = self._ram.get(frame_id)
+        if f is not None:
+            return f.intrinsics
+        if frame_id in self._disk:
+            return self._disk[frame_id][2]
+        raise KeyError(f"frame {frame_id} is not stored")
+
     def camera_id(self, frame_id: int) -> str:
         return self.info(frame_id)[1]
 

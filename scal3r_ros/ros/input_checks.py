@@ -25,7 +25,11 @@ The callbacks decode (`conversions`, with `ImageLimits`) and hand every frame to
 Plain numbers in, callbacks out (no ROS node), so every rule is unit-tested; the
 callbacks run under the gate's lock, in arrival order. `ImageInput` is the node's side:
 one callback per message type (a decode function each) that decodes, checks, counts
-what it drops and submits `Frame`s with their camera's intrinsics.
+what it drops and submits `Frame`s with their camera's intrinsics: a camera's CameraInfo
+(or, without one, the ``camera_k`` parameter) gives K; a distorted calibration is
+undistorted first (``mapping.undistort``: maps made once per calibration), the frame's K
+then the undistorted image's. Ks go to the engine in its pixel convention
+(``undistort.to_pixel_edges``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scal3r_ros.mapping.events import Frame
+from scal3r_ros.mapping.undistort import Calibration, Undistorter, to_pixel_edges
 from scal3r_ros.ros.conversions import ConversionError, ImageLimits
 
 MAX_CAMERAS = 16
@@ -290,6 +295,37 @@ def camera_matrix(k: Sequence[float], width: int = 0, height: int = 0) -> np.nda
     return K
 
 
+def camera_k_matrix(camera_k: Sequence[float]) -> np.ndarray | None:
+    """The K of the ``camera_k`` parameter ([fx, fy, cx, cy]; empty: None), or ValueError
+    as `camera_matrix`."""
+    if len(camera_k) == 0:
+        return None
+    if len(camera_k) != 4:
+        raise ValueError(f"needs 4 numbers [fx, fy, cx, cy], got {len(camera_k)}")
+    fx, fy, cx, cy = (float(v) for v in camera_k)
+    return camera_matrix([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+
+
+@dataclass
+class _CameraModel:
+    """One camera's calibration as the frames use it: K (CameraInfo convention) of the
+    images as they go to the engine, the undistortion (None: images as they are) and
+    why a distorted calibration cannot be undone ("": it can, or needs nothing)."""
+
+    calibration: Calibration
+    K: np.ndarray
+    undistort: Undistorter | None
+    problem: str = ""
+
+    def fits(self, size: tuple[int, int]) -> bool:
+        """The calibration is of images of ``size`` (width, height): its own size when it
+        gives one, else a principal point inside the image (roughly)."""
+        c = self.calibration
+        if c.width > 0 and c.height > 0:
+            return (c.width, c.height) == size
+        return not (self.K[0, 2] * 2 > size[0] * 1.5 or self.K[1, 2] * 2 > size[1] * 1.5)
+
+
 # ====================================================================== the node's side
 class ImageInput:
     """The node's image and CameraInfo callbacks in front of the worker queue.
@@ -311,14 +347,17 @@ class ImageInput:
         now_ns: Callable[[], int],
         logger,
         queue_full: str,
+        camera_k: Sequence[float] = (),
     ) -> None:
+        """``camera_k``: [fx, fy, cx, cy] of cameras without CameraInfo (empty: none)."""
         self.limits = limits
         self._submit_frame, self._reset_map, self._now_ns = submit, reset_map, now_ns
         self._log, self._queue_full = logger, queue_full
         self._lock = threading.Lock()
         self._drops: dict[str, int] = {}
         self._notices: dict[str, int] = {}
-        self._camera_k: dict[str, np.ndarray] = {}
+        self._camera_k: dict[str, _CameraModel] = {}
+        self._default_k = camera_k_matrix(camera_k)
         self.gate = InputGate(policy, self._submit, self._time_jump_reset, self._drop)
 
     def callback(self, decode: Callable[[object, ImageLimits], np.ndarray]) -> Callable:
@@ -341,7 +380,15 @@ class ImageInput:
         )
 
     def on_camera_info(self, msg) -> None:
+        """A camera's calibration: checked, and its undistortion maps made, when it is new
+        or changed (CameraInfo usually comes with every image)."""
         cam = msg.header.frame_id
+        calib = Calibration.of(
+            msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.r, msg.p
+        )
+        known = self._camera_k.get(cam)
+        if known is not None and known.calibration == calib:
+            return
         try:
             K = camera_matrix(msg.k, msg.width, msg.height)
         except ValueError as exc:
@@ -353,7 +400,30 @@ class ImageInput:
                 f"CameraInfo of {cam!r} ignored: {MAX_CAMERAS} cameras known already",
             )
             return
-        self._camera_k[cam] = K
+        self._camera_k[cam] = self._camera_model(cam, calib, K)
+
+    def _camera_model(self, cam: str, calib: Calibration, K: np.ndarray) -> _CameraModel:
+        """The undistortion of a new calibration, or why there is none (warned once here;
+        each frame used distorted is counted as ``distorted_as_is``)."""
+        if not calib.distorted:
+            return _CameraModel(calib, K, None)
+        problem = ""
+        if calib.width <= 0 or calib.height <= 0:
+            problem = "it gives no image size"
+        else:
+            try:  # UnknownDistortion, coefficients that do not fit, OpenCV's own errors
+                und = Undistorter(calib)
+                return _CameraModel(
+                    calib, camera_matrix(und.K.ravel(), calib.width, calib.height), und
+                )
+            except Exception as exc:
+                problem = str(exc).strip() or type(exc).__name__
+        self._log.warning(
+            f"CameraInfo of {cam!r}: {problem}; its images go to the network distorted "
+            "(counted as distorted_as_is); undistort them upstream (image_proc) or publish "
+            "a plumb_bob, rational_polynomial or equidistant calibration"
+        )
+        return _CameraModel(calib, K, None, problem)
 
     def set_policy(self, policy: StampPolicy) -> None:
         """The dynamic parameter on_time_jump changed."""
@@ -389,10 +459,21 @@ class ImageInput:
         self._reset_map()
 
     def _submit(self, cam: str, stamp: int, rgb: np.ndarray) -> None:
-        """Enqueue one frame the gate let through, with its camera's intrinsics."""
+        """Enqueue one frame the gate let through, undistorted, with its camera's
+        intrinsics (None: none known for images of this size)."""
         size = (rgb.shape[1], rgb.shape[0])
-        K = self._camera_k.get(cam)
-        if K is not None and (K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5):
-            K = None  # CameraInfo of another resolution
+        model, K = self._camera_k.get(cam), None
+        if model is not None and model.fits(size):  # else: CameraInfo of another resolution
+            K = model.K
+            if model.undistort is not None:
+                rgb = model.undistort(rgb)
+            elif model.problem:
+                self._count(self._notices, "distorted_as_is")
+        elif model is None and self._default_k is not None:
+            K = self._default_k  # camera_k: no CameraInfo for this camera
+            if K[0, 2] * 2 > size[0] * 1.5 or K[1, 2] * 2 > size[1] * 1.5:
+                K = None
+        if K is not None:
+            K = to_pixel_edges(K)
         if not self._submit_frame(Frame(stamp_ns=stamp, camera_id=cam, image=rgb, intrinsics=K)):
             self._log.warning(self._queue_full, throttle_duration_sec=5.0)

@@ -27,7 +27,7 @@ from scal3r_ros.ros.outputs.poses import transform_msg
 from scal3r_ros.ros.params import NodeConfig
 
 MAX_CHAIN = 16  # /tf_static links walked from the camera frame up to base_frame
-LEVEL_MAX_DT_S = 1.0  # the base pose used to carry gravity into map: this close in time
+LEVEL_MAX_DT_S = 0.25  # the base pose used to carry gravity into map: this close in time
 
 Gravity = Callable[[], "tuple[np.ndarray, int] | None"]  # (up in base axes, stamp) or None
 

@@ -150,6 +150,7 @@ class MappingNode(Node):
             lambda: self.get_clock().now().nanoseconds,
             log,
             queue_full,
+            camera_k=cfg.camera_k,
         )
         in_qos = qos.input_profile(cfg.input_qos, cfg.input_qos_depth)
         for msg_type, topics, decode in (

@@ -33,6 +33,7 @@ from rclpy.parameter import Parameter
 from scal3r_ros.mapping.config import (
     BACKEND_KINDS,
     GCS_ONLINE_MODES,
+    INTRINSICS_SOURCES,
     SESSION_MODES,
     BackendSection,
     MapSection,
@@ -47,14 +48,19 @@ from scal3r_ros.mapping.config import (
 from scal3r_ros.mapping.planning.scale import SCALE_SOURCES
 from scal3r_ros.mapping.windowing import window_problem
 from scal3r_ros.ros.conversions import ImageLimits
-from scal3r_ros.ros.input_checks import StampPolicy
+from scal3r_ros.ros.input_checks import StampPolicy, camera_k_matrix
 
 BACKENDS = BACKEND_KINDS
 _S = TypeVar("_S")
 QOS_CHOICES = ("sensor_data", "reliable")
 TIME_JUMP_POLICIES = ("reset", "drop")
 _DOUBLES = Parameter.Type.DOUBLE_ARRAY
-_ARRAY_TYPES = {"camera_xyz": _DOUBLES, "camera_rpy": _DOUBLES, "oracle_window_delays": _DOUBLES}
+_ARRAY_TYPES = {
+    "camera_xyz": _DOUBLES,
+    "camera_rpy": _DOUBLES,
+    "oracle_window_delays": _DOUBLES,
+    "camera_k": _DOUBLES,
+}
 
 
 @dataclass
@@ -472,6 +478,14 @@ class NodeConfig(
             )
         if any(not 0.0 <= d <= 86400.0 for d in self.oracle_window_delays):
             problems.append("oracle_window_delays must be seconds in [0, 86400]")
+        if self.intrinsics not in INTRINSICS_SOURCES:
+            problems.append(
+                f"intrinsics must be one of {INTRINSICS_SOURCES}, got {self.intrinsics!r}"
+            )
+        try:
+            camera_k_matrix(self.camera_k)
+        except ValueError as exc:
+            problems.append(f"camera_k: {exc}")
         for f in fields(self):
             problem = value_problem(f.name, getattr(self, f.name))
             if problem:

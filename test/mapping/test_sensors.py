@@ -110,3 +110,16 @@ def test_motion_is_not_taken_for_gravity():
     for _ in range(200):  # driving: 2 m/s^2 of acceleration on top of gravity, changing
         assert not grav.add(np.r_[0, 0, STANDARD_GRAVITY] + rng.normal(0, 2.0, 3))
     assert grav.level is None and grav.rejected > 100
+
+
+def test_an_imu_orientation_levels_once_from_its_first_measurement():
+    """An IMU with orientation gives up at every message; the first is kept with its stamp
+    (a later one, paired by the mount with another frame's pose, tilted the map on a slope:
+    8.3 deg on a 6 deg slope in the cross-process test)."""
+    grav = GravityLevel()
+    first = Rotation.from_euler("xy", [4, -2], degrees=True).inv().apply([0, 0, 1])
+    assert grav.set_up(first * 3.0, stamp_ns=7) and grav.stamp_ns == 7
+    later = Rotation.from_euler("xy", [-3, 5], degrees=True).inv().apply([0, 0, 1])
+    assert grav.set_up(later, stamp_ns=9)
+    assert np.allclose(grav.up, first) and grav.stamp_ns == 7
+    assert not GravityLevel().set_up(np.zeros(3))  # no direction: counted, not used

@@ -123,3 +123,140 @@ def test_the_readme_recipe_maps_the_whole_drive(tmp_path):
             assert len(np.loadtxt(tmp_path / "run" / "trajectory_tum.txt", ndmin=2)) == 300
     finally:
         rec.close()
+
+
+# ---------------------------------------------------------------- simulated sensors (issue 18)
+def _sensor_args(*extra: str):
+    """The camera's parsed options (as ``main`` parses them) for ``extra``."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    synthetic_camera.add_sensor_options(parser)
+    return parser.parse_args(list(extra))
+
+
+def test_without_sensor_options_nothing_but_the_images_is_published():
+    from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
+
+    drive = SyntheticDrive(SyntheticConfig(n_frames=5))
+    sensors = synthetic_camera.SimulatedSensors(drive, _sensor_args())
+    assert not sensors.active() and sensors.still() == [] and sensors.at_frame(3) == []
+
+
+def test_sensor_messages_carry_the_drive_in_the_nodes_conventions():
+    import numpy as np
+    import pymap3d
+
+    from scal3r_ros.mapping.sim import sensors as sim
+    from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
+    from scal3r_ros.ros.conversions import stamp_to_ns
+    from scal3r_ros.ros.frames import camera_mount, matrix_from_quaternion
+
+    drive = SyntheticDrive(SyntheticConfig(n_frames=30))
+    args = _sensor_args(
+        *("--odometry", "/odom", "--gnss", "/fix", "--imu", "/imu", "--gnss-sigma", "0"),
+        *("--tilt-deg", "5", "--still-s", "0.5", "--imu-rate", "50", "--heading-deg", "20"),
+    )
+    sensors = synthetic_camera.SimulatedSensors(drive, args)
+    still = sensors.still()
+    assert len(still) == 25 and all(topic == "/imu" for _, topic, _ in still)
+    assert [t for t, _, _ in still] == sorted(t for t, _, _ in still)
+    assert still[-1][0] < drive.stamp_ns(0)
+    world = sim.SensorWorld(5.0, 20.0)
+    mount = camera_mount()
+    R0 = sim.base_orientation_enu(drive, 0, world, mount)
+    a = still[0][2].linear_acceleration
+    assert np.allclose([a.x, a.y, a.z], R0.T @ [0, 0, 9.80665])  # tilted: not (0, 0, g)
+    assert still[0][2].orientation_covariance[0] == -1.0  # unknown unless --imu-orientation
+
+    msgs = dict(sensors.at_frame(12))
+    odo, fix = msgs["/odom"], msgs["/fix"]
+    assert stamp_to_ns(odo.header.stamp) == stamp_to_ns(fix.header.stamp) == drive.stamp_ns(12)
+    assert (odo.header.frame_id, odo.child_frame_id) == ("odom", "base_link")
+    q, p = odo.pose.pose.orientation, odo.pose.pose.position
+    T = np.eye(4)
+    T[:3, :3] = matrix_from_quaternion([q.x, q.y, q.z, q.w])
+    T[:3, 3] = [p.x, p.y, p.z]
+    assert np.allclose(T, sim.odometry_pose(drive, 12, mount), atol=1e-9)
+    assert not any(odo.pose.covariance)  # exact odometry: covariance unknown (all zero)
+    enu = pymap3d.geodetic2enu(fix.latitude, fix.longitude, fix.altitude, *sim.DEFAULT_ANCHOR)
+    assert np.allclose(enu, sim.antenna_enu(drive, 12, world, mount), atol=1e-3)
+    assert fix.position_covariance_type == fix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+
+    oriented = synthetic_camera.SimulatedSensors(
+        drive, _sensor_args("--imu", "/i", "--imu-orientation")
+    )
+    imu = dict(oriented.at_frame(7))["/i"]
+    o = imu.orientation
+    R = matrix_from_quaternion([o.x, o.y, o.z, o.w])
+    assert imu.orientation_covariance[0] > 0
+    assert np.allclose(R, sim.base_orientation_enu(drive, 7, sim.SensorWorld(), mount))
+
+
+def test_noisy_odometry_says_how_uncertain_it_is():
+    from scal3r_ros.mapping.sim.synthetic import SyntheticConfig, SyntheticDrive
+
+    drive = SyntheticDrive(SyntheticConfig(n_frames=30))
+    args = _sensor_args("--odometry", "/odom", "--odometry-noise", "0.01")
+    sensors = synthetic_camera.SimulatedSensors(drive, args)
+    var = [dict(sensors.at_frame(i))["/odom"].pose.covariance[0] for i in (1, 10, 29)]
+    assert 0 < var[0] < var[1] < var[2]  # a random walk's variance grows along the drive
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--gnss-jumps", "1.5"],
+        ["--gnss-sigma", "-1"],
+        ["--anchor", "91", "0", "0"],
+        ["--imu-rate", "0"],
+        ["--tilt-deg", "95"],
+        ["--odometry", "/camera/image_raw"],
+        ["--odometry-noise", "nan"],
+    ],
+)
+def test_bad_sensor_options_exit_2(argv, capsys):
+    assert synthetic_camera.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "[scal3r_synthetic_camera]" in err and "Traceback" not in err
+
+
+@pytest.mark.ros
+def test_the_camera_publishes_the_sensors_beside_the_images(tmp_path):
+    """Over ROS: every image stamp has its odometry, fix and IMU sample, the IMU's still
+    samples come first, all before the camera exits."""
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image, Imu, NavSatFix
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "ros"))
+    from node_harness import Recorder, start, stop
+
+    from scal3r_ros.ros.conversions import stamp_to_ns
+
+    rec = Recorder("sensor_camera_tester")
+    topics = {"/t/odom": Odometry, "/t/fix": NavSatFix, "/t/imu": Imu, "/t/image_raw": Image}
+    for topic, typ in topics.items():
+        rec.subscribe(topic, typ)
+    cam = start(
+        [
+            "scal3r_ros.tools.synthetic_camera",
+            *("--reliable", "--frames", "12", "--rate", "40", "--topic", "/t/image_raw"),
+            *("--odometry", "/t/odom", "--gnss", "/t/fix", "--imu", "/t/imu"),
+            *("--still-s", "0.3", "--imu-rate", "100", "--wait-subscribers", "60"),
+        ],
+        tmp_path / "camera.log",
+    )
+    try:
+        assert rec.spin_until(lambda: len(rec.msgs["/t/image_raw"]) == 12, 120, [cam]), (
+            tmp_path / "camera.log"
+        ).read_text()
+        assert rec.spin_until(lambda: cam.poll() is not None, 60)
+        rec.executor.spin_once(timeout_sec=0.2)
+    finally:
+        stop(cam)
+        rec.close()
+    stamps = {t: [stamp_to_ns(m.header.stamp) for m in rec.msgs[t]] for t in topics}
+    images = stamps["/t/image_raw"]
+    assert stamps["/t/odom"] == stamps["/t/fix"] == images
+    imu = stamps["/t/imu"]
+    assert len(imu) == 30 + 12 and imu[30:] == images and max(imu[:30]) < images[0]

@@ -128,6 +128,7 @@ def make_backend(spec: BackendSpec) -> BuiltBackend:
             seed=o.oracle_seed,
             depth_noise=o.oracle_depth_noise,
             drift_yaw_deg_per_frame=o.oracle_drift_deg,
+            focal_error=o.oracle_focal_error,
             window_delays_s=tuple(o.oracle_window_delays),
         )
         return BuiltBackend(OracleBackend(drive, oracle), loops, "oracle", "cpu")

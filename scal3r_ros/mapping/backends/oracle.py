@@ -2,7 +2,8 @@
 
 Each chunk's prediction is expressed in that chunk's reference camera frame and then
 moved by a random Sim(3) (scale included), like a network whose every chunk has its
-own gauge. Optional corruptions: multiplicative depth noise, per-frame pose noise, and
+own gauge. Optional corruptions: multiplicative depth noise, a wrong predicted focal
+length (``focal_error``), per-frame pose noise, and
 *drift* -- an in-chunk bend (yaw growing with the distance in frames from the
 reference, plus a scale creep) that no rigid fit can undo, so chained alignment
 accumulates error the way real predictions do and loop closure has work to do.
@@ -42,6 +43,9 @@ class OracleConfig:
     trans_noise_m: float = 0.0
     drift_yaw_deg_per_frame: float = 0.0  # in-chunk bend about the reference's vertical
     drift_scale_per_frame: float = 0.0  # in-chunk scale creep
+    # factor on the predicted focal lengths (1: exact): a network that misjudges the field
+    # of view; depth and poses stay true, so only the unprojection with this K is wrong
+    focal_error: float = 1.0
     sky_depth_m: float = 200.0  # depth reported where nothing was hit (confidence 1)
     descriptors: bool = True  # image-thumbnail global descriptors (for loop retrieval)
     # Loop chunks whose two windows are farther apart than this (metres) are predicted the
@@ -155,6 +159,8 @@ class OracleBackend:
         c2w = np.stack([g.apply_pose(T) for T in rel])
         depth = (depth * g.s).astype(np.float32)
         K = np.repeat(self.drive.K[None], len(idx), axis=0)
+        K[:, 0, 0] *= cfg.focal_error
+        K[:, 1, 1] *= cfg.focal_error
         pts = to_numpy(unproject_depth(depth, K, c2w))
         pred = ChunkPrediction(
             c2w=c2w,

@@ -67,7 +67,12 @@ class GravityLevel:
 
     def set_up(self, up_base: np.ndarray, stamp_ns: int = 0) -> bool:
         """The up direction in base axes measured directly (an IMU's orientation); False
-        (counted) when it is not a finite, non-zero vector."""
+        (counted) when it is not a finite, non-zero vector. The first measurement is kept,
+        as a still window is: up in base axes changes as the robot turns on a slope, so a
+        later one paired with another frame's pose (the mount takes the nearest pose within
+        a second) would tilt the map by up to twice the slope."""
+        if self.up is not None:
+            return True
         u = np.asarray(up_base, dtype=np.float64).reshape(3)
         n = float(np.linalg.norm(u))
         if not np.isfinite(u).all() or n < 1e-9:

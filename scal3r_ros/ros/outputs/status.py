@@ -85,6 +85,8 @@ class StatusOutputs:
             self._loops = 0
             self._degenerate = 0
             self._fusion: SensorFusionUpdate | None = None
+            self._intrinsics = ("", 0.0, 0)  # newest window's source, focal ratio; fallbacks
+            self._focal_off = False  # the focal ratio is beyond focal_ratio_warn
             self._reloc: RelocalisationUpdate | None = None
 
     def set_session(self, folder: str, mode: str) -> None:
@@ -120,12 +122,39 @@ class StatusOutputs:
                     self._degenerate += 1
                 elif isinstance(ev, StatsUpdate):
                     self._timings, self._memory = dict(ev.timings), dict(ev.memory)
+                    self._on_intrinsics(ev)
                 elif isinstance(ev, ScaleUpdate):
                     self._scale = ev
                 elif isinstance(ev, SensorFusionUpdate):
                     self._fusion = ev
                 elif isinstance(ev, RelocalisationUpdate):
                     self._reloc = ev
+
+    def _on_intrinsics(self, ev: StatsUpdate) -> None:
+        """The newest window's intrinsics; a warning when its predicted / known focal
+        ratio leaves 1 +- focal_ratio_warn, a note when it is back (once per transition)."""
+        if not ev.intrinsics_source:
+            return
+        self._intrinsics = (ev.intrinsics_source, ev.focal_ratio, ev.intrinsics_fallbacks)
+        if ev.focal_ratio <= 0.0:  # no known K to compare with: no news
+            return
+        warn = self.cfg.focal_ratio_warn
+        off = warn > 0 and abs(ev.focal_ratio - 1.0) > warn
+        if off != self._focal_off:
+            self._focal_off = off
+            log = self._node.get_logger()
+            if off:
+                log.warning(
+                    f"chunk {ev.chunk_id}: predicted / known focal length {ev.focal_ratio:.3f}"
+                    f" (beyond 1 +- focal_ratio_warn {warn:g}): a wrong CameraInfo or camera_k"
+                    f" calibration, or a window the network misjudged; unprojecting with "
+                    f"{ev.intrinsics_source} intrinsics"
+                )
+            else:
+                log.info(
+                    f"chunk {ev.chunk_id}: predicted / known focal length {ev.focal_ratio:.3f}"
+                    f" is within 1 +- {warn:g} again"
+                )
 
     # ------------------------------------------------------------ status timer
     def snapshot(self) -> tuple[MappingStatus, dict[str, int], dict[str, int]]:
@@ -140,6 +169,7 @@ class StatusOutputs:
             newest_ns, latency_s, loops = self._newest_ns, self._latency_s, self._loops
             fusion, reloc, session = self._fusion, self._reloc, self.session
             node_error, errors_then = self._node_error
+            source, ratio, _ = self._intrinsics
         cfg = self.cfg
         msg = MappingStatus()
         msg.frames_received = received
@@ -166,6 +196,7 @@ class StatusOutputs:
         msg.scale = scale.scale
         self._fill_sensors(msg, fusion)
         msg.scale_confidence = float(scale.estimate.confidence)
+        msg.intrinsics_source, msg.focal_ratio = source, float(ratio)
         self._fill_session(msg, session, reloc)
         if s.errors and s.last_error and not s.busy and s.chunks == 0:
             msg.state, msg.state_text = MappingStatus.STATE_ERROR, "error"
@@ -220,6 +251,7 @@ class StatusOutputs:
         self._pub.publish(msg)
         with self._lock:
             est, degenerate = self._scale.estimate, self._degenerate
+            fallbacks, focal_off = self._intrinsics[2], self._focal_off
         diag = DiagnosticStatus(name="scal3r_mapping: mapping", hardware_id=msg.device)
         level, text = DiagnosticStatus.OK, msg.state_text
         if msg.last_error:
@@ -234,6 +266,9 @@ class StatusOutputs:
             text = "; ".join(parts)
         elif msg.scale_source != "none" and not est.ok:
             level, text = DiagnosticStatus.WARN, f"scale: {est.status}"
+        elif focal_off:
+            level = DiagnosticStatus.WARN
+            text = f"predicted / known focal length {msg.focal_ratio:.3f} (calibration?)"
         diag.level, diag.message = level, text
         values = {
             "frames_received": msg.frames_received,
@@ -255,6 +290,9 @@ class StatusOutputs:
             "scale": f"{msg.scale:.6g}",
             "scale_confidence": f"{msg.scale_confidence:.2f}",
             "scale_status": est.status,
+            "intrinsics_source": msg.intrinsics_source,
+            "focal_ratio": f"{msg.focal_ratio:.4f}",
+            "intrinsics_fallbacks": fallbacks,
         }
         for source, on in (
             ("odometry", self.cfg.odometry_topic),
