@@ -223,6 +223,7 @@ class MappingNode(Node):
             self.planner.save,
             session=self._session_data,
             refuse=self._save_refused,
+            warn=lambda text: self._say("warning", text),
         )
 
         # --- services and timers (own group, so a save never blocks image callbacks)

@@ -61,12 +61,16 @@ class MapSaver:
         extra: Callable[[SaveFolder], None] = lambda folder: None,
         session: SessionSource | None = None,
         refuse: Callable[[], str] = lambda: "",
+        warn: Callable[[str], None] = lambda text: print(
+            f"[scal3r_mapping] {text}", file=sys.stderr, flush=True
+        ),
     ) -> None:
         """``session(engine)``: the session to write with a save (``session/``; None or
         returning None: none), read on the worker thread with the rest; ``refuse()``: why
         the node cannot save now ("" when it can; relocalising in a loaded map)."""
         self.converter, self.output_dir, self.extra = converter, output_dir, extra
-        self.session, self.refuse = session, refuse
+        self.session, self.refuse, self.warn = session, refuse, warn
+        self.session_error = ""  # why the last save has no session folder ("": it has)
 
     def on_request(self, request, response, call: Callable):
         """The ``~/save_map`` service; ``call(fn, flush=True)`` runs ``fn(engine)`` on
@@ -84,6 +88,8 @@ class MapSaver:
             )
             response.success, response.files = True, [str(f) for f in files]
             response.message = f"saved {len(files)} files to {self.output_dir / name}"
+            if self.session_error:
+                response.message += f" (no session folder: {self.session_error})"
         except Exception as exc:
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
@@ -152,7 +158,12 @@ class MapSaver:
         with engine.state_lock:
             map_pts = engine.map_points() if save_map else None
             poses = engine.poses() if save_traj else None
-            session = self.session(engine) if save_map and self.session is not None else None
+            session, self.session_error = None, ""
+            if save_map and self.session is not None:
+                try:
+                    session = self.session(engine)
+                except Exception as exc:  # the map and trajectories are saved all the same
+                    self.session_error = f"{type(exc).__name__}: {exc}"
         with SaveFolder(root, str(target), replaceable=REPLACEABLE) as folder:
             if map_pts is not None:
                 xyz, rgb, conf = map_pts
@@ -177,8 +188,13 @@ class MapSaver:
             if map_pts is not None:
                 self.extra(folder)
             if session is not None:  # written atomically inside the staging folder
-                write_session(session, folder.staging_path / SESSION_FOLDER)
+                try:
+                    write_session(session, folder.staging_path / SESSION_FOLDER)
+                except (ValueError, OSError) as exc:
+                    session, self.session_error = None, f"{type(exc).__name__}: {exc}"
             files = folder.commit()
         if session is not None:
             files.append(folder.path / SESSION_FOLDER)
+        elif self.session_error:
+            self.warn(f"the session folder was not written ({self.session_error})")
         return files

@@ -13,6 +13,7 @@ from node_harness import NODE, Recorder, mapping_run, oracle_node_args, stop
 from scal3r_ros_msgs.srv import SaveMap
 from std_srvs.srv import Trigger
 
+from scal3r_ros.mapping.session import read_session
 from scal3r_ros.mapping.sim3 import umeyama
 from scal3r_ros.ros.conversions import cloud_to_array
 from scal3r_ros.ros.frames import matrix_from_quaternion
@@ -178,6 +179,7 @@ def test_save_service_writes_files_and_refuses_escapes(run):
     assert names == [
         "map.pcd",
         "map.ply",
+        "session",  # save_session (default): the folder to come back to (map_file)
         "trajectory_camera_kitti.txt",
         "trajectory_camera_tum.txt",
         "trajectory_kitti.txt",
@@ -185,6 +187,7 @@ def test_save_service_writes_files_and_refuses_escapes(run):
     ]
     tum = np.loadtxt(out / "maps" / "run1" / "trajectory_tum.txt")
     assert tum.shape == (N_FRAMES, 8)
+    assert read_session(out / "maps" / "run1" / "session").n_frames == N_FRAMES
     assert (out / "maps" / "run1" / "map.ply").read_bytes().startswith(b"ply")
 
 

@@ -170,6 +170,25 @@ def test_a_save_writes_its_session_inside_and_replaces_it_as_a_whole(tmp_path, e
     np.testing.assert_allclose(tum[:, 1:4], here.base_poses(c2w)[:, :3, 3], atol=1e-4)
 
 
+def test_a_failing_session_never_costs_the_save_and_one_window_makes_a_session(tmp_path):
+    drive = make_drive(n_frames=16)  # one window: a graph without edges
+    eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, OracleConfig()))
+    push_and_collect(eng, drive)
+    res = _request(_saver(tmp_path / "maps", eng, _converter(eng)), eng, "one")
+    assert res.success and read_session(tmp_path / "maps" / "one" / "session").n_frames == 16
+    warned = []
+
+    def broken(engine):
+        raise RuntimeError("disk on fire")
+
+    conv = _converter(eng)
+    saver = MapSaver(conv, tmp_path / "maps", lambda f: None, session=broken, warn=warned.append)
+    res = _request(saver, eng, "two")
+    assert res.success and "no session folder: RuntimeError: disk on fire" in res.message
+    assert (tmp_path / "maps" / "two" / "map.ply").is_file()
+    assert not (tmp_path / "maps" / "two" / "session").exists() and warned
+
+
 def test_a_save_while_relocalising_is_refused_with_the_reason(tmp_path, engine):
     saver = _saver(tmp_path / "maps", engine, _converter(engine), refuse=lambda: "relocalising")
     res = _request(saver, engine, "run")

@@ -371,7 +371,7 @@ def _graph(blob: bytes, meta: dict) -> PoseGraphState:
     info = f.finite("edge_information", f.get("edge_information", "float64", ("E", 7, 7)))
     if (sig <= 0).any():
         raise SessionError(f"{name}: edge_sigmas must be > 0")
-    diag = np.stack([np.diag(1.0 / s**2) for s in sig]).reshape(-1, 7, 7)
+    diag = np.array([np.diag(1.0 / s**2) for s in sig]).reshape(-1, 7, 7)
     if not np.allclose(info, diag, rtol=1e-9, atol=0.0):
         raise SessionError(f"{name}: edge_information does not match edge_sigmas")
     rk = f.get("edge_robust_k", "float64", ("E",))

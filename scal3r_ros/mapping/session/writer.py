@@ -193,7 +193,7 @@ def _graph_arrays(data: SessionData, frames: list[str]) -> dict[str, np.ndarray]
     out["edge_kind"] = np.array([EDGE_KINDS.index(x.kind) for x in e], np.int8)
     out["edge_s"], out["edge_R"], out["edge_t"] = pack_sim3([x.T_dst_src for x in e])
     out["edge_sigmas"] = sig
-    out["edge_information"] = np.stack([np.diag(1.0 / s**2) for s in sig]).reshape(-1, 7, 7)
+    out["edge_information"] = np.array([np.diag(1.0 / s**2) for s in sig]).reshape(-1, 7, 7)
     out["edge_kernel"] = np.array([KERNELS.index(x.kernel) for x in e], np.int8)
     out["edge_robust_k"] = np.array([_none_nan(x.robust_k) for x in e], np.float64)
     out["edge_sigma_scale"] = np.array(
