@@ -286,6 +286,8 @@ def other_place(lap1):
             result["map_odom"] = _map_odom(rec)
             result["paths"] = [p for p in rec.msgs[f"{NODE}/path"] if p.poses]
             result["odometry"] = len(rec.msgs[f"{NODE}/odometry"])
+            diag = rec.last("/diagnostics")
+            result["diagnostics"] = {kv.key: kv.value for kv in diag.status[0].values}
             res = rec.call(LoadMap, f"{NODE}/load_map", LoadMap.Request(path=str(bad), mode=""))
             result["corrupt"] = res
             n = len(rec.msgs[f"{NODE}/status"])
@@ -303,8 +305,10 @@ def test_a_map_of_another_place_never_relocalises(other_place):
     assert not other_place["map_odom"] and not other_place["paths"]
     # odom -> base_link goes on (all but the windows still in flight when recorded)
     assert other_place["odometry"] >= (FRAMES - START) // 2
+    assert other_place["diagnostics"]["session"].endswith("lap1/session")
     if HAS_RELOCALISATION:
         assert st.reloc_windows_tried >= 5, st
+        assert int(other_place["diagnostics"]["reloc_windows_tried"]) >= 5
     print(f"other place: {st.reloc_windows_tried} windows tried, still relocalising")
 
 

@@ -304,6 +304,16 @@ class StatusOutputs:
                     if hasattr(msg, f"{source}_{key}"):
                         v = getattr(msg, f"{source}_{key}")
                         values[f"{source}_{key}"] = f"{v:.3f}" if isinstance(v, float) else v
+        if msg.session:
+            values["session"] = msg.session
+            values["session_mode"] = msg.session_mode
+            values["reloc_windows_tried"] = msg.reloc_windows_tried
+            values["reloc_frames_tried"] = msg.reloc_frames_tried
+            if msg.state == MappingStatus.STATE_LOCALISED:
+                values["reloc_matched_chunk"] = msg.reloc_matched_chunk
+                values["reloc_inlier_ratio"] = f"{msg.reloc_inlier_ratio:.3f}"
+            elif msg.reloc_reason:
+                values["reloc_reason"] = msg.reloc_reason
         if self.cfg.imu_topic:
             values["map_tilt_deg"] = f"{msg.map_tilt_deg:.2f}"
         if self.cfg.gnss_topic:
