@@ -134,6 +134,7 @@ class MappingNode(Node):
         self.scale = ScaleTracker(self, cfg, graph=self.sensors.graph_sources)
         self._held_events: list[MapUpdate] = []  # a window's poses waiting for its points
         self._loaded_scale_source = ""  # what measured a loaded session's scale
+        self._odom_at_load = np.eye(4)  # odom goes on from here after a load
 
         # --- inputs
         set_pillow_limit(cfg.max_image_pixels)
@@ -339,7 +340,7 @@ class MappingNode(Node):
         for ev in split.odometry:
             if self._odom_converter is None:  # odom goes on from its last pose
                 conv = FrameConverter(self.converter.T_base_cam, self.converter.scale)
-                conv.origin = self.poses.last_odometry() @ self.converter.T_base_cam
+                conv.origin = self._odom_at_load @ self.converter.T_base_cam
                 conv.set_anchor(ev.c2w[int(np.argmin(ev.frame_ids))])
                 self._odom_converter = conv
             self.poses.on_odometry_only(ev, self._odom_converter.base_poses(ev.c2w))
@@ -408,7 +409,12 @@ class MappingNode(Node):
             done.set()
 
         self.worker.request("flush", load)
-        if not done.wait(LOAD_WAIT_S):
+        deadline = time.monotonic() + LOAD_WAIT_S
+        while not done.wait(0.5) and time.monotonic() < deadline:
+            if not self.worker.alive:
+                response.success, response.message = False, "the mapping worker is stopping"
+                return response
+        if not done.is_set():
             response.success = False
             response.message = (
                 f"not loaded within {LOAD_WAIT_S:g} s: the frames queued before it are still "
@@ -437,6 +443,7 @@ class MappingNode(Node):
         ids, stamps, c2w = engine.poses()
         self._held_events = []
         self._odom_converter = None
+        self._odom_at_load = self.poses.last_odometry()  # (before the outputs' reset)
         self.mount.reset()
         self.sensors.reset()
         if placement is not None:
