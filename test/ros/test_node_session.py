@@ -39,6 +39,8 @@ FRAMES = 520
 LAP = FRAMES // 2
 START = LAP + LAP // 3  # run 2 starts a third of the way round lap 2
 RELOC_FRAMES_MAX = 96  # run 2 relocalises within this many frames (12 windows of 8 new)
+OTHER_FRAMES = 96  # run 3 (another place): 12 windows, none may relocalise
+LOCALISATION_FRAMES = 120  # run 4 (localisation mode): the fix, then 7 windows more
 ATE_MAX_M = 0.5  # resumed ATE in lap 1's map frame <= this + 2 x lap 1's own ATE (drift)
 PARAMS = dict(
     chunk_size=16,
@@ -277,10 +279,11 @@ def other_place(lap1):
     log.mkdir()
     result: dict = {}
     try:
-        camera = [*CAMERA, "--seed", "1", "--start-frame", str(START)]
+        stop_at = START + OTHER_FRAMES
+        camera = [*CAMERA, "--seed", "1", "--start-frame", str(START), "--stop-frame", str(stop_at)]
         with mapping_run(rec, args, log, camera) as node:
             rec.spin_until(
-                lambda: (s := _status(rec)) is not None and s.frames_received >= FRAMES - START,
+                lambda: (s := _status(rec)) is not None and s.frames_received >= OTHER_FRAMES,
                 120,
                 [node],
             )
@@ -307,7 +310,7 @@ def test_a_map_of_another_place_never_relocalises(other_place):
     assert st.state == MappingStatus.STATE_RELOCALISING, st
     assert not other_place["map_odom"] and not other_place["paths"]
     # odom -> base_link goes on (all but the windows still in flight when recorded)
-    assert other_place["odometry"] >= (FRAMES - START) // 2
+    assert other_place["odometry"] >= OTHER_FRAMES // 2
     assert other_place["diagnostics"]["session"].endswith("lap1/session")
     if HAS_RELOCALISATION:
         assert st.reloc_windows_tried >= 5, st
@@ -343,3 +346,51 @@ def test_a_corrupt_map_file_at_start_leaves_the_node_running_with_an_empty_map(l
     finally:
         stop(node)
         rec.close()
+
+
+@pytest.fixture(scope="module")
+def localisation(lap1):
+    """Run 4: lap 1's session in localisation mode, the camera from START."""
+    out = lap1
+    rec = _recorder("localisation_recorder")
+    params = {**PARAMS, "session_mode": "localisation"}
+    args = oracle_node_args(out / "maps", map_file=str(out / "maps" / "lap1"), **params)
+    log = out / "localisation"
+    log.mkdir()
+    stop_at = START + LOCALISATION_FRAMES
+    camera = [*CAMERA, "--start-frame", str(START), "--stop-frame", str(stop_at)]
+    result: dict = {}
+    try:
+        with mapping_run(rec, args, log, camera) as node:
+            rec.spin_until(
+                lambda: (
+                    (s := _status(rec)) is not None
+                    and s.frames_received >= LOCALISATION_FRAMES
+                    and s.frames_processed >= LOCALISATION_FRAMES - PARAMS["chunk_size"]
+                    and s.queue_length == 0
+                ),
+                120,
+                [node],
+            )
+            rec.spin_until(lambda: False, 1.0)  # the last window's messages
+            result["status"] = _status(rec)
+            result["maps"] = list(rec.msgs[f"{NODE}/map"])
+            result["grids"] = list(rec.msgs[f"{NODE}/grid"])
+            result["map_odom"] = _map_odom(rec)
+            result["log"] = (log / "node.log").read_text()
+    finally:
+        rec.close()
+    return result
+
+
+@needs_relocalisation
+def test_localisation_mode_places_the_robot_and_leaves_the_map_and_grid_as_loaded(localisation):
+    r = localisation
+    st = r["status"]
+    assert st.state == MappingStatus.STATE_LOCALISED and st.session_mode == "localisation", (
+        f"{st}\n{r['log'][-3000:]}"
+    )
+    assert r["map_odom"]
+    first, last = r["maps"][0], r["maps"][-1]
+    assert last.width == first.width and bytes(last.data) == bytes(first.data)
+    assert all(bytes(g.data) == bytes(r["grids"][0].data) for g in r["grids"])
