@@ -48,6 +48,7 @@ def run_demo(
     stamps = np.array([drive.stamp_ns(i) for i in range(frames)], dtype=np.int64)
     write_poses(out / "ground_truth_tum.txt", stamps, gt_base, "tum")
     params = {"backend": backend, **({"checkpoint": checkpoint} if checkpoint else {})}
+    params["save_session"] = "false"  # the demo's folder holds what the README lists
     session = SyntheticSession(out, frames, params, "scal3r_demo")
     t0 = time.monotonic()
     last_print = 0.0

@@ -300,6 +300,15 @@ def other_place(lap1):
             rec.spin_until(lambda: len(rec.msgs[f"{NODE}/status"]) > n + 2, 20, [node])
             result["status_after"] = _status(rec)
             result["alive"] = node.poll() is None
+            # and a good one at run time: loaded, its map published again at once
+            maps = len(rec.msgs[f"{NODE}/map"])
+            req = LoadMap.Request(path="lap1", mode="")  # relative: output_dir; session_mode
+            result["reload"] = rec.call(LoadMap, f"{NODE}/load_map", req)
+            rec.spin_until(lambda: len(rec.msgs[f"{NODE}/map"]) > maps, 20, [node])
+            result["map_after_reload"] = rec.msgs[f"{NODE}/map"][maps:]
+            n = len(rec.msgs[f"{NODE}/status"])
+            rec.spin_until(lambda: len(rec.msgs[f"{NODE}/status"]) > n + 2, 20, [node])
+            result["status_reload"] = _status(rec)
     finally:
         rec.close()
     return result
@@ -394,3 +403,12 @@ def test_localisation_mode_places_the_robot_and_leaves_the_map_and_grid_as_loade
     first, last = r["maps"][0], r["maps"][-1]
     assert last.width == first.width and bytes(last.data) == bytes(first.data)
     assert all(bytes(g.data) == bytes(r["grids"][0].data) for g in r["grids"])
+
+
+def test_load_map_at_run_time_switches_to_the_session(other_place):
+    res = other_place["reload"]
+    assert res.success and "loaded session" in res.message, res.message
+    assert other_place["map_after_reload"], "~/map not published at load"
+    st = other_place["status_reload"]
+    assert st.state == MappingStatus.STATE_RELOCALISING and st.session_mode == "mapping"
+    assert st.reloc_frames_tried == 0  # a new relocalisation: nothing tried yet
