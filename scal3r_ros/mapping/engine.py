@@ -71,6 +71,7 @@ from scal3r_ros.mapping.events import (
     MapUpdate,
     PointsUpdate,
     PosesUpdate,
+    RelocalisationUpdate,
     StatsUpdate,
 )
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
@@ -80,6 +81,11 @@ from scal3r_ros.mapping.map_store import MapConfig, MapStore
 from scal3r_ros.mapping.memory import host_rss_bytes, release_freed_memory
 from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowPoints, hand_over
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
+from scal3r_ros.mapping.relocalisation import (
+    Match,
+    RelocalisationConfig,
+    Relocaliser,
+)
 from scal3r_ros.mapping.session.data import (
     CameraInfo,
     ScaleState,
@@ -115,6 +121,9 @@ class EngineConfig:
     loop_geometry_ram_chunks: int = 4  # older chunk geometry is spilled to disk
     max_chunk_attempts: int = 3  # backend failures on one window before it is skipped
     frame_clouds: bool = False  # emit FrameCloudsUpdate (per-frame depth, sensor clouds)
+    relocalisation: RelocalisationConfig = field(default_factory=RelocalisationConfig)
+    # frames of a localisation run kept (chain gauge) to re-publish once localised
+    localisation_history: int = 256
 
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
@@ -236,6 +245,7 @@ class InferredWindow:
     loops: Any  # the loop hook's network part (None without loop closure)
     n_frames: int  # frames pushed when the window was inferred
     gcs_state_bytes: int
+    reloc: Any = None  # the relocaliser's network part (None: not tried)
 
 
 class MappingEngine:
@@ -307,7 +317,8 @@ class MappingEngine:
             img, K, frame = frame.image, frame.intrinsics, frame.frame
             with self._store_lock:
                 self.frames.put(fid, StoredFrame(img, frame.stamp_ns, frame.camera_id, K))
-            self._stamps.append(int(frame.stamp_ns))
+            if self._mode != "localisation":  # (flat: stamps come from the frame store)
+                self._stamps.append(int(frame.stamp_ns))
         spec = self.scheduler.push()
         if spec is None:
             return []
@@ -357,7 +368,7 @@ class MappingEngine:
     def finish(self) -> list[MapUpdate]:
         """The end of `flush`, after its windows are placed: the loop candidates still
         pending are inferred and verified (both loop parts), then the graph re-optimised."""
-        if self.loop_closure is None or not self.n_chunks:
+        if self.loop_closure is None or not self.n_chunks or self._mode == "localisation":
             return []
         work = self.loop_closure.infer_pending_loops(self)
         loops = self.loop_closure.verify_loops(self, work)
@@ -595,10 +606,13 @@ class MappingEngine:
             scale = ScaleState()
             if self.pose_graph.has_frame("enu"):
                 scale = ScaleState(self.pose_graph.frame("enu").s, "graph:enu")
+            n_frames, next_chunk = self.n_frames, self.scheduler.next_chunk_id
+            if self._mode == "localisation" and self._loaded_counts is not None:
+                n_frames, next_chunk = self._loaded_counts  # the map is the loaded one
             return SessionData(
                 parameters=self.session_parameters(),
-                n_frames=self.n_frames,
-                next_chunk_id=self.scheduler.next_chunk_id,
+                n_frames=n_frames,
+                next_chunk_id=next_chunk,
                 stamps_ns=np.array(self._stamps, np.int64),
                 chunk_spans=spans,
                 trajectory=traj,
@@ -619,12 +633,13 @@ class MappingEngine:
         be verified from them. Raises `SessionError` when the session's parameters differ
         from this engine's; the engine is then unchanged.
 
-        ``mode``: ``mapping`` (new windows extend the loaded map); ``localisation`` is
-        refused until relocalisation exists (NotImplementedError)."""
+        ``mode``: ``mapping`` (new windows extend the loaded map once relocalised) or
+        ``localisation`` (map, graph and trajectory stay as loaded; new windows are only
+        placed and published, memory stays flat). Either way the new windows are matched
+        against the keyframes (`relocalisation`, `relocalisation_state`) until a match is
+        verified; their points join the map only after that, in mapping mode."""
         if mode not in SESSION_MODES:
             raise ValueError(f"mode must be one of {SESSION_MODES}, got {mode!r}")
-        if mode != "mapping":
-            raise NotImplementedError("localisation mode needs relocalisation (issue 17)")
         if diff := data.parameters.mismatches(self.session_parameters()):
             raise SessionError(f"session parameters do not match this engine ({'; '.join(diff)})")
         with self.state_lock:
@@ -644,6 +659,9 @@ class MappingEngine:
                 if self.loop_closure is not None and len(data.keyframes):
                     db: DescriptorDatabase = data.keyframes.database()
                     self.loop_closure.restore_keyframes(db, data.n_frames - 1)
+                self._mode = mode
+                self._loaded_counts = (int(data.n_frames), int(data.next_chunk_id))
+                self._reloc = Relocaliser(self, data, self.config.relocalisation)
             except BaseException:
                 self._reset()  # half a session is no map: start empty
                 raise
@@ -658,7 +676,7 @@ class MappingEngine:
             self._in_flight[spec.chunk_id] = spec
         self._spans[spec.chunk_id] = (spec.frame_ids[0], spec.frame_ids[-1] + 1)
         loops = None
-        if self.loop_closure is not None:
+        if self.loop_closure is not None and self._mode != "localisation":
             try:
                 with clock.stage("loop_infer"):  # "loop": the verification part
                     order = np.argsort(np.asarray(spec.network_order))  # back to time order
@@ -672,28 +690,50 @@ class MappingEngine:
             except BaseException:  # the window is lost: nothing will place it
                 self._forget_in_flight([spec.chunk_id])
                 raise
+        reloc = None
+        if self._reloc is not None and self._reloc.wants():
+            with clock.stage("reloc_infer"):
+                order = np.argsort(np.asarray(spec.network_order))
+                desc = pred_net.descriptors
+                reloc = self._reloc.infer(
+                    self, np.array(spec.frame_ids, np.int64), None if desc is None else desc[order]
+                )
         gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
-        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs)
+        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs, reloc)
 
     def _integrate(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
         """Place a window (under `state_lock`, released between the two parts), then its
         loop verification and sensor factors (outside it); the window's events in two parts."""
         spec, clock = window.spec, window.clock
+        localisation = self._mode == "localisation"
         with self.state_lock:
             with clock.stage("unproject"):
                 w = WindowPoints.from_prediction(spec, window.pred, self.config.use_point_head)
             with clock.stage("align"):
-                link, pose, out = self._place_against_previous(w)
+                if localisation:
+                    link, pose, out = self._place_localisation(w)
+                else:
+                    link, pose, out = self._place_against_previous(w)
             with clock.stage("map"):
                 handover = hand_over(w.frame_ids, link, self.config.window.overlap)
-                out += self._set_frame_poses(w, handover, pose)
+                if localisation:
+                    out += self._localisation_poses(w, handover, pose)
+                else:
+                    out += self._set_frame_poses(w, handover, pose)
         yield out
         with self.state_lock:
             with clock.stage("map"):
-                out = self._insert_into_map(w, link, handover, pose)
+                # a loaded map gets no points of a chain not yet tied to it (they would be
+                # in another gauge), and none at all in localisation mode
+                held = self._reloc is not None and (localisation or not self._reloc.localised)
+                out = [] if held else self._insert_into_map(w, link, handover, pose)
             with clock.stage("store"):
                 self._keep_tail(w)
-        out += self._add_constraints(window, clock)
+        if self._reloc is not None:
+            with clock.stage("reloc"):
+                out += self._relocalise(window, w, pose)
+        if not localisation:
+            out += self._add_constraints(window, clock)
         out.append(self._stats(window, clock.timings))
         yield out
 
@@ -713,6 +753,167 @@ class MappingEngine:
         self.map.set_chunk_pose(w.chunk_id, pose)
         self._chunk_frames[w.chunk_id] = tuple(int(f) for f in w.frame_ids)
         return link, pose, out
+
+    # ------------------------------------------------------- relocalisation
+    def _place_localisation(self, w: WindowPoints) -> tuple[Link | None, Sim3, list[MapUpdate]]:
+        """Localisation mode: chain the window on the previous one outside the graph and
+        the trajectory (nothing of it is stored but the newest pose): in the new chain's
+        gauge until the fix, in the loaded map after it."""
+        link = self.previous.align(w)
+        out: list[MapUpdate] = []
+        if link is None or self._loc_pose is None:
+            pose = Sim3.identity()
+        else:
+            pose = self._loc_pose @ link.sim3
+            out.append(link.report)
+        self._loc_pose = pose
+        with self._store_lock:
+            self._spans.pop(w.chunk_id, None)  # (loops are off: no window needs it)
+            self.frames.forget_before(int(w.frame_ids[0]))
+        return link, pose, out
+
+    def _localisation_poses(
+        self, w: WindowPoints, handover: Handover, pose: Sim3
+    ) -> list[MapUpdate]:
+        """`_set_frame_poses` without a trajectory: poses straight from the window."""
+        pos = {int(f): k for k, f in enumerate(w.frame_ids)}
+
+        def poses(ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+            with self._store_lock:
+                info = [self.frames.info(f) for f in ids]
+            c2w = np.stack([pose.apply_pose(w.pred.c2w[pos[f]]) for f in ids])
+            return (
+                np.array(ids, np.int64),
+                np.array([i[0] for i in info]),
+                c2w,
+                tuple(i[1] for i in info),
+            )
+
+        out: list[MapUpdate] = []
+        if handover.corrected_ids:
+            ids, st, c2w, _ = poses(list(handover.corrected_ids))
+            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, True, "overlap"))
+        if handover.new_ids:
+            ids, st, c2w, cams = poses(list(handover.new_ids))
+            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, False, "new", cams))
+            if self.config.frame_clouds:
+                out.append(self._frame_clouds(w, handover, pose, st))
+        if self._reloc is not None and not self._reloc.localised:
+            owned = [int(w.frame_ids[k]) for k in handover.owned]
+            for f in owned:  # (chain gauge) re-published in the map once localised
+                self._loc_history[f] = pose.apply_pose(w.pred.c2w[pos[f]])
+            while len(self._loc_history) > self.config.localisation_history:
+                del self._loc_history[min(self._loc_history)]
+        return out
+
+    def _relocalise(self, window: InferredWindow, w: WindowPoints, pose: Sim3) -> list[MapUpdate]:
+        """The relocaliser's verification of a placed window; on the fix the new chain is
+        tied to the loaded map, after it a verified match is a loop edge (mapping) or
+        re-places the newest window (localisation)."""
+        r = self._reloc
+        assert r is not None
+        localisation = self._mode == "localisation"
+        with self.state_lock:
+            chain = pose if localisation else self.pose_graph.estimate(w.chunk_id)
+        upd, match = r.verify(self, w, window.reloc, chain)
+        out: list[MapUpdate] = [] if upd is None else [upd]
+        if match is None:
+            return out
+        if localisation:
+            return out + self._localised_at(w, match, first=upd is not None)
+        if upd is not None:
+            return out + self._tie_new_chain(w.chunk_id, match)
+        return out + self._keyframe_loop(w.chunk_id, match)
+
+    def _localised_at(self, w: WindowPoints, match: Match, first: bool) -> list[MapUpdate]:
+        """Localisation mode: the window's verified pose replaces the chained one (the
+        fix, or a drift reset); the frames seen so far re-published in the map."""
+        H = match.chunk_pose @ self._loc_pose.inverse() if self._loc_pose is not None else None
+        self._loc_pose = match.chunk_pose
+        if H is None:
+            return []
+        if first:
+            ids = np.array(sorted(self._loc_history), np.int64)
+            c2w = np.stack([H.apply_pose(self._loc_history[int(f)]) for f in ids])
+            self._loc_history.clear()
+        else:
+            ids = np.asarray(w.frame_ids, np.int64)
+            c2w = np.stack([match.chunk_pose.apply_pose(T) for T in w.pred.c2w])
+        with self._store_lock:
+            stamps = np.array([self.frames.info(int(f))[0] for f in ids], np.int64)
+        return [
+            MapCorrected(-1, {int(w.chunk_id): match.chunk_pose.matrix()}),
+            PosesUpdate(-1, ids, stamps, c2w, True, "relocalised"),
+        ]
+
+    def _tie_new_chain(self, chunk_id: int, match: Match) -> list[MapUpdate]:
+        """The fix in mapping mode: the new chain moved into the loaded map by the match,
+        its prior released, an edge from the window to the matched loaded chunk, then one
+        optimisation and the corrected poses everywhere."""
+        loaded = self._reloc.loaded_chunks if self._reloc is not None else set()
+        with self.state_lock:
+            g = self.pose_graph
+            new = [n for n in g.nodes if n not in loaded]
+            g.set_estimates({n: match.hypothesis @ g.estimate(n) for n in new})
+            for a in [a for a in g.anchors if a not in loaded]:
+                g.release_anchor(a)
+            edge = g.estimate(match.matched_chunk).inverse() @ g.estimate(chunk_id)
+            g.add_loop(chunk_id, match.matched_chunk, edge)
+            poses = g.optimize()
+        return self.apply_chunk_poses(poses, "relocalised")
+
+    def _keyframe_loop(self, chunk_id: int, match: Match) -> list[MapUpdate]:
+        """Mapping after the fix: a verified match to a loaded keyframe is a loop edge."""
+        with self.state_lock:
+            g = self.pose_graph
+            edge = g.estimate(match.matched_chunk).inverse() @ match.chunk_pose
+            g.add_loop(chunk_id, match.matched_chunk, edge)
+        upd = LoopClosureUpdate(
+            chunk_id,
+            match.matched_chunk,
+            edge.matrix(),
+            (-1, -1),
+            {"inlier_ratio": match.inlier_ratio, "rmse": match.rmse, "keyframe": 1.0},
+        )
+        return [upd, *self._optimize_pose_graph(Stopwatch(), "loop_closure")]
+
+    def relocalisation_state(self) -> RelocalisationUpdate | None:
+        """The newest relocalisation event (None when no session was loaded)."""
+        return None if self._reloc is None else self._reloc.last
+
+    @property
+    def session_mode(self) -> str:
+        """``mapping`` or ``localisation`` (the mode of the loaded session; ``mapping``
+        without one)."""
+        return self._mode
+
+    def loaded_map_points(self, chunk_ids: list[int]) -> np.ndarray:
+        """Map-frame points of loaded chunks (relocalisation's overlap test)."""
+        with self.state_lock:
+            return self.map.chunk_points(chunk_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many entries each of the engine's growing stores holds: what must stay
+        flat in localisation mode (map, graph, trajectory, bookkeeping, retrieval)."""
+        with self.state_lock, self._store_lock:
+            return {
+                "map_points": len(self.map),
+                "map_chunks": len(self.map.chunk_ids()),
+                "graph_nodes": len(self.pose_graph),
+                "graph_edges": len(self.pose_graph.edges),
+                "trajectory_frames": len(self.trajectory),
+                "stamps": len(self._stamps),
+                "chunks": len(self._chunk_frames),
+                "spans": len(self._spans),
+                "reports": len(self.reports),
+                "loop_geometry_chunks": sum(
+                    1 for c in self.window_spans() if c in self.loop_geometry
+                ),
+                "loop_database": len(getattr(self.loop_closure, "detector", ()) or ()),
+                "frames_stored": len(self.frames),
+                "frames_forgotten": self.frames.n_forgotten,
+                "localisation_history": len(self._loc_history),
+            }
 
     def _set_frame_poses(self, w: WindowPoints, handover: Handover, pose: Sim3) -> list[MapUpdate]:
         """Trajectory entries of the frames ``w`` owns; pose events for the taken-over and
@@ -783,7 +984,7 @@ class MappingEngine:
     def _keep_tail(self, w: WindowPoints) -> None:
         """What the next window (its overlap) and loop closure (subsampled geometry) need."""
         self.previous.keep_tail(w)
-        if self.loop_closure is not None:
+        if self.loop_closure is not None and self._mode != "localisation":
             with self._store_lock:  # its spill budget is the frames' too
                 self.loop_geometry.put(
                     w.chunk_id,
@@ -842,6 +1043,11 @@ class MappingEngine:
         # queries) and cameras; empty when mapping from scratch
         self.keyframes = Keyframes()
         self.cameras: dict[str, CameraInfo] = {}
+        self._mode = "mapping"  # a loaded session's mode
+        self._reloc: Relocaliser | None = None  # set by load_session
+        self._loc_pose: Sim3 | None = None  # localisation mode: the newest window's pose
+        self._loc_history: dict[int, np.ndarray] = {}  # localisation, before the fix
+        self._loaded_counts: tuple[int, int] | None = None  # (n_frames, next_chunk_id)
 
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:
         with self._store_lock:

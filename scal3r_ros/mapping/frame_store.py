@@ -135,6 +135,17 @@ class FrameStore:
             return self._gone[frame_id]
         raise KeyError(f"frame {frame_id} was never seen")
 
+    @property
+    def n_forgotten(self) -> int:
+        """Deleted frames whose stamp and camera are still on record."""
+        return len(self._gone)
+
+    def forget_before(self, frame_id: int) -> None:
+        """Drop the records (stamp, camera) of deleted frames older than ``frame_id``: a
+        run that never looks back (localisation) then keeps a flat store."""
+        for f in [f for f in self._gone if f < frame_id]:
+            del self._gone[f]
+
     def camera_id(self, frame_id: int) -> str:
         return self.info(frame_id)[1]
 
