@@ -40,7 +40,10 @@ def to_gtsam(T: Sim3) -> gtsam.Similarity3:
 def from_gtsam(g: gtsam.Similarity3) -> Sim3:
     """Inverse of :func:`to_gtsam`."""
     s = float(g.scale())
-    return Sim3(s, np.asarray(g.rotation().matrix()), s * np.asarray(g.translation()))
+    # C order (Eigen's is column-major): the same pose then gives the same bits in every
+    # product whether it came from the solver or from a saved session
+    R = np.ascontiguousarray(g.rotation().matrix(), dtype=np.float64)
+    return Sim3(s, R, s * np.asarray(g.translation()))
 
 
 @dataclass
