@@ -769,7 +769,7 @@ class MappingEngine:
         self._loc_pose = pose
         with self._store_lock:
             self._spans.pop(w.chunk_id, None)  # (loops are off: no window needs it)
-            self.frames.forget_before(int(w.frame_ids[0]))
+            self.frames.drop_before(min(int(w.frame_ids[0]), self._oldest_needed_frame()))
         return link, pose, out
 
     def _localisation_poses(
@@ -800,8 +800,9 @@ class MappingEngine:
                 out.append(self._frame_clouds(w, handover, pose, st))
         if self._reloc is not None and not self._reloc.localised:
             owned = [int(w.frame_ids[k]) for k in handover.owned]
-            for f in owned:  # (chain gauge) re-published in the map once localised
-                self._loc_history[f] = pose.apply_pose(w.pred.c2w[pos[f]])
+            ids, st, c2w, _ = poses(owned)
+            for f, stamp, T in zip(owned, st.tolist(), c2w, strict=True):
+                self._loc_history[f] = (int(stamp), T)  # re-published once localised
             while len(self._loc_history) > self.config.localisation_history:
                 del self._loc_history[min(self._loc_history)]
         return out
@@ -834,13 +835,14 @@ class MappingEngine:
             return []
         if first:
             ids = np.array(sorted(self._loc_history), np.int64)
-            c2w = np.stack([H.apply_pose(self._loc_history[int(f)]) for f in ids])
+            stamps = np.array([self._loc_history[int(f)][0] for f in ids], np.int64)
+            c2w = np.stack([H.apply_pose(self._loc_history[int(f)][1]) for f in ids])
             self._loc_history.clear()
         else:
             ids = np.asarray(w.frame_ids, np.int64)
             c2w = np.stack([match.chunk_pose.apply_pose(T) for T in w.pred.c2w])
-        with self._store_lock:
-            stamps = np.array([self.frames.info(int(f))[0] for f in ids], np.int64)
+            with self._store_lock:
+                stamps = np.array([self.frames.info(int(f))[0] for f in ids], np.int64)
         return [
             MapCorrected(-1, {int(w.chunk_id): match.chunk_pose.matrix()}),
             PosesUpdate(-1, ids, stamps, c2w, True, "relocalised"),
@@ -1046,7 +1048,8 @@ class MappingEngine:
         self._mode = "mapping"  # a loaded session's mode
         self._reloc: Relocaliser | None = None  # set by load_session
         self._loc_pose: Sim3 | None = None  # localisation mode: the newest window's pose
-        self._loc_history: dict[int, np.ndarray] = {}  # localisation, before the fix
+        # localisation mode before the fix: frame -> (stamp, c2w in the chain's gauge)
+        self._loc_history: dict[int, tuple[int, np.ndarray]] = {}
         self._loaded_counts: tuple[int, int] | None = None  # (n_frames, next_chunk_id)
 
     def _chunk_input(self, spec: ChunkSpec) -> ChunkInput:

@@ -140,9 +140,14 @@ class FrameStore:
         """Deleted frames whose stamp and camera are still on record."""
         return len(self._gone)
 
-    def forget_before(self, frame_id: int) -> None:
-        """Drop the records (stamp, camera) of deleted frames older than ``frame_id``: a
-        run that never looks back (localisation) then keeps a flat store."""
+    def drop_before(self, frame_id: int) -> None:
+        """Delete every frame older than ``frame_id`` (RAM and disk) and every record of
+        it: a run that never looks back (localisation) keeps a flat store."""
+        for f in [f for f in self._disk if f < frame_id]:
+            del self._disk[f]
+            self._spill.discard(f)
+        for f in [f for f in self._ram if f < frame_id]:
+            del self._ram[f]
         for f in [f for f in self._gone if f < frame_id]:
             del self._gone[f]
 

@@ -86,8 +86,13 @@ class RelocalisationConfig:
     min_overlap_ratio: float = 0.6
     conf_ratio: float = 0.75  # points compared: confidence > this x the mean (as the map)
     max_log_scale_error: float = float(np.log(1.25))  # vs the loaded metric scale
-    track_interval: int = 2  # after the fix: match every n-th window (0: never)
-    track_tolerance: float = 4.0  # x the agreement budgets: drift a tracked match may fix
+    track_interval: int = 2  # after the fix, mapping mode: match every n-th window (0: never)
+    localisation_track_interval: int = 1  # the same in localisation mode (no loops there)
+    # a tracked match must land this near where the window already is (drift since the
+    # last match): x the RMS spread of the window's points, degrees, |log scale|
+    track_dist_rel: float = 1.0
+    track_rot_deg: float = 15.0
+    track_log_scale: float = 0.3
 
 
 @dataclass
@@ -144,6 +149,7 @@ class Relocaliser:
         )
         self.descriptor_fn = getattr(getattr(lc, "config", None), "descriptor_fn", None)
         self.state = RELOCALISING
+        self.tracks_only = engine.session_mode == "localisation"
         self.windows_tried = 0
         self.frames_tried = 0
         self.last: RelocalisationUpdate | None = None
@@ -161,7 +167,11 @@ class Relocaliser:
         """Match this window: always before the fix, every ``track_interval`` after."""
         if not self.localised:
             return True
-        n = self.config.track_interval
+        n = (
+            self.config.localisation_track_interval
+            if self.tracks_only
+            else self.config.track_interval
+        )
         return n > 0 and (self._windows_since + 1) % n == 0
 
     def infer(
@@ -286,9 +296,7 @@ class Relocaliser:
             match, why, votes = self._check(engine, w, work, chain_pose, chain_scale)
         self._previous_votes = votes
         if before:  # tracking: the match must agree with where the window already is
-            if match is not None and not self._agree(
-                match.chunk_pose, chain_pose, self._sample, self.config.track_tolerance
-            ):
+            if match is not None and not self._near(match.chunk_pose, chain_pose, self._sample):
                 match = None
             return None, match
         if match is not None:
@@ -362,9 +370,7 @@ class Relocaliser:
         need = cfg.min_votes
         if self.localised:  # tracking: near where the window already is, one keyframe will do
             ident = Sim3.identity()
-            votes = [
-                v for v in votes if self._agree(v.hypothesis, ident, sample, cfg.track_tolerance)
-            ]
+            votes = [v for v in votes if self._near(v.hypothesis, ident, sample)]
             if not votes:
                 return None, "keyframes far from the tracked pose", []
             need = 1
@@ -429,16 +435,29 @@ class Relocaliser:
             return f"{name} fit: rmse {fit.rmse:.3g} > {cfg.max_rmse_rel} x spread {spread:.3g}"
         return ""
 
-    def _agree(self, a: Sim3, b: Sim3, sample: np.ndarray, tolerance: float = 1.0) -> bool:
-        """Two Sim(3)s move ``sample`` alike (``tolerance`` x the agreement budgets)."""
-        cfg = self.config
-        pa, pb = a.apply(sample), b.apply(sample)
-        dist = float(np.sqrt(((pa - pb) ** 2).sum(1).mean())) if len(sample) else np.inf
-        return (
-            dist <= tolerance * cfg.agree_dist_rel * _spread(pa)
-            and rotation_angle_deg(a.R.T @ b.R) <= tolerance * cfg.agree_rot_deg
-            and abs(np.log(a.s / b.s)) <= tolerance * cfg.agree_log_scale
-        )
+    def _agree(self, a: Sim3, b: Sim3, sample: np.ndarray) -> bool:
+        """Two hypotheses move ``sample`` alike (the agreement budgets)."""
+        c = self.config
+        return _close(a, b, sample, c.agree_dist_rel, c.agree_rot_deg, c.agree_log_scale)
+
+    def _near(self, a: Sim3, b: Sim3, sample: np.ndarray) -> bool:
+        """A tracked match is near the current estimate (the tracking budgets)."""
+        c = self.config
+        return _close(a, b, sample, c.track_dist_rel, c.track_rot_deg, c.track_log_scale)
+
+
+def _close(a: Sim3, b: Sim3, sample: np.ndarray, dist_rel: float, deg: float, log_s: float):
+    """``a`` and ``b`` move ``sample`` within ``dist_rel`` x its RMS spread of each other
+    (RMS), their rotations within ``deg`` and scales within ``log_s``."""
+    if not len(sample):
+        return False
+    pa, pb = a.apply(sample), b.apply(sample)
+    dist = float(np.sqrt(((pa - pb) ** 2).sum(1).mean()))
+    return (
+        dist <= dist_rel * _spread(pa)
+        and rotation_angle_deg(a.R.T @ b.R) <= deg
+        and abs(np.log(a.s / b.s)) <= log_s
+    )
 
 
 def _confident(conf: torch.Tensor, cfg: RelocalisationConfig) -> torch.Tensor:
