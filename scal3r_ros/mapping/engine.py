@@ -879,6 +879,14 @@ class MappingEngine:
         )
         return [upd, *self._optimize_pose_graph(Stopwatch(), "loop_closure")]
 
+    def untied_chunks(self) -> set[int]:
+        """Chunks of a new chain not yet tied to the loaded map (mapping mode, before the
+        fix): their poses are in another gauge, a saved session takes no keyframes there."""
+        r = self._reloc
+        if r is None or r.localised or self._mode == "localisation":
+            return set()
+        return set(self._chunk_frames) - r.loaded_chunks
+
     def relocalisation_state(self) -> RelocalisationUpdate | None:
         """The newest relocalisation event (None when no session was loaded)."""
         return None if self._reloc is None else self._reloc.last

@@ -155,6 +155,10 @@ def collect_keyframes(
         desc = None
         normalised, dsum, count = loaded.normalised, loaded.descriptor_sum, loaded.descriptor_count
     cand_row = {int(f): k for k, f in enumerate(cand)}
+    untied = engine.untied_chunks()  # a chain in another gauge: no keyframes there
+    if untied:
+        owners_of = engine.trajectory.frames_of_chunks(untied)
+        placed = np.setdiff1d(placed, owners_of)
     keep: list[int] = []
     rows: list[tuple[bytes, str, int, np.ndarray]] = []
     for f in (int(x) for x in cand[np.isin(cand, placed)]):
