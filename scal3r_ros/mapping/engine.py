@@ -40,6 +40,12 @@ trajectory, map, pose graph and loop geometry (under ``state_lock``); the frame 
 the spill budget they share are used under ``_store_lock``; frames of windows between
 the phases stay stored (``protect_from``).
 
+After ``load_session`` (a saved session, ``session``), each placed window is also matched
+against the session's keyframes (``relocalisation.Relocaliser``: the network part in the
+network phase, the verification in the placement phase) until the new chain is tied to the
+loaded map (``RelocalisationUpdate``); ``localisation`` mode places windows without
+changing the loaded map, graph or trajectory.
+
 Memory is bounded: images live in a ``FrameStore`` (RAM window + disk spill), only the
 previous window's overlap geometry is kept at full resolution, per-window loop geometry
 is subsampled and spilled, the map has a hard cap, and the GCS state has constant size.
@@ -843,10 +849,8 @@ class MappingEngine:
             c2w = np.stack([match.chunk_pose.apply_pose(T) for T in w.pred.c2w])
             with self._store_lock:
                 stamps = np.array([self.frames.info(int(f))[0] for f in ids], np.int64)
-        return [
-            MapCorrected(-1, {int(w.chunk_id): match.chunk_pose.matrix()}),
-            PosesUpdate(-1, ids, stamps, c2w, True, "relocalised"),
-        ]
+        # (no map chunk moved: the loaded map stays as it is)
+        return [MapCorrected(-1, {}), PosesUpdate(-1, ids, stamps, c2w, True, "relocalised")]
 
     def _tie_new_chain(self, chunk_id: int, match: Match) -> list[MapUpdate]:
         """The fix in mapping mode: the new chain moved into the loaded map by the match,

@@ -152,7 +152,7 @@ class Relocaliser:
         self.tracks_only = engine.session_mode == "localisation"
         self.windows_tried = 0
         self.frames_tried = 0
-        self.last: RelocalisationUpdate | None = None
+        self.last = RelocalisationUpdate(-1, RELOCALISING, 0, 0, reason="no window yet")
         self._previous_votes: list[_Vote] = []
         self._n_chunks = 0
         self._windows_since = 0  # windows since the fix (tracking interval)

@@ -150,7 +150,10 @@ def test_a_map_of_another_place_never_relocalises(drive, tmp_path):
     off). Retrieval proposes keyframes; the verification must turn every one down."""
     other = save_lap1(make_drive(**{**DRIVE, "seed": 1}), tmp_path / "other")
     eng = make_engine(drive, mismatch_threshold=256.0)
+    assert eng.relocalisation_state() is None  # no session loaded
     eng.load_session(other)
+    start = eng.relocalisation_state()
+    assert (start.state, start.windows_tried, start.frames_tried) == ("relocalising", 0, 0)
     loaded = len(eng.map)
     pushes = run(eng, drive, range(START, 2 * LAP))
     relocs = [e for _, ev in pushes for e in ev if isinstance(e, RelocalisationUpdate)]
