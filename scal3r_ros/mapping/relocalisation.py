@@ -86,7 +86,10 @@ class RelocalisationConfig:
     min_overlap_ratio: float = 0.6
     conf_ratio: float = 0.75  # points compared: confidence > this x the mean (as the map)
     max_log_scale_error: float = float(np.log(1.25))  # vs the loaded metric scale
-    track_interval: int = 2  # after the fix, mapping mode: match every n-th window (0: never)
+    # after the fix, mapping mode: match every n-th window (0: never). 1 keeps the pipelined
+    # worker's results the serial ones: with n > 1 which window is tried right after the
+    # fix depends on whether the fix was placed before the next window's network phase
+    track_interval: int = 1
     localisation_track_interval: int = 1  # the same in localisation mode (no loops there)
     # a tracked match must land this near where the window already is (drift since the
     # last match): x the RMS spread of the window's points, degrees, |log scale|
