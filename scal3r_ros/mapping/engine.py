@@ -909,6 +909,7 @@ class MappingEngine:
     def state_sizes(self) -> dict[str, int]:
         """How many entries each of the engine's growing stores holds: what must stay
         flat in localisation mode (map, graph, trajectory, bookkeeping, retrieval)."""
+        detector = getattr(self.loop_closure, "detector", None)
         with self.state_lock, self._store_lock:
             return {
                 "map_points": len(self.map),
@@ -920,10 +921,8 @@ class MappingEngine:
                 "chunks": len(self._chunk_frames),
                 "spans": len(self._spans),
                 "reports": len(self.reports),
-                "loop_geometry_chunks": sum(
-                    1 for c in self.window_spans() if c in self.loop_geometry
-                ),
-                "loop_database": len(getattr(self.loop_closure, "detector", ()) or ()),
+                "loop_geometry_chunks": len(self.loop_geometry),
+                "loop_database": 0 if detector is None else len(detector),
                 "frames_stored": len(self.frames),
                 "frames_forgotten": self.frames.n_forgotten,
                 "localisation_history": len(self._loc_history),
