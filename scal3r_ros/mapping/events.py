@@ -165,3 +165,20 @@ class SensorFusionUpdate(MapUpdate):
     enu_anchor: tuple[float, float, float] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     residuals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RelocalisationUpdate(MapUpdate):
+    """Where relocalisation in a loaded session stands (``MappingEngine.load_session``):
+    emitted with every placed window until ``state`` is ``localised``, then once with it
+    (that batch carries ``PosesUpdate(corrected=True, reason="relocalised")`` and a
+    ``MapCorrected``: the new frames in the loaded map's frame). Before the fix the new
+    frames' poses are in the new chain's own gauge, not in the loaded map."""
+
+    state: str  # "relocalising" | "localised"
+    windows_tried: int  # new windows matched against the keyframes so far
+    frames_tried: int  # new frames seen since the load
+    matched_chunk_id: int = -1  # loaded chunk the accepted match tied to (-1: none yet)
+    inlier_ratio: float = float("nan")
+    rmse: float = float("nan")  # map units
+    reason: str = ""  # why the newest attempt was turned down ("no candidate", ...)
