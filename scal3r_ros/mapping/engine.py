@@ -42,6 +42,12 @@ trajectory, map, pose graph and loop geometry (under ``state_lock``); the frame 
 the spill budget they share are used under ``_store_lock``; frames of windows between
 the phases stay stored (``protect_from``).
 
+After ``load_session`` (a saved session, ``session``), each placed window is also matched
+against the session's keyframes (``relocalisation.Relocaliser``: the network part in the
+network phase, the verification in the placement phase) until the new chain is tied to the
+loaded map (``RelocalisationUpdate``); ``localisation`` mode places windows without
+changing the loaded map, graph or trajectory.
+
 Memory is bounded: images live in a ``FrameStore`` (RAM window + disk spill), only the
 previous window's overlap geometry is kept at full resolution, per-window loop geometry
 is subsampled and spilled, the map has a hard cap, and the GCS state has constant size.
@@ -73,6 +79,7 @@ from scal3r_ros.mapping.events import (
     MapUpdate,
     PointsUpdate,
     PosesUpdate,
+    RelocalisationUpdate,
     StatsUpdate,
 )
 from scal3r_ros.mapping.frame_store import FrameStore, FrameStoreConfig, StoredFrame
@@ -83,6 +90,11 @@ from scal3r_ros.mapping.map_store import MapConfig, MapStore
 from scal3r_ros.mapping.memory import host_rss_bytes, release_freed_memory
 from scal3r_ros.mapping.placement import Handover, Link, PreviousWindow, WindowPoints, hand_over
 from scal3r_ros.mapping.pose_graph import PoseGraphConfig, Sim3PoseGraph
+from scal3r_ros.mapping.relocalisation import (
+    Match,
+    RelocalisationConfig,
+    Relocaliser,
+)
 from scal3r_ros.mapping.session.data import (
     CameraInfo,
     ScaleState,
@@ -119,6 +131,9 @@ class EngineConfig:
     max_chunk_attempts: int = 3  # backend failures on one window before it is skipped
     frame_clouds: bool = False  # emit FrameCloudsUpdate (per-frame depth, sensor clouds)
     intrinsics: str = "predicted"  # predicted | camera_info: the K depth is unprojected with
+    relocalisation: RelocalisationConfig = field(default_factory=RelocalisationConfig)
+    # frames of a localisation run kept (chain gauge) to re-publish once localised
+    localisation_history: int = 256
 
     def __post_init__(self) -> None:
         if self.gcs_mode not in GCS_MODES:
@@ -246,6 +261,7 @@ class InferredWindow:
     n_frames: int  # frames pushed when the window was inferred
     gcs_state_bytes: int
     intrinsics: IntrinsicsChoice = field(default_factory=IntrinsicsChoice)  # ``pred`` 's K
+    reloc: Any = None  # the relocaliser's network part (None: not tried)
 
 
 class MappingEngine:
@@ -318,7 +334,8 @@ class MappingEngine:
             self._network_hw = (int(img.shape[0]), int(img.shape[1]))  # one size per reset
             with self._store_lock:
                 self.frames.put(fid, StoredFrame(img, frame.stamp_ns, frame.camera_id, K))
-            self._stamps.append(int(frame.stamp_ns))
+            if self._mode != "localisation":  # (flat: stamps come from the frame store)
+                self._stamps.append(int(frame.stamp_ns))
         spec = self.scheduler.push()
         if spec is None:
             return []
@@ -368,7 +385,7 @@ class MappingEngine:
     def finish(self) -> list[MapUpdate]:
         """The end of `flush`, after its windows are placed: the loop candidates still
         pending are inferred and verified (both loop parts), then the graph re-optimised."""
-        if self.loop_closure is None or not self.n_chunks:
+        if self.loop_closure is None or not self.n_chunks or self._mode == "localisation":
             return []
         work = self.loop_closure.infer_pending_loops(self)
         loops = self.loop_closure.verify_loops(self, work)
@@ -609,10 +626,13 @@ class MappingEngine:
             scale = ScaleState()
             if self.pose_graph.has_frame("enu"):
                 scale = ScaleState(self.pose_graph.frame("enu").s, "graph:enu")
+            n_frames, next_chunk = self.n_frames, self.scheduler.next_chunk_id
+            if self._mode == "localisation" and self._loaded_counts is not None:
+                n_frames, next_chunk = self._loaded_counts  # the map is the loaded one
             return SessionData(
                 parameters=self.session_parameters(),
-                n_frames=self.n_frames,
-                next_chunk_id=self.scheduler.next_chunk_id,
+                n_frames=n_frames,
+                next_chunk_id=next_chunk,
                 stamps_ns=np.array(self._stamps, np.int64),
                 chunk_spans=spans,
                 trajectory=traj,
@@ -633,12 +653,13 @@ class MappingEngine:
         be verified from them. Raises `SessionError` when the session's parameters differ
         from this engine's; the engine is then unchanged.
 
-        ``mode``: ``mapping`` (new windows extend the loaded map); ``localisation`` is
-        refused until relocalisation exists (NotImplementedError)."""
+        ``mode``: ``mapping`` (new windows extend the loaded map once relocalised) or
+        ``localisation`` (map, graph and trajectory stay as loaded; new windows are only
+        placed and published, memory stays flat). Either way the new windows are matched
+        against the keyframes (`relocalisation`, `relocalisation_state`) until a match is
+        verified; their points join the map only after that, in mapping mode."""
         if mode not in SESSION_MODES:
             raise ValueError(f"mode must be one of {SESSION_MODES}, got {mode!r}")
-        if mode != "mapping":
-            raise NotImplementedError("localisation mode needs relocalisation (issue 17)")
         if diff := data.parameters.mismatches(self.session_parameters()):
             raise SessionError(f"session parameters do not match this engine ({'; '.join(diff)})")
         with self.state_lock:
@@ -658,6 +679,9 @@ class MappingEngine:
                 if self.loop_closure is not None and len(data.keyframes):
                     db: DescriptorDatabase = data.keyframes.database()
                     self.loop_closure.restore_keyframes(db, data.n_frames - 1)
+                self._mode = mode
+                self._loaded_counts = (int(data.n_frames), int(data.next_chunk_id))
+                self._reloc = Relocaliser(self, data, self.config.relocalisation)
             except BaseException:
                 self._reset()  # half a session is no map: start empty
                 raise
@@ -676,7 +700,7 @@ class MappingEngine:
             self._in_flight[spec.chunk_id] = spec
         self._spans[spec.chunk_id] = (spec.frame_ids[0], spec.frame_ids[-1] + 1)
         loops = None
-        if self.loop_closure is not None:
+        if self.loop_closure is not None and self._mode != "localisation":
             try:
                 with clock.stage("loop_infer"):  # "loop": the verification part
                     order = np.argsort(np.asarray(spec.network_order))  # back to time order
@@ -690,28 +714,50 @@ class MappingEngine:
             except BaseException:  # the window is lost: nothing will place it
                 self._forget_in_flight([spec.chunk_id])
                 raise
+        reloc = None
+        if self._reloc is not None and self._reloc.wants():
+            with clock.stage("reloc_infer"):
+                order = np.argsort(np.asarray(spec.network_order))
+                desc = pred_net.descriptors
+                reloc = self._reloc.infer(
+                    self, np.array(spec.frame_ids, np.int64), None if desc is None else desc[order]
+                )
         gcs = self.backend.gcs_state_nbytes(self._gcs_state) if self._gcs_state is not None else 0
-        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs, choice)
+        return InferredWindow(spec, pred_net, clock, loops, self.n_frames, gcs, choice, reloc)
 
     def _integrate(self, window: InferredWindow) -> Iterator[list[MapUpdate]]:
         """Place a window (under `state_lock`, released between the two parts), then its
         loop verification and sensor factors (outside it); the window's events in two parts."""
         spec, clock = window.spec, window.clock
+        localisation = self._mode == "localisation"
         with self.state_lock:
             with clock.stage("unproject"):
                 w = WindowPoints.from_prediction(spec, window.pred, self.config.use_point_head)
             with clock.stage("align"):
-                link, pose, out = self._place_against_previous(w)
+                if localisation:
+                    link, pose, out = self._place_localisation(w)
+                else:
+                    link, pose, out = self._place_against_previous(w)
             with clock.stage("map"):
                 handover = hand_over(w.frame_ids, link, self.config.window.overlap)
-                out += self._set_frame_poses(w, handover, pose)
+                if localisation:
+                    out += self._localisation_poses(w, handover, pose)
+                else:
+                    out += self._set_frame_poses(w, handover, pose)
         yield out
         with self.state_lock:
             with clock.stage("map"):
-                out = self._insert_into_map(w, link, handover, pose)
+                # a loaded map gets no points of a chain not yet tied to it (they would be
+                # in another gauge), and none at all in localisation mode
+                held = self._reloc is not None and (localisation or not self._reloc.localised)
+                out = [] if held else self._insert_into_map(w, link, handover, pose)
             with clock.stage("store"):
                 self._keep_tail(w)
-        out += self._add_constraints(window, clock)
+        if self._reloc is not None:
+            with clock.stage("reloc"):
+                out += self._relocalise(window, w, pose)
+        if not localisation:
+            out += self._add_constraints(window, clock)
         out.append(self._stats(window, clock.timings))
         yield out
 
@@ -731,6 +777,174 @@ class MappingEngine:
         self.map.set_chunk_pose(w.chunk_id, pose)
         self._chunk_frames[w.chunk_id] = tuple(int(f) for f in w.frame_ids)
         return link, pose, out
+
+    # ------------------------------------------------------- relocalisation
+    def _place_localisation(self, w: WindowPoints) -> tuple[Link | None, Sim3, list[MapUpdate]]:
+        """Localisation mode: chain the window on the previous one outside the graph and
+        the trajectory (nothing of it is stored but the newest pose): in the new chain's
+        gauge until the fix, in the loaded map after it."""
+        link = self.previous.align(w)
+        out: list[MapUpdate] = []
+        if link is None or self._loc_pose is None:
+            pose = Sim3.identity()
+        else:
+            pose = self._loc_pose @ link.sim3
+            out.append(link.report)
+        self._loc_pose = pose
+        with self._store_lock:
+            self._spans.pop(w.chunk_id, None)  # (loops are off: no window needs it)
+            self.frames.drop_before(min(int(w.frame_ids[0]), self._oldest_needed_frame()))
+        return link, pose, out
+
+    def _localisation_poses(
+        self, w: WindowPoints, handover: Handover, pose: Sim3
+    ) -> list[MapUpdate]:
+        """`_set_frame_poses` without a trajectory: poses straight from the window."""
+        pos = {int(f): k for k, f in enumerate(w.frame_ids)}
+
+        def poses(ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+            with self._store_lock:
+                info = [self.frames.info(f) for f in ids]
+            c2w = np.stack([pose.apply_pose(w.pred.c2w[pos[f]]) for f in ids])
+            return (
+                np.array(ids, np.int64),
+                np.array([i[0] for i in info]),
+                c2w,
+                tuple(i[1] for i in info),
+            )
+
+        out: list[MapUpdate] = []
+        if handover.corrected_ids:
+            ids, st, c2w, _ = poses(list(handover.corrected_ids))
+            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, True, "overlap"))
+        if handover.new_ids:
+            ids, st, c2w, cams = poses(list(handover.new_ids))
+            out.append(PosesUpdate(w.chunk_id, ids, st, c2w, False, "new", cams))
+            if self.config.frame_clouds:
+                out.append(self._frame_clouds(w, handover, pose, st))
+        if self._reloc is not None and not self._reloc.localised:
+            owned = [int(w.frame_ids[k]) for k in handover.owned]
+            ids, st, c2w, _ = poses(owned)
+            for f, stamp, T in zip(owned, st.tolist(), c2w, strict=True):
+                self._loc_history[f] = (int(stamp), T)  # re-published once localised
+            while len(self._loc_history) > self.config.localisation_history:
+                del self._loc_history[min(self._loc_history)]
+        return out
+
+    def _relocalise(self, window: InferredWindow, w: WindowPoints, pose: Sim3) -> list[MapUpdate]:
+        """The relocaliser's verification of a placed window; on the fix the new chain is
+        tied to the loaded map, after it a verified match is a loop edge (mapping) or
+        re-places the newest window (localisation)."""
+        r = self._reloc
+        assert r is not None
+        localisation = self._mode == "localisation"
+        with self.state_lock:
+            chain = pose if localisation else self.pose_graph.estimate(w.chunk_id)
+        upd, match = r.verify(self, w, window.reloc, chain)
+        out: list[MapUpdate] = [] if upd is None else [upd]
+        if match is None:
+            return out
+        if localisation:
+            return out + self._localised_at(w, match, first=upd is not None)
+        if upd is not None:
+            return out + self._tie_new_chain(w.chunk_id, match)
+        return out + self._keyframe_loop(w.chunk_id, match)
+
+    def _localised_at(self, w: WindowPoints, match: Match, first: bool) -> list[MapUpdate]:
+        """Localisation mode: the window's verified pose replaces the chained one (the
+        fix, or a drift reset); the frames seen so far re-published in the map."""
+        H = match.chunk_pose @ self._loc_pose.inverse() if self._loc_pose is not None else None
+        self._loc_pose = match.chunk_pose
+        if H is None:
+            return []
+        if first:
+            ids = np.array(sorted(self._loc_history), np.int64)
+            stamps = np.array([self._loc_history[int(f)][0] for f in ids], np.int64)
+            c2w = np.stack([H.apply_pose(self._loc_history[int(f)][1]) for f in ids])
+            self._loc_history.clear()
+        else:
+            ids = np.asarray(w.frame_ids, np.int64)
+            c2w = np.stack([match.chunk_pose.apply_pose(T) for T in w.pred.c2w])
+            with self._store_lock:
+                stamps = np.array([self.frames.info(int(f))[0] for f in ids], np.int64)
+        # (no map chunk moved: the loaded map stays as it is)
+        return [MapCorrected(-1, {}), PosesUpdate(-1, ids, stamps, c2w, True, "relocalised")]
+
+    def _tie_new_chain(self, chunk_id: int, match: Match) -> list[MapUpdate]:
+        """The fix in mapping mode: the new chain moved into the loaded map by the match,
+        its prior released, an edge from the window to the matched loaded chunk, then one
+        optimisation and the corrected poses everywhere."""
+        loaded = self._reloc.loaded_chunks if self._reloc is not None else set()
+        with self.state_lock:
+            g = self.pose_graph
+            new = [n for n in g.nodes if n not in loaded]
+            g.set_estimates({n: match.hypothesis @ g.estimate(n) for n in new})
+            for a in [a for a in g.anchors if a not in loaded]:
+                g.release_anchor(a)
+            edge = g.estimate(match.matched_chunk).inverse() @ g.estimate(chunk_id)
+            g.add_loop(chunk_id, match.matched_chunk, edge)
+            poses = g.optimize()
+        return self.apply_chunk_poses(poses, "relocalised")
+
+    def _keyframe_loop(self, chunk_id: int, match: Match) -> list[MapUpdate]:
+        """Mapping after the fix: a verified match to a loaded keyframe is a loop edge."""
+        with self.state_lock:
+            g = self.pose_graph
+            edge = g.estimate(match.matched_chunk).inverse() @ match.chunk_pose
+            g.add_loop(chunk_id, match.matched_chunk, edge)
+        upd = LoopClosureUpdate(
+            chunk_id,
+            match.matched_chunk,
+            edge.matrix(),
+            (-1, -1),
+            {"inlier_ratio": match.inlier_ratio, "rmse": match.rmse, "keyframe": 1.0},
+        )
+        return [upd, *self._optimize_pose_graph(Stopwatch(), "loop_closure")]
+
+    def untied_chunks(self) -> set[int]:
+        """Chunks of a new chain not yet tied to the loaded map (mapping mode, before the
+        fix): their poses are in another gauge, a saved session takes no keyframes there."""
+        r = self._reloc
+        if r is None or r.localised or self._mode == "localisation":
+            return set()
+        return set(self._chunk_frames) - r.loaded_chunks
+
+    def relocalisation_state(self) -> RelocalisationUpdate | None:
+        """The newest relocalisation event (None when no session was loaded)."""
+        return None if self._reloc is None else self._reloc.last
+
+    @property
+    def session_mode(self) -> str:
+        """``mapping`` or ``localisation`` (the mode of the loaded session; ``mapping``
+        without one)."""
+        return self._mode
+
+    def loaded_map_points(self, chunk_ids: list[int]) -> np.ndarray:
+        """Map-frame points of loaded chunks (relocalisation's overlap test)."""
+        with self.state_lock:
+            return self.map.chunk_points(chunk_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many entries each of the engine's growing stores holds: what must stay
+        flat in localisation mode (map, graph, trajectory, bookkeeping, retrieval)."""
+        detector = getattr(self.loop_closure, "detector", None)
+        with self.state_lock, self._store_lock:
+            return {
+                "map_points": len(self.map),
+                "map_chunks": len(self.map.chunk_ids()),
+                "graph_nodes": len(self.pose_graph),
+                "graph_edges": len(self.pose_graph.edges),
+                "trajectory_frames": len(self.trajectory),
+                "stamps": len(self._stamps),
+                "chunks": len(self._chunk_frames),
+                "spans": len(self._spans),
+                "reports": len(self.reports),
+                "loop_geometry_chunks": len(self.loop_geometry),
+                "loop_database": 0 if detector is None else len(detector),
+                "frames_stored": len(self.frames),
+                "frames_forgotten": self.frames.n_forgotten,
+                "localisation_history": len(self._loc_history),
+            }
 
     def _set_frame_poses(self, w: WindowPoints, handover: Handover, pose: Sim3) -> list[MapUpdate]:
         """Trajectory entries of the frames ``w`` owns; pose events for the taken-over and
@@ -801,7 +1015,7 @@ class MappingEngine:
     def _keep_tail(self, w: WindowPoints) -> None:
         """What the next window (its overlap) and loop closure (subsampled geometry) need."""
         self.previous.keep_tail(w)
-        if self.loop_closure is not None:
+        if self.loop_closure is not None and self._mode != "localisation":
             with self._store_lock:  # its spill budget is the frames' too
                 self.loop_geometry.put(
                     w.chunk_id,
@@ -862,6 +1076,12 @@ class MappingEngine:
         # queries) and cameras; empty when mapping from scratch
         self.keyframes = Keyframes()
         self.cameras: dict[str, CameraInfo] = {}
+        self._mode = "mapping"  # a loaded session's mode
+        self._reloc: Relocaliser | None = None  # set by load_session
+        self._loc_pose: Sim3 | None = None  # localisation mode: the newest window's pose
+        # localisation mode before the fix: frame -> (stamp, c2w in the chain's gauge)
+        self._loc_history: dict[int, tuple[int, np.ndarray]] = {}
+        self._loaded_counts: tuple[int, int] | None = None  # (n_frames, next_chunk_id)
 
     def _known_intrinsics(self, spec: ChunkSpec) -> np.ndarray | None:
         """The stored K of the window's frames in network order (at the network input's

@@ -169,9 +169,11 @@ class SensorFusionUpdate(MapUpdate):
 
 @dataclass
 class RelocalisationUpdate(MapUpdate):
-    """Relocalisation in a loaded session (issue 17): emitted with every placed window
-    after a load until localised, and once with state "localised" (its batch also carries
-    the new frames' corrected poses in the loaded map's frame and a MapCorrected)."""
+    """Where relocalisation in a loaded session stands (``MappingEngine.load_session``):
+    emitted with every placed window until ``state`` is ``localised``, then once with it
+    (that batch carries ``PosesUpdate(corrected=True, reason="relocalised")`` and a
+    ``MapCorrected``: the new frames in the loaded map's frame). Before the fix the new
+    frames' poses are in the new chain's own gauge, not in the loaded map."""
 
     state: str  # "relocalising" | "localised"
     windows_tried: int  # new windows matched against the keyframes so far

@@ -145,6 +145,22 @@ class FrameStore:
             return self._disk[frame_id][2]
         raise KeyError(f"frame {frame_id} is not stored")
 
+    @property
+    def n_forgotten(self) -> int:
+        """Deleted frames whose stamp and camera are still on record."""
+        return len(self._gone)
+
+    def drop_before(self, frame_id: int) -> None:
+        """Delete every frame older than ``frame_id`` (RAM and disk) and every record of
+        it: a run that never looks back (localisation) keeps a flat store."""
+        for f in [f for f in self._disk if f < frame_id]:
+            del self._disk[f]
+            self._spill.discard(f)
+        for f in [f for f in self._ram if f < frame_id]:
+            del self._ram[f]
+        for f in [f for f in self._gone if f < frame_id]:
+            del self._gone[f]
+
     def camera_id(self, frame_id: int) -> str:
         return self.info(frame_id)[1]
 

@@ -43,6 +43,10 @@ class ChunkGeometryStore:
     def __contains__(self, chunk_id: int) -> bool:
         return chunk_id in self._ram or chunk_id in self._disk
 
+    def __len__(self) -> int:
+        """Chunks stored (RAM and disk)."""
+        return len(self._ram) + len(self._disk)
+
     def put(
         self,
         chunk_id: int,

@@ -256,6 +256,15 @@ class MapStore:
     def chunk_ids(self) -> list[int]:
         return sorted(self._clouds)
 
+    def chunk_points(self, chunk_ids: list[int]) -> np.ndarray:
+        """The points of ``chunk_ids`` (those in the map) in the map frame, (N, 3) float32."""
+        xs = [
+            self._poses[c].apply(self._clouds[c].xyz.astype(np.float64)).astype(np.float32)
+            for c in chunk_ids
+            if c in self._clouds
+        ]
+        return np.concatenate(xs) if xs else np.zeros((0, 3), np.float32)
+
     def nbytes(self) -> int:
         return sum(
             c.xyz.nbytes + c.rgb.nbytes + c.conf.nbytes + c.frame.nbytes

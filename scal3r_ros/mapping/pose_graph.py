@@ -40,7 +40,10 @@ def to_gtsam(T: Sim3) -> gtsam.Similarity3:
 def from_gtsam(g: gtsam.Similarity3) -> Sim3:
     """Inverse of :func:`to_gtsam`."""
     s = float(g.scale())
-    return Sim3(s, np.asarray(g.rotation().matrix()), s * np.asarray(g.translation()))
+    # C order (Eigen's is column-major): the same pose then gives the same bits in every
+    # product whether it came from the solver or from a saved session
+    R = np.ascontiguousarray(g.rotation().matrix(), dtype=np.float64)
+    return Sim3(s, R, s * np.asarray(g.translation()))
 
 
 @dataclass
@@ -185,6 +188,7 @@ class Sim3PoseGraph:
         self._frame_priors: dict[str, tuple[Sim3, np.ndarray | None]] = {}
         self._anchor: int | None = None
         self._anchors: list[tuple[int, Sim3]] = []  # nodes held by a prior, at that value
+        self._anchor_factors: dict[int, int] = {}  # anchored node -> its prior's index
         self._new_segment = False
         self._isam: gtsam.ISAM2 | None = None
         self._pending_graph = gtsam.NonlinearFactorGraph()
@@ -228,6 +232,7 @@ class Sim3PoseGraph:
                 self._anchor = node
             self._new_segment = False
             self._anchors.append((node, initial))
+            self._anchor_factors[node] = int(self._graph.size())
             self._add_factor(
                 gtsam.PriorFactorSimilarity3(node, to_gtsam(initial), self._prior_noise)
             )
@@ -242,6 +247,43 @@ class Sim3PoseGraph:
     def anchors(self) -> list[int]:
         """Nodes held by a prior (the first node, and each segment's first node)."""
         return [n for n, _ in self._anchors]
+
+    def release_anchor(self, node: int) -> None:
+        """Remove the prior that holds ``node`` (a segment's first node, once an edge ties
+        its chain to the rest: relocalisation). The graph's first anchor fixes its gauge and
+        cannot be released. The next `optimize` solves the graph without the prior."""
+        node = int(node)
+        if node not in self._anchor_factors:
+            raise KeyError(f"node {node} is not held by a prior")
+        if node == self._anchor:
+            raise ValueError(f"node {node} is the graph's first anchor: it fixes the gauge")
+        index = self._anchor_factors.pop(node)
+        self._anchors = [(n, v) for n, v in self._anchors if n != node]
+        graph = gtsam.NonlinearFactorGraph()
+        for i in range(self._graph.size()):
+            if i != index:
+                graph.add(self._graph.at(i))
+        self._graph = graph
+        self._anchor_factors = {n: i - (i > index) for n, i in self._anchor_factors.items()}
+        self._rebuild_solver()
+
+    def set_estimates(self, poses: dict[int, Sim3]) -> None:
+        """New current estimates (the next solve starts from them): a chain moved as a
+        whole into another frame before the edge that ties it there is optimised."""
+        for n, g in poses.items():
+            if int(n) not in self._values:
+                raise KeyError(f"node {n} not in the graph")
+            self._values[int(n)] = g
+        self._rebuild_solver()
+
+    def _rebuild_solver(self) -> None:
+        """iSAM2 holds its own copy of factors and values: start it again from the whole
+        graph at the current estimates (batch LM reads them anyway)."""
+        self._isam = None
+        self._pending_graph = gtsam.NonlinearFactorGraph()
+        for i in range(self._graph.size()):
+            self._pending_graph.add(self._graph.at(i))
+        self._pending_values = self._initial_values()
 
     def add_edge(
         self,
@@ -492,6 +534,7 @@ class Sim3PoseGraph:
             if n not in self._values:
                 raise KeyError(f"anchor {n} is not a node")
             self._anchors.append((int(n), value))
+            self._anchor_factors[int(n)] = int(self._graph.size())
             self._add_factor(
                 gtsam.PriorFactorSimilarity3(int(n), to_gtsam(value), self._prior_noise)
             )

@@ -18,6 +18,7 @@ from helpers import make_drive, push_and_collect
 from scal3r_ros.mapping.atomic_io import SaveFolder
 from scal3r_ros.mapping.backends.oracle import OracleBackend, OracleConfig
 from scal3r_ros.mapping.engine import EngineConfig, MappingEngine
+from scal3r_ros.mapping.loop_closure import LoopClosure
 from scal3r_ros.mapping.session import (
     FORMAT_VERSION,
     SessionError,
@@ -30,7 +31,9 @@ from scal3r_ros.mapping.session import (
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     drive = make_drive(n_frames=40, seed=1)
-    eng = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(seed=1)))
+    eng = MappingEngine(
+        EngineConfig.low_latency(), OracleBackend(drive, OracleConfig(seed=1)), LoopClosure()
+    )  # (loop closure: its geometry gives the keyframes theirs)
     push_and_collect(eng, drive)
     return write_session(eng.export_session(), tmp_path_factory.mktemp("s") / "session")
 
@@ -161,6 +164,48 @@ def dangling_edge(p: Path) -> str:
     return r"pose_graph\.npz: edge_dst names unknown nodes \[999\]"
 
 
+def keyframe_points_without_conf(p: Path) -> str:
+    with np.load(p / "keyframes.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "conf"}
+    assert "points" in arrays  # the fixture's keyframes carry geometry
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _rewrite(p, "keyframes.npz", buf.getvalue())
+    return r"keyframes\.npz: array 'conf' is missing"
+
+
+def keyframe_negative_conf(p: Path) -> str:
+    with np.load(p / "keyframes.npz") as z:
+        conf = z["conf"].copy()
+    conf[0, 0, 0] = -1.0
+    _rewrite(p, "keyframes.npz", _npz_with(p, "keyframes.npz", conf=conf))
+    return r"keyframes\.npz: conf must be >= 0"
+
+
+def keyframe_nan_points(p: Path) -> str:
+    with np.load(p / "keyframes.npz") as z:
+        points, conf = z["points"].copy(), z["conf"]
+    k = np.argwhere(np.isfinite(conf))[0]
+    points[tuple(k)] = np.nan
+    _rewrite(p, "keyframes.npz", _npz_with(p, "keyframes.npz", points=points))
+    return r"keyframes\.npz: points are not finite where conf is known"
+
+
+def keyframe_geometry_shape(p: Path) -> str:
+    with np.load(p / "keyframes.npz") as z:
+        conf = z["conf"][:, :-1]
+    _rewrite(p, "keyframes.npz", _npz_with(p, "keyframes.npz", conf=conf))
+    return r"keyframes\.npz: conf has shape"
+
+
+def keyframe_unknown_chunk(p: Path) -> str:
+    with np.load(p / "keyframes.npz") as z:
+        cids = z["chunk_ids"].copy()
+    cids[0] = 999
+    _rewrite(p, "keyframes.npz", _npz_with(p, "keyframes.npz", chunk_ids=cids))
+    return r"keyframes\.npz: chunk_ids name chunks not in trajectory\.npz"
+
+
 def not_a_jpeg(p: Path) -> str:
     name = _thumb(p)
     _rewrite(p, name, b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
@@ -183,6 +228,11 @@ CASES = [
     wrong_shape,
     pickled_array,
     dangling_edge,
+    keyframe_points_without_conf,
+    keyframe_negative_conf,
+    keyframe_nan_points,
+    keyframe_geometry_shape,
+    keyframe_unknown_chunk,
     not_a_jpeg,
 ]
 

@@ -25,7 +25,7 @@ import numpy as np
 from scal3r_ros.mapping.sim3 import Sim3
 
 FORMAT_NAME = "scal3r_ros.session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional keyframe geometry (points, conf) in keyframes.npz
 
 MANIFEST = "manifest.json"
 SESSION_JSON = "session.json"

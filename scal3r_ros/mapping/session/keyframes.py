@@ -19,6 +19,7 @@ from PIL import Image
 
 from scal3r_ros.mapping.loop_closure import DescriptorDatabase, thumbnail_descriptor
 from scal3r_ros.mapping.session.format import THUMBNAIL_MAX_SIDE
+from scal3r_ros.mapping.sim3 import Sim3
 
 if TYPE_CHECKING:
     from scal3r_ros.mapping.engine import MappingEngine
@@ -62,6 +63,11 @@ class Keyframes:
     normalised: bool = True
     descriptor_sum: np.ndarray | None = None  # (D,) float64
     descriptor_count: int = 0
+    # per-keyframe geometry for relocalisation: subsampled points in the keyframe's chunk
+    # coordinates (K, h, w, 3) float32 and their confidence (K, h, w) float32, NaN where
+    # invalid or unknown; None when the saving engine kept no loop geometry
+    points: np.ndarray | None = None
+    conf: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -78,6 +84,22 @@ class Keyframes:
         if k is None:
             raise KeyError(f"frame {frame_id} is not a keyframe")
         return k
+
+    def has_geometry(self, frame_id: int) -> bool:
+        """The keyframe's points are known (relocalisation can verify against it)."""
+        if self.points is None or self.conf is None:
+            return False
+        return bool(np.isfinite(self.conf[self.index(frame_id)]).any())
+
+    def points_in_map(self, frame_id: int, chunk_pose: Sim3) -> tuple[np.ndarray, np.ndarray]:
+        """The keyframe's subsampled points (h, w, 3) moved into the map by its chunk's
+        current pose ``chunk_pose``, and their confidence (h, w) (NaN: invalid)."""
+        if self.points is None or self.conf is None:
+            raise KeyError("the session has no keyframe geometry")
+        k = self.index(frame_id)
+        p = self.points[k].reshape(-1, 3).astype(np.float64)
+        out = chunk_pose.apply(p).astype(np.float32).reshape(self.points[k].shape)
+        return out, self.conf[k]
 
     def thumbnail(self, frame_id: int) -> np.ndarray:
         """The keyframe's image (h, w, 3) uint8, longest side <= 256."""
@@ -133,6 +155,10 @@ def collect_keyframes(
         desc = None
         normalised, dsum, count = loaded.normalised, loaded.descriptor_sum, loaded.descriptor_count
     cand_row = {int(f): k for k, f in enumerate(cand)}
+    untied = engine.untied_chunks()  # a chain in another gauge: no keyframes there
+    if untied:
+        owners_of = engine.trajectory.frames_of_chunks(untied)
+        placed = np.setdiff1d(placed, owners_of)
     keep: list[int] = []
     rows: list[tuple[bytes, str, int, np.ndarray]] = []
     for f in (int(x) for x in cand[np.isin(cand, placed)]):
@@ -173,4 +199,38 @@ def collect_keyframes(
         None if dsum is None else np.asarray(dsum, np.float64),
         int(count),
     )
+    kf.points, kf.conf = _keyframe_geometry(engine, loaded, ids, owners)
     return kf, {c: cameras[c] for c in sorted(set(kf.camera_ids) | set(cameras))}
+
+
+def _keyframe_geometry(
+    engine: MappingEngine, loaded: Keyframes, ids: np.ndarray, owners: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each keyframe's subsampled points in its owner chunk's coordinates and their
+    confidence (NaN where invalid or unknown): a loaded keyframe keeps its own, a new one
+    takes its chunk's loop geometry. None when no keyframe has any (no loop geometry)."""
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for k, (f, owner) in enumerate(zip(ids.tolist(), owners.tolist(), strict=True)):
+        if f in loaded:
+            if loaded.points is not None and loaded.conf is not None:
+                j = loaded.index(f)
+                rows[k] = (loaded.points[j], loaded.conf[j])
+        elif engine.has_chunk_geometry(owner):
+            try:
+                g = engine.chunk_geometry(owner)
+            except KeyError:  # deleted by the disk cap meanwhile
+                continue
+            hit = np.flatnonzero(np.asarray(g.frame_ids) == f)
+            if len(hit):
+                j = int(hit[0])
+                conf = np.where(g.valid[j], g.conf[j], np.nan).astype(np.float32)
+                rows[k] = (np.asarray(g.points[j], np.float32), conf)
+    if not rows:
+        return None, None
+    hw = next(iter(rows.values()))[1].shape
+    points = np.full((len(ids), *hw, 3), np.nan, np.float32)
+    conf = np.full((len(ids), *hw), np.nan, np.float32)
+    for k, (p, c) in rows.items():
+        if c.shape == hw:  # (one camera size per session in practice)
+            points[k], conf[k] = p, c
+    return points, conf

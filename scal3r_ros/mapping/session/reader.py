@@ -76,6 +76,8 @@ def read_session(path: str | Path, expected: SessionParameters | None = None) ->
     snap = _map(blobs[MAP], meta, set(traj.chunk_poses))
     graph = _graph(blobs[POSE_GRAPH], meta)
     keyframes = _keyframes(blobs[KEYFRAMES], meta, blobs)
+    if not {int(c) for c in keyframes.chunk_ids} <= set(traj.chunk_poses):
+        raise SessionError(f"{KEYFRAMES}: chunk_ids name chunks not in {TRAJECTORY}")
     return SessionData(
         parameters=params,
         n_frames=meta["n_frames"],
@@ -472,7 +474,7 @@ def _graph(blob: bytes, meta: dict) -> PoseGraphState:
 
 
 def _keyframes(blob: bytes, meta: dict, blobs: dict[str, bytes]) -> Keyframes:
-    f = _npz(KEYFRAMES, blob, optional=("descriptor_sum",))
+    f = _npz(KEYFRAMES, blob, optional=("descriptor_sum", "points", "conf"))
     ids = f.get("frame_ids", "int64", ("K",))
     cids = f.get("chunk_ids", "int64", ("K",))
     stamps = f.get("stamps_ns", "int64", ("K",))
@@ -482,6 +484,15 @@ def _keyframes(blob: bytes, meta: dict, blobs: dict[str, bytes]) -> Keyframes:
     dsum = None
     if f.has("descriptor_sum"):
         dsum = f.finite("descriptor_sum", f.get("descriptor_sum", "float64", ("D",)))
+    points = conf = None
+    if f.has("points") or f.has("conf"):  # relocalisation geometry: both or neither
+        points = f.get("points", "float32", ("K", "h", "w", 3))
+        conf = f.get("conf", "float32", ("K", "h", "w"))
+        known = np.isfinite(conf)
+        if np.isinf(conf).any() or (conf[known] < 0).any():
+            raise SessionError(f"{KEYFRAMES}: conf must be >= 0 (NaN: invalid)")
+        if not np.isfinite(points[known]).all():
+            raise SessionError(f"{KEYFRAMES}: points are not finite where conf is known")
     f.check_keys({"frame_ids", "chunk_ids", "stamps_ns", "c2w", "camera_index", "descriptors"})
     if len(ids) != meta["kf_count"]:
         raise SessionError(
@@ -510,6 +521,8 @@ def _keyframes(blob: bytes, meta: dict, blobs: dict[str, bytes]) -> Keyframes:
         meta["kf_normalised"],
         dsum,
         meta["kf_descriptor_count"],
+        points,
+        conf,
     )
 
 

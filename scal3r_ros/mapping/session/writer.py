@@ -239,6 +239,9 @@ def _keyframe_arrays(data: SessionData, cam_index: dict[str, int]) -> dict[str, 
     }
     if kf.descriptor_sum is not None:
         out["descriptor_sum"] = np.asarray(kf.descriptor_sum, np.float64)
+    if kf.points is not None and kf.conf is not None:
+        out["points"] = np.asarray(kf.points, np.float32)
+        out["conf"] = np.asarray(kf.conf, np.float32)
     return out
 
 
