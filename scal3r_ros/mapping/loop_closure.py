@@ -546,16 +546,34 @@ class LoopVerdict:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _check_alignment(res: AlignmentLike, cfg: LoopVerifierConfig, name: str) -> str:
+def alignment_problem(
+    res: AlignmentLike,
+    name: str,
+    min_points: int,
+    min_inlier_ratio: float,
+    max_rmse_rel: float,
+    need_spread: bool = False,
+) -> str:
+    """Why a fit is not trustworthy ("" when it is): failed, too few points, too few
+    inliers, or an RMSE beyond ``max_rmse_rel`` x the target points' RMS spread (a fit
+    without a known spread passes that check unless ``need_spread``). Loop verification
+    and relocalisation judge their fits by it."""
     if not res.ok:
         return f"{name}_alignment_failed:{res.reason}"
-    if res.n_points < cfg.min_points:
+    if res.n_points < min_points:
         return f"{name}_too_few_points"
-    if res.inlier_ratio < cfg.min_inlier_ratio:
-        return f"{name}_low_inlier_ratio"
+    if res.inlier_ratio < min_inlier_ratio:
+        return f"{name}_low_inlier_ratio:{res.inlier_ratio:.2f}"
     spread = getattr(res, "extras", {}).get("spread_dst") if hasattr(res, "extras") else None
-    if spread and res.rmse > cfg.max_rmse_rel * spread:
-        return f"{name}_high_rmse"
+    if (need_spread and not spread) or (spread and res.rmse > max_rmse_rel * spread):
+        return f"{name}_high_rmse:{res.rmse:.3g}"
+    return ""
+
+
+def _check_alignment(res: AlignmentLike, cfg: LoopVerifierConfig, name: str) -> str:
+    why = alignment_problem(res, name, cfg.min_points, cfg.min_inlier_ratio, cfg.max_rmse_rel)
+    if why:
+        return why
     if cfg.max_abs_log_scale_to_chunk is not None:
         if abs(np.log(res.sim3.s)) > cfg.max_abs_log_scale_to_chunk:
             return f"{name}_implausible_scale"

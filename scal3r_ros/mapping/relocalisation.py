@@ -45,6 +45,7 @@ from scal3r_ros.mapping.alignment import (
 from scal3r_ros.mapping.backends.protocol import ChunkInput, ChunkPrediction
 from scal3r_ros.mapping.events import RelocalisationUpdate
 from scal3r_ros.mapping.loop_closure import (
+    alignment_problem,
     point_overlap_ratio,
     rotation_angle_deg,
     thumbnail_descriptor,
@@ -200,6 +201,9 @@ class Relocaliser:
             if len(chosen) == self.config.top_k:
                 break
         if not chosen:
+            if kf.points is None:  # every attempt would fail alike: say why
+                why = "the session has no keyframe geometry (saved with loop_closure off)"
+                return RelocWork(none, none, float("nan"), None, why)
             return RelocWork(none, none, float("nan"), None, "no candidate")
         n = min(self.config.query_frames, len(ids))
         start = int(np.clip(best_query - n // 2, 0, len(ids) - n))
@@ -426,17 +430,10 @@ class Relocaliser:
         )
 
     def _bad_fit(self, fit: AlignmentResult, name: str) -> str:
-        cfg = self.config
-        if not fit.ok:
-            return f"{name} fit failed: {fit.reason}"
-        if fit.n_points < cfg.min_points:
-            return f"{name} fit: too few points"
-        if fit.inlier_ratio < cfg.min_inlier_ratio:
-            return f"{name} fit: inlier ratio {fit.inlier_ratio:.2f}"
-        spread = fit.extras.get("spread_dst", 0.0)
-        if not fit.rmse <= cfg.max_rmse_rel * spread:
-            return f"{name} fit: rmse {fit.rmse:.3g} > {cfg.max_rmse_rel} x spread {spread:.3g}"
-        return ""
+        c = self.config
+        return alignment_problem(
+            fit, name, c.min_points, c.min_inlier_ratio, c.max_rmse_rel, need_spread=True
+        )
 
     def _agree(self, a: Sim3, b: Sim3, sample: np.ndarray) -> bool:
         """Two hypotheses move ``sample`` alike (the agreement budgets)."""

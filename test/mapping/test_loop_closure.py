@@ -308,4 +308,4 @@ def test_untrustworthy_alignments_are_rejected():
     verifier = LoopVerifier()
     assert verifier.verify(good, good).ok
     assert verifier.verify(failed, good).reason == "a_alignment_failed:too_few_points"
-    assert verifier.verify(good, few_inliers).reason == "b_low_inlier_ratio"
+    assert verifier.verify(good, few_inliers).reason.startswith("b_low_inlier_ratio:")

@@ -294,3 +294,18 @@ def test_the_pipelined_worker_relocalises_as_the_serial_engine(drive, lap1):
     assert any(isinstance(e, RelocalisationUpdate) and e.state == "localised" for e in events)
     assert_same_events(events, sink.events)
     assert_same_state(snapshot(serial), state)
+
+
+def test_a_session_without_keyframe_geometry_says_why_it_cannot_relocalise(drive, tmp_path):
+    """Saved with loop closure off: no keyframe geometry; every attempt says so (not the
+    bare 'no candidate' a user could not act on)."""
+    cfg = OracleConfig(drift_yaw_deg_per_frame=0.15, seed=3)
+    plain = MappingEngine(EngineConfig.low_latency(), OracleBackend(drive, cfg), None)
+    push_and_collect(plain, (drive.frame(i) for i in range(LAP)))
+    data = read_session(write_session(plain.export_session(), tmp_path / "plain"))
+    eng = make_engine(drive)
+    eng.load_session(data, mode="mapping")
+    pushes = run(eng, drive, range(START, START + 24))
+    relocs = [e for _, ev in pushes for e in ev if isinstance(e, RelocalisationUpdate)]
+    assert relocs and {e.state for e in relocs} == {"relocalising"}
+    assert all("no keyframe geometry" in e.reason for e in relocs)
