@@ -151,6 +151,36 @@ def _sigmas(rot: float, trans: float, log_scale: float) -> np.ndarray:
     return np.array([rot] * 3 + [trans] * 3 + [log_scale], dtype=np.float64)
 
 
+def position_prior_factor(
+    frame_key: int,
+    node_key: int,
+    point_chunk: np.ndarray,
+    position: np.ndarray,
+    noise: gtsam.noiseModel.Base,
+) -> gtsam.CustomFactor:
+    """The factor ``F(G(point_chunk)) - position`` between an external frame's Sim(3) ``F``
+    (``frame_key``) and a chunk's ``G`` (``node_key``), with analytic Jacobians
+    (`Sim3PoseGraph.add_position_prior`)."""
+    p = np.asarray(point_chunk, dtype=np.float64).reshape(3)
+    z = np.asarray(position, dtype=np.float64).reshape(3)
+
+    def error(factor: gtsam.CustomFactor, values: gtsam.Values, H: list | None) -> np.ndarray:
+        F = values.atSimilarity3(factor.keys()[0])
+        G = values.atSimilarity3(factor.keys()[1])
+        if H is None:
+            return F.transformFrom(G.transformFrom(p)) - z
+        JG = np.zeros((3, 7), order="F")
+        JF = np.zeros((3, 7), order="F")
+        Jq = np.zeros((3, 3), order="F")
+        q = G.transformFrom(p, JG)
+        e = F.transformFrom(q, JF, Jq) - z
+        H[0] = JF
+        H[1] = Jq @ JG
+        return e
+
+    return gtsam.CustomFactor(noise, [int(frame_key), int(node_key)], error)
+
+
 class Sim3PoseGraph:
     """Incremental chunk pose graph; the first node added is held fixed by a prior.
 
@@ -406,22 +436,7 @@ class Sim3PoseGraph:
                 gtsam.noiseModel.mEstimator.Huber.Create(float(robust_k)), noise
             )
 
-        def error(factor: gtsam.CustomFactor, values: gtsam.Values, H: list | None) -> np.ndarray:
-            F = values.atSimilarity3(factor.keys()[0])
-            G = values.atSimilarity3(factor.keys()[1])
-            if H is None:
-                return F.transformFrom(G.transformFrom(p)) - z
-            JG = np.zeros((3, 7), order="F")
-            JF = np.zeros((3, 7), order="F")
-            Jq = np.zeros((3, 3), order="F")
-            q = G.transformFrom(p, JG)
-            e = F.transformFrom(q, JF, Jq) - z
-            H[0] = JF
-            H[1] = Jq @ JG
-            return e
-
-        keys = [self._frames[frame], node]
-        self._add_factor(gtsam.CustomFactor(noise, keys, error))
+        self._add_factor(position_prior_factor(self._frames[frame], node, p, z, noise))
         self.position_priors.append(PositionPrior(node, p, z, sig, robust_k, frame))
         return len(self.position_priors) - 1
 

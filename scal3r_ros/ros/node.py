@@ -180,10 +180,11 @@ class MappingNode(Node):
         def publisher(msg_type, topic: str, profile):
             return self.create_publisher(msg_type, topic, profile).publish
 
+        publish_tf = publisher(TFMessage, "/tf", qos.TF)  # one /tf publisher, several outputs
         self.poses = PoseOutputs(
             self.converter,
             PoseFrames(cfg.map_frame, cfg.odom_frame, cfg.base_frame),
-            publisher(TFMessage, "/tf", qos.TF),
+            publish_tf,
             publisher(Odometry, "~/odometry", qos.RELIABLE_OUTPUT),
             publisher(PathMsg, "~/path", qos.LATCHED),
             path_period=cfg.path_publish_period,
@@ -211,9 +212,7 @@ class MappingNode(Node):
         )
         self.outputs: list[Output] = [self.poses, self.clouds, self.planner, self.status]
         if cfg.gnss_topic:
-            self.enu = EnuOutputs(
-                self.converter, cfg.enu_frame, cfg.map_frame, publisher(TFMessage, "/tf", qos.TF)
-            )
+            self.enu = EnuOutputs(self.converter, cfg.enu_frame, cfg.map_frame, publish_tf)
             self.outputs.append(self.enu)
         # --- sessions: saved with every save, loaded at start (map_file) or by ~/load_map
         self.gate = RelocalisationGate()

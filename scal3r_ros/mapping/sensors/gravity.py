@@ -37,7 +37,6 @@ class GravityLevel:
         self.level: np.ndarray | None = None
         self.up: np.ndarray | None = None  # unit up vector in base axes, once known
         self.stamp_ns = 0  # when the base had that attitude (middle of the still samples)
-        self.used = 0
         self.rejected = 0
 
     def add(self, accel_base: np.ndarray, stamp_ns: int = 0) -> bool:
@@ -53,7 +52,6 @@ class GravityLevel:
             return False
         self._window.append(a)
         self._stamps.append(int(stamp_ns))
-        self.used += 1
         n = self.config.samples
         if len(self._window) < n:
             return False
@@ -69,8 +67,8 @@ class GravityLevel:
         """The up direction in base axes measured directly (an IMU's orientation); False
         (counted) when it is not a finite, non-zero vector. The first measurement is kept,
         as a still window is: up in base axes changes as the robot turns on a slope, so a
-        later one paired with another frame's pose (the mount takes the nearest pose within
-        a second) would tilt the map by up to twice the slope."""
+        later one paired with another frame's pose (the mount takes the nearest pose, within
+        ``mount.LEVEL_MAX_DT_S``) would tilt the map by up to twice the slope."""
         if self.up is not None:
             return True
         u = np.asarray(up_base, dtype=np.float64).reshape(3)
@@ -83,7 +81,7 @@ class GravityLevel:
         return True
 
     def tilt_deg(self) -> float | None:
-        """Angle between the base frame's z and up, once known (status/diagnostics)."""
+        """Angle between the base frame's z and up, once known."""
         if self.level is None:
             return None
         return float(np.degrees(np.arccos(np.clip(self.level[2, 2], -1.0, 1.0))))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from tf2_msgs.msg import TFMessage
 
-from scal3r_ros.mapping.events import MapUpdate, PosesUpdate, SensorFusionUpdate
+from scal3r_ros.mapping.events import MapUpdate, SensorFusionUpdate
 from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.frames import FrameConverter
 from scal3r_ros.ros.outputs import ScaleUpdate, newest_stamp
@@ -64,7 +64,7 @@ class EnuOutputs:
                 self.engine_to_enu, self.anchor, due = ev.enu, ev.enu_anchor, True
             elif isinstance(ev, ScaleUpdate) and ev.rescaled:
                 due = True
-        self._stamp = newest_stamp([e for e in events if isinstance(e, PosesUpdate)], self._stamp)
+        self._stamp = newest_stamp(events, self._stamp)
         if due and self.engine_to_enu is not None and self.converter.anchor is not None:
             self.T_enu_map = enu_from_map(self.converter, self.engine_to_enu)
             tf = transform_msg(

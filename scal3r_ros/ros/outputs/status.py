@@ -31,6 +31,24 @@ from scal3r_ros.ros.conversions import ns_to_stamp
 from scal3r_ros.ros.outputs import ScaleUpdate
 from scal3r_ros.ros.params import NodeConfig
 
+# the MappingStatus fields of each other sensor (/diagnostics keys), by its topic parameter
+SENSOR_FIELDS = {
+    "odometry_topic": (
+        "odometry_used",
+        "odometry_rejected",
+        "odometry_factors",
+        "odometry_residual_m",
+    ),
+    "gnss_topic": (
+        "gnss_used",
+        "gnss_rejected",
+        "gnss_priors",
+        "gnss_outliers",
+        "gnss_residual_m",
+    ),
+    "imu_topic": ("imu_used", "imu_rejected"),
+}
+
 
 def progress_line(msg: MappingStatus) -> str:
     """The periodic one-line summary of a MappingStatus (the node's log)."""
@@ -294,16 +312,11 @@ class StatusOutputs:
             "focal_ratio": f"{msg.focal_ratio:.4f}",
             "intrinsics_fallbacks": fallbacks,
         }
-        for source, on in (
-            ("odometry", self.cfg.odometry_topic),
-            ("gnss", self.cfg.gnss_topic),
-            ("imu", self.cfg.imu_topic),
-        ):
-            if on:
-                for key in ("used", "rejected", "factors", "priors", "outliers", "residual_m"):
-                    if hasattr(msg, f"{source}_{key}"):
-                        v = getattr(msg, f"{source}_{key}")
-                        values[f"{source}_{key}"] = f"{v:.3f}" if isinstance(v, float) else v
+        for topic, names in SENSOR_FIELDS.items():
+            if getattr(self.cfg, topic):
+                for name in names:
+                    v = getattr(msg, name)
+                    values[name] = f"{v:.3f}" if isinstance(v, float) else v
         if msg.session:
             values["session"] = msg.session
             values["session_mode"] = msg.session_mode
