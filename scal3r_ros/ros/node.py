@@ -104,6 +104,7 @@ class MappingNode(Node):
             cfg.base_frame,
             lambda frame: self.mount.static_chain(frame),
             log.warning,
+            cfg.input_qos,
         )
         fusion = self.sensors.fusion
 

@@ -88,7 +88,8 @@ class InputSection:
     input_qos: str = field(
         default="sensor_data",
         metadata=param(
-            "image subscription QoS: sensor_data (best effort) or reliable",
+            "image, odometry, GNSS and IMU subscription QoS: sensor_data (best effort) or "
+            "reliable (a bag player that publishes reliably: nothing lost to a busy node)",
         ),
     )
     input_qos_depth: int = field(

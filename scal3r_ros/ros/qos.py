@@ -50,6 +50,10 @@ def input_profile(kind: str, depth: int) -> QoSProfile:
     raise ValueError(f"unknown input QoS {kind!r}")
 
 
-# Odometry, GNSS and IMU input: best effort (matches best-effort and reliable publishers),
-# deep enough for a 100-200 Hz IMU between two executor turns.
-SENSORS = input_profile("sensor_data", 200)
+SENSOR_DEPTH = 200  # odometry, GNSS, IMU: a 100-200 Hz IMU between two executor turns
+
+
+def sensor_profile(kind: str) -> QoSProfile:
+    """QoS of the odometry, GNSS and IMU subscriptions: the images' kind (``input_qos``;
+    best effort by default, which matches best-effort and reliable publishers)."""
+    return input_profile(kind, SENSOR_DEPTH)

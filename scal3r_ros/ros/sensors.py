@@ -78,6 +78,7 @@ class SensorInputs:
         base_frame: str,
         static_chain: Callable[[str], np.ndarray | None],
         warn: Callable[[str], None],
+        qos_kind: str = "sensor_data",
     ) -> None:
         self.section, self.base_frame = section, base_frame
         self._static_chain, self._warn = static_chain, warn
@@ -100,7 +101,7 @@ class SensorInputs:
             (section.imu_topic, Imu, self.on_imu),
         ):
             if topic:
-                node.create_subscription(msg_type, topic, callback, qos.SENSORS)
+                node.create_subscription(msg_type, topic, callback, qos.sensor_profile(qos_kind))
 
     @property
     def graph_sources(self) -> bool:
